@@ -1,0 +1,746 @@
+//! Configuration from the environment, checked whole before any network call.
+//!
+//! The variable names are the official Node.js connector's, so a deployment can
+//! switch connectors without edits. Every mistake is collected, so a user sees all
+//! of them at once, each naming the variable and the bad value (secrets masked).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::template::FileNameTemplate;
+
+/// A snapshot of the environment variables (empty values count as unset).
+#[derive(Debug, Clone, Default)]
+pub struct Env(BTreeMap<String, String>);
+
+impl Env {
+    pub fn from_process() -> Env {
+        Env(std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect())
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
+        Env(pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    /// The trimmed value, or `None` when unset or blank.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.0.insert(name.to_string(), value.to_string());
+    }
+}
+
+/// A value that must never be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One configuration mistake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: String,
+    /// The offending value, already masked when it is secret; `None` when unset.
+    pub value: Option<String>,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(var: &str, value: Option<&str>, problem: impl Into<String>) -> ConfigError {
+        ConfigError { var: var.to_string(), value: value.map(str::to_string), problem: problem.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}={:?}: {}", self.var, v, self.problem),
+            None => write!(f, "{}: {}", self.var, self.problem),
+        }
+    }
+}
+
+/// All the mistakes found, in the order of the variables.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the configuration has {} problem(s):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The kinds of data the platform can hand out, with their canonical names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DataType {
+    CallMetadata,
+    Recordings,
+    Transcriptions,
+    ChatMetadata,
+    ChatHistory,
+    SmsMetadata,
+    EmailMetadata,
+    CommonMetadata,
+    WorkflowMetadata,
+}
+
+impl DataType {
+    pub const ALL: [DataType; 9] = [
+        DataType::CallMetadata,
+        DataType::Recordings,
+        DataType::Transcriptions,
+        DataType::ChatMetadata,
+        DataType::ChatHistory,
+        DataType::SmsMetadata,
+        DataType::EmailMetadata,
+        DataType::CommonMetadata,
+        DataType::WorkflowMetadata,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::CallMetadata => "CallMetadata",
+            DataType::Recordings => "Recordings",
+            DataType::Transcriptions => "Transcriptions",
+            DataType::ChatMetadata => "ChatMetadata",
+            DataType::ChatHistory => "ChatHistory",
+            DataType::SmsMetadata => "SMSMetadata",
+            DataType::EmailMetadata => "EmailMetadata",
+            DataType::CommonMetadata => "CommonMetadata",
+            DataType::WorkflowMetadata => "WorkflowMetadata",
+        }
+    }
+
+    /// Matches a canonical name case-insensitively.
+    pub fn parse(name: &str) -> Option<DataType> {
+        DataType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// The file suffix of the k-th item of this type (k from 1; only recordings and
+    /// transcriptions have more than one per task).
+    pub fn suffix(self, k: usize) -> String {
+        let numbered = |ext: &str| if k <= 1 { ext.to_string() } else { format!("-{k}{ext}") };
+        match self {
+            DataType::Recordings => numbered(".ogg"),
+            DataType::Transcriptions => numbered(".trans.json"),
+            DataType::ChatHistory => ".history.json".to_string(),
+            _ => ".meta.json".to_string(),
+        }
+    }
+}
+
+pub fn join_types(types: &[DataType]) -> String {
+    types.iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
+}
+
+/// Where the platform API is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiEndpoint {
+    pub secure: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl ApiEndpoint {
+    /// `scheme://host:port`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+/// The six task filters, sent to the platform as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters {
+    pub skills_must: Vec<String>,
+    pub skills_should: Vec<String>,
+    pub skills_must_not: Vec<String>,
+    pub hashtags_must: Vec<String>,
+    pub hashtags_should: Vec<String>,
+    pub hashtags_must_not: Vec<String>,
+}
+
+/// Which storage provider, with its own settings.
+#[derive(Debug, Clone)]
+pub enum StorageSettings {
+    Local { root: PathBuf },
+}
+
+impl StorageSettings {
+    pub fn provider(&self) -> &'static str {
+        match self {
+            StorageSettings::Local { .. } => "local",
+        }
+    }
+}
+
+/// The whole, checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub token: Secret,
+    pub api: ApiEndpoint,
+    pub tag: String,
+    pub template_source: String,
+    pub template: FileNameTemplate,
+    pub get: Vec<DataType>,
+    pub delete: Vec<DataType>,
+    /// Milliseconds since the epoch.
+    pub start_from: Option<i64>,
+    pub filters: Filters,
+    pub log_level: log::LevelFilter,
+    pub poll_interval: Duration,
+    pub concurrency: usize,
+    pub page_size: u32,
+    /// Longest silence accepted from a server while waiting for or reading an answer.
+    pub http_timeout: Duration,
+    pub storage: StorageSettings,
+}
+
+pub const DEFAULT_GET_DATA: &str = "Recordings,Transcriptions";
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_CONCURRENCY: usize = 4;
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Config {
+    /// Reads and checks everything; returns every problem found.
+    pub fn from_env(env: &Env) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let required = |name: &str, errors: &mut Vec<ConfigError>| -> String {
+            match env.get(name) {
+                Some(v) => v.to_string(),
+                None => {
+                    errors.push(ConfigError::new(name, None, "is required but not set"));
+                    String::new()
+                }
+            }
+        };
+
+        let token = Secret::new(required("SP_API_TOKEN", &mut errors));
+        let tag = required("SP_TASK_SYNC_TAG", &mut errors);
+        if tag.chars().count() > 64 {
+            errors.push(ConfigError::new(
+                "SP_TASK_SYNC_TAG",
+                Some(&tag),
+                format!("is {} characters long; the platform allows at most 64", tag.chars().count()),
+            ));
+        }
+        let template_source = required("SP_TASK_SYNC_FILE_NAME_TEMPLATE", &mut errors);
+        let template = if template_source.is_empty() {
+            None
+        } else {
+            match FileNameTemplate::parse(&template_source) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    errors.push(ConfigError::new(
+                        "SP_TASK_SYNC_FILE_NAME_TEMPLATE",
+                        Some(&template_source),
+                        e.to_string(),
+                    ));
+                    None
+                }
+            }
+        };
+
+        let get = parse_types(env, "SP_TASK_SYNC_GET_DATA", Some(DEFAULT_GET_DATA), &mut errors);
+        let delete = parse_types(env, "SP_TASK_SYNC_DELETE_DATA", None, &mut errors);
+        if let Some(bad) = delete.iter().find(|t| **t != DataType::Recordings) {
+            errors.push(ConfigError::new(
+                "SP_TASK_SYNC_DELETE_DATA",
+                env.get("SP_TASK_SYNC_DELETE_DATA"),
+                format!("only Recordings can be deleted from the platform, not {}", bad.name()),
+            ));
+        } else if !delete.is_empty() && !get.contains(&DataType::Recordings) {
+            errors.push(ConfigError::new(
+                "SP_TASK_SYNC_DELETE_DATA",
+                env.get("SP_TASK_SYNC_DELETE_DATA"),
+                "deletes recordings that SP_TASK_SYNC_GET_DATA does not download, so they \
+                 would be lost; add Recordings to SP_TASK_SYNC_GET_DATA",
+            ));
+        }
+
+        let start_from = parse_start_from(env, &mut errors);
+        let filters = Filters {
+            skills_must: parse_skills(env, "SP_TASK_SYNC_SKILLS_MUST", &mut errors),
+            skills_should: parse_skills(env, "SP_TASK_SYNC_SKILLS_SHOULD", &mut errors),
+            skills_must_not: parse_skills(env, "SP_TASK_SYNC_SKILLS_MUSTNOT", &mut errors),
+            hashtags_must: parse_hashtags(env, "SP_TASK_SYNC_HASHTAGS_MUST", &mut errors),
+            hashtags_should: parse_hashtags(env, "SP_TASK_SYNC_HASHTAGS_SHOULD", &mut errors),
+            hashtags_must_not: parse_hashtags(env, "SP_TASK_SYNC_HASHTAGS_MUSTNOT", &mut errors),
+        };
+
+        let log_level = match env.get("SP_LOG_LEVEL") {
+            None => log::LevelFilter::Info,
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "error" => log::LevelFilter::Error,
+                "warn" | "warning" => log::LevelFilter::Warn,
+                "info" => log::LevelFilter::Info,
+                "debug" => log::LevelFilter::Debug,
+                "trace" => log::LevelFilter::Trace,
+                _ => {
+                    errors.push(ConfigError::new(
+                        "SP_LOG_LEVEL",
+                        Some(v),
+                        "must be one of error, warn, info, debug, trace",
+                    ));
+                    log::LevelFilter::Info
+                }
+            },
+        };
+
+        let api = parse_api(env, &mut errors);
+        let poll_interval =
+            parse_duration_var(env, "SP_TASK_SYNC_POLL_INTERVAL", DEFAULT_POLL_INTERVAL, &mut errors);
+        let http_timeout =
+            parse_duration_var(env, "SP_HTTP_TIMEOUT", DEFAULT_HTTP_TIMEOUT, &mut errors);
+        let concurrency =
+            parse_number(env, "SP_TASK_SYNC_CONCURRENCY", DEFAULT_CONCURRENCY as u64, 1, 64, &mut errors)
+                as usize;
+        let page_size =
+            parse_number(env, "SP_TASK_SYNC_PAGE_SIZE", DEFAULT_PAGE_SIZE as u64, 1, 100, &mut errors)
+                as u32;
+        let storage = parse_storage(env, &mut errors);
+
+        match (errors.is_empty(), template, storage) {
+            (true, Some(template), Some(storage)) => Ok(Config {
+                token,
+                api,
+                tag,
+                template_source,
+                template,
+                get,
+                delete,
+                start_from,
+                filters,
+                log_level,
+                poll_interval,
+                concurrency,
+                page_size,
+                http_timeout,
+                storage,
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// The settings as `name = value` lines for `check`, secrets masked.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
+        let mut out = vec![
+            ("SP_API_TOKEN", format!("{} ({} characters)", self.token, self.token.expose().chars().count())),
+            ("platform", self.api.base_url()),
+            ("SP_TASK_SYNC_TAG", self.tag.clone()),
+            ("SP_TASK_SYNC_FILE_NAME_TEMPLATE", self.template_source.clone()),
+            ("SP_TASK_SYNC_GET_DATA", join_types(&self.get)),
+            ("SP_TASK_SYNC_DELETE_DATA", if self.delete.is_empty() { "-".into() } else { join_types(&self.delete) }),
+            (
+                "SP_TASK_SYNC_START_FROM",
+                self.start_from.map(|ms| format!("{ms} ({})", crate::template::iso_millis(ms))).unwrap_or("-".into()),
+            ),
+            ("SP_TASK_SYNC_SKILLS_MUST", list(&self.filters.skills_must)),
+            ("SP_TASK_SYNC_SKILLS_SHOULD", list(&self.filters.skills_should)),
+            ("SP_TASK_SYNC_SKILLS_MUSTNOT", list(&self.filters.skills_must_not)),
+            ("SP_TASK_SYNC_HASHTAGS_MUST", list(&self.filters.hashtags_must)),
+            ("SP_TASK_SYNC_HASHTAGS_SHOULD", list(&self.filters.hashtags_should)),
+            ("SP_TASK_SYNC_HASHTAGS_MUSTNOT", list(&self.filters.hashtags_must_not)),
+            ("SP_TASK_SYNC_POLL_INTERVAL", format!("{:?}", self.poll_interval)),
+            ("SP_TASK_SYNC_CONCURRENCY", self.concurrency.to_string()),
+            ("SP_TASK_SYNC_PAGE_SIZE", self.page_size.to_string()),
+            ("SP_HTTP_TIMEOUT", format!("{:?}", self.http_timeout)),
+            ("SP_LOG_LEVEL", self.log_level.to_string().to_lowercase()),
+            ("SP_TASK_SYNC_STORAGE_PROVIDER", self.storage.provider().to_string()),
+        ];
+        match &self.storage {
+            StorageSettings::Local { root } => out.push(("SP_TASK_SYNC_SAVE_TO", root.display().to_string())),
+        }
+        out
+    }
+}
+
+fn parse_types(
+    env: &Env,
+    var: &str,
+    default: Option<&str>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<DataType> {
+    let Some(raw) = env.get(var).or(default) else { return Vec::new() };
+    let mut types = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match DataType::parse(item) {
+            Some(t) if !types.contains(&t) => types.push(t),
+            Some(_) => {}
+            None => errors.push(ConfigError::new(
+                var,
+                Some(raw),
+                format!(
+                    "unknown data type {item:?}; known types are {}",
+                    join_types(&DataType::ALL)
+                ),
+            )),
+        }
+    }
+    if types.is_empty() && default.is_some() {
+        errors.push(ConfigError::new(var, Some(raw), "names no data type to download"));
+    }
+    types
+}
+
+fn list(env: &Env, var: &str) -> Vec<String> {
+    env.get(var)
+        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn parse_skills(env: &Env, var: &str, errors: &mut Vec<ConfigError>) -> Vec<String> {
+    let skills = list(env, var);
+    for s in &skills {
+        let n = s.chars().count();
+        if n > 4 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errors.push(ConfigError::new(var, Some(s), "a skill id is 1 to 4 characters, without spaces"));
+        }
+    }
+    skills
+}
+
+fn parse_hashtags(env: &Env, var: &str, errors: &mut Vec<ConfigError>) -> Vec<String> {
+    let tags = list(env, var);
+    for t in &tags {
+        let (uuid, value) = match t.split_once(':') {
+            Some((u, v)) => (u, Some(v)),
+            None => (t.as_str(), None),
+        };
+        if !is_type1_uuid(uuid) {
+            errors.push(ConfigError::new(
+                var,
+                Some(t),
+                "a hashtag is a type-1 UUID (xxxxxxxx-xxxx-1xxx-xxxx-xxxxxxxxxxxx), optionally followed by :value",
+            ));
+        } else if value == Some("") {
+            errors.push(ConfigError::new(var, Some(t), "the value after ':' is empty"));
+        }
+    }
+    tags
+}
+
+/// `xxxxxxxx-xxxx-1xxx-[89ab]xxx-xxxxxxxxxxxx`, hex digits in either case.
+pub fn is_type1_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    let lens = [8, 4, 4, 4, 12];
+    groups.len() == 5
+        && groups.iter().zip(lens).all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+        && groups[2].starts_with('1')
+        && matches!(groups[3].as_bytes()[0].to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b')
+}
+
+fn parse_start_from(env: &Env, errors: &mut Vec<ConfigError>) -> Option<i64> {
+    // The official connector documents SP_TASK_START_FROM; the issue names
+    // SP_TASK_SYNC_START_FROM. Both are read, the latter wins.
+    let (var, raw) = match (env.get("SP_TASK_SYNC_START_FROM"), env.get("SP_TASK_START_FROM")) {
+        (Some(v), _) => ("SP_TASK_SYNC_START_FROM", v),
+        (None, Some(v)) => ("SP_TASK_START_FROM", v),
+        (None, None) => return None,
+    };
+    match parse_iso_date(raw) {
+        Some(ms) => Some(ms),
+        None => {
+            errors.push(ConfigError::new(
+                var,
+                Some(raw),
+                "is not an ISO-8601 date such as 2024-09-09T15:45:47.277Z or 2024-09-09",
+            ));
+            None
+        }
+    }
+}
+
+/// Parses RFC 3339 (`2024-09-09T15:45:47.277Z`, `…+02:00`) or a bare date (UTC
+/// midnight) into milliseconds since the epoch.
+pub fn parse_iso_date(raw: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    use time::{Date, OffsetDateTime};
+    if let Ok(t) = OffsetDateTime::parse(raw, &Rfc3339) {
+        return Some((t.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let date_only = time::macros::format_description!("[year]-[month]-[day]");
+    Date::parse(raw, &date_only)
+        .ok()
+        .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
+fn parse_api(env: &Env, errors: &mut Vec<ConfigError>) -> ApiEndpoint {
+    let secure_var = env.get("SP_API_SECURE");
+    let mut secure = match secure_var.map(str::to_ascii_lowercase).as_deref() {
+        None => None,
+        Some("true" | "1" | "yes") => Some(true),
+        Some("false" | "0" | "no") => Some(false),
+        Some(_) => {
+            errors.push(ConfigError::new("SP_API_SECURE", secure_var, "must be true or false"));
+            None
+        }
+    };
+    let raw = env.get("SP_API_URL").unwrap_or("api.spinoco.com");
+    let mut rest = raw;
+    for (scheme, is_secure) in [("https://", true), ("http://", false)] {
+        if let Some(r) = raw.strip_prefix(scheme) {
+            if secure.is_some_and(|s| s != is_secure) {
+                errors.push(ConfigError::new(
+                    "SP_API_SECURE",
+                    secure_var,
+                    format!("contradicts the scheme of SP_API_URL={raw:?}"),
+                ));
+            }
+            secure = Some(is_secure);
+            rest = r;
+        }
+    }
+    let secure = secure.unwrap_or(true);
+    let rest = rest.trim_end_matches('/');
+    let (host, url_port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => match p.parse::<u16>() {
+            Ok(p) => (h, Some(p)),
+            Err(_) => (rest, None),
+        },
+        _ => (rest, None),
+    };
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+        errors.push(ConfigError::new(
+            "SP_API_URL",
+            Some(raw),
+            "must be a host name or IP, or http(s)://host[:port] without a path",
+        ));
+    }
+    let port = match env.get("SP_API_PORT") {
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                errors.push(ConfigError::new("SP_API_PORT", Some(p), "must be a TCP port from 1 to 65535"));
+                0
+            }
+        },
+        None => url_port.unwrap_or(if secure { 443 } else { 80 }),
+    };
+    ApiEndpoint { secure, host: host.to_string(), port }
+}
+
+/// Parses `90`, `90s`, `500ms`, `5m`, `1h`.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (digits, unit) = raw.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d)
+}
+
+fn parse_duration_var(env: &Env, var: &str, default: Duration, errors: &mut Vec<ConfigError>) -> Duration {
+    match env.get(var) {
+        None => default,
+        Some(raw) => parse_duration(raw).unwrap_or_else(|| {
+            errors.push(ConfigError::new(
+                var,
+                Some(raw),
+                "must be a positive duration such as 90, 30s, 500ms, 5m or 1h",
+            ));
+            default
+        }),
+    }
+}
+
+fn parse_number(env: &Env, var: &str, default: u64, min: u64, max: u64, errors: &mut Vec<ConfigError>) -> u64 {
+    match env.get(var) {
+        None => default,
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                errors.push(ConfigError::new(
+                    var,
+                    Some(raw),
+                    format!("must be a whole number from {min} to {max}"),
+                ));
+                default
+            }
+        },
+    }
+}
+
+fn parse_storage(env: &Env, errors: &mut Vec<ConfigError>) -> Option<StorageSettings> {
+    let var = "SP_TASK_SYNC_STORAGE_PROVIDER";
+    let provider = env.get(var).map(str::to_ascii_lowercase);
+    match provider.as_deref() {
+        None | Some("local") => match env.get("SP_TASK_SYNC_SAVE_TO") {
+            Some(root) => Some(StorageSettings::Local { root: PathBuf::from(root) }),
+            None => {
+                errors.push(ConfigError::new(
+                    "SP_TASK_SYNC_SAVE_TO",
+                    None,
+                    "is required for local storage: the folder the files go to",
+                ));
+                None
+            }
+        },
+        Some(p @ ("s3" | "gcs" | "azure")) => {
+            errors.push(ConfigError::new(
+                var,
+                env.get(var),
+                format!("the {p} provider is not part of this build yet; use local"),
+            ));
+            None
+        }
+        Some(_) => {
+            errors.push(ConfigError::new(var, env.get(var), "must be one of local, s3, gcs, azure"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Env {
+        Env::from_pairs([
+            ("SP_API_TOKEN", "tok-secret-123"),
+            ("SP_TASK_SYNC_TAG", "tag1"),
+            ("SP_TASK_SYNC_FILE_NAME_TEMPLATE", "{{due_date|yyyy}}/{{task_id}}"),
+            ("SP_TASK_SYNC_SAVE_TO", "/tmp/x"),
+        ])
+    }
+
+    fn errors_of(env: &Env) -> Vec<ConfigError> {
+        Config::from_env(env).expect_err("should fail").0
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_env(&base()).unwrap();
+        assert_eq!(c.api.base_url(), "https://api.spinoco.com:443");
+        assert_eq!(c.get, vec![DataType::Recordings, DataType::Transcriptions]);
+        assert!(c.delete.is_empty());
+        assert_eq!(c.poll_interval, Duration::from_secs(60));
+        assert_eq!(c.concurrency, 4);
+        assert_eq!(c.page_size, 50);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut env = Env::from_pairs([
+            ("SP_TASK_SYNC_GET_DATA", "recordings, Movies"),
+            ("SP_TASK_SYNC_DELETE_DATA", "Transcriptions"),
+            ("SP_TASK_SYNC_SKILLS_MUST", "SK1,TOOLONG"),
+            ("SP_TASK_SYNC_HASHTAGS_SHOULD", "1d4de98c-c130-41ef-9cd2-0242ac120002"),
+            ("SP_TASK_SYNC_START_FROM", "yesterday"),
+            ("SP_TASK_SYNC_STORAGE_PROVIDER", "ftp"),
+            ("SP_TASK_SYNC_PAGE_SIZE", "500"),
+            ("SP_TASK_SYNC_POLL_INTERVAL", "soon"),
+            ("SP_LOG_LEVEL", "loud"),
+        ]);
+        env.set("SP_TASK_SYNC_FILE_NAME_TEMPLATE", "{{due_date|yyyy}}");
+        let errs = errors_of(&env);
+        let vars: Vec<&str> = errs.iter().map(|e| e.var.as_str()).collect();
+        for v in [
+            "SP_API_TOKEN",
+            "SP_TASK_SYNC_TAG",
+            "SP_TASK_SYNC_FILE_NAME_TEMPLATE",
+            "SP_TASK_SYNC_GET_DATA",
+            "SP_TASK_SYNC_DELETE_DATA",
+            "SP_TASK_SYNC_SKILLS_MUST",
+            "SP_TASK_SYNC_HASHTAGS_SHOULD",
+            "SP_TASK_SYNC_START_FROM",
+            "SP_TASK_SYNC_STORAGE_PROVIDER",
+            "SP_TASK_SYNC_PAGE_SIZE",
+            "SP_TASK_SYNC_POLL_INTERVAL",
+            "SP_LOG_LEVEL",
+        ] {
+            assert!(vars.contains(&v), "{v} missing from {errs:#?}");
+        }
+        let text = ConfigErrors(errs).to_string();
+        assert!(text.contains("\"Movies\""), "{text}");
+        assert!(text.contains("TOOLONG"), "{text}");
+    }
+
+    #[test]
+    fn token_never_printed() {
+        let c = Config::from_env(&base()).unwrap();
+        let all = format!("{c:?} {:?}", c.describe());
+        assert!(!all.contains("tok-secret-123"), "{all}");
+    }
+
+    #[test]
+    fn api_url_forms() {
+        let mut env = base();
+        env.set("SP_API_URL", "http://127.0.0.1:8080/");
+        assert_eq!(Config::from_env(&env).unwrap().api.base_url(), "http://127.0.0.1:8080");
+        env.set("SP_API_URL", "localhost");
+        env.set("SP_API_SECURE", "false");
+        env.set("SP_API_PORT", "9000");
+        assert_eq!(Config::from_env(&env).unwrap().api.base_url(), "http://localhost:9000");
+        env.set("SP_API_URL", "https://x.example");
+        let errs = errors_of(&env);
+        assert_eq!(errs[0].var, "SP_API_SECURE");
+    }
+
+    #[test]
+    fn hashtags_and_dates() {
+        assert!(is_type1_uuid("1d4de98c-c130-11ef-9cd2-0242ac120002"));
+        assert!(!is_type1_uuid("1d4de98c-c130-41ef-9cd2-0242ac120002"));
+        assert!(!is_type1_uuid("1d4de98c-c130-11ef-9cd2-0242ac12000"));
+        assert_eq!(parse_iso_date("2024-09-09T15:45:47.277Z"), Some(1725896747277));
+        assert_eq!(parse_iso_date("1970-01-02"), Some(86_400_000));
+        assert_eq!(parse_iso_date("2024-13-01"), None);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    #[test]
+    fn delete_without_download_is_refused() {
+        let mut env = base();
+        env.set("SP_TASK_SYNC_GET_DATA", "CallMetadata");
+        env.set("SP_TASK_SYNC_DELETE_DATA", "recordings");
+        assert_eq!(errors_of(&env)[0].var, "SP_TASK_SYNC_DELETE_DATA");
+    }
+}

@@ -1,0 +1,10 @@
+//! spinoco-connector: pulls call recordings, transcriptions and metadata from the
+//! Spinoco platform into local disk or cloud storage, named by the user's template.
+//!
+//! The binary is a thin shell over this library; the integration tests, the benchmark
+//! and the demo use the same pieces (the platform emulator above all).
+
+pub mod config;
+pub mod date_pattern;
+pub mod store;
+pub mod template;

@@ -1,0 +1,404 @@
+//! The file name template, and the check every name passes before it is used.
+//!
+//! `{{due_date|PATTERN}}` is not minijinja syntax (a pattern such as `yyyy/MM` would
+//! parse as a division), so those placeholders are cut out first, each pattern parsed
+//! into a [`DatePattern`], and replaced by a generated variable; minijinja renders the
+//! rest, so `{% if call_from %}…{% endif %}` works as users expect.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+use time::OffsetDateTime;
+
+use crate::date_pattern::{DatePattern, PatternError};
+
+/// The placeholders a template may use.
+pub const PLACEHOLDERS: [&str; 4] = ["due_date", "task_id", "call_from", "call_to"];
+/// The first folder of every key the connector keeps for itself.
+pub const RESERVED_PREFIX: &str = ".spinoco-connector";
+/// Longest name accepted, in bytes (the smallest limit of S3, GCS and Azure).
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Longest single folder or file name accepted, in bytes (common file systems).
+pub const MAX_PART_BYTES: usize = 255;
+
+const DATE_VAR: &str = "__due_date_";
+const TEMPLATE_NAME: &str = "SP_TASK_SYNC_FILE_NAME_TEMPLATE";
+
+/// A parsed, checked template.
+#[derive(Clone)]
+pub struct FileNameTemplate {
+    env: Arc<Environment<'static>>,
+    patterns: Vec<DatePattern>,
+}
+
+impl fmt::Debug for FileNameTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileNameTemplate").field("patterns", &self.patterns.len()).finish()
+    }
+}
+
+/// The task values a template is rendered with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaskFields<'a> {
+    pub task_id: &'a str,
+    /// Milliseconds since the epoch, UTC.
+    pub due_date: Option<i64>,
+    pub call_from: Option<&'a str>,
+    pub call_to: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateError {
+    Pattern(PatternError),
+    Syntax(String),
+    UnknownPlaceholder(String),
+    NoTaskId,
+    UnsafeSample { name: String, problem: NameError },
+    Render(String),
+    DueDateOutOfRange(i64),
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TemplateError::Pattern(e) => e.fmt(f),
+            TemplateError::Syntax(e) => write!(f, "the template does not parse: {e}"),
+            TemplateError::UnknownPlaceholder(name) => write!(
+                f,
+                "unknown placeholder {{{{{name}}}}}; the placeholders are {}",
+                PLACEHOLDERS.map(|p| format!("{{{{{p}}}}}")).join(", ")
+            ),
+            TemplateError::NoTaskId => f.write_str(
+                "the template must contain {{task_id}}: without it two tasks with the same \
+                 date or numbers get the same name and one overwrites the other",
+            ),
+            TemplateError::UnsafeSample { name, problem } => {
+                write!(f, "the template gives names like {name:?}, which cannot be used: {problem}")
+            }
+            TemplateError::Render(e) => write!(f, "the template failed to render: {e}"),
+            TemplateError::DueDateOutOfRange(ms) => write!(f, "due date {ms} is out of range"),
+        }
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
+impl FileNameTemplate {
+    pub fn parse(source: &str) -> Result<FileNameTemplate, TemplateError> {
+        let (jinja, patterns) = extract_date_patterns(source).map_err(TemplateError::Pattern)?;
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.add_template_owned(TEMPLATE_NAME, jinja)
+            .map_err(|e| TemplateError::Syntax(describe_jinja_error(&e)))?;
+        let template = env.get_template(TEMPLATE_NAME).expect("just added");
+        let used: BTreeSet<String> = template.undeclared_variables(false).into_iter().collect();
+        if let Some(unknown) = used
+            .iter()
+            .find(|v| !PLACEHOLDERS.contains(&v.as_str()) && !v.starts_with(DATE_VAR))
+        {
+            return Err(TemplateError::UnknownPlaceholder(unknown.clone()));
+        }
+        if !used.contains("task_id") {
+            return Err(TemplateError::NoTaskId);
+        }
+        let parsed = FileNameTemplate { env: Arc::new(env), patterns };
+        let sample = TaskFields {
+            task_id: "b808d74e-84b2-11ef-b864-0242ac120002",
+            due_date: Some(1_101_902_400_000),
+            call_from: Some("420123456789"),
+            call_to: Some("420987654321"),
+        };
+        let name = parsed.render(&sample)?;
+        check_name(&format!("{name}.meta.json"))
+            .map_err(|problem| TemplateError::UnsafeSample { name, problem })?;
+        Ok(parsed)
+    }
+
+    /// Renders the name of a task, without the data type's suffix. Values from the
+    /// platform are made path-safe first; the caller checks the final name.
+    pub fn render(&self, task: &TaskFields) -> Result<String, TemplateError> {
+        let when = match task.due_date {
+            Some(ms) => Some(
+                OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+                    .map_err(|_| TemplateError::DueDateOutOfRange(ms))?,
+            ),
+            None => None,
+        };
+        let mut ctx: Vec<(String, Value)> = vec![
+            ("task_id".into(), Value::from(path_safe(task.task_id))),
+            ("call_from".into(), Value::from(path_safe(task.call_from.unwrap_or("")))),
+            ("call_to".into(), Value::from(path_safe(task.call_to.unwrap_or("")))),
+            ("due_date".into(), Value::from(when.map(iso).unwrap_or_default())),
+        ];
+        for (i, p) in self.patterns.iter().enumerate() {
+            ctx.push((format!("{DATE_VAR}{i}"), Value::from(when.map(|t| p.format(t)).unwrap_or_default())));
+        }
+        let ctx: Value = ctx.into_iter().collect();
+        self.env
+            .get_template(TEMPLATE_NAME)
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| TemplateError::Render(describe_jinja_error(&e)))
+    }
+}
+
+fn describe_jinja_error(e: &minijinja::Error) -> String {
+    let mut msg = e.to_string();
+    if let Some(line) = e.line() {
+        msg = format!("{msg} (line {line})");
+    }
+    msg.replace(TEMPLATE_NAME, "template")
+}
+
+/// Cuts each `{{ due_date | PATTERN }}` out of the template and replaces it with a
+/// generated variable, returning the minijinja source and the parsed patterns.
+fn extract_date_patterns(source: &str) -> Result<(String, Vec<DatePattern>), PatternError> {
+    let mut out = String::with_capacity(source.len());
+    let mut patterns = Vec::new();
+    let mut rest = source;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        let inner = &after[..end];
+        let date_filter = inner
+            .trim()
+            .strip_prefix("due_date")
+            .map(str::trim_start)
+            .and_then(|s| s.strip_prefix('|'));
+        match date_filter {
+            Some(pattern) => {
+                patterns.push(DatePattern::parse(pattern.trim())?);
+                out.push_str(&format!("{{{{ {DATE_VAR}{} }}}}", patterns.len() - 1));
+            }
+            None => {
+                out.push_str("{{");
+                out.push_str(inner);
+                out.push_str("}}");
+            }
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok((out, patterns))
+}
+
+/// ISO-8601 with milliseconds in UTC: `2004-12-01T12:00:00.000Z`.
+pub fn iso(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// [`iso`] of milliseconds since the epoch (the raw number when out of range).
+pub fn iso_millis(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .map(iso)
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// Makes a platform value safe inside a name: `/`, `\` and control characters
+/// become `_`, and every run of two or more dots becomes `_`.
+pub fn path_safe(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut dots = 0;
+    for c in value.chars() {
+        if c == '.' {
+            dots += 1;
+            continue;
+        }
+        flush_dots(&mut out, dots);
+        dots = 0;
+        out.push(if c == '/' || c == '\\' || c.is_control() { '_' } else { c });
+    }
+    flush_dots(&mut out, dots);
+    out
+}
+
+fn flush_dots(out: &mut String, dots: usize) {
+    match dots {
+        0 => {}
+        1 => out.push('.'),
+        _ => out.push('_'),
+    }
+}
+
+/// Why a name cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameError {
+    Empty,
+    Absolute,
+    EmptyPart,
+    DotDot,
+    DotPart,
+    Backslash,
+    Control,
+    Reserved,
+    TooLong(usize),
+    PartTooLong(usize),
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Empty => f.write_str("the name is empty"),
+            NameError::Absolute => f.write_str("the name is absolute (starts with /)"),
+            NameError::EmptyPart => f.write_str("the name has an empty folder (// or a trailing /)"),
+            NameError::DotDot => f.write_str("the name contains '..'"),
+            NameError::DotPart => f.write_str("the name has a '.' folder"),
+            NameError::Backslash => f.write_str("the name contains a backslash"),
+            NameError::Control => f.write_str("the name contains a control character"),
+            NameError::Reserved => write!(f, "names under {RESERVED_PREFIX}/ are the connector's own"),
+            NameError::TooLong(n) => write!(f, "the name is {n} bytes long; at most {MAX_NAME_BYTES}"),
+            NameError::PartTooLong(n) => {
+                write!(f, "a folder or file name is {n} bytes long; at most {MAX_PART_BYTES}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// The check every final name passes before anything is written under it: a relative
+/// path with no `..`, no empty, `.` or absolute part, no control character, no
+/// backslash, not in the connector's own folder, and of a length every storage takes.
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.starts_with('/') {
+        return Err(NameError::Absolute);
+    }
+    if name.contains('\\') {
+        return Err(NameError::Backslash);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(NameError::Control);
+    }
+    if name.contains("..") {
+        return Err(NameError::DotDot);
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(NameError::TooLong(name.len()));
+    }
+    for part in name.split('/') {
+        if part.is_empty() {
+            return Err(NameError::EmptyPart);
+        }
+        if part == "." {
+            return Err(NameError::DotPart);
+        }
+        if part.len() > MAX_PART_BYTES {
+            return Err(NameError::PartTooLong(part.len()));
+        }
+    }
+    if name.split('/').next() == Some(RESERVED_PREFIX) {
+        return Err(NameError::Reserved);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "b808d74e-84b2-11ef-b864-0242ac120002";
+
+    fn task(due: Option<i64>) -> TaskFields<'static> {
+        TaskFields { task_id: ID, due_date: due, call_from: Some("420123456789"), call_to: Some("420987654321") }
+    }
+
+    #[test]
+    fn contract_example() {
+        let t = FileNameTemplate::parse(
+            "{{due_date|yyyy}}/{{due_date|MM}}/{{due_date|dd}}/{{due_date|yyyyMMddHHmmss}}-{{task_id}}",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&task(Some(1101902400000))).unwrap(),
+            "2004/12/01/20041201120000-b808d74e-84b2-11ef-b864-0242ac120002"
+        );
+    }
+
+    #[test]
+    fn slash_in_pattern_makes_folders_and_plain_due_date_is_iso() {
+        let t = FileNameTemplate::parse("{{ due_date | yyyy/MM }}/{{due_date}}_{{task_id}}").unwrap();
+        assert_eq!(
+            t.render(&task(Some(1101902400000))).unwrap(),
+            format!("2004/12/2004-12-01T12:00:00.000Z_{ID}")
+        );
+    }
+
+    #[test]
+    fn jinja_conditions_work() {
+        let t = FileNameTemplate::parse("{% if call_from %}{{call_from}}-{% endif %}{{task_id}}").unwrap();
+        assert_eq!(t.render(&task(None)).unwrap(), format!("420123456789-{ID}"));
+        let chat = TaskFields { task_id: ID, ..Default::default() };
+        assert_eq!(t.render(&chat).unwrap(), ID);
+    }
+
+    #[test]
+    fn template_errors_are_precise() {
+        assert_eq!(FileNameTemplate::parse("{{due_date|yyyy}}").unwrap_err(), TemplateError::NoTaskId);
+        assert_eq!(
+            FileNameTemplate::parse("{{task_id}}-{{caller}}").unwrap_err(),
+            TemplateError::UnknownPlaceholder("caller".into())
+        );
+        assert!(matches!(
+            FileNameTemplate::parse("{{due_date|yyyy-QQ}}/{{task_id}}").unwrap_err(),
+            TemplateError::Pattern(PatternError::UnknownLetter { letter: 'Q', .. })
+        ));
+        assert!(matches!(FileNameTemplate::parse("{% if %}{{task_id}}").unwrap_err(), TemplateError::Syntax(_)));
+        assert!(matches!(
+            FileNameTemplate::parse("/{{task_id}}").unwrap_err(),
+            TemplateError::UnsafeSample { problem: NameError::Absolute, .. }
+        ));
+        assert!(matches!(
+            FileNameTemplate::parse("../{{task_id}}").unwrap_err(),
+            TemplateError::UnsafeSample { problem: NameError::DotDot, .. }
+        ));
+    }
+
+    #[test]
+    fn platform_values_are_made_path_safe() {
+        assert_eq!(path_safe("../../etc/passwd"), "____etc_passwd");
+        assert_eq!(path_safe("a\\b\u{0}c\nd"), "a_b_c_d");
+        assert_eq!(path_safe("v1.2...3"), "v1.2_3");
+        let t = FileNameTemplate::parse("{{call_from}}/{{task_id}}").unwrap();
+        let hostile = TaskFields { task_id: "..", call_from: Some("/abs"), ..Default::default() };
+        let name = t.render(&hostile).unwrap();
+        assert_eq!(name, "_abs/_");
+        assert!(check_name(&name).is_ok());
+    }
+
+    #[test]
+    fn name_check() {
+        assert!(check_name("2004/12/01/x.ogg").is_ok());
+        assert!(check_name("ž/ü file.ogg").is_ok());
+        assert_eq!(check_name(""), Err(NameError::Empty));
+        assert_eq!(check_name("/etc/x"), Err(NameError::Absolute));
+        assert_eq!(check_name("a/../b"), Err(NameError::DotDot));
+        assert_eq!(check_name("a//b"), Err(NameError::EmptyPart));
+        assert_eq!(check_name("a/"), Err(NameError::EmptyPart));
+        assert_eq!(check_name("./a"), Err(NameError::DotPart));
+        assert_eq!(check_name("a\\b"), Err(NameError::Backslash));
+        assert_eq!(check_name("a\u{7}b"), Err(NameError::Control));
+        assert_eq!(check_name("a\u{85}b"), Err(NameError::Control));
+        assert_eq!(check_name(".spinoco-connector/x.page.json"), Err(NameError::Reserved));
+        assert_eq!(check_name(&"a".repeat(2000)), Err(NameError::TooLong(2000)));
+        assert_eq!(check_name(&"a".repeat(300)), Err(NameError::PartTooLong(300)));
+    }
+}
