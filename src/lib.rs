@@ -6,5 +6,8 @@
 
 pub mod config;
 pub mod date_pattern;
+pub mod http;
+pub mod retry;
+pub mod shutdown;
 pub mod store;
 pub mod template;

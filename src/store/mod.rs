@@ -10,6 +10,17 @@ use std::io::{self, Read};
 
 pub mod local;
 
+use crate::config::StorageSettings;
+
+/// Opens the configured provider. `agent` is the shared HTTP agent for the providers
+/// that speak REST through it.
+pub fn open(settings: &StorageSettings, agent: &ureq::Agent) -> Result<Box<dyn BlobStore>, StoreError> {
+    let _ = agent;
+    match settings {
+        StorageSettings::Local { root } => Ok(Box::new(local::LocalStore::open(root)?)),
+    }
+}
+
 /// What a storage provider offers the connector.
 ///
 /// Keys are `/`-separated relative names that were already checked by

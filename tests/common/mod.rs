@@ -1,0 +1,4 @@
+//! Pieces the integration tests share.
+#![allow(dead_code)]
+
+pub mod behaviour;
