@@ -388,6 +388,27 @@ impl Config {
     }
 }
 
+/// Just the naming settings (template and data types), for `render`: designing a
+/// template should not need a token or a storage.
+pub fn naming_from_env(env: &Env) -> Result<(FileNameTemplate, Vec<DataType>), ConfigErrors> {
+    let mut errors = Vec::new();
+    let var = "SP_TASK_SYNC_FILE_NAME_TEMPLATE";
+    let template = match env.get(var) {
+        None => {
+            errors.push(ConfigError::new(var, None, "is required but not set"));
+            None
+        }
+        Some(src) => FileNameTemplate::parse(src)
+            .map_err(|e| errors.push(ConfigError::new(var, Some(src), e.to_string())))
+            .ok(),
+    };
+    let get = parse_types(env, "SP_TASK_SYNC_GET_DATA", Some(DEFAULT_GET_DATA), &mut errors);
+    match template {
+        Some(t) if errors.is_empty() => Ok((t, get)),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
 fn parse_types(
     env: &Env,
     var: &str,

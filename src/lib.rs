@@ -11,3 +11,8 @@ pub mod retry;
 pub mod shutdown;
 pub mod store;
 pub mod template;
+pub mod journal;
+pub mod platform;
+pub mod sync;
+pub mod task;
+pub mod demo;

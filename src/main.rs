@@ -1,1 +1,243 @@
-fn main() {}
+//! The `spinoco-connector` command: parses the command line, reads the configuration
+//! and maps every outcome to an exit code the README documents.
+
+use std::process::ExitCode;
+
+use log::{error, info, LevelFilter};
+
+use spinoco_connector::config::{Config, Env};
+use spinoco_connector::platform::{Platform, PlatformError};
+use spinoco_connector::store::{self, BlobStore, StoreErrorKind};
+use spinoco_connector::sync::{Engine, Mode, SyncError};
+use spinoco_connector::{demo, http, shutdown};
+
+/// Exit codes (README: "Exit codes").
+mod exit {
+    pub const OK: u8 = 0;
+    /// Something could not be stored or deleted, or a service stayed unreachable.
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const CONFIG: u8 = 3;
+    /// The platform refused the API token (401/403).
+    pub const PLATFORM_AUTH: u8 = 4;
+    /// The storage refused the credentials or permissions.
+    pub const STORAGE_DENIED: u8 = 5;
+}
+
+const USAGE: &str = "\
+spinoco-connector — copies recordings, transcriptions and metadata from the Spinoco
+platform into local disk or cloud storage. Configured by environment variables (README).
+
+Usage:
+  spinoco-connector              run as a service: sync rounds forever
+  spinoco-connector --once       drain the feed, finish everything, exit
+  spinoco-connector check [--connect]
+                                 validate and print the configuration (secrets masked);
+                                 --connect also calls the platform and probes the storage
+  spinoco-connector render [--due-date ISO] [--task-id UUID] [--call-from N] [--call-to N]
+                                 print the names SP_TASK_SYNC_FILE_NAME_TEMPLATE gives
+  spinoco-connector demo [--dir DIR]
+                                 sync from a built-in platform emulator into DIR (./demo-data)
+  spinoco-connector emulator [--help]
+                                 run the platform emulator alone (tests, benchmark)
+  spinoco-connector --help | --version
+
+Exit codes: 0 ok, 1 not everything stored, 2 usage, 3 configuration error,
+4 platform refused the token, 5 storage refused access.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    ExitCode::from(dispatch(&args))
+}
+
+fn dispatch(args: &[String]) -> u8 {
+    let first = args.first().map(String::as_str);
+    match first {
+        None => run(Mode::Service),
+        Some("--once") if args.len() == 1 => run(Mode::Once),
+        Some("--help" | "-h" | "help") => {
+            print!("{USAGE}");
+            exit::OK
+        }
+        Some("--version" | "-V") => {
+            println!("spinoco-connector {}", env!("CARGO_PKG_VERSION"));
+            exit::OK
+        }
+        Some("check") => match &args[1..] {
+            [] => check(false),
+            [flag] if flag == "--connect" => check(true),
+            _ => usage("check takes only --connect"),
+        },
+        Some("render") => render(&args[1..]),
+        Some("demo") => match &args[1..] {
+            [] => demo_cmd("demo-data"),
+            [flag, dir] if flag == "--dir" => demo_cmd(dir),
+            _ => usage("demo takes only --dir DIR"),
+        },
+        Some("emulator") => spinoco_connector::emulator::run_cli(&args[1..]).clamp(0, 255) as u8,
+        Some(other) => usage(&format!("unknown argument {other:?}")),
+    }
+}
+
+fn usage(problem: &str) -> u8 {
+    eprintln!("error: {problem}\n\n{USAGE}");
+    exit::USAGE
+}
+
+fn init_logging(level: LevelFilter) {
+    // The HTTP stack logs raw header lines at trace level: keep it quiet so the token
+    // can never reach the log, whatever SP_LOG_LEVEL says.
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_module_level("ureq", LevelFilter::Warn)
+        .with_module_level("ureq_proto", LevelFilter::Warn)
+        .with_module_level("rustls", LevelFilter::Warn)
+        .with_utc_timestamps()
+        .init();
+}
+
+fn load_config() -> Result<Config, u8> {
+    Config::from_env(&Env::from_process()).map_err(|errors| {
+        eprint!("{errors}");
+        exit::CONFIG
+    })
+}
+
+fn run(mode: Mode) -> u8 {
+    let cfg = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(cfg.log_level);
+    shutdown::install();
+    let agent = http::agent(cfg.http_timeout, cfg.concurrency);
+    let store = match store::open(&cfg.storage, &agent) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot open the storage: {e}");
+            return if e.kind == StoreErrorKind::Denied { exit::STORAGE_DENIED } else { exit::FAILURE };
+        }
+    };
+    let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
+    match Engine::new(&cfg, platform, store.as_ref(), mode).run(mode) {
+        Ok(summary) => {
+            info!("done: {summary}");
+            exit::OK
+        }
+        Err(e) => {
+            error!("{e}");
+            code_of(&e)
+        }
+    }
+}
+
+fn code_of(e: &SyncError) -> u8 {
+    match e {
+        SyncError::Auth(_) => exit::PLATFORM_AUTH,
+        SyncError::StorageDenied(_) => exit::STORAGE_DENIED,
+        _ => exit::FAILURE,
+    }
+}
+
+fn check(connect: bool) -> u8 {
+    let cfg = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("configuration is valid:");
+    for (name, value) in cfg.describe() {
+        println!("  {name:<32} {value}");
+    }
+    if !connect {
+        return exit::OK;
+    }
+    let agent = http::agent(cfg.http_timeout, cfg.concurrency);
+    let platform = Platform::new(agent.clone(), &cfg.api.base_url(), cfg.token.clone());
+    // A page token the platform never issued: a 400 proves the token was accepted,
+    // and, unlike a query, it cannot move the tag's cursor.
+    let probe = serde_json::json!({ "page": "spinoco-connector-check", "count": 1 });
+    let platform_code = match platform.feed(&probe) {
+        Ok(_) | Err(PlatformError::PageExpired) => {
+            println!("platform: {} reachable, token accepted", cfg.api.base_url());
+            exit::OK
+        }
+        Err(e @ PlatformError::Auth { .. }) => {
+            println!("platform: {e}");
+            exit::PLATFORM_AUTH
+        }
+        Err(e) => {
+            println!("platform: {} failed: {e}", cfg.api.base_url());
+            exit::FAILURE
+        }
+    };
+    let storage_code = match store::open(&cfg.storage, &agent).and_then(|s| probe_storage(s.as_ref())) {
+        Ok(described) => {
+            println!("storage: {described}: wrote, read back and removed a probe object");
+            exit::OK
+        }
+        Err(e) => {
+            println!("storage: {e}");
+            if e.kind == StoreErrorKind::Denied { exit::STORAGE_DENIED } else { exit::FAILURE }
+        }
+    };
+    if platform_code != exit::OK {
+        platform_code
+    } else {
+        storage_code
+    }
+}
+
+fn probe_storage(store: &dyn BlobStore) -> Result<String, store::StoreError> {
+    let key = format!(".spinoco-connector/probe-{}", std::process::id());
+    let body = b"spinoco-connector check --connect";
+    store::put_bytes(store, &key, body)?;
+    let read = store.get(&key)?;
+    store.delete(&key)?;
+    if read.as_deref() != Some(&body[..]) {
+        return Err(store::StoreError::transient(format!("{}: the probe object read back differently", store.describe())));
+    }
+    Ok(store.describe())
+}
+
+fn render(args: &[String]) -> u8 {
+    let mut opts = demo::RenderOptions::default();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else { return usage(&format!("{flag} needs a value")) };
+        match flag.as_str() {
+            "--due-date" => match spinoco_connector::config::parse_iso_date(value) {
+                Some(ms) => opts.due_date = Some(ms),
+                None => return usage(&format!("--due-date {value:?} is not an ISO-8601 date")),
+            },
+            "--task-id" => opts.task_id = Some(value.clone()),
+            "--call-from" => opts.call_from = Some(value.clone()),
+            "--call-to" => opts.call_to = Some(value.clone()),
+            _ => return usage(&format!("unknown render option {flag:?}")),
+        }
+    }
+    match demo::render_names(&Env::from_process(), &opts) {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            exit::OK
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            exit::CONFIG
+        }
+    }
+}
+
+fn demo_cmd(dir: &str) -> u8 {
+    init_logging(LevelFilter::Info);
+    shutdown::install();
+    match demo::run(std::path::Path::new(dir)) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            error!("demo failed: {e}");
+            exit::FAILURE
+        }
+    }
+}

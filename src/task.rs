@@ -1,0 +1,254 @@
+//! A task from the sync feed, and the names its files get.
+//!
+//! Tasks arrive as raw JSON and are read one by one, so one odd task is reported and
+//! skipped without hiding the others. The name of each file is the user's template
+//! rendered with the task, plus the suffix of its data type (the k-th recording gets
+//! `.ogg` or `-k.ogg`, its transcription the matching `.trans.json`); a task without a
+//! due date falls back to the platform's own `fileName`. Every name is checked.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::DataType;
+use crate::template::{check_name, FileNameTemplate, NameError, TaskFields, TemplateError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub task_id: String,
+    #[serde(default)]
+    pub due_date: Option<i64>,
+    #[serde(default)]
+    pub call_from: Option<String>,
+    #[serde(default)]
+    pub call_to: Option<String>,
+    pub get: Vec<GetItem>,
+    pub delete: Vec<DeleteItem>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetItem {
+    #[serde(default)]
+    pub data_type: Option<String>,
+    #[serde(default)]
+    pub recording_id: Option<String>,
+    pub path: String,
+    pub file_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeleteItem {
+    pub path: String,
+}
+
+/// One file to transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileJob {
+    pub name: String,
+    pub path: String,
+}
+
+#[derive(Debug)]
+pub enum TaskError {
+    /// The task object is not what the contract describes.
+    Malformed { excerpt: String, reason: String },
+    Template(TemplateError),
+    BadName { name: String, problem: NameError },
+    DuplicateName(String),
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskError::Malformed { excerpt, reason } => write!(f, "malformed task {excerpt}: {reason}"),
+            TaskError::Template(e) => e.fmt(f),
+            TaskError::BadName { name, problem } => write!(f, "unsafe file name {name:?}: {problem}"),
+            TaskError::DuplicateName(name) => write!(f, "two files of the task would be named {name:?}"),
+        }
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+impl Task {
+    pub fn from_value(v: &Value) -> Result<Task, TaskError> {
+        Task::deserialize(v).map_err(|e| TaskError::Malformed { excerpt: excerpt(v), reason: e.to_string() })
+    }
+
+    /// The files of this task, named and checked.
+    pub fn files(&self, template: &FileNameTemplate) -> Result<Vec<FileJob>, TaskError> {
+        let base = match self.due_date {
+            Some(due) => Some(
+                template
+                    .render(&TaskFields {
+                        task_id: &self.task_id,
+                        due_date: Some(due),
+                        call_from: self.call_from.as_deref(),
+                        call_to: self.call_to.as_deref(),
+                    })
+                    .map_err(TaskError::Template)?,
+            ),
+            None => None,
+        };
+        let recordings: Vec<Option<&str>> = self
+            .get
+            .iter()
+            .filter(|g| data_type(g) == Some(DataType::Recordings))
+            .map(|g| g.recording_id.as_deref())
+            .collect();
+        let mut seen = BTreeSet::new();
+        let mut jobs = Vec::with_capacity(self.get.len());
+        for (i, item) in self.get.iter().enumerate() {
+            let name = match (&base, self.suffix(item, i, &recordings)) {
+                (Some(base), Some(suffix)) => format!("{base}{suffix}"),
+                _ => item.file_name.clone(),
+            };
+            check_name(&name).map_err(|problem| TaskError::BadName { name: name.clone(), problem })?;
+            if !seen.insert(name.clone()) {
+                return Err(TaskError::DuplicateName(name));
+            }
+            jobs.push(FileJob { name, path: item.path.clone() });
+        }
+        Ok(jobs)
+    }
+
+    /// The suffix of the `index`-th get item, when it can be known: from its data type
+    /// and position, else from the end of the platform's `fileName`.
+    fn suffix(&self, item: &GetItem, index: usize, recordings: &[Option<&str>]) -> Option<String> {
+        let k_of_recording = |id: Option<&str>| {
+            id.and_then(|id| recordings.iter().position(|r| *r == Some(id))).map(|p| p + 1)
+        };
+        match data_type(item) {
+            Some(DataType::Recordings) => {
+                let k = self.get[..index].iter().filter(|g| data_type(g) == Some(DataType::Recordings)).count() + 1;
+                Some(DataType::Recordings.suffix(k))
+            }
+            Some(DataType::Transcriptions) => {
+                let k = k_of_recording(item.recording_id.as_deref())
+                    .or_else(|| suffix_from_file_name(&item.file_name).map(|(_, k)| k))
+                    .unwrap_or_else(|| {
+                        self.get[..index].iter().filter(|g| data_type(g) == Some(DataType::Transcriptions)).count() + 1
+                    });
+                Some(DataType::Transcriptions.suffix(k))
+            }
+            Some(other) => Some(other.suffix(1)),
+            None => suffix_from_file_name(&item.file_name).map(|(t, k)| t.suffix(k)),
+        }
+    }
+}
+
+fn data_type(item: &GetItem) -> Option<DataType> {
+    item.data_type.as_deref().and_then(DataType::parse)
+}
+
+/// Reads a known suffix off the end of a platform file name: the data type it stands
+/// for (metadata types all map to one) and the recording number.
+fn suffix_from_file_name(name: &str) -> Option<(DataType, usize)> {
+    for (ext, t) in [(".trans.json", DataType::Transcriptions), (".ogg", DataType::Recordings)] {
+        if let Some(stem) = name.strip_suffix(ext) {
+            let k = stem
+                .rsplit_once('-')
+                .and_then(|(_, n)| n.parse::<usize>().ok())
+                .filter(|&k| (2..=999).contains(&k))
+                .unwrap_or(1);
+            return Some((t, k));
+        }
+    }
+    if name.ends_with(".history.json") {
+        return Some((DataType::ChatHistory, 1));
+    }
+    name.ends_with(".meta.json").then_some((DataType::CallMetadata, 1))
+}
+
+/// A short, safe rendering of a task object for log lines.
+pub fn excerpt(v: &Value) -> String {
+    let id = v.get("taskId").and_then(Value::as_str).map(|s| s.chars().take(64).collect::<String>());
+    match id {
+        Some(id) => format!("{id:?}"),
+        None => {
+            let text: String = v.to_string().chars().filter(|c| !c.is_control()).take(120).collect();
+            format!("(no taskId) {text}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ID: &str = "b808d74e-84b2-11ef-b864-0242ac120002";
+
+    fn template() -> FileNameTemplate {
+        FileNameTemplate::parse("{{due_date|yyyy}}/{{due_date|MM}}/{{due_date|dd}}/{{due_date|yyyyMMddHHmmss}}-{{task_id}}")
+            .unwrap()
+    }
+
+    fn names(task: Value) -> Vec<String> {
+        Task::from_value(&task).unwrap().files(&template()).unwrap().into_iter().map(|j| j.name).collect()
+    }
+
+    #[test]
+    fn suffixes_follow_the_recording_order() {
+        let got = names(json!({
+            "taskId": ID, "dueDate": 1101902400000i64, "callFrom": "420123456789",
+            "get": [
+                {"dataType": "CallMetadata", "path": "/task/x/meta", "fileName": "ignored"},
+                {"dataType": "Recordings", "recordingId": "r1", "path": "/r/1", "fileName": "ignored"},
+                {"dataType": "Recordings", "recordingId": "r2", "path": "/r/2", "fileName": "ignored"},
+                {"dataType": "Transcriptions", "recordingId": "r2", "path": "/t/2", "fileName": "ignored"},
+                {"dataType": "Recordings", "recordingId": "r3", "path": "/r/3", "fileName": "ignored"},
+                {"dataType": "Transcriptions", "recordingId": "r1", "path": "/t/1", "fileName": "ignored"}
+            ],
+            "delete": [], "someNewField": {"x": 1}
+        }));
+        let base = format!("2004/12/01/20041201120000-{ID}");
+        let want: Vec<String> = [".meta.json", ".ogg", "-2.ogg", "-2.trans.json", "-3.ogg", ".trans.json"]
+            .iter()
+            .map(|s| format!("{base}{s}"))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn without_due_date_the_platform_name_is_used_and_checked() {
+        let task = json!({"taskId": ID, "get": [{"path": "/x", "fileName": "a/b.meta.json"}], "delete": []});
+        assert_eq!(names(task), vec!["a/b.meta.json"]);
+        for bad in ["../../etc/passwd", "/abs/x.ogg", "a\\b.ogg", "a/\u{1}.ogg", ".spinoco-connector/t.page.json"] {
+            let task = json!({"taskId": ID, "get": [{"path": "/x", "fileName": bad}], "delete": []});
+            let err = Task::from_value(&task).unwrap().files(&template()).unwrap_err();
+            assert!(matches!(err, TaskError::BadName { .. }), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn old_platform_entries_take_the_suffix_from_the_file_name() {
+        let got = names(json!({
+            "taskId": ID, "dueDate": 1101902400000i64,
+            "get": [
+                {"path": "/t/2", "fileName": "whatever/x-2.trans.json"},
+                {"path": "/r/1", "fileName": "whatever/x.ogg"},
+                {"path": "/m", "fileName": "whatever/x.meta.json"}
+            ],
+            "delete": []
+        }));
+        let base = format!("2004/12/01/20041201120000-{ID}");
+        assert_eq!(got, vec![format!("{base}-2.trans.json"), format!("{base}.ogg"), format!("{base}.meta.json")]);
+    }
+
+    #[test]
+    fn malformed_tasks_are_reported_with_their_id() {
+        let err = Task::from_value(&json!({"taskId": ID, "get": "nope", "delete": []})).unwrap_err();
+        assert!(err.to_string().contains(ID), "{err}");
+        let err = Task::from_value(&json!({"get": []})).unwrap_err();
+        assert!(err.to_string().contains("no taskId"), "{err}");
+        let dup = json!({"taskId": ID, "dueDate": 0, "get": [
+            {"dataType": "CallMetadata", "path": "/a", "fileName": "x"},
+            {"dataType": "CommonMetadata", "path": "/b", "fileName": "y"}], "delete": []});
+        assert!(matches!(Task::from_value(&dup).unwrap().files(&template()), Err(TaskError::DuplicateName(_))));
+    }
+}

@@ -1,0 +1,160 @@
+//! Runs the real binary against the platform emulator and checks what it stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use spinoco_connector::emulator::{Emulator, EmulatorConfig};
+
+pub const TOKEN: &str = "test-token-5ecr3t-value";
+pub const TEMPLATE: &str =
+    "{{due_date|yyyy}}/{{due_date|MM}}/{{due_date|dd}}/{{due_date|yyyyMMddHHmmss}}-{{task_id}}";
+pub const ALL_TYPES: &str =
+    "CallMetadata,Recordings,Transcriptions,ChatMetadata,ChatHistory,SMSMetadata,EmailMetadata,WorkflowMetadata";
+
+pub fn emulator(cfg: EmulatorConfig) -> Emulator {
+    Emulator::start(EmulatorConfig { token: TOKEN.into(), ..cfg }).expect("emulator starts")
+}
+
+/// A fresh folder for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(super::behaviour::unique(&format!("spinoco-it-{name}")));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The connector's environment for a sync from `emu` into `dir`.
+pub fn env(emu: &Emulator, dir: &Path) -> BTreeMap<String, String> {
+    [
+        ("SP_API_TOKEN", TOKEN.to_string()),
+        ("SP_API_URL", emu.url()),
+        ("SP_TASK_SYNC_TAG", "it".to_string()),
+        ("SP_TASK_SYNC_FILE_NAME_TEMPLATE", TEMPLATE.to_string()),
+        ("SP_TASK_SYNC_GET_DATA", ALL_TYPES.to_string()),
+        ("SP_TASK_SYNC_DELETE_DATA", "Recordings".to_string()),
+        ("SP_TASK_SYNC_SAVE_TO", dir.display().to_string()),
+        ("SP_TASK_SYNC_POLL_INTERVAL", "1s".to_string()),
+        ("SP_HTTP_TIMEOUT", "3s".to_string()),
+        ("SP_LOG_LEVEL", "info".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+pub fn command(env: &BTreeMap<String, String>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spinoco-connector"));
+    cmd.env_clear().envs(env).args(args).stdin(Stdio::null());
+    cmd
+}
+
+/// Runs to the end and returns the output (with a generous time limit).
+pub fn run(env: &BTreeMap<String, String>, args: &[&str]) -> Output {
+    let mut child = command(env, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the connector did not finish in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn spawn(env: &BTreeMap<String, String>, args: &[&str]) -> Child {
+    command(env, args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Every file below `dir` except the connector's own folder, as relative names.
+pub fn files_in(dir: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            if rel == ".spinoco-connector" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(rel);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The (fileName, path) of every file the emulator handed out, latest first wins.
+pub fn expected(emu: &Emulator) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for task in emu.handed_out() {
+        for g in task["get"].as_array().cloned().unwrap_or_default() {
+            map.entry(g["fileName"].as_str().unwrap().to_string()).or_insert(g["path"].as_str().unwrap().to_string());
+        }
+    }
+    map
+}
+
+/// Checks that `dir` holds exactly the handed-out files with the platform's bytes,
+/// that no temp file or journal is left, and that no delete came too early.
+pub fn verify_complete(emu: &Emulator, dir: &Path) -> usize {
+    let expected = expected(emu);
+    assert!(!expected.is_empty(), "the emulator handed out nothing");
+    let present = files_in(dir);
+    let want: BTreeSet<String> = expected.keys().cloned().collect();
+    let missing: Vec<_> = want.difference(&present).collect();
+    let extra: Vec<_> = present.difference(&want).collect();
+    assert!(missing.is_empty(), "{} files missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(extra.is_empty(), "unexpected files: {:?}", &extra[..extra.len().min(5)]);
+    for (name, path) in &expected {
+        let want = emu.content(path).unwrap_or_else(|| panic!("emulator has no content for {path}"));
+        let got = std::fs::read(dir.join(name)).unwrap();
+        assert!(got == want, "{name}: {} bytes stored, {} expected (or content differs)", got.len(), want.len());
+    }
+    let state = dir.join(".spinoco-connector");
+    let tmp: Vec<_> = std::fs::read_dir(state.join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(tmp.is_empty(), "temp files left: {tmp:?}");
+    let journals: Vec<_> = std::fs::read_dir(&state)
+        .map(|d| d.flatten().filter(|e| e.path().is_file()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(journals.is_empty(), "journal left behind: {journals:?}");
+    assert_eq!(emu.violations(), Vec::<String>::new(), "premature deletes");
+    expected.len()
+}
+
+/// Installs a delete guard: at each DELETE every file of the task must already be in
+/// `dir` with the platform's bytes.
+pub fn guard_deletes(emu: &Emulator, dir: &Path) {
+    let dir = dir.to_path_buf();
+    let contents = emu.content_source();
+    emu.set_delete_guard(Box::new(move |task: &Value| {
+        task["get"].as_array().map_or(false, |gets| {
+            gets.iter().all(|g| {
+                let name = g["fileName"].as_str().unwrap_or("");
+                let path = g["path"].as_str().unwrap_or("");
+                match (std::fs::read(dir.join(name)), contents(path)) {
+                    (Ok(got), Some(want)) => got == want,
+                    _ => false,
+                }
+            })
+        })
+    }));
+}
+
+/// Recording paths of handed-out tasks that should have been deleted.
+pub fn recording_deletes(emu: &Emulator) -> BTreeSet<String> {
+    emu.handed_out()
+        .iter()
+        .flat_map(|t| t["delete"].as_array().cloned().unwrap_or_default())
+        .map(|d| d["path"].as_str().unwrap().to_string())
+        .collect()
+}

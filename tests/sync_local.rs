@@ -1,0 +1,262 @@
+//! The real binary against the platform emulator over HTTP, into a local folder.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::harness::*;
+use spinoco_connector::emulator::{EmulatorConfig, Faults};
+
+fn small(tasks: usize) -> EmulatorConfig {
+    EmulatorConfig { tasks, seed: 11, recording_size: (2_000, 60_000), ..Default::default() }
+}
+
+#[test]
+fn full_sync_of_every_data_type_with_deletes_after_stores() {
+    let emu = emulator(small(60));
+    let dir = scratch("full");
+    guard_deletes(&emu, &dir);
+    let out = run(&env(&emu, &dir), &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let n = verify_complete(&emu, &dir);
+    let files = files_in(&dir);
+    for suffix in [".meta.json", ".ogg", "-2.ogg", ".trans.json", ".history.json"] {
+        assert!(files.iter().any(|f| f.ends_with(suffix)), "no {suffix} file among {n}");
+    }
+    let deletes = recording_deletes(&emu);
+    assert!(!deletes.is_empty());
+    let done: std::collections::BTreeSet<String> = emu.deletes().into_iter().collect();
+    assert_eq!(done, deletes, "every recording deleted once stored");
+    assert!(!text(&out).contains(TOKEN), "the token leaked into the output");
+}
+
+#[test]
+fn second_run_and_redelivered_tasks_rewrite_harmlessly() {
+    let emu = emulator(EmulatorConfig { redeliver: 0.3, old_platform: 0.2, ..small(40) });
+    let dir = scratch("redeliver");
+    let mut e = env(&emu, &dir);
+    e.insert("SP_TASK_SYNC_PAGE_SIZE".into(), "7".into());
+    let out = run(&e, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let first = verify_complete(&emu, &dir);
+    let out = run(&e, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(verify_complete(&emu, &dir), first);
+}
+
+#[test]
+fn filters_and_start_from_are_sent_and_honoured() {
+    let emu = emulator(small(60));
+    let all: Vec<_> = {
+        let dir = scratch("nofilter");
+        let mut e = env(&emu, &dir);
+        e.insert("SP_TASK_SYNC_TAG".into(), "all".into());
+        e.remove("SP_TASK_SYNC_DELETE_DATA");
+        assert!(run(&e, &["--once"]).status.success());
+        emu.handed_out()
+    };
+    let count = all.len();
+    let mid_due = all[count / 2]["dueDate"].as_i64().unwrap();
+
+    let dir = scratch("startfrom");
+    let mut e = env(&emu, &dir);
+    e.insert("SP_TASK_SYNC_TAG".into(), "from".into());
+    e.remove("SP_TASK_SYNC_DELETE_DATA");
+    let iso = spinoco_connector::template::iso_millis(mid_due);
+    e.insert("SP_TASK_SYNC_START_FROM".into(), iso);
+    assert!(run(&e, &["--once"]).status.success());
+    let from: Vec<_> = emu.handed_out()[count..].to_vec();
+    assert!(!from.is_empty() && from.len() < count, "startFrom gave {} of {count}", from.len());
+    assert!(from.iter().all(|t| t["dueDate"].as_i64().map_or(true, |d| d >= mid_due)));
+
+    let dir = scratch("skills");
+    let mut e = env(&emu, &dir);
+    e.insert("SP_TASK_SYNC_TAG".into(), "skills".into());
+    e.remove("SP_TASK_SYNC_DELETE_DATA");
+    e.insert("SP_TASK_SYNC_SKILLS_MUST".into(), "SK1".into());
+    let before = emu.handed_out().len();
+    assert!(run(&e, &["--once"]).status.success());
+    let filtered = emu.handed_out().len() - before;
+    assert!(filtered > 0 && filtered < count, "skill filter gave {filtered} of {count}");
+}
+
+#[test]
+fn revoked_token_stops_with_exit_4_and_a_clear_message() {
+    let emu = emulator(small(5));
+    let dir = scratch("auth");
+    let mut e = env(&emu, &dir);
+    e.insert("SP_API_TOKEN".into(), "wrong-token-value".into());
+    e.insert("SP_LOG_LEVEL".into(), "trace".into());
+    let out = run(&e, &["--once"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("refused the API token"), "{t}");
+    assert!(!t.contains("wrong-token-value"), "token leaked: {t}");
+}
+
+#[test]
+fn transient_faults_are_retried_and_leave_no_partial_files() {
+    let faults = Faults {
+        server_error: 0.10,
+        too_many: 0.05,
+        retry_after_secs: 1,
+        drop_body: 0.05,
+        stall_body: 0.03,
+        stall_for: Duration::from_secs(5),
+        spike: 0.05,
+        spike_latency: Duration::from_millis(200),
+    };
+    let emu = emulator(EmulatorConfig { faults, chunked: 0.3, ..small(40) });
+    let dir = scratch("faults");
+    guard_deletes(&emu, &dir);
+    let mut e = env(&emu, &dir);
+    e.insert("SP_TASK_SYNC_CONCURRENCY".into(), "8".into());
+    let out = run(&e, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    verify_complete(&emu, &dir);
+    let t = text(&out);
+    assert!(t.contains("retrying"), "no retry was needed? {t}");
+}
+
+#[test]
+fn kill_9_mid_page_then_restart_loses_nothing() {
+    let emu = emulator(EmulatorConfig { latency: Duration::from_millis(15), ..small(80) });
+    let dir = scratch("kill9");
+    guard_deletes(&emu, &dir);
+    let mut e = env(&emu, &dir);
+    e.insert("SP_TASK_SYNC_PAGE_SIZE".into(), "20".into());
+    e.insert("SP_TASK_SYNC_CONCURRENCY".into(), "2".into());
+    for wait_ms in [150u64, 400, 700, 1000, 1300] {
+        let mut child = spawn(&e, &[]);
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let out = run(&e, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    verify_complete(&emu, &dir);
+    let done: std::collections::BTreeSet<String> = emu.deletes().into_iter().collect();
+    assert_eq!(done, recording_deletes(&emu), "deletes complete after restarts");
+}
+
+#[test]
+fn sigterm_during_a_large_transfer_exits_promptly_leaving_nothing_partial() {
+    let emu = emulator(EmulatorConfig { recording_size: (40_000_000, 60_000_000), latency: Duration::from_millis(5), ..small(6) });
+    let dir = scratch("sigterm");
+    let e = env(&emu, &dir);
+    let mut child = spawn(&e, &[]);
+    // Wait until a recording is being written.
+    let tmp = dir.join(".spinoco-connector/tmp");
+    let start = Instant::now();
+    while std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no transfer started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = Instant::now();
+    unsafe_sigterm(child.id());
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?} to stop");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "partial temp file left");
+    // Whatever is visible is complete.
+    let expected = expected(&emu);
+    for name in files_in(&dir) {
+        let want = emu.content(&expected[&name]).unwrap();
+        assert_eq!(std::fs::read(dir.join(&name)).unwrap().len(), want.len(), "{name} is partial");
+    }
+    // And the next run finishes the job.
+    let out = run(&e, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    verify_complete(&emu, &dir);
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let ok = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn hostile_names_are_rejected_and_nothing_leaves_the_root() {
+    let emu = emulator(small(5));
+    let outer = scratch("hostile");
+    let dir = outer.join("root");
+    let bad = ["../escape.meta.json", "/tmp/spinoco-abs.meta.json", "a\\b.meta.json", "x/../../y.meta.json", ".spinoco-connector/it.page.json"];
+    for (i, name) in bad.iter().enumerate() {
+        let path = format!("/task/hostile-{i}/meta");
+        emu.inject_task(
+            serde_json::json!({"taskId": format!("hostile-{i}"), "get": [{"path": path, "fileName": name}], "delete": []}),
+            vec![(path.clone(), b"evil".to_vec())],
+        );
+    }
+    emu.inject_task(serde_json::json!({"taskId": 42, "get": "odd"}), vec![]);
+    let out = run(&env(&emu, &dir), &["--once"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("unsafe file name"), "{t}");
+    assert!(t.contains("malformed task"), "{t}");
+    assert!(!outer.join("escape.meta.json").exists());
+    assert!(!std::path::Path::new("/tmp/spinoco-abs.meta.json").exists());
+    let stray: Vec<_> = std::fs::read_dir(&outer).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(stray, vec![std::ffi::OsString::from("root")]);
+    // The well-formed tasks were all stored.
+    assert!(files_in(&dir).iter().any(|f| f.ends_with(".ogg")));
+}
+
+#[test]
+fn configuration_errors_are_all_reported_before_any_network_call() {
+    let emu = emulator(small(3));
+    let dir = scratch("config");
+    let mut e = env(&emu, &dir);
+    e.remove("SP_TASK_SYNC_TAG");
+    e.insert("SP_TASK_SYNC_FILE_NAME_TEMPLATE".into(), "{{due_date|yyyy}}".into());
+    e.insert("SP_TASK_SYNC_GET_DATA".into(), "Recordings,Videos".into());
+    e.insert("SP_TASK_SYNC_DELETE_DATA".into(), "Transcriptions".into());
+    e.insert("SP_TASK_SYNC_SKILLS_MUST".into(), "TOOLONG".into());
+    e.insert("SP_TASK_SYNC_HASHTAGS_MUST".into(), "not-a-uuid".into());
+    e.insert("SP_TASK_SYNC_START_FROM".into(), "last tuesday".into());
+    e.insert("SP_TASK_SYNC_STORAGE_PROVIDER".into(), "dropbox".into());
+    for args in [&[][..], &["--once"][..], &["check"][..], &["check", "--connect"][..]] {
+        let out = run(&e, args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
+        let t = text(&out);
+        for needle in [
+            "SP_TASK_SYNC_TAG: is required",
+            "must contain {{task_id}}",
+            "\"Videos\"",
+            "only Recordings can be deleted",
+            "TOOLONG",
+            "not-a-uuid",
+            "last tuesday",
+            "dropbox",
+        ] {
+            assert!(t.contains(needle), "{args:?}: {needle:?} not in {t}");
+        }
+        assert!(!t.contains(TOKEN), "token leaked: {t}");
+    }
+    assert!(emu.requests().is_empty(), "a network call was made before validation");
+}
+
+#[test]
+fn check_render_help_and_version() {
+    let emu = emulator(small(3));
+    let dir = scratch("check");
+    let e = env(&emu, &dir);
+    let out = run(&e, &["check", "--connect"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("token accepted") && t.contains("probe object"), "{t}");
+    assert!(!t.contains(TOKEN) && t.contains("***"), "{t}");
+    assert!(emu.handed_out().is_empty(), "check must not consume tasks");
+
+    let out = run(&e, &["render", "--due-date", "2004-12-01T12:00:00Z", "--task-id", "b808d74e-84b2-11ef-b864-0242ac120002"]);
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("2004/12/01/20041201120000-b808d74e-84b2-11ef-b864-0242ac120002.ogg"), "{t}");
+    assert!(t.contains("20041201120000-b808d74e-84b2-11ef-b864-0242ac120002-2.trans.json"), "{t}");
+
+    assert_eq!(run(&e, &["--bogus"]).status.code(), Some(2));
+    assert!(run(&e, &["--help"]).status.success());
+    let v = run(&e, &["--version"]);
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("spinoco-connector "));
+}
