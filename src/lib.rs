@@ -6,5 +6,6 @@
 
 pub mod config;
 pub mod date_pattern;
+pub mod emulator;
 pub mod store;
 pub mod template;
