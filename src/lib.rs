@@ -6,13 +6,14 @@
 
 pub mod config;
 pub mod date_pattern;
+pub mod demo;
+pub mod emulator;
 pub mod http;
+pub mod journal;
+pub mod platform;
 pub mod retry;
 pub mod shutdown;
 pub mod store;
-pub mod template;
-pub mod journal;
-pub mod platform;
 pub mod sync;
 pub mod task;
-pub mod demo;
+pub mod template;

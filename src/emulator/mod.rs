@@ -1,0 +1,750 @@
+//! A threaded HTTP emulator of the Spinoco platform's task-sync API
+//! (`/work/shared/platform-api.md`), for the tests, the benchmark and the demo.
+//!
+//! The real platform cannot be broken on demand, so this one can: it serves a
+//! deterministic account (see [`data`]), keeps per-tag cursors and page tokens the
+//! way the contract allows, and injects faults (errors, 429s, cut or stalled bodies,
+//! latency spikes) drawn from a seeded generator. It also records what it handed out
+//! and what was deleted, so a test can check the connector's side of the contract.
+
+mod data;
+mod feed;
+mod http;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use data::{Account, AccountSpec, RecordingReader, Rng};
+use feed::{Query, SyncRequest};
+use http::{lock, Body, BodyFault, Request, Response, Server};
+
+/// Faults injected per request; each field is a probability in [0, 1] unless noted.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// 500, 502 or 503; nothing changes on the platform.
+    pub server_error: f64,
+    /// 429 with `Retry-After: retry_after_secs`; nothing changes.
+    pub too_many: f64,
+    pub retry_after_secs: u64,
+    /// Headers with the full length, about half the body, then the connection closes.
+    pub drop_body: f64,
+    /// About half the body, then silence for `stall_for`, then the connection closes.
+    pub stall_body: f64,
+    pub stall_for: Duration,
+    /// An extra `spike_latency` before the answer.
+    pub spike: f64,
+    pub spike_latency: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    pub seed: u64,
+    /// Tasks in the account at start.
+    pub tasks: usize,
+    /// The accepted Bearer token.
+    pub token: String,
+    /// Smallest and largest size of a recording in bytes (inclusive).
+    pub recording_size: (u64, u64),
+    /// Slept before every answer (in the connection's own thread).
+    pub latency: Duration,
+    pub faults: Faults,
+    /// Chance that a handed-out task is handed out once more later in the feed.
+    pub redeliver: f64,
+    /// Chance that a task is sent with only the always-there fields.
+    pub old_platform: f64,
+    /// Chance that a download is sent chunked (no Content-Length).
+    pub chunked: f64,
+    /// Due date of the first task (ms since the epoch); tasks follow in due-date order.
+    pub start_due_ms: i64,
+    /// Port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> EmulatorConfig {
+        EmulatorConfig {
+            seed: 1,
+            tasks: 40,
+            token: "emulator-token".into(),
+            recording_size: (20_000, 200_000),
+            latency: Duration::ZERO,
+            faults: Faults::default(),
+            redeliver: 0.0,
+            old_platform: 0.0,
+            chunked: 0.0,
+            start_due_ms: 1_725_896_747_277,
+            port: 0,
+        }
+    }
+}
+
+/// One request as the emulator answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// Body bytes written.
+    pub bytes: u64,
+    /// Whether the whole body was written.
+    pub complete: bool,
+}
+
+/// Called at each DELETE with the task object that carried the delete; false is a violation.
+pub type DeleteGuard = Box<dyn Fn(&Value) -> bool + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Item {
+    Task(usize),
+    Injected(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FeedItem {
+    item: Item,
+    redelivery: bool,
+}
+
+struct Injected {
+    task: Value,
+    due: Option<i64>,
+    delete_paths: Vec<String>,
+}
+
+struct PageRef {
+    query: Arc<Query>,
+    start: usize,
+}
+
+struct State {
+    token: String,
+    faults: Faults,
+    account: Account,
+    feed: Vec<FeedItem>,
+    injected: Vec<Injected>,
+    injected_content: HashMap<String, Vec<u8>>,
+    cursors: HashMap<String, usize>,
+    pages: HashMap<String, PageRef>,
+    expired: HashSet<String>,
+    token_serial: u64,
+    /// Feed positions already considered for re-delivery.
+    redelivery_drawn: HashSet<usize>,
+    /// Delete paths done.
+    deleted: HashSet<String>,
+    /// Delete path → the latest task object handed out with it.
+    delete_owner: HashMap<String, Value>,
+    handed_out: Vec<Value>,
+    deletes: Vec<String>,
+    violations: Vec<String>,
+    requests: Vec<RequestRecord>,
+    rng: Rng,
+}
+
+struct Shared {
+    latency: Duration,
+    redeliver: f64,
+    chunked: f64,
+    state: Mutex<State>,
+    guard: Mutex<Option<Arc<DeleteGuard>>>,
+}
+
+/// A running emulator; stops when dropped.
+pub struct Emulator {
+    shared: Arc<Shared>,
+    server: Server,
+}
+
+impl Emulator {
+    /// Binds 127.0.0.1 (`cfg.port`, 0 for any) and serves in background threads.
+    pub fn start(cfg: EmulatorConfig) -> std::io::Result<Emulator> {
+        let spec = AccountSpec {
+            seed: cfg.seed,
+            start_due_ms: cfg.start_due_ms,
+            recording_size: cfg.recording_size,
+            old_platform: cfg.old_platform,
+        };
+        let account = Account::new(spec, cfg.tasks);
+        let feed = (0..cfg.tasks)
+            .map(|i| FeedItem {
+                item: Item::Task(i),
+                redelivery: false,
+            })
+            .collect();
+        let state = State {
+            token: cfg.token.clone(),
+            faults: cfg.faults.clone(),
+            account,
+            feed,
+            injected: Vec::new(),
+            injected_content: HashMap::new(),
+            cursors: HashMap::new(),
+            pages: HashMap::new(),
+            expired: HashSet::new(),
+            token_serial: 0,
+            redelivery_drawn: HashSet::new(),
+            deleted: HashSet::new(),
+            delete_owner: HashMap::new(),
+            handed_out: Vec::new(),
+            deletes: Vec::new(),
+            violations: Vec::new(),
+            requests: Vec::new(),
+            rng: Rng::new(data::mix(cfg.seed, 0xFA17)),
+        };
+        let shared = Arc::new(Shared {
+            latency: cfg.latency,
+            redeliver: cfg.redeliver,
+            chunked: cfg.chunked,
+            state: Mutex::new(state),
+            guard: Mutex::new(None),
+        });
+        let handler_shared = shared.clone();
+        let server = Server::start(
+            cfg.port,
+            Arc::new(move |req: &Request| handle(&handler_shared, req)),
+        )?;
+        Ok(Emulator { shared, server })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.shared.state)
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        self.state().faults = f;
+    }
+
+    /// Replaces the accepted token (revoking the old one: it then answers 401).
+    pub fn set_token(&self, t: &str) {
+        self.state().token = t.to_string();
+    }
+
+    /// Live arrival: `n` new tasks, due after every other, at the end of the feed.
+    pub fn add_tasks(&self, n: usize) {
+        let mut st = self.state();
+        let first = st.account.tasks.len();
+        st.account.add(n);
+        for i in first..first + n {
+            st.feed.push(FeedItem {
+                item: Item::Task(i),
+                redelivery: false,
+            });
+        }
+    }
+
+    /// Appends a raw task to the feed as it is (any query gets it, unfiltered), with
+    /// the bodies its paths serve. A `/recording/X` path in its `delete` entries
+    /// deletes it, after which `GET /recording-direct/X` answers 404.
+    pub fn inject_task(&self, task: Value, contents: Vec<(String, Vec<u8>)>) {
+        let mut st = self.state();
+        let due = task.get("dueDate").and_then(Value::as_i64);
+        let delete_paths = task
+            .get("delete")
+            .and_then(Value::as_array)
+            .map(|d| {
+                d.iter()
+                    .filter_map(|e| e.get("path")?.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        st.injected_content.extend(contents);
+        st.injected.push(Injected {
+            task,
+            due,
+            delete_paths,
+        });
+        let item = Item::Injected(st.injected.len() - 1);
+        st.feed.push(FeedItem {
+            item,
+            redelivery: false,
+        });
+    }
+
+    /// Every page token handed out so far answers 400 from now on.
+    pub fn expire_page_tokens(&self) {
+        let mut st = self.state();
+        let tokens: Vec<String> = st.pages.drain().map(|(t, _)| t).collect();
+        st.expired.extend(tokens);
+    }
+
+    /// Every task object returned in a fully written page, in order, repeats included.
+    pub fn handed_out(&self) -> Vec<Value> {
+        self.state().handed_out.clone()
+    }
+
+    /// The exact bytes `GET path` serves (also after the recording was deleted, so a
+    /// test can verify what was stored); `None` for an unknown path.
+    pub fn content(&self, path: &str) -> Option<Vec<u8>> {
+        let st = self.state();
+        if let Some(b) = st.injected_content.get(path) {
+            return Some(b.clone());
+        }
+        match resolve(&st, path)? {
+            Content::Bytes(b) => Some(b),
+            Content::Recording(task, rec) => {
+                let t = &st.account.tasks[task];
+                Some(data::recording_bytes(&t.recordings[rec]))
+            }
+        }
+    }
+
+    /// Paths deleted (204), in order.
+    pub fn deletes(&self) -> Vec<String> {
+        self.state().deletes.clone()
+    }
+
+    pub fn set_delete_guard(&self, guard: DeleteGuard) {
+        *lock(&self.shared.guard) = Some(Arc::new(guard));
+    }
+
+    /// Broken rules seen so far: refused by the delete guard, or a DELETE of a path
+    /// no page ever handed out.
+    pub fn violations(&self) -> Vec<String> {
+        self.state().violations.clone()
+    }
+
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.state().requests.clone()
+    }
+
+    /// Closes the port and every open connection.
+    pub fn stop(mut self) {
+        self.server.stop();
+    }
+}
+
+fn error(status: u16, error: &str, message: &str) -> Response {
+    Response::json(status, &json!({"error": error, "message": message}))
+}
+
+/// What a GET path serves.
+enum Content {
+    Bytes(Vec<u8>),
+    /// (task index, recording index): streamed.
+    Recording(usize, usize),
+}
+
+/// Resolves a generated path, ignoring deletions.
+fn resolve(st: &State, path: &str) -> Option<Content> {
+    let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    match parts.as_slice() {
+        ["task", id, "meta"] => st.account.find(id).map(|t| Content::Bytes(t.metadata())),
+        ["task", id, "history"] => st.account.find(id)?.history().map(Content::Bytes),
+        ["task", "transcription", id, rec] => {
+            let t = st.account.find(id)?;
+            t.transcription(t.recording(rec)?).map(Content::Bytes)
+        }
+        ["recording-direct", id, rec] => {
+            let i = st.account.index(id)?;
+            let r = st.account.tasks[i]
+                .recordings
+                .iter()
+                .position(|r| r.id == *rec)?;
+            Some(Content::Recording(i, r))
+        }
+        _ => None,
+    }
+}
+
+enum Fault {
+    None,
+    ServerError(u16),
+    TooMany(u64),
+}
+
+fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
+    if !shared.latency.is_zero() {
+        std::thread::sleep(shared.latency);
+    }
+    let (authorized, fault, body_fault, spike) = {
+        let mut st = lock(&shared.state);
+        let expected = format!("Bearer {}", st.token);
+        let authorized = req.header("authorization") == Some(expected.as_str());
+        let f = st.faults.clone();
+        let fault = if st.rng.chance(f.server_error) {
+            Fault::ServerError(*st.rng.pick(&[500, 502, 503]))
+        } else if st.rng.chance(f.too_many) {
+            Fault::TooMany(f.retry_after_secs)
+        } else {
+            Fault::None
+        };
+        let body_fault = if st.rng.chance(f.drop_body) {
+            BodyFault::Drop
+        } else if st.rng.chance(f.stall_body) {
+            BodyFault::Stall(f.stall_for)
+        } else {
+            BodyFault::None
+        };
+        let spike = if st.rng.chance(f.spike) {
+            f.spike_latency
+        } else {
+            Duration::ZERO
+        };
+        (authorized, fault, body_fault, spike)
+    };
+    if !spike.is_zero() {
+        std::thread::sleep(spike);
+    }
+    let mut resp = if !authorized {
+        error(
+            401,
+            "unauthorized",
+            "the Bearer token is missing, wrong or revoked",
+        )
+    } else {
+        match fault {
+            Fault::ServerError(code) => error(code, "server error", "injected fault"),
+            Fault::TooMany(secs) => {
+                let mut r = error(429, "too many requests", "injected fault");
+                r.headers.push(("Retry-After".into(), secs.to_string()));
+                r
+            }
+            Fault::None => route(shared, req),
+        }
+    };
+    if authorized && matches!(fault, Fault::None) {
+        resp.fault = body_fault;
+    }
+    let (method, path, status) = (req.method.clone(), req.path.clone(), resp.status);
+    let inner = resp.on_sent.take();
+    let log_shared = shared.clone();
+    resp.on_sent = Some(Box::new(move |bytes, complete| {
+        if let Some(f) = inner {
+            f(bytes, complete);
+        }
+        lock(&log_shared.state).requests.push(RequestRecord {
+            method,
+            path,
+            status,
+            bytes,
+            complete,
+        });
+    }));
+    resp
+}
+
+fn route(shared: &Arc<Shared>, req: &Request) -> Response {
+    let path = req.path.as_str();
+    match (req.method.as_str(), path) {
+        ("POST", "/task/sync/") => sync(shared, req),
+        (_, "/task/sync/") => error(405, "method not allowed", "use POST /task/sync/"),
+        ("GET", _) => download(shared, path),
+        ("DELETE", _) if path.starts_with("/recording/") => delete(shared, path),
+        ("DELETE", _) => error(404, "not found", &format!("nothing to delete at {path}")),
+        _ => error(
+            405,
+            "method not allowed",
+            &format!("{} is not served here", req.method),
+        ),
+    }
+}
+
+/// The due date of a feed item, when known.
+fn due_of(st: &State, item: Item) -> Option<i64> {
+    match item {
+        Item::Task(i) => Some(st.account.tasks[i].due),
+        Item::Injected(i) => st.injected[i].due,
+    }
+}
+
+fn item_matches(st: &State, q: &Query, item: Item) -> bool {
+    match item {
+        Item::Task(i) => feed::matches(q, &st.account.tasks[i]),
+        Item::Injected(_) => true,
+    }
+}
+
+fn sync(shared: &Arc<Shared>, req: &Request) -> Response {
+    let parsed = match feed::parse_sync_body(&req.body) {
+        Ok(p) => p,
+        Err(msg) => return error(400, "bad request", &msg),
+    };
+    let mut st = lock(&shared.state);
+    let (query, start, count) = match parsed {
+        SyncRequest::Query(q, count) => {
+            let start = match st.cursors.get(&q.tag) {
+                Some(&c) => c,
+                None => {
+                    let from = q.start_from.map(|ms| {
+                        st.feed
+                            .iter()
+                            .position(|f| due_of(&st, f.item).map_or(true, |d| d >= ms))
+                            .unwrap_or(st.feed.len())
+                    });
+                    let c = from.unwrap_or(0);
+                    st.cursors.insert(q.tag.clone(), c);
+                    c
+                }
+            };
+            (Arc::new(*q), start, count)
+        }
+        SyncRequest::Page(token, count) => {
+            if st.expired.contains(&token) {
+                return error(
+                    400,
+                    "bad request",
+                    "the page token expired; start a new round with the query",
+                );
+            }
+            match st.pages.get(&token) {
+                Some(p) => (p.query.clone(), p.start, count),
+                None => return error(400, "bad request", "unknown page token"),
+            }
+        }
+    };
+    let mut tasks = Vec::new();
+    let mut pos = start;
+    while pos < st.feed.len() && tasks.len() < count {
+        let item = st.feed[pos].item;
+        if item_matches(&st, &query, item) {
+            let task = match item {
+                Item::Task(i) => match feed::render_task(&query, &st.account.tasks[i], &st.deleted)
+                {
+                    Ok(t) => t,
+                    Err(msg) => return error(500, "server error", &msg),
+                },
+                Item::Injected(i) => st.injected[i].task.clone(),
+            };
+            tasks.push((pos, task));
+        }
+        pos += 1;
+    }
+    let end = pos;
+    let more = (end..st.feed.len()).any(|p| item_matches(&st, &query, st.feed[p].item));
+    let mut body = json!({"result": tasks.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>()});
+    if more {
+        st.token_serial += 1;
+        let entropy = st.rng.next_u64();
+        let token = format!("pg{}-{entropy:016x}", st.token_serial);
+        body["next"] = json!(token);
+        st.pages.insert(
+            token,
+            PageRef {
+                query: query.clone(),
+                start: end,
+            },
+        );
+    }
+    drop(st);
+    let mut resp = Response::json(200, &body);
+    let done_shared = shared.clone();
+    let tag = query.tag.clone();
+    resp.on_sent = Some(Box::new(move |_, complete| {
+        if complete {
+            page_delivered(&done_shared, &tag, end, tasks);
+        }
+    }));
+    resp
+}
+
+/// A page's body was fully written: move the cursor, record the tasks, draw re-deliveries.
+fn page_delivered(shared: &Shared, tag: &str, end: usize, tasks: Vec<(usize, Value)>) {
+    let mut st = lock(&shared.state);
+    let cursor = st.cursors.entry(tag.to_string()).or_insert(0);
+    *cursor = (*cursor).max(end);
+    for (pos, task) in tasks {
+        if let Some(dels) = task.get("delete").and_then(Value::as_array) {
+            for p in dels.iter().filter_map(|d| d.get("path")?.as_str()) {
+                st.delete_owner.insert(p.to_string(), task.clone());
+            }
+        }
+        st.handed_out.push(task);
+        let item = st.feed[pos];
+        if !item.redelivery && matches!(item.item, Item::Task(_)) && st.redelivery_drawn.insert(pos)
+        {
+            let r = shared.redeliver;
+            if st.rng.chance(r) {
+                st.feed.push(FeedItem {
+                    item: item.item,
+                    redelivery: true,
+                });
+            }
+        }
+    }
+}
+
+fn download(shared: &Arc<Shared>, path: &str) -> Response {
+    let mut st = lock(&shared.state);
+    let chunked = st.rng.chance(shared.chunked);
+    let recording_deleted = |st: &State| {
+        path.strip_prefix("/recording-direct/")
+            .is_some_and(|rest| st.deleted.contains(&format!("/recording/{rest}")))
+    };
+    let resp = if let Some(b) = st.injected_content.get(path) {
+        if recording_deleted(&st) {
+            return error(404, "not found", &format!("{path} was deleted"));
+        }
+        Response::new(200, "application/octet-stream", b.clone())
+    } else {
+        match resolve(&st, path) {
+            None => return error(404, "not found", &format!("nothing at {path}")),
+            Some(_) if recording_deleted(&st) => {
+                return error(404, "not found", &format!("{path} was deleted"))
+            }
+            Some(Content::Bytes(b)) => Response::new(200, "application/json", b),
+            Some(Content::Recording(t, r)) => {
+                let rec = &st.account.tasks[t].recordings[r];
+                let body = Body::Reader {
+                    len: rec.size,
+                    reader: Box::new(RecordingReader::new(rec)),
+                };
+                Response {
+                    body,
+                    ..Response::new(200, "audio/ogg", Vec::new())
+                }
+            }
+        }
+    };
+    Response { chunked, ..resp }
+}
+
+/// The delete paths a path may name: a generated recording, or an injected task's delete.
+fn deletable(st: &State, path: &str) -> bool {
+    if st
+        .injected
+        .iter()
+        .any(|i| i.delete_paths.iter().any(|p| p == path))
+    {
+        return true;
+    }
+    let rest = &path["/recording/".len()..];
+    matches!(
+        resolve(st, &format!("/recording-direct/{rest}")),
+        Some(Content::Recording(..))
+    )
+}
+
+/// A DELETE hit by a cut or stall still deletes; only its answer is lost.
+fn delete(shared: &Arc<Shared>, path: &str) -> Response {
+    let owner = {
+        let st = lock(&shared.state);
+        if !deletable(&st, path) {
+            return error(404, "not found", &format!("nothing to delete at {path}"));
+        }
+        if st.deleted.contains(path) {
+            return error(404, "not found", &format!("{path} was already deleted"));
+        }
+        st.delete_owner.get(path).cloned()
+    };
+    let guard = lock(&shared.guard).clone();
+    let mut violation = None;
+    match &owner {
+        None => violation = Some(format!("DELETE {path}: no page handed out a delete for it")),
+        Some(task) => {
+            if let Some(g) = guard {
+                if !g(task) {
+                    let id = task.get("taskId").and_then(Value::as_str).unwrap_or("?");
+                    violation = Some(format!(
+                        "DELETE {path}: the delete guard refused it (task {id})"
+                    ));
+                }
+            }
+        }
+    }
+    let mut st = lock(&shared.state);
+    st.violations.extend(violation);
+    if !st.deleted.insert(path.to_string()) {
+        return error(404, "not found", &format!("{path} was already deleted"));
+    }
+    st.deletes.push(path.to_string());
+    Response::empty(204)
+}
+
+fn parse_arg<T: std::str::FromStr>(flag: &str, value: Option<&String>) -> Result<T, String> {
+    let v = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    v.parse().map_err(|_| format!("{flag}: cannot read {v:?}"))
+}
+
+const USAGE: &str =
+    "usage: spinoco-connector emulator [--port N] [--tasks N] [--seed N] [--token T] \
+[--latency-ms N] [--recording-kb MIN-MAX] [--redeliver P] [--old-platform P] [--chunked P] \
+[--start-due-ms N] [--server-error P] [--too-many P] [--retry-after S] [--drop-body P] \
+[--stall-body P] [--stall-ms N] [--spike P] [--spike-ms N]";
+
+/// Reads the command line of `spinoco-connector emulator ...` (the subcommand itself may
+/// be the first argument or already removed).
+pub fn parse_cli(args: &[String]) -> Result<EmulatorConfig, String> {
+    let mut cfg = EmulatorConfig::default();
+    let mut it = args.iter().skip_while(|a| *a == "emulator");
+    while let Some(flag) = it.next() {
+        let f = &mut cfg.faults;
+        match flag.as_str() {
+            "--port" => cfg.port = parse_arg(flag, it.next())?,
+            "--tasks" => cfg.tasks = parse_arg(flag, it.next())?,
+            "--seed" => cfg.seed = parse_arg(flag, it.next())?,
+            "--token" => cfg.token = parse_arg(flag, it.next())?,
+            "--latency-ms" => cfg.latency = Duration::from_millis(parse_arg(flag, it.next())?),
+            "--recording-kb" => {
+                let v: String = parse_arg(flag, it.next())?;
+                let (lo, hi) = v
+                    .split_once('-')
+                    .ok_or_else(|| format!("--recording-kb wants MIN-MAX, not {v:?}"))?;
+                let kb = |s: &str| {
+                    s.trim()
+                        .parse::<u64>()
+                        .map_err(|_| format!("--recording-kb: cannot read {v:?}"))
+                };
+                cfg.recording_size = (kb(lo)? * 1024, kb(hi)? * 1024);
+                if cfg.recording_size.0 > cfg.recording_size.1 {
+                    return Err(format!("--recording-kb {v}: MIN is larger than MAX"));
+                }
+            }
+            "--redeliver" => cfg.redeliver = parse_arg(flag, it.next())?,
+            "--old-platform" => cfg.old_platform = parse_arg(flag, it.next())?,
+            "--chunked" => cfg.chunked = parse_arg(flag, it.next())?,
+            "--start-due-ms" => cfg.start_due_ms = parse_arg(flag, it.next())?,
+            "--server-error" => f.server_error = parse_arg(flag, it.next())?,
+            "--too-many" => f.too_many = parse_arg(flag, it.next())?,
+            "--retry-after" => f.retry_after_secs = parse_arg(flag, it.next())?,
+            "--drop-body" => f.drop_body = parse_arg(flag, it.next())?,
+            "--stall-body" => f.stall_body = parse_arg(flag, it.next())?,
+            "--stall-ms" => f.stall_for = Duration::from_millis(parse_arg(flag, it.next())?),
+            "--spike" => f.spike = parse_arg(flag, it.next())?,
+            "--spike-ms" => f.spike_latency = Duration::from_millis(parse_arg(flag, it.next())?),
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    Ok(cfg)
+}
+
+/// `spinoco-connector emulator ...`: starts, prints the URL on stdout, serves until killed.
+pub fn run_cli(args: &[String]) -> i32 {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return 0;
+    }
+    let cfg = match parse_cli(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("emulator: {e}\n{USAGE}");
+            return 2;
+        }
+    };
+    match Emulator::start(cfg) {
+        Ok(emu) => {
+            println!("{}", emu.url());
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            loop {
+                std::thread::park();
+            }
+        }
+        Err(e) => {
+            eprintln!("emulator: cannot listen: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
