@@ -32,13 +32,23 @@ pub fn render_names(env: &Env, opts: &RenderOptions) -> Result<Vec<String>, Conf
     let (template, types) = naming_from_env(env)?;
     let now = time::OffsetDateTime::now_utc();
     let fields = TaskFields {
-        task_id: opts.task_id.as_deref().unwrap_or("b808d74e-84b2-11ef-b864-0242ac120002"),
-        due_date: Some(opts.due_date.unwrap_or((now.unix_timestamp_nanos() / 1_000_000) as i64)),
+        task_id: opts
+            .task_id
+            .as_deref()
+            .unwrap_or("b808d74e-84b2-11ef-b864-0242ac120002"),
+        due_date: Some(
+            opts.due_date
+                .unwrap_or((now.unix_timestamp_nanos() / 1_000_000) as i64),
+        ),
         call_from: Some(opts.call_from.as_deref().unwrap_or("420123456789")),
         call_to: Some(opts.call_to.as_deref().unwrap_or("420987654321")),
     };
     let base = template.render(&fields).map_err(|e| {
-        ConfigErrors(vec![crate::config::ConfigError::new("SP_TASK_SYNC_FILE_NAME_TEMPLATE", None, e.to_string())])
+        ConfigErrors(vec![crate::config::ConfigError::new(
+            "SP_TASK_SYNC_FILE_NAME_TEMPLATE",
+            None,
+            e.to_string(),
+        )])
     })?;
     let mut lines = Vec::new();
     for t in types {
@@ -52,7 +62,11 @@ pub fn render_names(env: &Env, opts: &RenderOptions) -> Result<Vec<String>, Conf
                 Ok(()) => String::new(),
                 Err(e) => format!("   <-- cannot be used: {e}"),
             };
-            let which = if ks.len() > 1 { format!(" #{k}") } else { String::new() };
+            let which = if ks.len() > 1 {
+                format!(" #{k}")
+            } else {
+                String::new()
+            };
             lines.push(format!("{name}   ({}{which}){check}", t.name()));
         }
     }
@@ -97,7 +111,10 @@ pub fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     if lines.len() > shown {
         println!("  … and {} more files", lines.len() - shown);
     }
-    println!("\nThe files are in {}/ (the connector's own state is in {STATE_DIR}/).", store.root().display());
+    println!(
+        "\nThe files are in {}/ (the connector's own state is in {STATE_DIR}/).",
+        store.root().display()
+    );
     Ok(())
 }
 
@@ -114,7 +131,11 @@ fn tree(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
             tree(root, &path, out)?;
         } else {
             let rel = path.strip_prefix(root).unwrap_or(&path);
-            out.push(format!("{:>10}  {}", entry.metadata()?.len(), rel.display()));
+            out.push(format!(
+                "{:>10}  {}",
+                entry.metadata()?.len(),
+                rel.display()
+            ));
         }
     }
     Ok(())

@@ -64,7 +64,10 @@ pub struct PageJournal<'a> {
 
 impl<'a> PageJournal<'a> {
     pub fn new(store: &'a dyn BlobStore, tag: &str) -> PageJournal<'a> {
-        PageJournal { store, key: format!("{RESERVED_PREFIX}/{}.page.json", escape_tag(tag)) }
+        PageJournal {
+            store,
+            key: format!("{RESERVED_PREFIX}/{}.page.json", escape_tag(tag)),
+        }
     }
 
     pub fn key(&self) -> &str {
@@ -72,10 +75,15 @@ impl<'a> PageJournal<'a> {
     }
 
     pub fn load(&self) -> Result<Option<JournaledPage>, JournalError> {
-        let Some(bytes) = self.store.get(&self.key)? else { return Ok(None) };
+        let Some(bytes) = self.store.get(&self.key)? else {
+            return Ok(None);
+        };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| JournalError::Damaged { key: self.key.clone(), reason: e.to_string() })
+            .map_err(|e| JournalError::Damaged {
+                key: self.key.clone(),
+                reason: e.to_string(),
+            })
     }
 
     pub fn save(&self, page: &JournaledPage) -> Result<(), StoreError> {
@@ -121,7 +129,10 @@ mod tests {
         let store = LocalStore::open(&root).unwrap();
         let journal = PageJournal::new(&store, "t/1");
         assert!(journal.load().unwrap().is_none());
-        let mut page = JournaledPage { tasks: vec![serde_json::json!({"taskId": "x"})], ..Default::default() };
+        let mut page = JournaledPage {
+            tasks: vec![serde_json::json!({"taskId": "x"})],
+            ..Default::default()
+        };
         page.stored.insert("x".into());
         journal.save(&page).unwrap();
         assert_eq!(journal.load().unwrap(), Some(page));

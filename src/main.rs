@@ -116,7 +116,11 @@ fn run(mode: Mode) -> u8 {
         Ok(s) => s,
         Err(e) => {
             error!("cannot open the storage: {e}");
-            return if e.kind == StoreErrorKind::Denied { exit::STORAGE_DENIED } else { exit::FAILURE };
+            return if e.kind == StoreErrorKind::Denied {
+                exit::STORAGE_DENIED
+            } else {
+                exit::FAILURE
+            };
         }
     };
     let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
@@ -171,16 +175,21 @@ fn check(connect: bool) -> u8 {
             exit::FAILURE
         }
     };
-    let storage_code = match store::open(&cfg.storage, &agent).and_then(|s| probe_storage(s.as_ref())) {
-        Ok(described) => {
-            println!("storage: {described}: wrote, read back and removed a probe object");
-            exit::OK
-        }
-        Err(e) => {
-            println!("storage: {e}");
-            if e.kind == StoreErrorKind::Denied { exit::STORAGE_DENIED } else { exit::FAILURE }
-        }
-    };
+    let storage_code =
+        match store::open(&cfg.storage, &agent).and_then(|s| probe_storage(s.as_ref())) {
+            Ok(described) => {
+                println!("storage: {described}: wrote, read back and removed a probe object");
+                exit::OK
+            }
+            Err(e) => {
+                println!("storage: {e}");
+                if e.kind == StoreErrorKind::Denied {
+                    exit::STORAGE_DENIED
+                } else {
+                    exit::FAILURE
+                }
+            }
+        };
     if platform_code != exit::OK {
         platform_code
     } else {
@@ -195,7 +204,10 @@ fn probe_storage(store: &dyn BlobStore) -> Result<String, store::StoreError> {
     let read = store.get(&key)?;
     store.delete(&key)?;
     if read.as_deref() != Some(&body[..]) {
-        return Err(store::StoreError::transient(format!("{}: the probe object read back differently", store.describe())));
+        return Err(store::StoreError::transient(format!(
+            "{}: the probe object read back differently",
+            store.describe()
+        )));
     }
     Ok(store.describe())
 }
@@ -204,7 +216,9 @@ fn render(args: &[String]) -> u8 {
     let mut opts = demo::RenderOptions::default();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let Some(value) = it.next() else { return usage(&format!("{flag} needs a value")) };
+        let Some(value) = it.next() else {
+            return usage(&format!("{flag} needs a value"));
+        };
         match flag.as_str() {
             "--due-date" => match spinoco_connector::config::parse_iso_date(value) {
                 Some(ms) => opts.due_date = Some(ms),

@@ -29,7 +29,10 @@ pub enum PlatformError {
     /// 404 on a download: the item no longer exists.
     NotFound,
     /// Worth retrying: 429, 5xx, timeouts, resets, truncated or unreadable bodies.
-    Transient { message: String, retry_after: Option<Duration> },
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// The platform refused the request itself (another 4xx); retrying cannot help.
     Refused { status: u16, message: String },
 }
@@ -76,7 +79,11 @@ pub struct Platform {
 
 impl Platform {
     pub fn new(agent: ureq::Agent, base_url: &str, token: Secret) -> Platform {
-        Platform { agent, base: base_url.trim_end_matches('/').to_string(), token }
+        Platform {
+            agent,
+            base: base_url.trim_end_matches('/').to_string(),
+            token,
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -104,7 +111,12 @@ impl Platform {
                 return Err(PlatformError::PageExpired);
             }
             let text = error_text(response.body_mut());
-            return Err(classify(status, "the sync feed", text, retry_after(&response)));
+            return Err(classify(
+                status,
+                "the sync feed",
+                text,
+                retry_after(&response),
+            ));
         }
         let bytes = response
             .body_mut()
@@ -113,9 +125,14 @@ impl Platform {
             .read_to_vec()
             .map_err(|e| transient(format!("reading a sync feed page failed: {e}")))?;
         let page: FeedBody = serde_json::from_slice(&bytes).map_err(|e| {
-            transient(format!("the sync feed answered with a page that is not the expected JSON ({e})"))
+            transient(format!(
+                "the sync feed answered with a page that is not the expected JSON ({e})"
+            ))
         })?;
-        Ok(FeedPage { tasks: page.result, next: page.next.filter(|n| !n.is_empty()) })
+        Ok(FeedPage {
+            tasks: page.result,
+            next: page.next.filter(|n| !n.is_empty()),
+        })
     }
 
     /// `GET path`, answering with a reader of the body once the status is 200.
@@ -137,7 +154,12 @@ impl Platform {
             return Err(classify(status, path, text, after));
         }
         let expected = response.body().content_length();
-        Ok(Download { body: response.into_body().into_reader(), expected, received: 0, path: path.to_string() })
+        Ok(Download {
+            body: response.into_body().into_reader(),
+            expected,
+            received: 0,
+            path: path.to_string(),
+        })
     }
 
     /// `DELETE path`; a 404 means it is already gone, which is done too.
@@ -162,9 +184,14 @@ impl Platform {
     fn url_of(&self, path: &str) -> Result<String, PlatformError> {
         let ok = path.starts_with('/')
             && !path.starts_with("//")
-            && !path.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\');
+            && !path
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '\\');
         if !ok {
-            return Err(PlatformError::Refused { status: 0, message: format!("refusing the path {path:?}: not a path on the platform") });
+            return Err(PlatformError::Refused {
+                status: 0,
+                message: format!("refusing the path {path:?}: not a path on the platform"),
+            });
         }
         Ok(format!("{}{path}", self.base))
     }
@@ -192,14 +219,23 @@ impl Read for Download {
             return Err(io::Error::other("stopping: the process was asked to stop"));
         }
         let n = self.body.read(buf).map_err(|e| {
-            io::Error::new(e.kind(), format!("download of {} broke after {} bytes: {e}", self.path, self.received))
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "download of {} broke after {} bytes: {e}",
+                    self.path, self.received
+                ),
+            )
         })?;
         self.received += n as u64;
         if let Some(expected) = self.expected {
             if (n == 0 && self.received < expected) || self.received > expected {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("download of {} delivered {} of {} bytes", self.path, self.received, expected),
+                    format!(
+                        "download of {} delivered {} of {} bytes",
+                        self.path, self.received, expected
+                    ),
                 ));
             }
         }
@@ -208,12 +244,18 @@ impl Read for Download {
 }
 
 fn transient(message: String) -> PlatformError {
-    PlatformError::Transient { message, retry_after: None }
+    PlatformError::Transient {
+        message,
+        retry_after: None,
+    }
 }
 
 fn transport(what: &str, e: &ureq::Error) -> PlatformError {
     match e {
-        ureq::Error::BadUri(u) => PlatformError::Refused { status: 0, message: format!("bad address for {what}: {u}") },
+        ureq::Error::BadUri(u) => PlatformError::Refused {
+            status: 0,
+            message: format!("bad address for {what}: {u}"),
+        },
         _ => transient(format!("{what}: {e}")),
     }
 }
@@ -225,14 +267,21 @@ fn classify(status: u16, what: &str, text: String, after: Option<Duration>) -> P
             message: format!("{what}: HTTP {status}{text}"),
             retry_after: after,
         },
-        _ => PlatformError::Refused { status, message: format!("{what}{text}") },
+        _ => PlatformError::Refused {
+            status,
+            message: format!("{what}{text}"),
+        },
     }
 }
 
 /// A short, printable excerpt of an error body (platform error bodies never hold the
 /// token, but they are cut so a huge one cannot flood the log).
 fn error_text(body: &mut ureq::Body) -> String {
-    let text = body.with_config().limit(4096).read_to_string().unwrap_or_default();
+    let text = body
+        .with_config()
+        .limit(4096)
+        .read_to_string()
+        .unwrap_or_default();
     let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
     if text.trim().is_empty() {
         String::new()

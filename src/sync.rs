@@ -47,7 +47,10 @@ pub enum SyncError {
     Journal(JournalError),
     /// `--once`: some files could not be stored or deleted. Failures keep their page
     /// journaled for the next run; rejected tasks were reported and cannot be stored.
-    Incomplete { failed: u64, rejected: u64 },
+    Incomplete {
+        failed: u64,
+        rejected: u64,
+    },
 }
 
 impl fmt::Display for SyncError {
@@ -72,7 +75,9 @@ impl std::error::Error for SyncError {}
 impl From<JournalError> for SyncError {
     fn from(e: JournalError) -> Self {
         match e {
-            JournalError::Store(s) if s.kind == StoreErrorKind::Denied => SyncError::StorageDenied(s),
+            JournalError::Store(s) if s.kind == StoreErrorKind::Denied => {
+                SyncError::StorageDenied(s)
+            }
             other => SyncError::Journal(other),
         }
     }
@@ -149,12 +154,24 @@ enum Try<T> {
 }
 
 impl<'a> Engine<'a> {
-    pub fn new(cfg: &'a Config, platform: Platform, store: &'a dyn BlobStore, mode: Mode) -> Engine<'a> {
+    pub fn new(
+        cfg: &'a Config,
+        platform: Platform,
+        store: &'a dyn BlobStore,
+        mode: Mode,
+    ) -> Engine<'a> {
         let attempts = match mode {
             Mode::Once => Attempts::AtMost(ONCE_ATTEMPTS),
             Mode::Service => Attempts::Forever,
         };
-        Engine { cfg, platform, store, journal: PageJournal::new(store, &cfg.tag), attempts, summary: Summary::default() }
+        Engine {
+            cfg,
+            platform,
+            store,
+            journal: PageJournal::new(store, &cfg.tag),
+            attempts,
+            summary: Summary::default(),
+        }
     }
 
     /// Runs rounds until the feed is drained (`--once`) or forever (service), stopping
@@ -166,7 +183,11 @@ impl<'a> Engine<'a> {
             self.platform.base_url(),
             self.store.describe(),
             join_types(&self.cfg.get),
-            if self.cfg.delete.is_empty() { "nothing".to_string() } else { join_types(&self.cfg.delete) },
+            if self.cfg.delete.is_empty() {
+                "nothing".to_string()
+            } else {
+                join_types(&self.cfg.delete)
+            },
             self.cfg.concurrency
         );
         let mut failed = 0;
@@ -200,7 +221,10 @@ impl<'a> Engine<'a> {
             }
         }
         if failed > 0 || (mode == Mode::Once && self.summary.rejected > 0) {
-            return Err(SyncError::Incomplete { failed, rejected: self.summary.rejected });
+            return Err(SyncError::Incomplete {
+                failed,
+                rejected: self.summary.rejected,
+            });
         }
         Ok(self.summary)
     }
@@ -212,7 +236,11 @@ impl<'a> Engine<'a> {
         let mut request = query.clone();
         if let Some(page) = self.journal.load()? {
             if !page.tasks.is_empty() {
-                info!("finishing the journaled page ({} tasks, {} already stored)", page.tasks.len(), page.stored.len());
+                info!(
+                    "finishing the journaled page ({} tasks, {} already stored)",
+                    page.tasks.len(),
+                    page.stored.len()
+                );
             }
             let next = page.next.clone();
             let failed = self.work_page(page)?;
@@ -238,10 +266,16 @@ impl<'a> Engine<'a> {
                 Outcome::GaveUp(m) => return Err(SyncError::Unavailable(m)),
                 Outcome::Rejected(m) => return Err(SyncError::Refused(m)),
                 Outcome::Fatal(e) => return Err(e),
-                Outcome::Missing => return Err(SyncError::Refused("the sync feed answered 404".into())),
+                Outcome::Missing => {
+                    return Err(SyncError::Refused("the sync feed answered 404".into()))
+                }
             };
             let FeedPage { tasks, next } = page;
-            let failed = self.work_page(JournaledPage { tasks, stored: Default::default(), next: next.clone() })?;
+            let failed = self.work_page(JournaledPage {
+                tasks,
+                stored: Default::default(),
+                next: next.clone(),
+            })?;
             if failed > 0 || self.summary.stopped {
                 return Ok(failed);
             }
@@ -288,13 +322,21 @@ impl<'a> Engine<'a> {
                 s.spawn(|| work.worker(self));
             }
         });
-        let PageWork { counters: c, fatal, journal_page, .. } = work;
+        let PageWork {
+            counters: c,
+            fatal,
+            journal_page,
+            ..
+        } = work;
         if let Some(e) = fatal.into_inner().unwrap() {
             return Err(e);
         }
         let failed = c.failed.load(Ordering::Relaxed);
         let stopped = c.stopped.load(Ordering::Relaxed);
-        let (files, bytes) = (c.files.load(Ordering::Relaxed), c.bytes.load(Ordering::Relaxed));
+        let (files, bytes) = (
+            c.files.load(Ordering::Relaxed),
+            c.bytes.load(Ordering::Relaxed),
+        );
         let tasks = journal_page.lock().unwrap().tasks.len() as u64;
         self.summary.pages += 1;
         self.summary.tasks += tasks;
@@ -314,7 +356,11 @@ impl<'a> Engine<'a> {
                 0 => String::new(),
                 n => format!(", {n} missing"),
             },
-            if failed > 0 { format!(", {failed} FAILED") } else { String::new() },
+            if failed > 0 {
+                format!(", {failed} FAILED")
+            } else {
+                String::new()
+            },
         );
         if stopped || shutdown::requested() {
             self.summary.stopped = true;
@@ -331,7 +377,10 @@ impl<'a> Engine<'a> {
     fn close_page(&self, next: Option<String>) -> Result<(), SyncError> {
         match next {
             Some(token) => {
-                let rest = JournaledPage { next: Some(token), ..Default::default() };
+                let rest = JournaledPage {
+                    next: Some(token),
+                    ..Default::default()
+                };
                 self.save_journal(&rest)
             }
             None => self.retried_store("clearing the page journal", || self.journal.clear()),
@@ -342,7 +391,11 @@ impl<'a> Engine<'a> {
         self.retried_store("writing the page journal", || self.journal.save(page))
     }
 
-    fn retried_store(&self, what: &str, op: impl FnMut() -> Result<(), StoreError>) -> Result<(), SyncError> {
+    fn retried_store(
+        &self,
+        what: &str,
+        op: impl FnMut() -> Result<(), StoreError>,
+    ) -> Result<(), SyncError> {
         let mut op = op;
         match self.retried(what, || match op() {
             Ok(()) => Try::Ok(()),
@@ -350,8 +403,12 @@ impl<'a> Engine<'a> {
         }) {
             Outcome::Done(()) => Ok(()),
             Outcome::Fatal(e) => Err(e),
-            Outcome::GaveUp(m) | Outcome::Rejected(m) => Err(SyncError::Unavailable(format!("{what}: {m}"))),
-            Outcome::Stopped | Outcome::Missing => Err(SyncError::Unavailable(format!("{what}: stopped"))),
+            Outcome::GaveUp(m) | Outcome::Rejected(m) => {
+                Err(SyncError::Unavailable(format!("{what}: {m}")))
+            }
+            Outcome::Stopped | Outcome::Missing => {
+                Err(SyncError::Unavailable(format!("{what}: stopped")))
+            }
         }
     }
 
@@ -376,7 +433,10 @@ impl<'a> Engine<'a> {
                 return Outcome::GaveUp(message);
             }
             let delay = backoff.next_delay(after);
-            warn!("{what}: {message}; retrying in {:.1}s (attempt {attempt})", delay.as_secs_f64());
+            warn!(
+                "{what}: {message}; retrying in {:.1}s (attempt {attempt})",
+                delay.as_secs_f64()
+            );
             if !shutdown::sleep(delay) {
                 return Outcome::Stopped;
             }
@@ -420,7 +480,10 @@ fn platform_try<T>(e: PlatformError) -> Try<T> {
     match e {
         PlatformError::Auth { .. } => Try::Fatal(SyncError::Auth(e)),
         PlatformError::NotFound => Try::Missing,
-        PlatformError::Transient { message, retry_after } => Try::Retry(message, retry_after),
+        PlatformError::Transient {
+            message,
+            retry_after,
+        } => Try::Retry(message, retry_after),
         PlatformError::Refused { .. } | PlatformError::PageExpired => Try::Reject(e.to_string()),
     }
 }
@@ -461,9 +524,14 @@ struct TaskWork {
 }
 
 enum Job {
-    Transfer { task: usize, file: usize },
+    Transfer {
+        task: usize,
+        file: usize,
+    },
     /// The task's files were stored before a restart: only its deletes are left.
-    Deletes { task: usize },
+    Deletes {
+        task: usize,
+    },
 }
 
 /// A page's work, shared by the pool's threads.
@@ -494,7 +562,10 @@ impl PageWork {
             let files = match task.files(&engine.cfg.template) {
                 Ok(f) => f,
                 Err(e) => {
-                    error!("task {}: {e}; nothing of it is stored and nothing deleted", excerpt(raw));
+                    error!(
+                        "task {}: {e}; nothing of it is stored and nothing deleted",
+                        excerpt(raw)
+                    );
                     Counters::add(&counters.rejected, 1);
                     continue;
                 }
@@ -533,7 +604,9 @@ impl PageWork {
     fn worker(&self, engine: &Engine) {
         loop {
             if self.abort.load(Ordering::Relaxed) || shutdown::requested() {
-                self.counters.stopped.store(shutdown::requested(), Ordering::Relaxed);
+                self.counters
+                    .stopped
+                    .store(shutdown::requested(), Ordering::Relaxed);
                 return;
             }
             let i = self.next_job.fetch_add(1, Ordering::Relaxed);
@@ -556,7 +629,10 @@ impl PageWork {
                 true
             }
             Outcome::Missing => {
-                warn!("{} is gone from the platform (404); skipped, and task {} keeps its recordings", job.path, task.id);
+                warn!(
+                    "{} is gone from the platform (404); skipped, and task {} keeps its recordings",
+                    job.path, task.id
+                );
                 Counters::add(&self.counters.missing, 1);
                 false
             }
@@ -601,7 +677,10 @@ impl PageWork {
         match saved {
             Ok(()) => self.run_deletes(engine, task_index),
             Err(e) => {
-                error!("task {}: cannot record it as stored, so nothing is deleted: {e}", task.id);
+                error!(
+                    "task {}: cannot record it as stored, so nothing is deleted: {e}",
+                    task.id
+                );
                 self.fail(e);
             }
         }

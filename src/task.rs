@@ -55,19 +55,31 @@ pub struct FileJob {
 #[derive(Debug)]
 pub enum TaskError {
     /// The task object is not what the contract describes.
-    Malformed { excerpt: String, reason: String },
+    Malformed {
+        excerpt: String,
+        reason: String,
+    },
     Template(TemplateError),
-    BadName { name: String, problem: NameError },
+    BadName {
+        name: String,
+        problem: NameError,
+    },
     DuplicateName(String),
 }
 
 impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TaskError::Malformed { excerpt, reason } => write!(f, "malformed task {excerpt}: {reason}"),
+            TaskError::Malformed { excerpt, reason } => {
+                write!(f, "malformed task {excerpt}: {reason}")
+            }
             TaskError::Template(e) => e.fmt(f),
-            TaskError::BadName { name, problem } => write!(f, "unsafe file name {name:?}: {problem}"),
-            TaskError::DuplicateName(name) => write!(f, "two files of the task would be named {name:?}"),
+            TaskError::BadName { name, problem } => {
+                write!(f, "unsafe file name {name:?}: {problem}")
+            }
+            TaskError::DuplicateName(name) => {
+                write!(f, "two files of the task would be named {name:?}")
+            }
         }
     }
 }
@@ -76,7 +88,10 @@ impl std::error::Error for TaskError {}
 
 impl Task {
     pub fn from_value(v: &Value) -> Result<Task, TaskError> {
-        Task::deserialize(v).map_err(|e| TaskError::Malformed { excerpt: excerpt(v), reason: e.to_string() })
+        Task::deserialize(v).map_err(|e| TaskError::Malformed {
+            excerpt: excerpt(v),
+            reason: e.to_string(),
+        })
     }
 
     /// The files of this task, named and checked.
@@ -107,11 +122,17 @@ impl Task {
                 (Some(base), Some(suffix)) => format!("{base}{suffix}"),
                 _ => item.file_name.clone(),
             };
-            check_name(&name).map_err(|problem| TaskError::BadName { name: name.clone(), problem })?;
+            check_name(&name).map_err(|problem| TaskError::BadName {
+                name: name.clone(),
+                problem,
+            })?;
             if !seen.insert(name.clone()) {
                 return Err(TaskError::DuplicateName(name));
             }
-            jobs.push(FileJob { name, path: item.path.clone() });
+            jobs.push(FileJob {
+                name,
+                path: item.path.clone(),
+            });
         }
         Ok(jobs)
     }
@@ -120,18 +141,27 @@ impl Task {
     /// and position, else from the end of the platform's `fileName`.
     fn suffix(&self, item: &GetItem, index: usize, recordings: &[Option<&str>]) -> Option<String> {
         let k_of_recording = |id: Option<&str>| {
-            id.and_then(|id| recordings.iter().position(|r| *r == Some(id))).map(|p| p + 1)
+            id.and_then(|id| recordings.iter().position(|r| *r == Some(id)))
+                .map(|p| p + 1)
         };
         match data_type(item) {
             Some(DataType::Recordings) => {
-                let k = self.get[..index].iter().filter(|g| data_type(g) == Some(DataType::Recordings)).count() + 1;
+                let k = self.get[..index]
+                    .iter()
+                    .filter(|g| data_type(g) == Some(DataType::Recordings))
+                    .count()
+                    + 1;
                 Some(DataType::Recordings.suffix(k))
             }
             Some(DataType::Transcriptions) => {
                 let k = k_of_recording(item.recording_id.as_deref())
                     .or_else(|| suffix_from_file_name(&item.file_name).map(|(_, k)| k))
                     .unwrap_or_else(|| {
-                        self.get[..index].iter().filter(|g| data_type(g) == Some(DataType::Transcriptions)).count() + 1
+                        self.get[..index]
+                            .iter()
+                            .filter(|g| data_type(g) == Some(DataType::Transcriptions))
+                            .count()
+                            + 1
                     });
                 Some(DataType::Transcriptions.suffix(k))
             }
@@ -148,7 +178,10 @@ fn data_type(item: &GetItem) -> Option<DataType> {
 /// Reads a known suffix off the end of a platform file name: the data type it stands
 /// for (metadata types all map to one) and the recording number.
 fn suffix_from_file_name(name: &str) -> Option<(DataType, usize)> {
-    for (ext, t) in [(".trans.json", DataType::Transcriptions), (".ogg", DataType::Recordings)] {
+    for (ext, t) in [
+        (".trans.json", DataType::Transcriptions),
+        (".ogg", DataType::Recordings),
+    ] {
         if let Some(stem) = name.strip_suffix(ext) {
             let k = stem
                 .rsplit_once('-')
@@ -161,16 +194,25 @@ fn suffix_from_file_name(name: &str) -> Option<(DataType, usize)> {
     if name.ends_with(".history.json") {
         return Some((DataType::ChatHistory, 1));
     }
-    name.ends_with(".meta.json").then_some((DataType::CallMetadata, 1))
+    name.ends_with(".meta.json")
+        .then_some((DataType::CallMetadata, 1))
 }
 
 /// A short, safe rendering of a task object for log lines.
 pub fn excerpt(v: &Value) -> String {
-    let id = v.get("taskId").and_then(Value::as_str).map(|s| s.chars().take(64).collect::<String>());
+    let id = v
+        .get("taskId")
+        .and_then(Value::as_str)
+        .map(|s| s.chars().take(64).collect::<String>());
     match id {
         Some(id) => format!("{id:?}"),
         None => {
-            let text: String = v.to_string().chars().filter(|c| !c.is_control()).take(120).collect();
+            let text: String = v
+                .to_string()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(120)
+                .collect();
             format!("(no taskId) {text}")
         }
     }
@@ -189,7 +231,13 @@ mod tests {
     }
 
     fn names(task: Value) -> Vec<String> {
-        Task::from_value(&task).unwrap().files(&template()).unwrap().into_iter().map(|j| j.name).collect()
+        Task::from_value(&task)
+            .unwrap()
+            .files(&template())
+            .unwrap()
+            .into_iter()
+            .map(|j| j.name)
+            .collect()
     }
 
     #[test]
@@ -207,10 +255,17 @@ mod tests {
             "delete": [], "someNewField": {"x": 1}
         }));
         let base = format!("2004/12/01/20041201120000-{ID}");
-        let want: Vec<String> = [".meta.json", ".ogg", "-2.ogg", "-2.trans.json", "-3.ogg", ".trans.json"]
-            .iter()
-            .map(|s| format!("{base}{s}"))
-            .collect();
+        let want: Vec<String> = [
+            ".meta.json",
+            ".ogg",
+            "-2.ogg",
+            "-2.trans.json",
+            "-3.ogg",
+            ".trans.json",
+        ]
+        .iter()
+        .map(|s| format!("{base}{s}"))
+        .collect();
         assert_eq!(got, want);
     }
 
@@ -218,9 +273,19 @@ mod tests {
     fn without_due_date_the_platform_name_is_used_and_checked() {
         let task = json!({"taskId": ID, "get": [{"path": "/x", "fileName": "a/b.meta.json"}], "delete": []});
         assert_eq!(names(task), vec!["a/b.meta.json"]);
-        for bad in ["../../etc/passwd", "/abs/x.ogg", "a\\b.ogg", "a/\u{1}.ogg", ".spinoco-connector/t.page.json"] {
-            let task = json!({"taskId": ID, "get": [{"path": "/x", "fileName": bad}], "delete": []});
-            let err = Task::from_value(&task).unwrap().files(&template()).unwrap_err();
+        for bad in [
+            "../../etc/passwd",
+            "/abs/x.ogg",
+            "a\\b.ogg",
+            "a/\u{1}.ogg",
+            ".spinoco-connector/t.page.json",
+        ] {
+            let task =
+                json!({"taskId": ID, "get": [{"path": "/x", "fileName": bad}], "delete": []});
+            let err = Task::from_value(&task)
+                .unwrap()
+                .files(&template())
+                .unwrap_err();
             assert!(matches!(err, TaskError::BadName { .. }), "{bad}: {err}");
         }
     }
@@ -237,18 +302,29 @@ mod tests {
             "delete": []
         }));
         let base = format!("2004/12/01/20041201120000-{ID}");
-        assert_eq!(got, vec![format!("{base}-2.trans.json"), format!("{base}.ogg"), format!("{base}.meta.json")]);
+        assert_eq!(
+            got,
+            vec![
+                format!("{base}-2.trans.json"),
+                format!("{base}.ogg"),
+                format!("{base}.meta.json")
+            ]
+        );
     }
 
     #[test]
     fn malformed_tasks_are_reported_with_their_id() {
-        let err = Task::from_value(&json!({"taskId": ID, "get": "nope", "delete": []})).unwrap_err();
+        let err =
+            Task::from_value(&json!({"taskId": ID, "get": "nope", "delete": []})).unwrap_err();
         assert!(err.to_string().contains(ID), "{err}");
         let err = Task::from_value(&json!({"get": []})).unwrap_err();
         assert!(err.to_string().contains("no taskId"), "{err}");
         let dup = json!({"taskId": ID, "dueDate": 0, "get": [
             {"dataType": "CallMetadata", "path": "/a", "fileName": "x"},
             {"dataType": "CommonMetadata", "path": "/b", "fileName": "y"}], "delete": []});
-        assert!(matches!(Task::from_value(&dup).unwrap().files(&template()), Err(TaskError::DuplicateName(_))));
+        assert!(matches!(
+            Task::from_value(&dup).unwrap().files(&template()),
+            Err(TaskError::DuplicateName(_))
+        ));
     }
 }

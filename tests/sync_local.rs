@@ -8,7 +8,12 @@ use common::harness::*;
 use spinoco_connector::emulator::{EmulatorConfig, Faults};
 
 fn small(tasks: usize) -> EmulatorConfig {
-    EmulatorConfig { tasks, seed: 11, recording_size: (2_000, 60_000), ..Default::default() }
+    EmulatorConfig {
+        tasks,
+        seed: 11,
+        recording_size: (2_000, 60_000),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -20,19 +25,35 @@ fn full_sync_of_every_data_type_with_deletes_after_stores() {
     assert!(out.status.success(), "{}", text(&out));
     let n = verify_complete(&emu, &dir);
     let files = files_in(&dir);
-    for suffix in [".meta.json", ".ogg", "-2.ogg", ".trans.json", ".history.json"] {
-        assert!(files.iter().any(|f| f.ends_with(suffix)), "no {suffix} file among {n}");
+    for suffix in [
+        ".meta.json",
+        ".ogg",
+        "-2.ogg",
+        ".trans.json",
+        ".history.json",
+    ] {
+        assert!(
+            files.iter().any(|f| f.ends_with(suffix)),
+            "no {suffix} file among {n}"
+        );
     }
     let deletes = recording_deletes(&emu);
     assert!(!deletes.is_empty());
     let done: std::collections::BTreeSet<String> = emu.deletes().into_iter().collect();
     assert_eq!(done, deletes, "every recording deleted once stored");
-    assert!(!text(&out).contains(TOKEN), "the token leaked into the output");
+    assert!(
+        !text(&out).contains(TOKEN),
+        "the token leaked into the output"
+    );
 }
 
 #[test]
 fn second_run_and_redelivered_tasks_rewrite_harmlessly() {
-    let emu = emulator(EmulatorConfig { redeliver: 0.3, old_platform: 0.2, ..small(40) });
+    let emu = emulator(EmulatorConfig {
+        redeliver: 0.3,
+        old_platform: 0.2,
+        ..small(40)
+    });
     let dir = scratch("redeliver");
     let mut e = env(&emu, &dir);
     e.insert("SP_TASK_SYNC_PAGE_SIZE".into(), "7".into());
@@ -66,8 +87,14 @@ fn filters_and_start_from_are_sent_and_honoured() {
     e.insert("SP_TASK_SYNC_START_FROM".into(), iso);
     assert!(run(&e, &["--once"]).status.success());
     let from: Vec<_> = emu.handed_out()[count..].to_vec();
-    assert!(!from.is_empty() && from.len() < count, "startFrom gave {} of {count}", from.len());
-    assert!(from.iter().all(|t| t["dueDate"].as_i64().map_or(true, |d| d >= mid_due)));
+    assert!(
+        !from.is_empty() && from.len() < count,
+        "startFrom gave {} of {count}",
+        from.len()
+    );
+    assert!(from
+        .iter()
+        .all(|t| t["dueDate"].as_i64().map_or(true, |d| d >= mid_due)));
 
     let dir = scratch("skills");
     let mut e = env(&emu, &dir);
@@ -77,7 +104,10 @@ fn filters_and_start_from_are_sent_and_honoured() {
     let before = emu.handed_out().len();
     assert!(run(&e, &["--once"]).status.success());
     let filtered = emu.handed_out().len() - before;
-    assert!(filtered > 0 && filtered < count, "skill filter gave {filtered} of {count}");
+    assert!(
+        filtered > 0 && filtered < count,
+        "skill filter gave {filtered} of {count}"
+    );
 }
 
 #[test]
@@ -106,7 +136,11 @@ fn transient_faults_are_retried_and_leave_no_partial_files() {
         spike: 0.05,
         spike_latency: Duration::from_millis(200),
     };
-    let emu = emulator(EmulatorConfig { faults, chunked: 0.3, ..small(40) });
+    let emu = emulator(EmulatorConfig {
+        faults,
+        chunked: 0.3,
+        ..small(40)
+    });
     let dir = scratch("faults");
     guard_deletes(&emu, &dir);
     let mut e = env(&emu, &dir);
@@ -120,14 +154,18 @@ fn transient_faults_are_retried_and_leave_no_partial_files() {
 
 #[test]
 fn kill_9_mid_page_then_restart_loses_nothing() {
-    let emu = emulator(EmulatorConfig { latency: Duration::from_millis(15), ..small(80) });
+    let emu = emulator(EmulatorConfig {
+        latency: Duration::from_millis(15),
+        ..small(80)
+    });
     let dir = scratch("kill9");
     guard_deletes(&emu, &dir);
     let mut e = env(&emu, &dir);
     e.insert("SP_TASK_SYNC_PAGE_SIZE".into(), "20".into());
     e.insert("SP_TASK_SYNC_CONCURRENCY".into(), "2".into());
+    let log = dir.with_extension("log");
     for wait_ms in [150u64, 400, 700, 1000, 1300] {
-        let mut child = spawn(&e, &[]);
+        let mut child = spawn(&e, &[], &log);
         std::thread::sleep(Duration::from_millis(wait_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -136,20 +174,37 @@ fn kill_9_mid_page_then_restart_loses_nothing() {
     assert!(out.status.success(), "{}", text(&out));
     verify_complete(&emu, &dir);
     let done: std::collections::BTreeSet<String> = emu.deletes().into_iter().collect();
-    assert_eq!(done, recording_deletes(&emu), "deletes complete after restarts");
+    assert_eq!(
+        done,
+        recording_deletes(&emu),
+        "deletes complete after restarts"
+    );
+    let logs = std::fs::read_to_string(&log).unwrap() + &text(&out);
+    let resumed = logs.matches("finishing the journaled page").count();
+    assert!(
+        resumed >= 3,
+        "only {resumed} restarts found a journaled page: the kills missed the work\n{logs}"
+    );
 }
 
 #[test]
 fn sigterm_during_a_large_transfer_exits_promptly_leaving_nothing_partial() {
-    let emu = emulator(EmulatorConfig { recording_size: (40_000_000, 60_000_000), latency: Duration::from_millis(5), ..small(6) });
+    let emu = emulator(EmulatorConfig {
+        recording_size: (40_000_000, 60_000_000),
+        latency: Duration::from_millis(5),
+        ..small(6)
+    });
     let dir = scratch("sigterm");
     let e = env(&emu, &dir);
-    let mut child = spawn(&e, &[]);
+    let mut child = spawn(&e, &[], &dir.with_extension("log"));
     // Wait until a recording is being written.
     let tmp = dir.join(".spinoco-connector/tmp");
     let start = Instant::now();
     while std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(start.elapsed() < Duration::from_secs(60), "no transfer started");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no transfer started"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let sent = Instant::now();
@@ -158,12 +213,20 @@ fn sigterm_during_a_large_transfer_exits_promptly_leaving_nothing_partial() {
     let took = sent.elapsed();
     assert!(status.success(), "exit status {status:?}");
     assert!(took < Duration::from_secs(10), "took {took:?} to stop");
-    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "partial temp file left");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "partial temp file left"
+    );
     // Whatever is visible is complete.
     let expected = expected(&emu);
     for name in files_in(&dir) {
         let want = emu.content(&expected[&name]).unwrap();
-        assert_eq!(std::fs::read(dir.join(&name)).unwrap().len(), want.len(), "{name} is partial");
+        assert_eq!(
+            std::fs::read(dir.join(&name)).unwrap().len(),
+            want.len(),
+            "{name} is partial"
+        );
     }
     // And the next run finishes the job.
     let out = run(&e, &["--once"]);
@@ -172,7 +235,11 @@ fn sigterm_during_a_large_transfer_exits_promptly_leaving_nothing_partial() {
 }
 
 fn unsafe_sigterm(pid: u32) {
-    let ok = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    let ok = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -181,7 +248,13 @@ fn hostile_names_are_rejected_and_nothing_leaves_the_root() {
     let emu = emulator(small(5));
     let outer = scratch("hostile");
     let dir = outer.join("root");
-    let bad = ["../escape.meta.json", "/tmp/spinoco-abs.meta.json", "a\\b.meta.json", "x/../../y.meta.json", ".spinoco-connector/it.page.json"];
+    let bad = [
+        "../escape.meta.json",
+        "/tmp/spinoco-abs.meta.json",
+        "a\\b.meta.json",
+        "x/../../y.meta.json",
+        ".spinoco-connector/it.page.json",
+    ];
     for (i, name) in bad.iter().enumerate() {
         let path = format!("/task/hostile-{i}/meta");
         emu.inject_task(
@@ -197,7 +270,11 @@ fn hostile_names_are_rejected_and_nothing_leaves_the_root() {
     assert!(t.contains("malformed task"), "{t}");
     assert!(!outer.join("escape.meta.json").exists());
     assert!(!std::path::Path::new("/tmp/spinoco-abs.meta.json").exists());
-    let stray: Vec<_> = std::fs::read_dir(&outer).unwrap().flatten().map(|e| e.file_name()).collect();
+    let stray: Vec<_> = std::fs::read_dir(&outer)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(stray, vec![std::ffi::OsString::from("root")]);
     // The well-formed tasks were all stored.
     assert!(files_in(&dir).iter().any(|f| f.ends_with(".ogg")));
@@ -209,14 +286,22 @@ fn configuration_errors_are_all_reported_before_any_network_call() {
     let dir = scratch("config");
     let mut e = env(&emu, &dir);
     e.remove("SP_TASK_SYNC_TAG");
-    e.insert("SP_TASK_SYNC_FILE_NAME_TEMPLATE".into(), "{{due_date|yyyy}}".into());
+    e.insert(
+        "SP_TASK_SYNC_FILE_NAME_TEMPLATE".into(),
+        "{{due_date|yyyy}}".into(),
+    );
     e.insert("SP_TASK_SYNC_GET_DATA".into(), "Recordings,Videos".into());
     e.insert("SP_TASK_SYNC_DELETE_DATA".into(), "Transcriptions".into());
     e.insert("SP_TASK_SYNC_SKILLS_MUST".into(), "TOOLONG".into());
     e.insert("SP_TASK_SYNC_HASHTAGS_MUST".into(), "not-a-uuid".into());
     e.insert("SP_TASK_SYNC_START_FROM".into(), "last tuesday".into());
     e.insert("SP_TASK_SYNC_STORAGE_PROVIDER".into(), "dropbox".into());
-    for args in [&[][..], &["--once"][..], &["check"][..], &["check", "--connect"][..]] {
+    for args in [
+        &[][..],
+        &["--once"][..],
+        &["check"][..],
+        &["check", "--connect"][..],
+    ] {
         let out = run(&e, args);
         assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
         let t = text(&out);
@@ -234,7 +319,10 @@ fn configuration_errors_are_all_reported_before_any_network_call() {
         }
         assert!(!t.contains(TOKEN), "token leaked: {t}");
     }
-    assert!(emu.requests().is_empty(), "a network call was made before validation");
+    assert!(
+        emu.requests().is_empty(),
+        "a network call was made before validation"
+    );
 }
 
 #[test]
@@ -245,15 +333,33 @@ fn check_render_help_and_version() {
     let out = run(&e, &["check", "--connect"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("token accepted") && t.contains("probe object"), "{t}");
+    assert!(
+        t.contains("token accepted") && t.contains("probe object"),
+        "{t}"
+    );
     assert!(!t.contains(TOKEN) && t.contains("***"), "{t}");
     assert!(emu.handed_out().is_empty(), "check must not consume tasks");
 
-    let out = run(&e, &["render", "--due-date", "2004-12-01T12:00:00Z", "--task-id", "b808d74e-84b2-11ef-b864-0242ac120002"]);
+    let out = run(
+        &e,
+        &[
+            "render",
+            "--due-date",
+            "2004-12-01T12:00:00Z",
+            "--task-id",
+            "b808d74e-84b2-11ef-b864-0242ac120002",
+        ],
+    );
     let t = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("2004/12/01/20041201120000-b808d74e-84b2-11ef-b864-0242ac120002.ogg"), "{t}");
-    assert!(t.contains("20041201120000-b808d74e-84b2-11ef-b864-0242ac120002-2.trans.json"), "{t}");
+    assert!(
+        t.contains("2004/12/01/20041201120000-b808d74e-84b2-11ef-b864-0242ac120002.ogg"),
+        "{t}"
+    );
+    assert!(
+        t.contains("20041201120000-b808d74e-84b2-11ef-b864-0242ac120002-2.trans.json"),
+        "{t}"
+    );
 
     assert_eq!(run(&e, &["--bogus"]).status.code(), Some(2));
     assert!(run(&e, &["--help"]).status.success());

@@ -286,17 +286,14 @@ impl Emulator {
     /// The exact bytes `GET path` serves (also after the recording was deleted, so a
     /// test can verify what was stored); `None` for an unknown path.
     pub fn content(&self, path: &str) -> Option<Vec<u8>> {
-        let st = self.state();
-        if let Some(b) = st.injected_content.get(path) {
-            return Some(b.clone());
-        }
-        match resolve(&st, path)? {
-            Content::Bytes(b) => Some(b),
-            Content::Recording(task, rec) => {
-                let t = &st.account.tasks[task];
-                Some(data::recording_bytes(&t.recordings[rec]))
-            }
-        }
+        content_of(&self.state(), path)
+    }
+
+    /// [`Emulator::content`] for other threads, for example inside a delete guard
+    /// (guards run while a DELETE is served, without the emulator's lock).
+    pub fn content_source(&self) -> impl Fn(&str) -> Option<Vec<u8>> + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move |path| content_of(&lock(&shared.state), path)
     }
 
     /// Paths deleted (204), in order.
@@ -321,6 +318,19 @@ impl Emulator {
     /// Closes the port and every open connection.
     pub fn stop(mut self) {
         self.server.stop();
+    }
+}
+
+fn content_of(st: &State, path: &str) -> Option<Vec<u8>> {
+    if let Some(b) = st.injected_content.get(path) {
+        return Some(b.clone());
+    }
+    match resolve(st, path)? {
+        Content::Bytes(b) => Some(b),
+        Content::Recording(task, rec) => {
+            let t = &st.account.tasks[task];
+            Some(data::recording_bytes(&t.recordings[rec]))
+        }
     }
 }
 

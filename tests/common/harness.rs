@@ -15,7 +15,11 @@ pub const ALL_TYPES: &str =
     "CallMetadata,Recordings,Transcriptions,ChatMetadata,ChatHistory,SMSMetadata,EmailMetadata,WorkflowMetadata";
 
 pub fn emulator(cfg: EmulatorConfig) -> Emulator {
-    Emulator::start(EmulatorConfig { token: TOKEN.into(), ..cfg }).expect("emulator starts")
+    Emulator::start(EmulatorConfig {
+        token: TOKEN.into(),
+        ..cfg
+    })
+    .expect("emulator starts")
 }
 
 /// A fresh folder for one test.
@@ -52,7 +56,11 @@ pub fn command(env: &BTreeMap<String, String>, args: &[&str]) -> Command {
 
 /// Runs to the end and returns the output (with a generous time limit).
 pub fn run(env: &BTreeMap<String, String>, args: &[&str]) -> Output {
-    let mut child = command(env, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = command(env, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -64,12 +72,26 @@ pub fn run(env: &BTreeMap<String, String>, args: &[&str]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-pub fn spawn(env: &BTreeMap<String, String>, args: &[&str]) -> Child {
-    command(env, args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+/// Starts the connector in the background, its log appended to `log`.
+pub fn spawn(env: &BTreeMap<String, String>, args: &[&str], log: &Path) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    command(env, args)
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap()
 }
 
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Every file below `dir` except the connector's own folder, as relative names.
@@ -98,7 +120,8 @@ pub fn expected(emu: &Emulator) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
     for task in emu.handed_out() {
         for g in task["get"].as_array().cloned().unwrap_or_default() {
-            map.entry(g["fileName"].as_str().unwrap().to_string()).or_insert(g["path"].as_str().unwrap().to_string());
+            map.entry(g["fileName"].as_str().unwrap().to_string())
+                .or_insert(g["path"].as_str().unwrap().to_string());
         }
     }
     map
@@ -113,18 +136,41 @@ pub fn verify_complete(emu: &Emulator, dir: &Path) -> usize {
     let want: BTreeSet<String> = expected.keys().cloned().collect();
     let missing: Vec<_> = want.difference(&present).collect();
     let extra: Vec<_> = present.difference(&want).collect();
-    assert!(missing.is_empty(), "{} files missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
-    assert!(extra.is_empty(), "unexpected files: {:?}", &extra[..extra.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} files missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        extra.is_empty(),
+        "unexpected files: {:?}",
+        &extra[..extra.len().min(5)]
+    );
     for (name, path) in &expected {
-        let want = emu.content(path).unwrap_or_else(|| panic!("emulator has no content for {path}"));
+        let want = emu
+            .content(path)
+            .unwrap_or_else(|| panic!("emulator has no content for {path}"));
         let got = std::fs::read(dir.join(name)).unwrap();
-        assert!(got == want, "{name}: {} bytes stored, {} expected (or content differs)", got.len(), want.len());
+        assert!(
+            got == want,
+            "{name}: {} bytes stored, {} expected (or content differs)",
+            got.len(),
+            want.len()
+        );
     }
     let state = dir.join(".spinoco-connector");
-    let tmp: Vec<_> = std::fs::read_dir(state.join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
+    let tmp: Vec<_> = std::fs::read_dir(state.join("tmp"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
     assert!(tmp.is_empty(), "temp files left: {tmp:?}");
     let journals: Vec<_> = std::fs::read_dir(&state)
-        .map(|d| d.flatten().filter(|e| e.path().is_file()).map(|e| e.path()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| e.path())
+                .collect()
+        })
         .unwrap_or_default();
     assert!(journals.is_empty(), "journal left behind: {journals:?}");
     assert_eq!(emu.violations(), Vec::<String>::new(), "premature deletes");
@@ -137,7 +183,7 @@ pub fn guard_deletes(emu: &Emulator, dir: &Path) {
     let dir = dir.to_path_buf();
     let contents = emu.content_source();
     emu.set_delete_guard(Box::new(move |task: &Value| {
-        task["get"].as_array().map_or(false, |gets| {
+        task["get"].as_array().is_some_and(|gets| {
             gets.iter().all(|g| {
                 let name = g["fileName"].as_str().unwrap_or("");
                 let path = g["path"].as_str().unwrap_or("");
