@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite: installs and starts the storage servers the tests need
-# (into .cache/ inside the repo), then runs every test against them.
+# (into .cache/ inside the repo), then runs every test against them (dev profile:
+# the release profile's LTO would re-link every test binary for minutes).
 # Usage: tests/run.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,5 @@ for script in tests/servers/*.sh; do
 done
 
 export SPINOCO_TEST_REQUIRE_SERVERS=1
-echo "== building"
-cargo build --release --locked
 echo "== testing"
-cargo test --release --locked "$@"
+cargo test --locked "$@"

@@ -50,18 +50,28 @@ impl LocalStore {
         &self.root
     }
 
+    /// Removes temp files of processes that are gone: ours from an earlier life with
+    /// the same pid (containers restart as pid 1), those whose pid no longer runs, and
+    /// any untouched for ten minutes.
     fn sweep_stale_temps(&self) {
         let Ok(entries) = fs::read_dir(&self.temp) else {
             return;
         };
         let now = SystemTime::now();
+        let me = std::process::id();
+        let proc_visible = Path::new("/proc/self").exists();
         for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let dead = pid.is_some_and(|pid| {
+                pid == me || (proc_visible && !Path::new("/proc").join(pid.to_string()).exists())
+            });
             let old = entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .map(|t| now.duration_since(t).unwrap_or_default() > STALE_TEMP_AGE)
                 .unwrap_or(false);
-            if old {
+            if dead || old {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -228,11 +238,38 @@ mod tests {
     fn unsafe_keys_are_refused() {
         let root = scratch("unsafe");
         let store = LocalStore::open(&root).unwrap();
-        for key in ["../x", "/etc/passwd", "a//b", "a/./b", "a\\b", "", "a/"] {
+        let escape = format!("spinoco-escape-{}", std::process::id());
+        let up = format!("../{escape}");
+        for key in [
+            up.as_str(),
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "a\\b",
+            "",
+            "a/",
+        ] {
             let err = crate::store::put_bytes(&store, key, b"x").unwrap_err();
             assert_eq!(err.kind, StoreErrorKind::Rejected, "{key}");
         }
-        assert!(!root.parent().unwrap().join("x").exists());
+        assert!(!root.parent().unwrap().join(escape).exists());
+    }
+
+    #[test]
+    fn temps_of_gone_processes_are_swept_on_open() {
+        let root = scratch("sweep");
+        let temp = root.join(STATE_DIR).join(TEMP_DIR);
+        fs::create_dir_all(&temp).unwrap();
+        let mine = temp.join(format!("{}-1.part", std::process::id()));
+        let gone = temp.join("4294967295-1.part");
+        let alive = temp.join("1-1.part"); // pid 1 always runs
+        for p in [&mine, &gone, &alive] {
+            fs::write(p, b"partial").unwrap();
+        }
+        LocalStore::open(&root).unwrap();
+        assert!(!mine.exists() && !gone.exists());
+        assert!(alive.exists(), "a running process's temp file must stay");
+        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
