@@ -8,6 +8,8 @@
 use std::fmt;
 use std::io::{self, Read};
 
+pub mod gcs;
+pub mod gcs_auth;
 pub mod local;
 
 use crate::config::StorageSettings;
@@ -18,6 +20,7 @@ pub fn open(settings: &StorageSettings, agent: &ureq::Agent) -> Result<Box<dyn B
     let _ = agent;
     match settings {
         StorageSettings::Local { root } => Ok(Box::new(local::LocalStore::open(root)?)),
+        StorageSettings::Gcs(gcs) => Ok(Box::new(gcs::GcsStore::open(gcs, agent)?)),
     }
 }
 
