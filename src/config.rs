@@ -210,12 +210,14 @@ pub struct Filters {
 #[derive(Debug, Clone)]
 pub enum StorageSettings {
     Local { root: PathBuf },
+    Gcs(Box<crate::store::gcs::GcsSettings>),
 }
 
 impl StorageSettings {
     pub fn provider(&self) -> &'static str {
         match self {
             StorageSettings::Local { .. } => "local",
+            StorageSettings::Gcs(_) => "gcs",
         }
     }
 }
@@ -471,6 +473,7 @@ impl Config {
             StorageSettings::Local { root } => {
                 out.push(("SP_TASK_SYNC_SAVE_TO", root.display().to_string()))
             }
+            StorageSettings::Gcs(gcs) => out.extend(gcs.describe()),
         }
         out
     }
@@ -784,7 +787,9 @@ fn parse_storage(env: &Env, errors: &mut Vec<ConfigError>) -> Option<StorageSett
                 None
             }
         },
-        Some(p @ ("s3" | "gcs" | "azure")) => {
+        Some("gcs") => crate::store::gcs::GcsSettings::from_env(env, errors)
+            .map(|s| StorageSettings::Gcs(Box::new(s))),
+        Some(p @ ("s3" | "azure")) => {
             errors.push(ConfigError::new(
                 var,
                 env.get(var),

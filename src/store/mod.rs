@@ -8,6 +8,8 @@
 use std::fmt;
 use std::io::{self, Read};
 
+pub mod gcs;
+pub mod gcs_auth;
 pub mod local;
 
 use crate::config::StorageSettings;
@@ -21,6 +23,7 @@ pub fn open(
     let _ = agent;
     match settings {
         StorageSettings::Local { root } => Ok(Box::new(local::LocalStore::open(root)?)),
+        StorageSettings::Gcs(gcs) => Ok(Box::new(gcs::GcsStore::open(gcs, agent)?)),
     }
 }
 

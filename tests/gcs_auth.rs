@@ -1,0 +1,414 @@
+//! Google token flows against fake endpoints on 127.0.0.1 (no server script needed).
+//!
+//! The fake token endpoint checks the JWT's RS256 signature with the test key's public
+//! key (tests/data/gcs-test-key.pub.pem, made by openssl, not by this code) and its
+//! claims, so a service-account file with a wrong key is refused: proof that a real
+//! signature is produced.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+use spinoco_connector::config::Env;
+use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
+use spinoco_connector::store::gcs_auth::{
+    base64_decode, pem_to_der, Credentials, TokenSource, SCOPE,
+};
+use spinoco_connector::store::{BlobStore, StoreErrorKind};
+
+const EMAIL: &str = "connector-test@spinoco-test.iam.gserviceaccount.com";
+
+#[derive(Debug, Clone)]
+struct Request {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A field of an `application/x-www-form-urlencoded` body.
+    fn form(&self, name: &str) -> Option<String> {
+        self.body.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (percent_decode(k) == name).then(|| percent_decode(v))
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+type Handler = dyn Fn(&Request) -> (u16, String) + Send + Sync;
+
+/// A one-request-per-connection HTTP server that records what it was sent.
+struct Fake {
+    base: String,
+    seen: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Fake {
+    fn start(handler: Box<Handler>) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut parts = line.split_whitespace();
+                let (method, target) = (
+                    parts.next().unwrap().to_string(),
+                    parts.next().unwrap().to_string(),
+                );
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    let h = h.trim_end();
+                    if h.is_empty() {
+                        break;
+                    }
+                    let (n, v) = h.split_once(':').unwrap();
+                    headers.push((n.trim().to_string(), v.trim().to_string()));
+                }
+                let len = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |(_, v)| v.parse().unwrap());
+                let mut body = vec![0u8; len];
+                reader.read_exact(&mut body).unwrap();
+                let request = Request {
+                    method,
+                    target,
+                    headers,
+                    body: String::from_utf8(body).unwrap(),
+                };
+                let (status, body) = handler(&request);
+                log.lock().unwrap().push(request);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Fake { base, seen }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn data(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// What Google's token endpoint checks: the RS256 signature and the claims.
+fn check_assertion(assertion: &str, public_der: &[u8], token_uri: &str) -> Result<(), String> {
+    let parts: Vec<&str> = assertion.split('.').collect();
+    if parts.len() != 3 {
+        return Err("not a JWT".into());
+    }
+    let json = |p: &str| -> Result<serde_json::Value, String> {
+        serde_json::from_slice(&base64_decode(p).ok_or("bad base64")?).map_err(|e| e.to_string())
+    };
+    let header = json(parts[0])?;
+    if header["alg"] != "RS256" || header["typ"] != "JWT" {
+        return Err(format!("bad header {header}"));
+    }
+    let signature = base64_decode(parts[2]).ok_or("bad signature encoding")?;
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, public_der)
+        .verify(signed.as_bytes(), &signature)
+        .map_err(|_| "Invalid JWT Signature.".to_string())?;
+    let claims = json(parts[1])?;
+    let (iat, exp) = (
+        claims["iat"].as_u64().ok_or("no iat")?,
+        claims["exp"].as_u64().ok_or("no exp")?,
+    );
+    let ok = claims["iss"] == EMAIL
+        && claims["scope"] == SCOPE
+        && claims["aud"] == token_uri
+        && iat.abs_diff(now()) <= 60
+        && exp > iat
+        && exp - iat <= 3600;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("bad claims {claims}"))
+    }
+}
+
+/// A token endpoint at `/token` handing out `tok-1`, `tok-2`, … valid `expires_in`.
+fn token_endpoint(expires_in: u64) -> Fake {
+    let public = pem_to_der(&data("gcs-test-key.pub.pem"), "RSA PUBLIC KEY").unwrap();
+    let issued = AtomicUsize::new(0);
+    let uri = Arc::new(Mutex::new(String::new()));
+    let uri2 = uri.clone();
+    let fake = Fake::start(Box::new(move |r: &Request| {
+        let token_uri = uri2.lock().unwrap().clone();
+        let grant = r.form("grant_type").unwrap_or_default();
+        if r.method != "POST"
+            || r.target != "/token"
+            || grant != "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        {
+            return (400, r#"{"error":"unsupported_grant_type"}"#.into());
+        }
+        match check_assertion(
+            &r.form("assertion").unwrap_or_default(),
+            &public,
+            &token_uri,
+        ) {
+            Ok(()) => {
+                let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+                (
+                    200,
+                    format!(
+                        r#"{{"access_token":"tok-{n}","expires_in":{expires_in},"token_type":"Bearer"}}"#
+                    ),
+                )
+            }
+            Err(why) => (
+                400,
+                serde_json::json!({"error": "invalid_grant", "error_description": why}).to_string(),
+            ),
+        }
+    }));
+    *uri.lock().unwrap() = format!("{}/token", fake.base);
+    fake
+}
+
+fn service_account(key_file: &str, token_uri: &str) -> Credentials {
+    let file = serde_json::json!({
+        "type": "service_account",
+        "project_id": "spinoco-test",
+        "private_key_id": "test-key-1",
+        "private_key": data(key_file),
+        "client_email": EMAIL,
+        "token_uri": token_uri,
+    });
+    Credentials::from_json(&file.to_string(), Path::new("/test/service-account.json")).unwrap()
+}
+
+fn agent() -> ureq::Agent {
+    spinoco_connector::http::agent(Duration::from_secs(5), 2)
+}
+
+#[test]
+fn service_account_token_is_signed_checked_and_cached() {
+    let endpoint = token_endpoint(3600);
+    let tokens = TokenSource::new(service_account(
+        "gcs-test-key.pem",
+        &format!("{}/token", endpoint.base),
+    ));
+    let agent = agent();
+    assert_eq!(
+        tokens.authorization(&agent).unwrap().as_deref(),
+        Some("Bearer tok-1")
+    );
+    assert_eq!(
+        tokens.authorization(&agent).unwrap().as_deref(),
+        Some("Bearer tok-1"),
+        "cached"
+    );
+    let seen = endpoint.requests();
+    assert_eq!(seen.len(), 1, "one token request for two uses");
+    assert_eq!(
+        seen[0].header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+}
+
+#[test]
+fn short_lived_token_is_refreshed_on_next_use() {
+    // 60 s is inside the 5-minute refresh margin: the token counts as expiring.
+    let endpoint = token_endpoint(60);
+    let tokens = TokenSource::new(service_account(
+        "gcs-test-key.pem",
+        &format!("{}/token", endpoint.base),
+    ));
+    let agent = agent();
+    assert_eq!(
+        tokens.authorization(&agent).unwrap().as_deref(),
+        Some("Bearer tok-1")
+    );
+    assert_eq!(
+        tokens.authorization(&agent).unwrap().as_deref(),
+        Some("Bearer tok-2")
+    );
+    assert_eq!(endpoint.requests().len(), 2);
+}
+
+#[test]
+fn wrong_key_is_rejected_by_the_token_endpoint() {
+    let endpoint = token_endpoint(3600);
+    let tokens = TokenSource::new(service_account(
+        "gcs-wrong-test-key.pem",
+        &format!("{}/token", endpoint.base),
+    ));
+    let err = tokens.authorization(&agent()).unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Denied, "{err}");
+    assert!(
+        err.message.contains("invalid_grant") && err.message.contains("Invalid JWT Signature"),
+        "{err}"
+    );
+    let assertion = endpoint.requests()[0].form("assertion").unwrap();
+    assert!(
+        !err.message.contains(&assertion[assertion.len() - 20..]),
+        "the assertion leaked: {err}"
+    );
+    assert!(!err.message.contains("PRIVATE KEY"), "{err}");
+}
+
+#[test]
+fn metadata_server_token_needs_the_flavor_header() {
+    let fake = Fake::start(Box::new(|r: &Request| {
+        if r.target != "/computeMetadata/v1/instance/service-accounts/default/token" {
+            return (404, "{}".into());
+        }
+        match r.header("metadata-flavor") {
+            Some("Google") => (
+                200,
+                r#"{"access_token":"meta-1","expires_in":3599,"token_type":"Bearer"}"#.into(),
+            ),
+            _ => (403, "{}".into()),
+        }
+    }));
+    let host = fake.base.trim_start_matches("http://").to_string();
+    let env = Env::from_pairs([
+        ("HOME", "/nonexistent"),
+        ("GCE_METADATA_HOST", host.as_str()),
+    ]);
+    let credentials = Credentials::discover(&env, false).unwrap();
+    assert!(
+        matches!(credentials, Credentials::Metadata { .. }),
+        "{credentials:?}"
+    );
+    let tokens = TokenSource::new(credentials);
+    assert_eq!(
+        tokens.authorization(&agent()).unwrap().as_deref(),
+        Some("Bearer meta-1")
+    );
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "GET");
+}
+
+#[test]
+fn authorized_user_refresh_token_grant() {
+    let fake = Fake::start(Box::new(|r: &Request| {
+        let ok = r.target == "/token"
+            && r.form("grant_type").as_deref() == Some("refresh_token")
+            && r.form("refresh_token").as_deref() == Some("1//refresh+me/please")
+            && r.form("client_id").as_deref() == Some("client-1.apps.googleusercontent.com")
+            && r.form("client_secret").as_deref() == Some("very secret");
+        if ok {
+            (200, r#"{"access_token":"user-1","expires_in":3599}"#.into())
+        } else {
+            (400, r#"{"error":"invalid_grant"}"#.into())
+        }
+    }));
+    let file = serde_json::json!({
+        "type": "authorized_user",
+        "client_id": "client-1.apps.googleusercontent.com",
+        "client_secret": "very secret",
+        "refresh_token": "1//refresh+me/please",
+        "token_uri": format!("{}/token", fake.base),
+    });
+    let tokens = TokenSource::new(
+        Credentials::from_json(&file.to_string(), Path::new("/test/adc.json")).unwrap(),
+    );
+    assert_eq!(
+        tokens.authorization(&agent()).unwrap().as_deref(),
+        Some("Bearer user-1")
+    );
+}
+
+#[test]
+fn store_sends_the_token_and_user_project_and_maps_403_to_denied() {
+    let endpoint = token_endpoint(3600);
+    let storage = Fake::start(Box::new(|r: &Request| {
+        if r.header("authorization") != Some("Bearer tok-1") {
+            return (
+                401,
+                r#"{"error":{"code":401,"message":"Invalid Credentials"}}"#.into(),
+            );
+        }
+        match r.target.as_str() {
+            "/storage/v1/b/bkt/o/calls%2Fa%20b.json?userProject=proj-9&alt=media" => {
+                (200, "hello".into())
+            }
+            "/storage/v1/b/bkt/o/calls%2Fforbidden?userProject=proj-9&alt=media" => (
+                403,
+                r#"{"error":{"code":403,"message":"does not have storage.objects.get access"}}"#
+                    .into(),
+            ),
+            _ => (404, "{}".into()),
+        }
+    }));
+    let settings = GcsSettings {
+        bucket: "bkt".into(),
+        project: "proj-9".into(),
+        prefix: "calls".into(),
+        endpoint: storage.base.clone(),
+        credentials: service_account("gcs-test-key.pem", &format!("{}/token", endpoint.base)),
+        chunk_size: 256 * 1024,
+        attempts: 3,
+    };
+    let store = GcsStore::open(&settings, &agent()).unwrap();
+    assert_eq!(
+        store.get("a b.json").unwrap().as_deref(),
+        Some(&b"hello"[..])
+    );
+    assert_eq!(store.get("missing").unwrap(), None);
+    let err = store.get("forbidden").unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Denied, "{err}");
+    assert!(
+        err.message.contains("gs://bkt/calls/forbidden") && err.message.contains("403"),
+        "{err}"
+    );
+    assert!(!err.message.contains("tok-1"), "{err}");
+    assert_eq!(storage.requests().len(), 3, "403 is not retried");
+    assert_eq!(endpoint.requests().len(), 1, "the token is reused");
+}
