@@ -242,6 +242,9 @@ pub struct Config {
     /// Longest silence accepted from a server while waiting for or reading an answer.
     pub http_timeout: Duration,
     pub storage: StorageSettings,
+    /// `SP_METRICS_ADDR`: where `/metrics`, `/healthz` and `/readyz` are served (opt-in).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub log_format: crate::logging::LogFormat,
 }
 
 pub const DEFAULT_GET_DATA: &str = "Recordings,Transcriptions";
@@ -373,6 +376,8 @@ impl Config {
             &mut errors,
         ) as u32;
         let storage = parse_storage(env, &mut errors);
+        let metrics_addr = parse_metrics_addr(env, &mut errors);
+        let log_format = parse_log_format(env, &mut errors);
 
         match (errors.is_empty(), template, storage) {
             (true, Some(template), Some(storage)) => Ok(Config {
@@ -391,6 +396,8 @@ impl Config {
                 page_size,
                 http_timeout,
                 storage,
+                metrics_addr,
+                log_format,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -464,6 +471,12 @@ impl Config {
             ("SP_TASK_SYNC_PAGE_SIZE", self.page_size.to_string()),
             ("SP_HTTP_TIMEOUT", format!("{:?}", self.http_timeout)),
             ("SP_LOG_LEVEL", self.log_level.to_string().to_lowercase()),
+            ("SP_LOG_FORMAT", self.log_format.name().to_string()),
+            (
+                "SP_METRICS_ADDR",
+                self.metrics_addr
+                    .map_or("- (no metrics endpoint)".to_string(), |a| a.to_string()),
+            ),
             (
                 "SP_TASK_SYNC_STORAGE_PROVIDER",
                 self.storage.provider().to_string(),
@@ -476,6 +489,39 @@ impl Config {
             StorageSettings::Gcs(gcs) => out.extend(gcs.describe()),
         }
         out
+    }
+}
+
+/// `SP_METRICS_ADDR`: an IP socket address (`0.0.0.0:9464`, `127.0.0.1:9464`, `[::]:9464`).
+fn parse_metrics_addr(env: &Env, errors: &mut Vec<ConfigError>) -> Option<std::net::SocketAddr> {
+    let raw = env.get("SP_METRICS_ADDR")?;
+    match raw.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.push(ConfigError::new(
+                "SP_METRICS_ADDR",
+                Some(raw),
+                "must be an IP address and port to listen on, e.g. 0.0.0.0:9464 or 127.0.0.1:9464",
+            ));
+            None
+        }
+    }
+}
+
+/// `SP_LOG_FORMAT`: `text` (default) or `json`.
+fn parse_log_format(env: &Env, errors: &mut Vec<ConfigError>) -> crate::logging::LogFormat {
+    let raw = env.get("SP_LOG_FORMAT");
+    match raw.map(crate::logging::LogFormat::parse) {
+        None => crate::logging::LogFormat::Text,
+        Some(Some(format)) => format,
+        Some(None) => {
+            errors.push(ConfigError::new(
+                "SP_LOG_FORMAT",
+                raw,
+                "must be text or json",
+            ));
+            crate::logging::LogFormat::Text
+        }
     }
 }
 
@@ -927,6 +973,28 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("0"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    #[test]
+    fn metrics_addr_and_log_format() {
+        let c = Config::from_env(&base()).unwrap();
+        assert_eq!(c.metrics_addr, None);
+        assert_eq!(c.log_format, crate::logging::LogFormat::Text);
+        let mut env = base();
+        env.set("SP_METRICS_ADDR", "0.0.0.0:9464");
+        env.set("SP_LOG_FORMAT", "JSON");
+        let c = Config::from_env(&env).unwrap();
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(c.log_format, crate::logging::LogFormat::Json);
+        env.set("SP_METRICS_ADDR", "localhost:9464");
+        env.set("SP_LOG_FORMAT", "logfmt");
+        env.set("SP_TASK_SYNC_TAG", "");
+        let vars: Vec<String> = errors_of(&env).into_iter().map(|e| e.var).collect();
+        assert_eq!(
+            vars,
+            ["SP_TASK_SYNC_TAG", "SP_METRICS_ADDR", "SP_LOG_FORMAT"],
+            "reported with the other problems"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod demo;
 pub mod emulator;
 pub mod http;
 pub mod journal;
+pub mod logging;
+pub mod metrics;
 pub mod platform;
 pub mod retry;
 pub mod shutdown;

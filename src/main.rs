@@ -2,14 +2,16 @@
 //! and maps every outcome to an exit code the README documents.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use log::{error, info, LevelFilter};
 
 use spinoco_connector::config::{Config, Env};
+use spinoco_connector::logging::{self, LogFormat};
 use spinoco_connector::platform::{Platform, PlatformError};
 use spinoco_connector::store::{self, BlobStore, StoreErrorKind};
 use spinoco_connector::sync::{Engine, Mode, SyncError};
-use spinoco_connector::{demo, http, shutdown};
+use spinoco_connector::{demo, http, metrics, shutdown};
 
 /// Exit codes (README: "Exit codes").
 mod exit {
@@ -38,6 +40,9 @@ Usage:
                                  print the names SP_TASK_SYNC_FILE_NAME_TEMPLATE gives
   spinoco-connector demo [--dir DIR]
                                  sync from a built-in platform emulator into DIR (./demo-data)
+  spinoco-connector health [--live]
+                                 ask the running connector's SP_METRICS_ADDR endpoint for
+                                 /readyz (or /healthz with --live); exit 0 if it answers 200
   spinoco-connector emulator [--help]
                                  run the platform emulator alone (tests, benchmark)
   spinoco-connector --help | --version
@@ -70,6 +75,11 @@ fn dispatch(args: &[String]) -> u8 {
             _ => usage("check takes only --connect"),
         },
         Some("render") => render(&args[1..]),
+        Some("health") => match &args[1..] {
+            [] => health(false),
+            [flag] if flag == "--live" => health(true),
+            _ => usage("health takes only --live"),
+        },
         Some("demo") => match &args[1..] {
             [] => demo_cmd("demo-data"),
             [flag, dir] if flag == "--dir" => demo_cmd(dir),
@@ -85,16 +95,10 @@ fn usage(problem: &str) -> u8 {
     exit::USAGE
 }
 
-fn init_logging(level: LevelFilter) {
-    // The HTTP stack logs raw header lines at trace level: keep it quiet so the token
-    // can never reach the log, whatever SP_LOG_LEVEL says.
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_module_level("ureq", LevelFilter::Warn)
-        .with_module_level("ureq_proto", LevelFilter::Warn)
-        .with_module_level("rustls", LevelFilter::Warn)
-        .with_utc_timestamps()
-        .init();
+fn init_logging(level: LevelFilter, format: LogFormat) {
+    // Both formats cap the HTTP stack at warn: it logs raw header lines at trace
+    // level, and the token must never reach the log, whatever SP_LOG_LEVEL says.
+    logging::init(level, format);
 }
 
 fn load_config() -> Result<Config, u8> {
@@ -109,11 +113,11 @@ fn run(mode: Mode) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(cfg.log_level);
+    init_logging(cfg.log_level, cfg.log_format);
     shutdown::install();
     let agent = http::agent(cfg.http_timeout, cfg.concurrency);
-    let store = match store::open(&cfg.storage, &agent) {
-        Ok(s) => s,
+    let store: Arc<dyn BlobStore> = match store::open(&cfg.storage, &agent) {
+        Ok(s) => Arc::from(s),
         Err(e) => {
             error!("cannot open the storage: {e}");
             return if e.kind == StoreErrorKind::Denied {
@@ -123,6 +127,16 @@ fn run(mode: Mode) -> u8 {
             };
         }
     };
+    if let Some(addr) = cfg.metrics_addr {
+        // Ready while a round finished (or a file was stored) within three poll
+        // intervals, plus one HTTP timeout for the request that may be under way.
+        let window = 3 * cfg.poll_interval + cfg.http_timeout;
+        let probe_every = std::time::Duration::from_secs(10);
+        if let Err(e) = metrics::serve(addr, store.clone(), window, probe_every) {
+            error!("cannot serve metrics on SP_METRICS_ADDR={addr}: {e}");
+            return exit::FAILURE;
+        }
+    }
     let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
     match Engine::new(&cfg, platform, store.as_ref(), mode).run(mode) {
         Ok(summary) => {
@@ -244,8 +258,34 @@ fn render(args: &[String]) -> u8 {
     }
 }
 
+/// `health [--live]`: for Docker's HEALTHCHECK in an image without a shell. Exits 0 or
+/// 1 only (Docker reserves 2).
+fn health(live: bool) -> u8 {
+    let env = Env::from_process();
+    let Some(raw) = env.get("SP_METRICS_ADDR") else {
+        println!(
+            "health: SP_METRICS_ADDR is not set, so the connector serves no health endpoint to ask"
+        );
+        return exit::FAILURE;
+    };
+    let Ok(addr) = raw.parse() else {
+        println!("health: SP_METRICS_ADDR={raw:?} is not an IP address and port");
+        return exit::FAILURE;
+    };
+    match metrics::check_health(addr, live) {
+        Ok(said) => {
+            println!("healthy: {said}");
+            exit::OK
+        }
+        Err(said) => {
+            println!("unhealthy: {said}");
+            exit::FAILURE
+        }
+    }
+}
+
 fn demo_cmd(dir: &str) -> u8 {
-    init_logging(LevelFilter::Info);
+    init_logging(LevelFilter::Info, LogFormat::Text);
     shutdown::install();
     match demo::run(std::path::Path::new(dir)) {
         Ok(()) => exit::OK,

@@ -196,6 +196,7 @@ impl<'a> Engine<'a> {
             let before = self.summary.clone();
             failed += self.round()?;
             self.summary.rounds += 1;
+            crate::metrics::global().round_done(failed == 0 && !self.summary.stopped);
             if self.summary.stopped || shutdown::requested() {
                 self.summary.stopped = true;
                 info!("stopped on request; the page in progress stays journaled and is finished on the next start");
@@ -345,6 +346,13 @@ impl<'a> Engine<'a> {
         self.summary.missing += c.missing.load(Ordering::Relaxed);
         self.summary.deletes += c.deletes.load(Ordering::Relaxed);
         self.summary.rejected += c.rejected.load(Ordering::Relaxed);
+        crate::metrics::global().page_done(
+            tasks,
+            c.deletes.load(Ordering::Relaxed),
+            c.missing.load(Ordering::Relaxed),
+            c.rejected.load(Ordering::Relaxed),
+            failed,
+        );
         let secs = started.elapsed().as_secs_f64();
         info!(
             "page {}: {tasks} tasks, {files} files, {} in {secs:.2}s ({:.1} MB/s), {} deleted{}{}",
@@ -432,6 +440,7 @@ impl<'a> Engine<'a> {
             if !self.attempts.allows(attempt) {
                 return Outcome::GaveUp(message);
             }
+            crate::metrics::global().retry();
             let delay = backoff.next_delay(after);
             warn!(
                 "{what}: {message}; retrying in {:.1}s (attempt {attempt})",
@@ -445,6 +454,7 @@ impl<'a> Engine<'a> {
 
     /// Downloads one file into the storage, retrying a broken download from the start.
     fn transfer(&self, job: &FileJob) -> Outcome<u64> {
+        let _in_flight = crate::metrics::global().transfer();
         self.retried(&job.name, || {
             let mut download = match self.platform.download(&job.path) {
                 Ok(d) => d,
@@ -626,6 +636,7 @@ impl PageWork {
                 debug!("stored {} ({n} bytes)", job.name);
                 Counters::add(&self.counters.files, 1);
                 Counters::add(&self.counters.bytes, n);
+                crate::metrics::global().file_stored(n);
                 true
             }
             Outcome::Missing => {

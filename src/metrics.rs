@@ -1,0 +1,426 @@
+//! Counters of what the connector did, and the opt-in HTTP endpoint that shows them.
+//!
+//! Operators on Docker and Kubernetes need to know whether the connector is alive,
+//! whether it keeps up, and what it moved, without reading logs. The engine bumps the
+//! process-wide [`Metrics`] (plain atomics, so a bump costs nothing worth measuring);
+//! with `SP_METRICS_ADDR` set, [`serve`] answers `/healthz`, `/readyz` and `/metrics`
+//! (Prometheus text format) from one small blocking thread. `spinoco-connector health`
+//! asks that endpoint, because a scratch image has no shell or curl for a HEALTHCHECK.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+
+use crate::store::BlobStore;
+
+/// Everything counted since the process started.
+pub struct Metrics {
+    /// Tasks of finished pages (a re-delivered task counts again).
+    tasks: AtomicU64,
+    files: AtomicU64,
+    bytes: AtomicU64,
+    /// Recordings deleted on the platform (a 404 on delete counts: it is gone).
+    /// This and the error counts below are added when a page is finished.
+    deletes: AtomicU64,
+    /// Files the platform answered 404 for.
+    missing: AtomicU64,
+    /// Tasks, files or deletes that cannot be done as sent (bad names, refused).
+    rejected: AtomicU64,
+    /// Transfers or deletes given up after every attempt (`--once` only).
+    failed: AtomicU64,
+    /// Back-offs after a transient error of the platform, the storage or a download.
+    retries: AtomicU64,
+    rounds: AtomicU64,
+    in_flight: AtomicI64,
+    /// Unix milliseconds of the last round that finished with nothing failed; 0 = none yet.
+    last_success_ms: AtomicU64,
+    /// Unix milliseconds of the last sign of progress (a round finished, a file stored,
+    /// a recording deleted); 0 = none yet.
+    last_progress_ms: AtomicU64,
+    /// The last storage probe of the metrics endpoint worked.
+    storage_ok: AtomicBool,
+    started_ms: AtomicU64,
+}
+
+static METRICS: Metrics = Metrics::new();
+
+/// The process-wide counters.
+pub fn global() -> &'static Metrics {
+    &METRICS
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Counts a transfer as in flight until dropped.
+pub struct InFlight(&'static Metrics);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub const fn new() -> Metrics {
+        Metrics {
+            tasks: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            deletes: AtomicU64::new(0),
+            missing: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            rounds: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            last_success_ms: AtomicU64::new(0),
+            last_progress_ms: AtomicU64::new(0),
+            storage_ok: AtomicBool::new(true),
+            started_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn progress(&self) {
+        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// A page was worked through (or stopped): its counts, as in the run's summary.
+    pub fn page_done(&self, tasks: u64, deletes: u64, missing: u64, rejected: u64, failed: u64) {
+        Self::add(&self.tasks, tasks);
+        Self::add(&self.deletes, deletes);
+        Self::add(&self.missing, missing);
+        Self::add(&self.rejected, rejected);
+        Self::add(&self.failed, failed);
+        if deletes > 0 {
+            self.progress();
+        }
+    }
+
+    pub fn file_stored(&self, bytes: u64) {
+        Self::add(&self.files, 1);
+        Self::add(&self.bytes, bytes);
+        self.progress();
+    }
+
+    pub fn retry(&self) {
+        Self::add(&self.retries, 1);
+    }
+
+    /// A round ended; `clean` when nothing in it failed or was stopped.
+    pub fn round_done(&self, clean: bool) {
+        Self::add(&self.rounds, 1);
+        if clean {
+            self.last_success_ms.store(now_ms(), Ordering::Relaxed);
+            self.progress();
+        }
+    }
+
+    /// Marks one transfer in flight for the life of the returned guard.
+    pub fn transfer(&'static self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+
+    /// Whether the engine keeps up: progress within `window`, and the storage answered
+    /// the last probe. Returns the reason when not.
+    pub fn readiness(&self, window: Duration) -> Result<(), String> {
+        if !self.storage_ok.load(Ordering::Relaxed) {
+            return Err("the storage did not answer the last probe".into());
+        }
+        let last = self.last_progress_ms.load(Ordering::Relaxed);
+        if last == 0 {
+            return Err("no sync round has finished yet".into());
+        }
+        let age = now_ms().saturating_sub(last);
+        if age > window.as_millis() as u64 {
+            return Err(format!(
+                "no round finished and nothing was stored for {:.0}s (limit {:.0}s: three poll intervals)",
+                age as f64 / 1000.0,
+                window.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The counters in Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "spinoco_tasks_total",
+            "counter",
+            "Tasks of finished pages (a re-delivered task counts again).",
+            &[("", get(&self.tasks).to_string())],
+        );
+        metric(
+            "spinoco_files_total",
+            "counter",
+            "Files stored.",
+            &[("", get(&self.files).to_string())],
+        );
+        metric(
+            "spinoco_bytes_total",
+            "counter",
+            "Bytes stored.",
+            &[("", get(&self.bytes).to_string())],
+        );
+        metric(
+            "spinoco_deletes_total",
+            "counter",
+            "Recordings deleted on the platform after they were stored.",
+            &[("", get(&self.deletes).to_string())],
+        );
+        metric(
+            "spinoco_errors_total",
+            "counter",
+            "Errors by kind: missing = the platform answered 404 for a file; rejected = a task, file or delete that cannot be done as sent; failed = given up after every attempt (--once only).",
+            &[
+                ("{kind=\"missing\"}", get(&self.missing).to_string()),
+                ("{kind=\"rejected\"}", get(&self.rejected).to_string()),
+                ("{kind=\"failed\"}", get(&self.failed).to_string()),
+            ],
+        );
+        metric(
+            "spinoco_retries_total",
+            "counter",
+            "Back-offs after a transient error of the platform, the storage or a download.",
+            &[("", get(&self.retries).to_string())],
+        );
+        metric(
+            "spinoco_rounds_total",
+            "counter",
+            "Sync rounds finished.",
+            &[("", get(&self.rounds).to_string())],
+        );
+        metric(
+            "spinoco_transfers_in_flight",
+            "gauge",
+            "Downloads being stored right now.",
+            &[("", self.in_flight.load(Ordering::Relaxed).to_string())],
+        );
+        metric(
+            "spinoco_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last round that finished with nothing failed (0: none yet).",
+            &[("", seconds(get(&self.last_success_ms)))],
+        );
+        metric(
+            "spinoco_storage_reachable",
+            "gauge",
+            "1 when the storage answered the last probe.",
+            &[(
+                "",
+                u8::from(self.storage_ok.load(Ordering::Relaxed)).to_string(),
+            )],
+        );
+        metric(
+            "spinoco_start_time_seconds",
+            "gauge",
+            "Unix time the metrics endpoint started.",
+            &[("", seconds(get(&self.started_ms)))],
+        );
+        metric(
+            "spinoco_build_info",
+            "gauge",
+            "The connector's version.",
+            &[(
+                concat!("{version=\"", env!("CARGO_PKG_VERSION"), "\"}"),
+                "1".to_string(),
+            )],
+        );
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+/// The key the storage probe reads; it never exists, a "not found" is the healthy answer.
+const PROBE_KEY: &str = ".spinoco-connector/readyz-probe";
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `addr` from a background thread, and
+/// probes the storage every `probe_every` from another. Fails only when `addr`
+/// cannot be bound.
+pub fn serve(
+    addr: SocketAddr,
+    store: Arc<dyn BlobStore>,
+    ready_window: Duration,
+    probe_every: Duration,
+) -> std::io::Result<()> {
+    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+    let metrics = global();
+    metrics.started_ms.store(now_ms(), Ordering::Relaxed);
+    info!("metrics on http://{addr}/metrics (also /healthz, /readyz)");
+    std::thread::Builder::new()
+        .name("storage-probe".into())
+        .spawn(move || loop {
+            let ok = match store.get(PROBE_KEY) {
+                Ok(_) => true,
+                Err(e) => {
+                    warn!("readiness probe of the storage failed: {e}");
+                    false
+                }
+            };
+            metrics.storage_ok.store(ok, Ordering::Relaxed);
+            std::thread::sleep(probe_every);
+        })?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let (status, body) = answer(request.method(), request.url(), ready_window);
+                let content_type = if request.url() == "/metrics" {
+                    "text/plain; version=0.0.4; charset=utf-8"
+                } else {
+                    "text/plain; charset=utf-8"
+                };
+                let response = tiny_http::Response::from_string(body)
+                    .with_status_code(status)
+                    .with_header(
+                        tiny_http::Header::from_bytes("Content-Type", content_type)
+                            .expect("a valid header"),
+                    );
+                let _ = request.respond(response);
+            }
+        })?;
+    Ok(())
+}
+
+fn answer(method: &tiny_http::Method, url: &str, ready_window: Duration) -> (u16, String) {
+    if *method != tiny_http::Method::Get && *method != tiny_http::Method::Head {
+        return (405, "only GET\n".into());
+    }
+    match url {
+        "/healthz" => (200, "ok\n".into()),
+        "/readyz" => match global().readiness(ready_window) {
+            Ok(()) => (200, "ready\n".into()),
+            Err(reason) => (503, format!("not ready: {reason}\n")),
+        },
+        "/metrics" => (200, global().render()),
+        _ => (404, "not found; try /metrics, /healthz or /readyz\n".into()),
+    }
+}
+
+/// `spinoco-connector health [--live]`: asks the running connector's endpoint at
+/// `addr` (a wildcard address is asked on loopback) for `/readyz`, or `/healthz` with
+/// `live`. Returns whether it answered 200, with what it said.
+pub fn check_health(addr: SocketAddr, live: bool) -> Result<String, String> {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let path = if live { "/healthz" } else { "/readyz" };
+    let url = format!("http://{target}{path}");
+    let agent = crate::http::agent(Duration::from_secs(3), 1);
+    match agent.get(&url).call() {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body_mut()
+                .read_to_string()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            if status == 200 {
+                Ok(format!("{url}: {body}"))
+            } else {
+                Err(format!("{url}: {status} {body}"))
+            }
+        }
+        Err(e) => Err(format!("{url}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_counter() {
+        let m = Metrics::new();
+        m.file_stored(100);
+        m.file_stored(50);
+        m.page_done(3, 1, 1, 0, 0);
+        m.retry();
+        m.retry();
+        m.round_done(true);
+        let text = m.render();
+        for line in [
+            "spinoco_tasks_total 3",
+            "spinoco_files_total 2",
+            "spinoco_bytes_total 150",
+            "spinoco_deletes_total 1",
+            "spinoco_errors_total{kind=\"missing\"} 1",
+            "spinoco_errors_total{kind=\"failed\"} 0",
+            "spinoco_retries_total 2",
+            "spinoco_rounds_total 1",
+            "spinoco_transfers_in_flight 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
+        assert!(!text.contains("spinoco_last_success_timestamp_seconds 0.000"));
+    }
+
+    #[test]
+    fn in_flight_follows_the_guard() {
+        static M: Metrics = Metrics::new();
+        let a = M.transfer();
+        let b = M.transfer();
+        assert!(M.render().contains("spinoco_transfers_in_flight 2\n"));
+        drop(a);
+        drop(b);
+        assert!(M.render().contains("spinoco_transfers_in_flight 0\n"));
+    }
+
+    #[test]
+    fn readiness_needs_recent_progress_and_storage() {
+        let m = Metrics::new();
+        assert!(
+            m.readiness(Duration::from_secs(60)).is_err(),
+            "no round yet"
+        );
+        m.round_done(false);
+        assert!(
+            m.readiness(Duration::from_secs(60)).is_err(),
+            "failed round"
+        );
+        m.file_stored(1);
+        assert_eq!(m.readiness(Duration::from_secs(60)), Ok(()));
+        m.last_progress_ms
+            .store(now_ms() - 10_000, Ordering::Relaxed);
+        assert!(m.readiness(Duration::from_secs(5)).is_err(), "stale");
+        m.round_done(true);
+        assert_eq!(m.readiness(Duration::from_secs(5)), Ok(()));
+        m.storage_ok.store(false, Ordering::Relaxed);
+        assert!(m.readiness(Duration::from_secs(5)).is_err(), "storage down");
+    }
+}
