@@ -1,0 +1,155 @@
+//! The binary is self-contained: built fully static, it syncs from an empty root.
+//!
+//! The Docker image is `FROM scratch` with nothing but the binary, and air-gapped or
+//! edge boxes may lack any shared library. The musl target cannot be installed here,
+//! so this builds the glibc target with `crt-static` (non-PIE, so `ldd` says "not a
+//! dynamic executable"), copies it alone into an empty folder, and runs a full
+//! `--once` sync inside it with `chroot` as user 10001, the image's user: no /etc, no
+//! /dev, no /proc, no NSS modules, no CA files. 127.0.0.1 must therefore need no name
+//! service, and the stored files must be complete.
+//!
+//! Skipped (with the reason) when chroot is not possible, for example when not run as
+//! root; under `tests/run.sh` (`SPINOCO_TEST_REQUIRE_SERVERS=1`) it fails instead.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::harness::*;
+use spinoco_connector::emulator::EmulatorConfig;
+
+/// The image's user and group.
+const USER: u32 = 10001;
+
+fn skip_or_fail(reason: &str) {
+    if std::env::var("SPINOCO_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
+        panic!("the static-binary check cannot run: {reason}");
+    }
+    eprintln!("SKIPPED static binary in an empty root: {reason}");
+}
+
+fn find(candidates: &[&str]) -> Option<PathBuf> {
+    candidates.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+fn host_triple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc).arg("-vV").output().expect("rustc runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Builds the static binary into its own target folder and returns its path.
+fn build_static(triple: &str) -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target_dir = manifest.join("target").join("static-check");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(manifest)
+        .args(["build", "--locked", "--profile", "static-check"])
+        .args(["--bin", "spinoco-connector", "--target", triple])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // --target keeps these flags off build scripts and proc macros.
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C relocation-model=static",
+        )
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "the static build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target_dir
+        .join(triple)
+        .join("static-check")
+        .join("spinoco-connector")
+}
+
+#[test]
+fn static_binary_syncs_in_an_empty_root_as_an_unprivileged_user() {
+    let triple = host_triple();
+    if !triple.ends_with("-linux-gnu") {
+        return skip_or_fail(&format!("host {triple:?} is not a glibc Linux"));
+    }
+    let Some(chroot) = find(&["/usr/sbin/chroot", "/usr/bin/chroot", "/sbin/chroot"]) else {
+        return skip_or_fail("no chroot command");
+    };
+    let Some(ldd) = find(&["/usr/bin/ldd", "/bin/ldd"]) else {
+        return skip_or_fail("no ldd command");
+    };
+    if let Some(t) = find(&["/bin/true", "/usr/bin/true"]) {
+        let probe = Command::new(&chroot).arg("/").arg(t).output().unwrap();
+        if !probe.status.success() {
+            return skip_or_fail(&format!(
+                "chroot is not permitted (not root?): {}",
+                String::from_utf8_lossy(&probe.stderr).trim()
+            ));
+        }
+    }
+
+    let binary = build_static(&triple);
+    let ldd_out = Command::new(ldd).arg(&binary).output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ldd_out.stdout),
+        String::from_utf8_lossy(&ldd_out.stderr)
+    );
+    assert!(
+        said.contains("not a dynamic executable"),
+        "ldd says: {said}"
+    );
+
+    // The whole root: the binary and an empty /data owned by the image's user.
+    let root = scratch("static-root");
+    std::fs::copy(&binary, root.join("spinoco-connector")).unwrap();
+    let data = root.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(USER), Some(USER)).unwrap();
+
+    let emu = emulator(EmulatorConfig {
+        tasks: 30,
+        seed: 21,
+        recording_size: (2_000, 80_000),
+        ..Default::default()
+    });
+    guard_deletes(&emu, &data);
+    let mut env = env(&emu, Path::new("/data"));
+    assert!(env["SP_API_URL"].starts_with("http://127.0.0.1:"));
+    env.insert("SP_LOG_LEVEL".into(), "debug".into());
+    let out = Command::new(&chroot)
+        .arg(format!("--userspec={USER}:{USER}"))
+        .arg(&root)
+        .args(["/spinoco-connector", "--once"])
+        .env_clear()
+        .envs(&env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let files = verify_complete(&emu, &data);
+    assert!(files > 20, "only {files} files");
+    assert!(!recording_deletes(&emu).is_empty());
+    assert_eq!(emu.deletes().len(), recording_deletes(&emu).len());
+    let one = data.join(expected(&emu).keys().next().unwrap());
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&one).unwrap());
+    assert_eq!(owner, USER, "the sync did not run as the image's user");
+    let top: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(
+        top.len(),
+        2,
+        "the root held more than the binary and /data: {top:?}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
