@@ -71,13 +71,16 @@ impl JsonLogger {
                 "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
             ))
             .unwrap_or_default();
-        serde_json::json!({
-            "ts": ts,
-            "level": record.level().as_str(),
-            "target": record.target(),
-            "msg": record.args().to_string(),
-        })
-        .to_string()
+        // Built by hand only to keep the fields in reading order (ts first); each value
+        // is escaped by serde_json.
+        let text = |v: &str| serde_json::Value::from(v).to_string();
+        format!(
+            "{{\"ts\":{},\"level\":{},\"target\":{},\"msg\":{}}}",
+            text(&ts),
+            text(record.level().as_str()),
+            text(record.target()),
+            text(&record.args().to_string())
+        )
     }
 }
 
@@ -129,6 +132,7 @@ mod tests {
                 .build(),
         );
         assert!(!line.contains('\n'), "one line: {line}");
+        assert!(line.starts_with("{\"ts\":\""), "{line}");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["level"], "WARN");
         assert_eq!(v["target"], "spinoco_connector::sync");
