@@ -202,7 +202,14 @@ impl<'a> Engine<'a> {
                 break;
             }
             let s = &self.summary;
-            info!(
+            // A quiet round (nothing new) is routine in service mode: keep it out of info.
+            let level = if s.tasks == before.tasks {
+                log::Level::Debug
+            } else {
+                log::Level::Info
+            };
+            log::log!(
+                level,
                 "round {} done in {:.1}s: {} tasks, {} files, {}, {} deleted",
                 s.rounds,
                 started.elapsed().as_secs_f64(),
