@@ -23,7 +23,10 @@ impl Env {
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
-        Env(pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Env(pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
     }
 
     /// The trimmed value, or `None` when unset or blank.
@@ -72,7 +75,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(var: &str, value: Option<&str>, problem: impl Into<String>) -> ConfigError {
-        ConfigError { var: var.to_string(), value: value.map(str::to_string), problem: problem.into() }
+        ConfigError {
+            var: var.to_string(),
+            value: value.map(str::to_string),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -144,13 +151,21 @@ impl DataType {
 
     /// Matches a canonical name case-insensitively.
     pub fn parse(name: &str) -> Option<DataType> {
-        DataType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name.trim()))
+        DataType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name.trim()))
     }
 
     /// The file suffix of the k-th item of this type (k from 1; only recordings and
     /// transcriptions have more than one per task).
     pub fn suffix(self, k: usize) -> String {
-        let numbered = |ext: &str| if k <= 1 { ext.to_string() } else { format!("-{k}{ext}") };
+        let numbered = |ext: &str| {
+            if k <= 1 {
+                ext.to_string()
+            } else {
+                format!("-{k}{ext}")
+            }
+        };
         match self {
             DataType::Recordings => numbered(".ogg"),
             DataType::Transcriptions => numbered(".trans.json"),
@@ -195,12 +210,14 @@ pub struct Filters {
 #[derive(Debug, Clone)]
 pub enum StorageSettings {
     Local { root: PathBuf },
+    Azure(crate::store::azure::AzureSettings),
 }
 
 impl StorageSettings {
     pub fn provider(&self) -> &'static str {
         match self {
             StorageSettings::Local { .. } => "local",
+            StorageSettings::Azure(_) => "azure",
         }
     }
 }
@@ -253,7 +270,10 @@ impl Config {
             errors.push(ConfigError::new(
                 "SP_TASK_SYNC_TAG",
                 Some(&tag),
-                format!("is {} characters long; the platform allows at most 64", tag.chars().count()),
+                format!(
+                    "is {} characters long; the platform allows at most 64",
+                    tag.chars().count()
+                ),
             ));
         }
         let template_source = required("SP_TASK_SYNC_FILE_NAME_TEMPLATE", &mut errors);
@@ -273,13 +293,21 @@ impl Config {
             }
         };
 
-        let get = parse_types(env, "SP_TASK_SYNC_GET_DATA", Some(DEFAULT_GET_DATA), &mut errors);
+        let get = parse_types(
+            env,
+            "SP_TASK_SYNC_GET_DATA",
+            Some(DEFAULT_GET_DATA),
+            &mut errors,
+        );
         let delete = parse_types(env, "SP_TASK_SYNC_DELETE_DATA", None, &mut errors);
         if let Some(bad) = delete.iter().find(|t| **t != DataType::Recordings) {
             errors.push(ConfigError::new(
                 "SP_TASK_SYNC_DELETE_DATA",
                 env.get("SP_TASK_SYNC_DELETE_DATA"),
-                format!("only Recordings can be deleted from the platform, not {}", bad.name()),
+                format!(
+                    "only Recordings can be deleted from the platform, not {}",
+                    bad.name()
+                ),
             ));
         } else if !delete.is_empty() && !get.contains(&DataType::Recordings) {
             errors.push(ConfigError::new(
@@ -320,16 +348,30 @@ impl Config {
         };
 
         let api = parse_api(env, &mut errors);
-        let poll_interval =
-            parse_duration_var(env, "SP_TASK_SYNC_POLL_INTERVAL", DEFAULT_POLL_INTERVAL, &mut errors);
+        let poll_interval = parse_duration_var(
+            env,
+            "SP_TASK_SYNC_POLL_INTERVAL",
+            DEFAULT_POLL_INTERVAL,
+            &mut errors,
+        );
         let http_timeout =
             parse_duration_var(env, "SP_HTTP_TIMEOUT", DEFAULT_HTTP_TIMEOUT, &mut errors);
-        let concurrency =
-            parse_number(env, "SP_TASK_SYNC_CONCURRENCY", DEFAULT_CONCURRENCY as u64, 1, 64, &mut errors)
-                as usize;
-        let page_size =
-            parse_number(env, "SP_TASK_SYNC_PAGE_SIZE", DEFAULT_PAGE_SIZE as u64, 1, 100, &mut errors)
-                as u32;
+        let concurrency = parse_number(
+            env,
+            "SP_TASK_SYNC_CONCURRENCY",
+            DEFAULT_CONCURRENCY as u64,
+            1,
+            64,
+            &mut errors,
+        ) as usize;
+        let page_size = parse_number(
+            env,
+            "SP_TASK_SYNC_PAGE_SIZE",
+            DEFAULT_PAGE_SIZE as u64,
+            1,
+            100,
+            &mut errors,
+        ) as u32;
         let storage = parse_storage(env, &mut errors);
 
         match (errors.is_empty(), template, storage) {
@@ -356,33 +398,82 @@ impl Config {
 
     /// The settings as `name = value` lines for `check`, secrets masked.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
-        let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(",")
+            }
+        };
         let mut out = vec![
-            ("SP_API_TOKEN", format!("{} ({} characters)", self.token, self.token.expose().chars().count())),
+            (
+                "SP_API_TOKEN",
+                format!(
+                    "{} ({} characters)",
+                    self.token,
+                    self.token.expose().chars().count()
+                ),
+            ),
             ("platform", self.api.base_url()),
             ("SP_TASK_SYNC_TAG", self.tag.clone()),
-            ("SP_TASK_SYNC_FILE_NAME_TEMPLATE", self.template_source.clone()),
+            (
+                "SP_TASK_SYNC_FILE_NAME_TEMPLATE",
+                self.template_source.clone(),
+            ),
             ("SP_TASK_SYNC_GET_DATA", join_types(&self.get)),
-            ("SP_TASK_SYNC_DELETE_DATA", if self.delete.is_empty() { "-".into() } else { join_types(&self.delete) }),
+            (
+                "SP_TASK_SYNC_DELETE_DATA",
+                if self.delete.is_empty() {
+                    "-".into()
+                } else {
+                    join_types(&self.delete)
+                },
+            ),
             (
                 "SP_TASK_SYNC_START_FROM",
-                self.start_from.map(|ms| format!("{ms} ({})", crate::template::iso_millis(ms))).unwrap_or("-".into()),
+                self.start_from
+                    .map(|ms| format!("{ms} ({})", crate::template::iso_millis(ms)))
+                    .unwrap_or("-".into()),
             ),
             ("SP_TASK_SYNC_SKILLS_MUST", list(&self.filters.skills_must)),
-            ("SP_TASK_SYNC_SKILLS_SHOULD", list(&self.filters.skills_should)),
-            ("SP_TASK_SYNC_SKILLS_MUSTNOT", list(&self.filters.skills_must_not)),
-            ("SP_TASK_SYNC_HASHTAGS_MUST", list(&self.filters.hashtags_must)),
-            ("SP_TASK_SYNC_HASHTAGS_SHOULD", list(&self.filters.hashtags_should)),
-            ("SP_TASK_SYNC_HASHTAGS_MUSTNOT", list(&self.filters.hashtags_must_not)),
-            ("SP_TASK_SYNC_POLL_INTERVAL", format!("{:?}", self.poll_interval)),
+            (
+                "SP_TASK_SYNC_SKILLS_SHOULD",
+                list(&self.filters.skills_should),
+            ),
+            (
+                "SP_TASK_SYNC_SKILLS_MUSTNOT",
+                list(&self.filters.skills_must_not),
+            ),
+            (
+                "SP_TASK_SYNC_HASHTAGS_MUST",
+                list(&self.filters.hashtags_must),
+            ),
+            (
+                "SP_TASK_SYNC_HASHTAGS_SHOULD",
+                list(&self.filters.hashtags_should),
+            ),
+            (
+                "SP_TASK_SYNC_HASHTAGS_MUSTNOT",
+                list(&self.filters.hashtags_must_not),
+            ),
+            (
+                "SP_TASK_SYNC_POLL_INTERVAL",
+                format!("{:?}", self.poll_interval),
+            ),
             ("SP_TASK_SYNC_CONCURRENCY", self.concurrency.to_string()),
             ("SP_TASK_SYNC_PAGE_SIZE", self.page_size.to_string()),
             ("SP_HTTP_TIMEOUT", format!("{:?}", self.http_timeout)),
             ("SP_LOG_LEVEL", self.log_level.to_string().to_lowercase()),
-            ("SP_TASK_SYNC_STORAGE_PROVIDER", self.storage.provider().to_string()),
+            (
+                "SP_TASK_SYNC_STORAGE_PROVIDER",
+                self.storage.provider().to_string(),
+            ),
         ];
         match &self.storage {
-            StorageSettings::Local { root } => out.push(("SP_TASK_SYNC_SAVE_TO", root.display().to_string())),
+            StorageSettings::Local { root } => {
+                out.push(("SP_TASK_SYNC_SAVE_TO", root.display().to_string()))
+            }
+            StorageSettings::Azure(s) => out.extend(s.describe()),
         }
         out
     }
@@ -394,7 +485,9 @@ fn parse_types(
     default: Option<&str>,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<DataType> {
-    let Some(raw) = env.get(var).or(default) else { return Vec::new() };
+    let Some(raw) = env.get(var).or(default) else {
+        return Vec::new();
+    };
     let mut types = Vec::new();
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match DataType::parse(item) {
@@ -411,14 +504,24 @@ fn parse_types(
         }
     }
     if types.is_empty() && default.is_some() {
-        errors.push(ConfigError::new(var, Some(raw), "names no data type to download"));
+        errors.push(ConfigError::new(
+            var,
+            Some(raw),
+            "names no data type to download",
+        ));
     }
     types
 }
 
 fn list(env: &Env, var: &str) -> Vec<String> {
     env.get(var)
-        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -427,7 +530,11 @@ fn parse_skills(env: &Env, var: &str, errors: &mut Vec<ConfigError>) -> Vec<Stri
     for s in &skills {
         let n = s.chars().count();
         if n > 4 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            errors.push(ConfigError::new(var, Some(s), "a skill id is 1 to 4 characters, without spaces"));
+            errors.push(ConfigError::new(
+                var,
+                Some(s),
+                "a skill id is 1 to 4 characters, without spaces",
+            ));
         }
     }
     skills
@@ -447,7 +554,11 @@ fn parse_hashtags(env: &Env, var: &str, errors: &mut Vec<ConfigError>) -> Vec<St
                 "a hashtag is a type-1 UUID (xxxxxxxx-xxxx-1xxx-xxxx-xxxxxxxxxxxx), optionally followed by :value",
             ));
         } else if value == Some("") {
-            errors.push(ConfigError::new(var, Some(t), "the value after ':' is empty"));
+            errors.push(ConfigError::new(
+                var,
+                Some(t),
+                "the value after ':' is empty",
+            ));
         }
     }
     tags
@@ -458,15 +569,24 @@ pub fn is_type1_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     let lens = [8, 4, 4, 4, 12];
     groups.len() == 5
-        && groups.iter().zip(lens).all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .zip(lens)
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
         && groups[2].starts_with('1')
-        && matches!(groups[3].as_bytes()[0].to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b')
+        && matches!(
+            groups[3].as_bytes()[0].to_ascii_lowercase(),
+            b'8' | b'9' | b'a' | b'b'
+        )
 }
 
 fn parse_start_from(env: &Env, errors: &mut Vec<ConfigError>) -> Option<i64> {
     // The official connector documents SP_TASK_START_FROM; the issue names
     // SP_TASK_SYNC_START_FROM. Both are read, the latter wins.
-    let (var, raw) = match (env.get("SP_TASK_SYNC_START_FROM"), env.get("SP_TASK_START_FROM")) {
+    let (var, raw) = match (
+        env.get("SP_TASK_SYNC_START_FROM"),
+        env.get("SP_TASK_START_FROM"),
+    ) {
         (Some(v), _) => ("SP_TASK_SYNC_START_FROM", v),
         (None, Some(v)) => ("SP_TASK_START_FROM", v),
         (None, None) => return None,
@@ -505,7 +625,11 @@ fn parse_api(env: &Env, errors: &mut Vec<ConfigError>) -> ApiEndpoint {
         Some("true" | "1" | "yes") => Some(true),
         Some("false" | "0" | "no") => Some(false),
         Some(_) => {
-            errors.push(ConfigError::new("SP_API_SECURE", secure_var, "must be true or false"));
+            errors.push(ConfigError::new(
+                "SP_API_SECURE",
+                secure_var,
+                "must be true or false",
+            ));
             None
         }
     };
@@ -544,13 +668,21 @@ fn parse_api(env: &Env, errors: &mut Vec<ConfigError>) -> ApiEndpoint {
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 => n,
             _ => {
-                errors.push(ConfigError::new("SP_API_PORT", Some(p), "must be a TCP port from 1 to 65535"));
+                errors.push(ConfigError::new(
+                    "SP_API_PORT",
+                    Some(p),
+                    "must be a TCP port from 1 to 65535",
+                ));
                 0
             }
         },
         None => url_port.unwrap_or(if secure { 443 } else { 80 }),
     };
-    ApiEndpoint { secure, host: host.to_string(), port }
+    ApiEndpoint {
+        secure,
+        host: host.to_string(),
+        port,
+    }
 }
 
 /// Parses `90`, `90s`, `500ms`, `5m`, `1h`.
@@ -569,7 +701,12 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
-fn parse_duration_var(env: &Env, var: &str, default: Duration, errors: &mut Vec<ConfigError>) -> Duration {
+fn parse_duration_var(
+    env: &Env,
+    var: &str,
+    default: Duration,
+    errors: &mut Vec<ConfigError>,
+) -> Duration {
     match env.get(var) {
         None => default,
         Some(raw) => parse_duration(raw).unwrap_or_else(|| {
@@ -583,7 +720,14 @@ fn parse_duration_var(env: &Env, var: &str, default: Duration, errors: &mut Vec<
     }
 }
 
-fn parse_number(env: &Env, var: &str, default: u64, min: u64, max: u64, errors: &mut Vec<ConfigError>) -> u64 {
+fn parse_number(
+    env: &Env,
+    var: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+    errors: &mut Vec<ConfigError>,
+) -> u64 {
     match env.get(var) {
         None => default,
         Some(raw) => match raw.parse::<u64>() {
@@ -605,7 +749,9 @@ fn parse_storage(env: &Env, errors: &mut Vec<ConfigError>) -> Option<StorageSett
     let provider = env.get(var).map(str::to_ascii_lowercase);
     match provider.as_deref() {
         None | Some("local") => match env.get("SP_TASK_SYNC_SAVE_TO") {
-            Some(root) => Some(StorageSettings::Local { root: PathBuf::from(root) }),
+            Some(root) => Some(StorageSettings::Local {
+                root: PathBuf::from(root),
+            }),
             None => {
                 errors.push(ConfigError::new(
                     "SP_TASK_SYNC_SAVE_TO",
@@ -615,7 +761,10 @@ fn parse_storage(env: &Env, errors: &mut Vec<ConfigError>) -> Option<StorageSett
                 None
             }
         },
-        Some(p @ ("s3" | "gcs" | "azure")) => {
+        Some("azure") => {
+            crate::store::azure::AzureSettings::from_env(env, errors).map(StorageSettings::Azure)
+        }
+        Some(p @ ("s3" | "gcs")) => {
             errors.push(ConfigError::new(
                 var,
                 env.get(var),
@@ -624,7 +773,11 @@ fn parse_storage(env: &Env, errors: &mut Vec<ConfigError>) -> Option<StorageSett
             None
         }
         Some(_) => {
-            errors.push(ConfigError::new(var, env.get(var), "must be one of local, s3, gcs, azure"));
+            errors.push(ConfigError::new(
+                var,
+                env.get(var),
+                "must be one of local, s3, gcs, azure",
+            ));
             None
         }
     }
@@ -638,7 +791,10 @@ mod tests {
         Env::from_pairs([
             ("SP_API_TOKEN", "tok-secret-123"),
             ("SP_TASK_SYNC_TAG", "tag1"),
-            ("SP_TASK_SYNC_FILE_NAME_TEMPLATE", "{{due_date|yyyy}}/{{task_id}}"),
+            (
+                "SP_TASK_SYNC_FILE_NAME_TEMPLATE",
+                "{{due_date|yyyy}}/{{task_id}}",
+            ),
             ("SP_TASK_SYNC_SAVE_TO", "/tmp/x"),
         ])
     }
@@ -664,7 +820,10 @@ mod tests {
             ("SP_TASK_SYNC_GET_DATA", "recordings, Movies"),
             ("SP_TASK_SYNC_DELETE_DATA", "Transcriptions"),
             ("SP_TASK_SYNC_SKILLS_MUST", "SK1,TOOLONG"),
-            ("SP_TASK_SYNC_HASHTAGS_SHOULD", "1d4de98c-c130-41ef-9cd2-0242ac120002"),
+            (
+                "SP_TASK_SYNC_HASHTAGS_SHOULD",
+                "1d4de98c-c130-41ef-9cd2-0242ac120002",
+            ),
             ("SP_TASK_SYNC_START_FROM", "yesterday"),
             ("SP_TASK_SYNC_STORAGE_PROVIDER", "ftp"),
             ("SP_TASK_SYNC_PAGE_SIZE", "500"),
@@ -706,11 +865,17 @@ mod tests {
     fn api_url_forms() {
         let mut env = base();
         env.set("SP_API_URL", "http://127.0.0.1:8080/");
-        assert_eq!(Config::from_env(&env).unwrap().api.base_url(), "http://127.0.0.1:8080");
+        assert_eq!(
+            Config::from_env(&env).unwrap().api.base_url(),
+            "http://127.0.0.1:8080"
+        );
         env.set("SP_API_URL", "localhost");
         env.set("SP_API_SECURE", "false");
         env.set("SP_API_PORT", "9000");
-        assert_eq!(Config::from_env(&env).unwrap().api.base_url(), "http://localhost:9000");
+        assert_eq!(
+            Config::from_env(&env).unwrap().api.base_url(),
+            "http://localhost:9000"
+        );
         env.set("SP_API_URL", "https://x.example");
         let errs = errors_of(&env);
         assert_eq!(errs[0].var, "SP_API_SECURE");
@@ -721,7 +886,10 @@ mod tests {
         assert!(is_type1_uuid("1d4de98c-c130-11ef-9cd2-0242ac120002"));
         assert!(!is_type1_uuid("1d4de98c-c130-41ef-9cd2-0242ac120002"));
         assert!(!is_type1_uuid("1d4de98c-c130-11ef-9cd2-0242ac12000"));
-        assert_eq!(parse_iso_date("2024-09-09T15:45:47.277Z"), Some(1725896747277));
+        assert_eq!(
+            parse_iso_date("2024-09-09T15:45:47.277Z"),
+            Some(1725896747277)
+        );
         assert_eq!(parse_iso_date("1970-01-02"), Some(86_400_000));
         assert_eq!(parse_iso_date("2024-13-01"), None);
     }

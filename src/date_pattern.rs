@@ -27,24 +27,24 @@ enum Item {
 /// The pattern letters the contract supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
-    Year,          // y
-    Month,         // M
-    DayOfMonth,    // d
-    Hour0To23,     // H
-    Hour1To12,     // h
-    Hour1To24,     // k
-    Hour0To11,     // K
-    Minute,        // m
-    Second,        // s
-    Millisecond,   // S
-    DayName,       // E
-    AmPm,          // a
-    DayOfYear,     // D
-    WeekOfYear,    // w
-    DayNumber,     // u
-    ZoneName,      // z
-    ZoneRfc822,    // Z
-    ZoneIso8601,   // X
+    Year,        // y
+    Month,       // M
+    DayOfMonth,  // d
+    Hour0To23,   // H
+    Hour1To12,   // h
+    Hour1To24,   // k
+    Hour0To11,   // K
+    Minute,      // m
+    Second,      // s
+    Millisecond, // S
+    DayName,     // E
+    AmPm,        // a
+    DayOfYear,   // D
+    WeekOfYear,  // w
+    DayNumber,   // u
+    ZoneName,    // z
+    ZoneRfc822,  // Z
+    ZoneIso8601, // X
 }
 
 impl Field {
@@ -90,10 +90,16 @@ impl fmt::Display for PatternError {
                  (letters: y M d H h k K m s S E a D w u z Z X; quote text with '...')"
             ),
             PatternError::UnterminatedQuote { pattern } => {
-                write!(f, "date pattern {pattern:?} has a quote ' that is never closed")
+                write!(
+                    f,
+                    "date pattern {pattern:?} has a quote ' that is never closed"
+                )
             }
             PatternError::BadIsoZoneWidth { pattern } => {
-                write!(f, "date pattern {pattern:?} uses X more than 3 times in a row")
+                write!(
+                    f,
+                    "date pattern {pattern:?} uses X more than 3 times in a row"
+                )
             }
         }
     }
@@ -119,7 +125,11 @@ impl DatePattern {
                 i += 1;
                 loop {
                     match chars.get(i) {
-                        None => return Err(PatternError::UnterminatedQuote { pattern: pattern.into() }),
+                        None => {
+                            return Err(PatternError::UnterminatedQuote {
+                                pattern: pattern.into(),
+                            })
+                        }
                         Some('\'') if chars.get(i + 1) == Some(&'\'') => {
                             literal.push('\'');
                             i += 2;
@@ -135,11 +145,15 @@ impl DatePattern {
                     }
                 }
             } else if c.is_ascii_alphabetic() {
-                let field = Field::of(c)
-                    .ok_or_else(|| PatternError::UnknownLetter { letter: c, pattern: pattern.into() })?;
+                let field = Field::of(c).ok_or_else(|| PatternError::UnknownLetter {
+                    letter: c,
+                    pattern: pattern.into(),
+                })?;
                 let count = chars[i..].iter().take_while(|&&x| x == c).count();
                 if field == Field::ZoneIso8601 && count > 3 {
-                    return Err(PatternError::BadIsoZoneWidth { pattern: pattern.into() });
+                    return Err(PatternError::BadIsoZoneWidth {
+                        pattern: pattern.into(),
+                    });
                 }
                 if !literal.is_empty() {
                     items.push(Item::Literal(std::mem::take(&mut literal)));
@@ -172,8 +186,18 @@ impl DatePattern {
 }
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
 
 fn number(out: &mut String, value: i64, width: usize) {
@@ -209,7 +233,11 @@ fn format_field(out: &mut String, field: Field, count: usize, t: OffsetDateTime)
         Field::DayOfYear => number(out, t.ordinal() as i64, count),
         Field::WeekOfYear => number(out, week_of_year_us(t), count),
         Field::DayNumber => number(out, t.weekday().number_from_monday() as i64, count),
-        Field::ZoneName => out.push_str(if count >= 4 { "Coordinated Universal Time" } else { "UTC" }),
+        Field::ZoneName => out.push_str(if count >= 4 {
+            "Coordinated Universal Time"
+        } else {
+            "UTC"
+        }),
         Field::ZoneRfc822 => out.push_str("+0000"),
         Field::ZoneIso8601 => out.push('Z'),
     }
@@ -256,23 +284,46 @@ mod tests {
         let mut failures = Vec::new();
         for line in table.lines().filter(|l| !l.starts_with('#')) {
             let mut cols = line.splitn(3, '\t');
-            let (ms, pattern, want) = (cols.next().unwrap(), cols.next().unwrap(), cols.next().unwrap());
-            let got = DatePattern::parse(pattern).unwrap().format(at(ms.parse().unwrap()));
+            let (ms, pattern, want) = (
+                cols.next().unwrap(),
+                cols.next().unwrap(),
+                cols.next().unwrap(),
+            );
+            let got = DatePattern::parse(pattern)
+                .unwrap()
+                .format(at(ms.parse().unwrap()));
             if got != want {
                 failures.push(format!("{ms} {pattern:?}: java {want:?}, ours {got:?}"));
             }
             rows += 1;
         }
         assert!(rows > 1000, "table too short: {rows}");
-        assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} mismatches:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 
     #[test]
     fn refuses_what_java_refuses_or_the_contract_leaves_out() {
-        assert!(matches!(DatePattern::parse("yyyy-QQ"), Err(PatternError::UnknownLetter { letter: 'Q', .. })));
-        assert!(matches!(DatePattern::parse("G yyyy"), Err(PatternError::UnknownLetter { letter: 'G', .. })));
-        assert!(matches!(DatePattern::parse("yyyy'T"), Err(PatternError::UnterminatedQuote { .. })));
-        assert!(matches!(DatePattern::parse("XXXX"), Err(PatternError::BadIsoZoneWidth { .. })));
+        assert!(matches!(
+            DatePattern::parse("yyyy-QQ"),
+            Err(PatternError::UnknownLetter { letter: 'Q', .. })
+        ));
+        assert!(matches!(
+            DatePattern::parse("G yyyy"),
+            Err(PatternError::UnknownLetter { letter: 'G', .. })
+        ));
+        assert!(matches!(
+            DatePattern::parse("yyyy'T"),
+            Err(PatternError::UnterminatedQuote { .. })
+        ));
+        assert!(matches!(
+            DatePattern::parse("XXXX"),
+            Err(PatternError::BadIsoZoneWidth { .. })
+        ));
         let msg = DatePattern::parse("yyyy-QQ").unwrap_err().to_string();
         assert!(msg.contains("'Q'") && msg.contains("yyyy-QQ"), "{msg}");
     }

@@ -29,9 +29,18 @@ impl Backoff {
     }
 
     /// `rng` returns numbers in `[0, 1)`; tests inject a fixed one.
-    pub fn with_rng(initial: Duration, cap: Duration, rng: Box<dyn FnMut() -> f64 + Send>) -> Backoff {
+    pub fn with_rng(
+        initial: Duration,
+        cap: Duration,
+        rng: Box<dyn FnMut() -> f64 + Send>,
+    ) -> Backoff {
         let initial = initial.as_secs_f64();
-        Backoff { initial, cap: cap.as_secs_f64(), next: initial, rng }
+        Backoff {
+            initial,
+            cap: cap.as_secs_f64(),
+            next: initial,
+            rng,
+        }
     }
 
     /// The delay before the next attempt; `retry_after` is the server's wish, if any.
@@ -116,7 +125,10 @@ mod tests {
         // rng = 1.0 (just under): always the upper bound, so the delays double.
         let mut b = Backoff::with_rng(INITIAL_DELAY, MAX_DELAY, Box::new(|| 0.999_999_999));
         let delays: Vec<u128> = (0..10).map(|_| ms(b.next_delay(None))).collect();
-        assert_eq!(delays, vec![100, 200, 400, 799, 1599, 3199, 6399, 12799, 15000, 15000]);
+        assert_eq!(
+            delays,
+            vec![100, 200, 400, 799, 1599, 3199, 6399, 12799, 15000, 15000]
+        );
     }
 
     #[test]
@@ -136,9 +148,15 @@ mod tests {
     #[test]
     fn retry_after_wins_when_longer_and_is_capped() {
         let mut b = Backoff::with_rng(INITIAL_DELAY, MAX_DELAY, Box::new(|| 0.0));
-        assert_eq!(b.next_delay(Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
         assert_eq!(b.next_delay(Some(Duration::from_millis(1))), INITIAL_DELAY);
-        assert_eq!(b.next_delay(Some(Duration::from_secs(86_400))), MAX_RETRY_AFTER);
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(86_400))),
+            MAX_RETRY_AFTER
+        );
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub struct FileNameTemplate {
 
 impl fmt::Debug for FileNameTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileNameTemplate").field("patterns", &self.patterns.len()).finish()
+        f.debug_struct("FileNameTemplate")
+            .field("patterns", &self.patterns.len())
+            .finish()
     }
 }
 
@@ -75,7 +77,10 @@ impl fmt::Display for TemplateError {
                  date or numbers get the same name and one overwrites the other",
             ),
             TemplateError::UnsafeSample { name, problem } => {
-                write!(f, "the template gives names like {name:?}, which cannot be used: {problem}")
+                write!(
+                    f,
+                    "the template gives names like {name:?}, which cannot be used: {problem}"
+                )
             }
             TemplateError::Render(e) => write!(f, "the template failed to render: {e}"),
             TemplateError::DueDateOutOfRange(ms) => write!(f, "due date {ms} is out of range"),
@@ -103,7 +108,10 @@ impl FileNameTemplate {
         if !used.contains("task_id") {
             return Err(TemplateError::NoTaskId);
         }
-        let parsed = FileNameTemplate { env: Arc::new(env), patterns };
+        let parsed = FileNameTemplate {
+            env: Arc::new(env),
+            patterns,
+        };
         let sample = TaskFields {
             task_id: "b808d74e-84b2-11ef-b864-0242ac120002",
             due_date: Some(1_101_902_400_000),
@@ -128,12 +136,24 @@ impl FileNameTemplate {
         };
         let mut ctx: Vec<(String, Value)> = vec![
             ("task_id".into(), Value::from(path_safe(task.task_id))),
-            ("call_from".into(), Value::from(path_safe(task.call_from.unwrap_or("")))),
-            ("call_to".into(), Value::from(path_safe(task.call_to.unwrap_or("")))),
-            ("due_date".into(), Value::from(when.map(iso).unwrap_or_default())),
+            (
+                "call_from".into(),
+                Value::from(path_safe(task.call_from.unwrap_or(""))),
+            ),
+            (
+                "call_to".into(),
+                Value::from(path_safe(task.call_to.unwrap_or(""))),
+            ),
+            (
+                "due_date".into(),
+                Value::from(when.map(iso).unwrap_or_default()),
+            ),
         ];
         for (i, p) in self.patterns.iter().enumerate() {
-            ctx.push((format!("{DATE_VAR}{i}"), Value::from(when.map(|t| p.format(t)).unwrap_or_default())));
+            ctx.push((
+                format!("{DATE_VAR}{i}"),
+                Value::from(when.map(|t| p.format(t)).unwrap_or_default()),
+            ));
         }
         let ctx: Value = ctx.into_iter().collect();
         self.env
@@ -222,7 +242,11 @@ pub fn path_safe(value: &str) -> String {
         }
         flush_dots(&mut out, dots);
         dots = 0;
-        out.push(if c == '/' || c == '\\' || c.is_control() { '_' } else { c });
+        out.push(if c == '/' || c == '\\' || c.is_control() {
+            '_'
+        } else {
+            c
+        });
     }
     flush_dots(&mut out, dots);
     out
@@ -256,15 +280,24 @@ impl fmt::Display for NameError {
         match self {
             NameError::Empty => f.write_str("the name is empty"),
             NameError::Absolute => f.write_str("the name is absolute (starts with /)"),
-            NameError::EmptyPart => f.write_str("the name has an empty folder (// or a trailing /)"),
+            NameError::EmptyPart => {
+                f.write_str("the name has an empty folder (// or a trailing /)")
+            }
             NameError::DotDot => f.write_str("the name contains '..'"),
             NameError::DotPart => f.write_str("the name has a '.' folder"),
             NameError::Backslash => f.write_str("the name contains a backslash"),
             NameError::Control => f.write_str("the name contains a control character"),
-            NameError::Reserved => write!(f, "names under {RESERVED_PREFIX}/ are the connector's own"),
-            NameError::TooLong(n) => write!(f, "the name is {n} bytes long; at most {MAX_NAME_BYTES}"),
+            NameError::Reserved => {
+                write!(f, "names under {RESERVED_PREFIX}/ are the connector's own")
+            }
+            NameError::TooLong(n) => {
+                write!(f, "the name is {n} bytes long; at most {MAX_NAME_BYTES}")
+            }
             NameError::PartTooLong(n) => {
-                write!(f, "a folder or file name is {n} bytes long; at most {MAX_PART_BYTES}")
+                write!(
+                    f,
+                    "a folder or file name is {n} bytes long; at most {MAX_PART_BYTES}"
+                )
             }
         }
     }
@@ -318,7 +351,12 @@ mod tests {
     const ID: &str = "b808d74e-84b2-11ef-b864-0242ac120002";
 
     fn task(due: Option<i64>) -> TaskFields<'static> {
-        TaskFields { task_id: ID, due_date: due, call_from: Some("420123456789"), call_to: Some("420987654321") }
+        TaskFields {
+            task_id: ID,
+            due_date: due,
+            call_from: Some("420123456789"),
+            call_to: Some("420987654321"),
+        }
     }
 
     #[test]
@@ -335,7 +373,8 @@ mod tests {
 
     #[test]
     fn slash_in_pattern_makes_folders_and_plain_due_date_is_iso() {
-        let t = FileNameTemplate::parse("{{ due_date | yyyy/MM }}/{{due_date}}_{{task_id}}").unwrap();
+        let t =
+            FileNameTemplate::parse("{{ due_date | yyyy/MM }}/{{due_date}}_{{task_id}}").unwrap();
         assert_eq!(
             t.render(&task(Some(1101902400000))).unwrap(),
             format!("2004/12/2004-12-01T12:00:00.000Z_{ID}")
@@ -344,15 +383,22 @@ mod tests {
 
     #[test]
     fn jinja_conditions_work() {
-        let t = FileNameTemplate::parse("{% if call_from %}{{call_from}}-{% endif %}{{task_id}}").unwrap();
+        let t = FileNameTemplate::parse("{% if call_from %}{{call_from}}-{% endif %}{{task_id}}")
+            .unwrap();
         assert_eq!(t.render(&task(None)).unwrap(), format!("420123456789-{ID}"));
-        let chat = TaskFields { task_id: ID, ..Default::default() };
+        let chat = TaskFields {
+            task_id: ID,
+            ..Default::default()
+        };
         assert_eq!(t.render(&chat).unwrap(), ID);
     }
 
     #[test]
     fn template_errors_are_precise() {
-        assert_eq!(FileNameTemplate::parse("{{due_date|yyyy}}").unwrap_err(), TemplateError::NoTaskId);
+        assert_eq!(
+            FileNameTemplate::parse("{{due_date|yyyy}}").unwrap_err(),
+            TemplateError::NoTaskId
+        );
         assert_eq!(
             FileNameTemplate::parse("{{task_id}}-{{caller}}").unwrap_err(),
             TemplateError::UnknownPlaceholder("caller".into())
@@ -361,14 +407,23 @@ mod tests {
             FileNameTemplate::parse("{{due_date|yyyy-QQ}}/{{task_id}}").unwrap_err(),
             TemplateError::Pattern(PatternError::UnknownLetter { letter: 'Q', .. })
         ));
-        assert!(matches!(FileNameTemplate::parse("{% if %}{{task_id}}").unwrap_err(), TemplateError::Syntax(_)));
+        assert!(matches!(
+            FileNameTemplate::parse("{% if %}{{task_id}}").unwrap_err(),
+            TemplateError::Syntax(_)
+        ));
         assert!(matches!(
             FileNameTemplate::parse("/{{task_id}}").unwrap_err(),
-            TemplateError::UnsafeSample { problem: NameError::Absolute, .. }
+            TemplateError::UnsafeSample {
+                problem: NameError::Absolute,
+                ..
+            }
         ));
         assert!(matches!(
             FileNameTemplate::parse("../{{task_id}}").unwrap_err(),
-            TemplateError::UnsafeSample { problem: NameError::DotDot, .. }
+            TemplateError::UnsafeSample {
+                problem: NameError::DotDot,
+                ..
+            }
         ));
     }
 
@@ -378,7 +433,11 @@ mod tests {
         assert_eq!(path_safe("a\\b\u{0}c\nd"), "a_b_c_d");
         assert_eq!(path_safe("v1.2...3"), "v1.2_3");
         let t = FileNameTemplate::parse("{{call_from}}/{{task_id}}").unwrap();
-        let hostile = TaskFields { task_id: "..", call_from: Some("/abs"), ..Default::default() };
+        let hostile = TaskFields {
+            task_id: "..",
+            call_from: Some("/abs"),
+            ..Default::default()
+        };
         let name = t.render(&hostile).unwrap();
         assert_eq!(name, "_abs/_");
         assert!(check_name(&name).is_ok());
@@ -397,8 +456,14 @@ mod tests {
         assert_eq!(check_name("a\\b"), Err(NameError::Backslash));
         assert_eq!(check_name("a\u{7}b"), Err(NameError::Control));
         assert_eq!(check_name("a\u{85}b"), Err(NameError::Control));
-        assert_eq!(check_name(".spinoco-connector/x.page.json"), Err(NameError::Reserved));
+        assert_eq!(
+            check_name(".spinoco-connector/x.page.json"),
+            Err(NameError::Reserved)
+        );
         assert_eq!(check_name(&"a".repeat(2000)), Err(NameError::TooLong(2000)));
-        assert_eq!(check_name(&"a".repeat(300)), Err(NameError::PartTooLong(300)));
+        assert_eq!(
+            check_name(&"a".repeat(300)),
+            Err(NameError::PartTooLong(300))
+        );
     }
 }

@@ -10,6 +10,10 @@ fn local_store_behaves() {
     let store = LocalStore::open(&root).unwrap();
     common::behaviour::run(&store, 8 * 1024 * 1024);
     let temp = root.join(".spinoco-connector/tmp");
-    assert_eq!(std::fs::read_dir(temp).unwrap().count(), 0, "temp files left behind");
+    assert_eq!(
+        std::fs::read_dir(temp).unwrap().count(),
+        0,
+        "temp files left behind"
+    );
     std::fs::remove_dir_all(root).unwrap();
 }

@@ -51,7 +51,9 @@ impl LocalStore {
     }
 
     fn sweep_stale_temps(&self) {
-        let Ok(entries) = fs::read_dir(&self.temp) else { return };
+        let Ok(entries) = fs::read_dir(&self.temp) else {
+            return;
+        };
         let now = SystemTime::now();
         for entry in entries.flatten() {
             let old = entry
@@ -72,7 +74,9 @@ impl LocalStore {
             && !key.contains('\\')
             && !key.contains('\0')
             && rel.components().all(|c| matches!(c, Component::Normal(_)))
-            && !key.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+            && !key
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..");
         if !ok {
             return Err(StoreError::new(
                 StoreErrorKind::Rejected,
@@ -114,8 +118,9 @@ impl LocalStore {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(StoreError::new(StoreErrorKind::Source, e.to_string())),
             };
-            file.write_all(&buf[..n])
-                .map_err(|e| StoreError::from_io(&format!("cannot write {}", temp.display()), &e))?;
+            file.write_all(&buf[..n]).map_err(|e| {
+                StoreError::from_io(&format!("cannot write {}", temp.display()), &e)
+            })?;
             total += n as u64;
         }
         file.sync_all()
@@ -154,7 +159,10 @@ impl BlobStore for LocalStore {
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::from_io(&format!("cannot read {}", path.display()), &e)),
+            Err(e) => Err(StoreError::from_io(
+                &format!("cannot read {}", path.display()),
+                &e,
+            )),
         }
     }
 
@@ -168,7 +176,10 @@ impl BlobStore for LocalStore {
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::from_io(&format!("cannot remove {}", path.display()), &e)),
+            Err(e) => Err(StoreError::from_io(
+                &format!("cannot remove {}", path.display()),
+                &e,
+            )),
         }
     }
 }
@@ -192,7 +203,10 @@ fn rename_into_place(temp: &Path, target: &Path) -> Result<(), StoreError> {
                 StoreError::from_io(&format!("cannot move into {}", target.display()), &e)
             })
         }
-        Err(e) => Err(StoreError::from_io(&format!("cannot move into {}", target.display()), &e)),
+        Err(e) => Err(StoreError::from_io(
+            &format!("cannot move into {}", target.display()),
+            &e,
+        )),
     }
 }
 
@@ -240,6 +254,11 @@ mod tests {
         let err = store.put("a/b.ogg", &mut Broken(100), None).unwrap_err();
         assert_eq!(err.kind, StoreErrorKind::Source);
         assert_eq!(fs::read(root.join("a/b.ogg")).unwrap(), b"old");
-        assert_eq!(fs::read_dir(root.join(STATE_DIR).join(TEMP_DIR)).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(root.join(STATE_DIR).join(TEMP_DIR))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

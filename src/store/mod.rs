@@ -8,16 +8,22 @@
 use std::fmt;
 use std::io::{self, Read};
 
+pub mod azure;
+pub mod azure_auth;
 pub mod local;
 
 use crate::config::StorageSettings;
 
 /// Opens the configured provider. `agent` is the shared HTTP agent for the providers
 /// that speak REST through it.
-pub fn open(settings: &StorageSettings, agent: &ureq::Agent) -> Result<Box<dyn BlobStore>, StoreError> {
+pub fn open(
+    settings: &StorageSettings,
+    agent: &ureq::Agent,
+) -> Result<Box<dyn BlobStore>, StoreError> {
     let _ = agent;
     match settings {
         StorageSettings::Local { root } => Ok(Box::new(local::LocalStore::open(root)?)),
+        StorageSettings::Azure(s) => Ok(Box::new(azure::AzureStore::new(s.clone(), agent.clone()))),
     }
 }
 
@@ -73,7 +79,10 @@ pub struct StoreError {
 
 impl StoreError {
     pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
-        StoreError { kind, message: message.into() }
+        StoreError {
+            kind,
+            message: message.into(),
+        }
     }
 
     pub fn transient(message: impl Into<String>) -> Self {

@@ -12,7 +12,10 @@ pub struct PatternReader {
 
 impl PatternReader {
     pub fn new(len: u64, seed: u64) -> PatternReader {
-        PatternReader { left: len, state: seed | 1 }
+        PatternReader {
+            left: len,
+            state: seed | 1,
+        }
     }
 
     pub fn bytes(len: u64, seed: u64) -> Vec<u8> {
@@ -44,14 +47,20 @@ pub struct FailingReader {
 
 impl FailingReader {
     pub fn new(good: u64) -> FailingReader {
-        FailingReader { inner: PatternReader::new(u64::MAX, 7), good }
+        FailingReader {
+            inner: PatternReader::new(u64::MAX, 7),
+            good,
+        }
     }
 }
 
 impl Read for FailingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.good == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "download cut off (test)"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "download cut off (test)",
+            ));
         }
         let n = (buf.len() as u64).min(self.good) as usize;
         self.good -= n as u64;
@@ -60,7 +69,10 @@ impl Read for FailingReader {
 }
 
 pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
@@ -72,13 +84,19 @@ pub fn run(store: &dyn BlobStore, large: u64) {
 
     // Missing objects.
     assert_eq!(store.get(&key).unwrap(), None, "get of a missing object");
-    store.delete(&key).expect("delete of a missing object is fine");
+    store
+        .delete(&key)
+        .expect("delete of a missing object is fine");
 
     // Round trip, overwrite, delete.
     assert_eq!(put_bytes(store, &key, b"first").unwrap(), 5);
     assert_eq!(store.get(&key).unwrap().as_deref(), Some(&b"first"[..]));
     put_bytes(store, &key, b"second, longer").unwrap();
-    assert_eq!(store.get(&key).unwrap().as_deref(), Some(&b"second, longer"[..]), "overwrite");
+    assert_eq!(
+        store.get(&key).unwrap().as_deref(),
+        Some(&b"second, longer"[..]),
+        "overwrite"
+    );
     store.delete(&key).unwrap();
     assert_eq!(store.get(&key).unwrap(), None, "deleted");
     store.delete(&key).unwrap();
@@ -86,25 +104,50 @@ pub fn run(store: &dyn BlobStore, large: u64) {
     // Empty object and a name with non-ASCII characters and spaces.
     let odd = format!("{base}/ž/ü file (1).ogg");
     put_bytes(store, &odd, b"").unwrap();
-    assert_eq!(store.get(&odd).unwrap().as_deref(), Some(&b""[..]), "empty object under {odd}");
+    assert_eq!(
+        store.get(&odd).unwrap().as_deref(),
+        Some(&b""[..]),
+        "empty object under {odd}"
+    );
 
     // A broken source leaves nothing new visible and keeps the old object.
     let broken = format!("{base}/broken.ogg");
-    let err = store.put(&broken, &mut FailingReader::new(300_000), None).unwrap_err();
+    let err = store
+        .put(&broken, &mut FailingReader::new(300_000), None)
+        .unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Source, "broken source: {err}");
-    assert_eq!(store.get(&broken).unwrap(), None, "a broken upload must not be visible");
+    assert_eq!(
+        store.get(&broken).unwrap(),
+        None,
+        "a broken upload must not be visible"
+    );
     put_bytes(store, &broken, b"old").unwrap();
-    let err = store.put(&broken, &mut FailingReader::new(large + 1), None).unwrap_err();
-    assert_eq!(err.kind, StoreErrorKind::Source, "broken large source: {err}");
-    assert_eq!(store.get(&broken).unwrap().as_deref(), Some(&b"old"[..]), "old object kept");
+    let err = store
+        .put(&broken, &mut FailingReader::new(large + 1), None)
+        .unwrap_err();
+    assert_eq!(
+        err.kind,
+        StoreErrorKind::Source,
+        "broken large source: {err}"
+    );
+    assert_eq!(
+        store.get(&broken).unwrap().as_deref(),
+        Some(&b"old"[..]),
+        "old object kept"
+    );
 
     // A large object, streamed, with and without a size hint.
     for (i, hint) in [Some(large), None].into_iter().enumerate() {
         let big = format!("{base}/big-{i}.ogg");
-        let n = store.put(&big, &mut PatternReader::new(large, 42 + i as u64), hint).unwrap();
+        let n = store
+            .put(&big, &mut PatternReader::new(large, 42 + i as u64), hint)
+            .unwrap();
         assert_eq!(n, large);
         let got = store.get(&big).unwrap().expect("large object present");
-        assert!(got == PatternReader::bytes(large, 42 + i as u64), "large object bytes differ");
+        assert!(
+            got == PatternReader::bytes(large, 42 + i as u64),
+            "large object bytes differ"
+        );
         store.delete(&big).unwrap();
     }
 
@@ -114,8 +157,13 @@ pub fn run(store: &dyn BlobStore, large: u64) {
             let base = &base;
             s.spawn(move || {
                 let k = format!("{base}/parallel/{t}.bin");
-                store.put(&k, &mut PatternReader::new(100_000, t), None).unwrap();
-                assert_eq!(store.get(&k).unwrap().unwrap(), PatternReader::bytes(100_000, t));
+                store
+                    .put(&k, &mut PatternReader::new(100_000, t), None)
+                    .unwrap();
+                assert_eq!(
+                    store.get(&k).unwrap().unwrap(),
+                    PatternReader::bytes(100_000, t)
+                );
             });
         }
     });
@@ -138,7 +186,9 @@ pub fn server(var: &str) -> Option<String> {
             panic!("{var} is not set: the test script should have started this server")
         }
         _ => {
-            eprintln!("skipped: {var} is not set (run the README's test command to start the servers)");
+            eprintln!(
+                "skipped: {var} is not set (run the README's test command to start the servers)"
+            );
             None
         }
     }
