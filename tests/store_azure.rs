@@ -261,3 +261,36 @@ fn missing_container_is_reported_by_name() {
         "{err}"
     );
 }
+
+/// Peak resident memory of this process so far, from /proc (Linux).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[test]
+fn large_upload_holds_about_one_block_in_memory() {
+    let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
+        return;
+    };
+    let block = spinoco_connector::store::azure::DEFAULT_BLOCK_SIZE;
+    let s = key_store(&endpoint, block);
+    let len = 12 * block as u64 + 99;
+    let before = peak_rss_bytes().expect("/proc/self/status");
+    let key = behaviour::unique("memory");
+    assert_eq!(
+        s.put(&key, &mut PatternReader::new(len, 5), Some(len))
+            .unwrap(),
+        len
+    );
+    let grew = peak_rss_bytes().unwrap().saturating_sub(before);
+    eprintln!("uploading {len} bytes in {block}-byte blocks raised the peak RSS by {grew} bytes");
+    // One block buffer plus slack for the other tests of this binary running alongside.
+    assert!(
+        grew < 3 * block as u64,
+        "peak memory grew by {grew} bytes for a {len}-byte upload"
+    );
+    s.delete(&key).unwrap();
+}

@@ -167,6 +167,12 @@ impl AzureStore {
         }
     }
 
+    /// Changes how many attempts each request gets (default [`DEFAULT_ATTEMPTS`]).
+    pub fn with_attempts(mut self, attempts: Attempts) -> AzureStore {
+        self.attempts = attempts;
+        self
+    }
+
     /// Creates the container when it does not exist (for `check --connect` and the
     /// tests). Returns whether it was created.
     pub fn ensure_container(&self) -> Result<bool, StoreError> {
@@ -629,6 +635,118 @@ mod tests {
         assert!(
             lines.contains("https://acct.blob.core.windows.net") && lines.contains("calls"),
             "{lines}"
+        );
+    }
+
+    /// A one-request-per-connection HTTP server answering with the given statuses
+    /// in turn; returns its base URL and the request lines it saw.
+    fn fake_server(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for (status, code) in answers {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                log.lock().unwrap().push(line.trim().to_string());
+                let mut length = 0usize;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nx-ms-error-code: {code}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        (url, seen)
+    }
+
+    fn sas_store(endpoint: &str) -> AzureStore {
+        let dsn = format!(
+            "BlobEndpoint={endpoint}/acct;SharedAccessSignature=sv=2021-08-06&sig=TopSecretSig"
+        );
+        let settings = AzureSettings {
+            account: azure_auth::parse_connection_string(&dsn).unwrap(),
+            container: "calls".into(),
+            prefix: "p".into(),
+            block_size: 1024,
+        };
+        let agent = crate::http::agent(std::time::Duration::from_secs(5), 1);
+        AzureStore::new(settings, agent).with_attempts(Attempts::AtMost(3))
+    }
+
+    #[test]
+    fn server_errors_are_retried_then_succeed() {
+        let (url, seen) = fake_server(vec![(503, "ServerBusy"), (500, "InternalError"), (201, "")]);
+        let store = sas_store(&url);
+        assert_eq!(
+            crate::store::put_bytes(&store, "a b.json", b"{}").unwrap(),
+            2
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen[0].starts_with("PUT /acct/calls/p/a%20b.json?sv=2021-08-06&sig=TopSecretSig "),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn retries_are_bounded_and_refusals_are_not_retried() {
+        let (url, seen) = fake_server(vec![(503, "ServerBusy"); 3]);
+        let err = sas_store(&url).get("x").unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Transient, "{err}");
+        assert!(
+            err.message.contains("after 3 attempts") && err.message.contains("503"),
+            "{err}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 3);
+
+        let (url, seen) = fake_server(vec![(403, "AuthenticationFailed"), (201, "")]);
+        let err = crate::store::put_bytes(&sas_store(&url), "x", b"x").unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Denied, "{err}");
+        assert!(
+            err.message
+                .contains("the storage account key or SAS was refused"),
+            "{err}"
+        );
+        assert!(!err.message.contains("TopSecret"), "{err}");
+        assert_eq!(seen.lock().unwrap().len(), 1, "a refusal is not retried");
+    }
+
+    #[test]
+    fn network_errors_never_quote_the_sas() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store =
+            sas_store(&format!("http://127.0.0.1:{port}")).with_attempts(Attempts::AtMost(1));
+        let err = store.delete("x").unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Transient, "{err}");
+        assert!(
+            !err.message.contains("TopSecret") && err.message.contains("deleting blob p/x"),
+            "{err}"
         );
     }
 
