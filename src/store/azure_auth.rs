@@ -215,6 +215,14 @@ pub fn parse_connection_string(dsn: &str) -> Result<AzureAccount, String> {
 }
 
 fn check_endpoint(e: &str) -> Result<(), String> {
+    if e.contains(['?', '@']) {
+        // Not shown: a query could be a SAS, user info a password.
+        return Err(
+            "BlobEndpoint must be a plain http(s)://host[:port][/path] URL, without a query \
+                    or user info (a SAS goes in SharedAccessSignature)"
+                .to_string(),
+        );
+    }
     let rest = e
         .strip_prefix("https://")
         .or_else(|| e.strip_prefix("http://"));
@@ -544,6 +552,10 @@ mod tests {
                 "part 2 of the connection string",
             ),
             (String::new(), "neither AccountKey"),
+            (
+                "BlobEndpoint=https://x.blob.core.windows.net/?sv=1&sig=SuperSecretSig".to_string(),
+                "without a query",
+            ),
             (
                 format!("AccountName=acct;AcountKey={secret_key}"),
                 "unknown name \"AcountKey\"",
