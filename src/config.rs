@@ -211,6 +211,7 @@ pub struct Filters {
 pub enum StorageSettings {
     Local { root: PathBuf },
     Gcs(Box<crate::store::gcs::GcsSettings>),
+    Azure(crate::store::azure::AzureSettings),
 }
 
 impl StorageSettings {
@@ -218,6 +219,7 @@ impl StorageSettings {
         match self {
             StorageSettings::Local { .. } => "local",
             StorageSettings::Gcs(_) => "gcs",
+            StorageSettings::Azure(_) => "azure",
         }
     }
 }
@@ -474,6 +476,7 @@ impl Config {
                 out.push(("SP_TASK_SYNC_SAVE_TO", root.display().to_string()))
             }
             StorageSettings::Gcs(gcs) => out.extend(gcs.describe()),
+            StorageSettings::Azure(s) => out.extend(s.describe()),
         }
         out
     }
@@ -789,7 +792,10 @@ fn parse_storage(env: &Env, errors: &mut Vec<ConfigError>) -> Option<StorageSett
         },
         Some("gcs") => crate::store::gcs::GcsSettings::from_env(env, errors)
             .map(|s| StorageSettings::Gcs(Box::new(s))),
-        Some(p @ ("s3" | "azure")) => {
+        Some("azure") => {
+            crate::store::azure::AzureSettings::from_env(env, errors).map(StorageSettings::Azure)
+        }
+        Some(p @ "s3") => {
             errors.push(ConfigError::new(
                 var,
                 env.get(var),

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::io::{self, Read};
 
+pub mod azure;
+pub mod azure_auth;
 pub mod gcs;
 pub mod gcs_auth;
 pub mod local;
@@ -20,10 +22,10 @@ pub fn open(
     settings: &StorageSettings,
     agent: &ureq::Agent,
 ) -> Result<Box<dyn BlobStore>, StoreError> {
-    let _ = agent;
     match settings {
         StorageSettings::Local { root } => Ok(Box::new(local::LocalStore::open(root)?)),
         StorageSettings::Gcs(gcs) => Ok(Box::new(gcs::GcsStore::open(gcs, agent)?)),
+        StorageSettings::Azure(s) => Ok(Box::new(azure::AzureStore::new(s.clone(), agent.clone()))),
     }
 }
 
