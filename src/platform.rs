@@ -69,6 +69,20 @@ struct FeedBody {
     next: Option<String>,
 }
 
+/// Reads a feed page. Only the envelope must be right; each task is checked later on
+/// its own, so one odd task cannot hide the others.
+pub fn decode_page(bytes: &[u8]) -> Result<FeedPage, PlatformError> {
+    let page: FeedBody = serde_json::from_slice(bytes).map_err(|e| {
+        transient(format!(
+            "the sync feed answered with a page that is not the expected JSON ({e})"
+        ))
+    })?;
+    Ok(FeedPage {
+        tasks: page.result,
+        next: page.next.filter(|n| !n.is_empty()),
+    })
+}
+
 /// A client of one platform, sharing the process's HTTP agent.
 #[derive(Clone)]
 pub struct Platform {
@@ -124,15 +138,7 @@ impl Platform {
             .limit(MAX_PAGE_BYTES)
             .read_to_vec()
             .map_err(|e| transient(format!("reading a sync feed page failed: {e}")))?;
-        let page: FeedBody = serde_json::from_slice(&bytes).map_err(|e| {
-            transient(format!(
-                "the sync feed answered with a page that is not the expected JSON ({e})"
-            ))
-        })?;
-        Ok(FeedPage {
-            tasks: page.result,
-            next: page.next.filter(|n| !n.is_empty()),
-        })
+        decode_page(&bytes)
     }
 
     /// `GET path`, answering with a reader of the body once the status is 200.
@@ -287,5 +293,63 @@ fn error_text(body: &mut ureq::Body) -> String {
         String::new()
     } else {
         format!(" ({})", text.trim())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_decode_or_fail_as_transient() {
+        let ok = decode_page(br#"{"result":[{"taskId":"a"},{"odd":true}],"next":"t2","extra":1}"#)
+            .unwrap();
+        assert_eq!(ok.tasks.len(), 2);
+        assert_eq!(ok.next.as_deref(), Some("t2"));
+        let drained = decode_page(br#"{"result":[],"next":""}"#).unwrap();
+        assert_eq!(drained.next, None, "an empty token means drained");
+        for bad in [
+            &b"{\"result\":[{\"taskId\":\"a\"}"[..],
+            b"",
+            b"null",
+            b"[]",
+            b"{\"result\":{}}",
+            b"{\"next\":\"x\"}",
+            b"{\"result\":[],\"next\":5}",
+            b"\xff\xfe",
+        ] {
+            match decode_page(bad) {
+                Err(PlatformError::Transient { message, .. }) => {
+                    assert!(message.contains("not the expected JSON"), "{message}")
+                }
+                other => panic!("{:?} gave {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
+    }
+
+    #[test]
+    fn only_paths_on_the_platform_are_fetched() {
+        let p = Platform::new(
+            crate::http::agent(Duration::from_secs(1), 1),
+            "http://127.0.0.1:9",
+            Secret::new("t"),
+        );
+        for bad in [
+            "http://evil.example/x",
+            "//evil.example/x",
+            "relative",
+            "/a b",
+            "/a\nb",
+            "/a\\b",
+        ] {
+            assert!(
+                matches!(p.url_of(bad), Err(PlatformError::Refused { .. })),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            p.url_of("/task/x/meta").unwrap(),
+            "http://127.0.0.1:9/task/x/meta"
+        );
     }
 }
