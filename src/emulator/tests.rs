@@ -792,3 +792,24 @@ fn cli_options_are_read() {
         .contains("--bogus"));
     assert!(parse_cli(&["--recording-kb".to_string(), "9-1".to_string()]).is_err());
 }
+
+#[test]
+fn stop_closes_the_port_and_requests_are_logged() {
+    let (emu, c) = start(EmulatorConfig {
+        tasks: 1,
+        ..Default::default()
+    });
+    assert_eq!(c.get("/nowhere").status, 404);
+    assert_eq!(c.delete("/task/sync/").status, 405);
+    let log = emu.requests();
+    assert_eq!(
+        (log[0].method.as_str(), log[0].path.as_str(), log[0].status),
+        ("GET", "/nowhere", 404)
+    );
+    assert!(log[0].complete && log[0].bytes > 0);
+    let port = emu.port();
+    emu.stop();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert_eq!(run_cli(&["--help".to_string()]), 0);
+    assert_eq!(run_cli(&["--tasks".to_string(), "x".to_string()]), 2);
+}
