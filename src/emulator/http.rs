@@ -324,16 +324,24 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Writes one response; false when the connection must (or did) end.
+///
+/// The last byte is held back until `on_sent` has run: a client cannot see a whole
+/// body (and send its next request) before the emulator has recorded it as delivered.
 fn write_response(w: &mut TcpStream, mut resp: Response, keep_alive: bool) -> bool {
-    let on_sent = resp.on_sent.take();
-    let (sent, complete) = write_all_parts(w, &mut resp, keep_alive);
+    let mut on_sent = resp.on_sent.take();
+    let (sent, complete) = write_all_parts(w, &mut resp, keep_alive, &mut on_sent);
     if let Some(f) = on_sent {
         f(sent, complete);
     }
     complete && resp.fault == BodyFault::None
 }
 
-fn write_all_parts(w: &mut TcpStream, resp: &mut Response, keep_alive: bool) -> (u64, bool) {
+fn write_all_parts(
+    w: &mut TcpStream,
+    resp: &mut Response,
+    keep_alive: bool,
+    on_sent: &mut Option<OnSent>,
+) -> (u64, bool) {
     let len = resp.body.len();
     let no_body = resp.status == 204 || resp.status == 304;
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
@@ -351,23 +359,17 @@ fn write_all_parts(w: &mut TcpStream, resp: &mut Response, keep_alive: bool) -> 
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
-    if no_body {
-        if resp.fault != BodyFault::None {
-            // A faulted answer without a body: the client never hears back.
-            finish_fault(w, resp.fault);
-            return (0, false);
-        }
-        return (
-            0,
-            w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok(),
-        );
+    if no_body && resp.fault != BodyFault::None {
+        // A faulted answer without a body: the client never hears back.
+        finish_fault(w, resp.fault);
+        return (0, false);
     }
     // Headers and a small body go out in one write.
     let mut out = head.into_bytes();
-    let limit = if resp.fault == BodyFault::None {
-        len
-    } else {
-        len / 2
+    let limit = match (no_body, resp.fault) {
+        (true, _) => 0,
+        (false, BodyFault::None) => len,
+        (false, _) => len / 2,
     };
     let mut sent = 0u64;
     let mut buf = vec![0u8; WRITE_BLOCK];
@@ -381,10 +383,7 @@ fn write_all_parts(w: &mut TcpStream, resp: &mut Response, keep_alive: bool) -> 
                     buf[..want].copy_from_slice(&b[sent as usize..sent as usize + want]);
                     want
                 }
-                Body::Reader { reader, .. } => match reader.read(&mut buf[..want]) {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                },
+                Body::Reader { reader, .. } => reader.read(&mut buf[..want]).unwrap_or(0),
             }
         };
         if n == 0 {
@@ -397,22 +396,32 @@ fn write_all_parts(w: &mut TcpStream, resp: &mut Response, keep_alive: bool) -> 
         } else {
             out.extend_from_slice(&buf[..n]);
         }
+        // Keep the last byte back (see write_response).
+        let held = out.pop();
         if w.write_all(&out).is_err() {
             return (sent, false);
         }
         out.clear();
+        out.extend(held);
         sent += n as u64;
     }
-    if resp.fault != BodyFault::None {
+    if resp.fault != BodyFault::None || sent != limit {
         let _ = w.write_all(&out);
         finish_fault(w, resp.fault);
         return (sent, false);
     }
-    if resp.chunked {
+    if resp.chunked && !no_body {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    let ok = w.write_all(&out).and_then(|_| w.flush()).is_ok();
-    (sent, ok && sent == len)
+    let last = out.split_off(out.len().saturating_sub(1));
+    if w.write_all(&out).is_err() {
+        return (sent, false);
+    }
+    if let Some(f) = on_sent.take() {
+        f(sent, true);
+    }
+    let _ = w.write_all(&last).and_then(|_| w.flush());
+    (sent, true)
 }
 
 fn finish_fault(w: &mut TcpStream, fault: BodyFault) {

@@ -117,6 +117,8 @@ struct Injected {
 struct PageRef {
     query: Arc<Query>,
     start: usize,
+    /// The `next` this page answered with, and where it ended: a replay answers the same.
+    next: Option<(usize, String)>,
 }
 
 struct State {
@@ -446,17 +448,31 @@ fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
 
 fn route(shared: &Arc<Shared>, req: &Request) -> Response {
     let path = req.path.as_str();
-    match (req.method.as_str(), path) {
-        ("POST", "/task/sync/") => sync(shared, req),
-        (_, "/task/sync/") => error(405, "method not allowed", "use POST /task/sync/"),
-        ("GET", _) => download(shared, path),
-        ("DELETE", _) if path.starts_with("/recording/") => delete(shared, path),
-        ("DELETE", _) => error(404, "not found", &format!("nothing to delete at {path}")),
-        _ => error(
+    let method = req.method.as_str();
+    let wrong_method = |allowed: &str| {
+        error(
             405,
             "method not allowed",
-            &format!("{} is not served here", req.method),
-        ),
+            &format!("{path} answers {allowed} only"),
+        )
+    };
+    if path == "/task/sync/" {
+        return if method == "POST" {
+            sync(shared, req)
+        } else {
+            wrong_method("POST")
+        };
+    }
+    if path.starts_with("/recording/") {
+        return if method == "DELETE" {
+            delete(shared, path)
+        } else {
+            wrong_method("DELETE")
+        };
+    }
+    match method {
+        "GET" => download(shared, path),
+        _ => error(404, "not found", &format!("nothing at {path}")),
     }
 }
 
@@ -481,7 +497,7 @@ fn sync(shared: &Arc<Shared>, req: &Request) -> Response {
         Err(msg) => return error(400, "bad request", &msg),
     };
     let mut st = lock(&shared.state);
-    let (query, start, count) = match parsed {
+    let (query, start, count, replayed) = match parsed {
         SyncRequest::Query(q, count) => {
             let start = match st.cursors.get(&q.tag) {
                 Some(&c) => c,
@@ -497,7 +513,7 @@ fn sync(shared: &Arc<Shared>, req: &Request) -> Response {
                     c
                 }
             };
-            (Arc::new(*q), start, count)
+            (Arc::new(*q), start, count, None)
         }
         SyncRequest::Page(token, count) => {
             if st.expired.contains(&token) {
@@ -508,7 +524,7 @@ fn sync(shared: &Arc<Shared>, req: &Request) -> Response {
                 );
             }
             match st.pages.get(&token) {
-                Some(p) => (p.query.clone(), p.start, count),
+                Some(p) => (p.query.clone(), p.start, count, Some(token)),
                 None => return error(400, "bad request", "unknown page token"),
             }
         }
@@ -534,17 +550,28 @@ fn sync(shared: &Arc<Shared>, req: &Request) -> Response {
     let more = (end..st.feed.len()).any(|p| item_matches(&st, &query, st.feed[p].item));
     let mut body = json!({"result": tasks.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>()});
     if more {
-        st.token_serial += 1;
-        let entropy = st.rng.next_u64();
-        let token = format!("pg{}-{entropy:016x}", st.token_serial);
+        let earlier = replayed
+            .as_ref()
+            .and_then(|t| st.pages.get(t)?.next.clone());
+        let token = match earlier {
+            Some((e, token)) if e == end && st.pages.contains_key(&token) => token,
+            _ => {
+                st.token_serial += 1;
+                let entropy = st.rng.next_u64();
+                let token = format!("pg{}-{entropy:016x}", st.token_serial);
+                let page = PageRef {
+                    query: query.clone(),
+                    start: end,
+                    next: None,
+                };
+                st.pages.insert(token.clone(), page);
+                if let Some(p) = replayed.as_ref().and_then(|t| st.pages.get_mut(t)) {
+                    p.next = Some((end, token.clone()));
+                }
+                token
+            }
+        };
         body["next"] = json!(token);
-        st.pages.insert(
-            token,
-            PageRef {
-                query: query.clone(),
-                start: end,
-            },
-        );
     }
     drop(st);
     let mut resp = Response::json(200, &body);
