@@ -242,6 +242,8 @@ pub struct Config {
     /// Longest silence accepted from a server while waiting for or reading an answer.
     pub http_timeout: Duration,
     pub storage: StorageSettings,
+    /// Extra trusted CAs and proxies (`crate::net`).
+    pub network: crate::net::Network,
 }
 
 pub const DEFAULT_GET_DATA: &str = "Recordings,Transcriptions";
@@ -373,6 +375,7 @@ impl Config {
             &mut errors,
         ) as u32;
         let storage = parse_storage(env, &mut errors);
+        let network = crate::net::Network::from_env(env, &mut errors);
 
         match (errors.is_empty(), template, storage) {
             (true, Some(template), Some(storage)) => Ok(Config {
@@ -391,6 +394,7 @@ impl Config {
                 page_size,
                 http_timeout,
                 storage,
+                network,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -475,6 +479,7 @@ impl Config {
             }
             StorageSettings::Gcs(gcs) => out.extend(gcs.describe()),
         }
+        out.extend(self.network.describe());
         out
     }
 }
