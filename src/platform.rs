@@ -53,8 +53,7 @@ impl fmt::Display for PlatformError {
             PlatformError::Refused { status, message } => write!(f, "the platform refused the request (HTTP {status}): {message}"),
             PlatformError::Tls { host, reason } => write!(
                 f,
-                "TLS certificate of {host} refused: {reason}; nothing was sent to it. Fix the \
-                 server's certificate, or trust its CA with SSL_CERT_FILE or SP_TLS_CA_FILE"
+                "TLS certificate of {host} refused (nothing was sent to it, and retrying cannot help): {reason}"
             ),
         }
     }

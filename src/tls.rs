@@ -268,8 +268,9 @@ pub fn verification_failure(e: &ureq::Error) -> Option<String> {
     };
     Some(match ce {
         CertificateError::UnknownIssuer => {
-            "the certificate's issuer is unknown (it is not signed by a \
-             CA among the built-in roots or the extra bundles of SSL_CERT_FILE / SP_TLS_CA_FILE)"
+            "the certificate's issuer is unknown: no CA among the built-in roots or the extra \
+             bundles signed it (behind a gateway with a private CA, add that CA's PEM with \
+             SSL_CERT_FILE or SP_TLS_CA_FILE)"
                 .to_string()
         }
         CertificateError::Expired => "the certificate has expired".to_string(),
