@@ -244,6 +244,8 @@ pub struct Config {
     /// Longest silence accepted from a server while waiting for or reading an answer.
     pub http_timeout: Duration,
     pub storage: StorageSettings,
+    /// Extra trusted CAs and proxies (`crate::net`).
+    pub network: crate::net::Network,
 }
 
 pub const DEFAULT_GET_DATA: &str = "Recordings,Transcriptions";
@@ -375,6 +377,7 @@ impl Config {
             &mut errors,
         ) as u32;
         let storage = parse_storage(env, &mut errors);
+        let network = crate::net::Network::from_env(env, &mut errors);
 
         match (errors.is_empty(), template, storage) {
             (true, Some(template), Some(storage)) => Ok(Config {
@@ -393,6 +396,7 @@ impl Config {
                 page_size,
                 http_timeout,
                 storage,
+                network,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -478,6 +482,7 @@ impl Config {
             StorageSettings::Gcs(gcs) => out.extend(gcs.describe()),
             StorageSettings::Azure(s) => out.extend(s.describe()),
         }
+        out.extend(self.network.describe());
         out
     }
 }

@@ -35,6 +35,9 @@ pub enum PlatformError {
     },
     /// The platform refused the request itself (another 4xx); retrying cannot help.
     Refused { status: u16, message: String },
+    /// The platform's TLS certificate did not verify (unknown issuer, expired, wrong
+    /// name): retrying cannot help, and going on would mean trusting an impostor.
+    Tls { host: String, reason: String },
 }
 
 impl fmt::Display for PlatformError {
@@ -48,6 +51,10 @@ impl fmt::Display for PlatformError {
             PlatformError::NotFound => f.write_str("not found on the platform (404)"),
             PlatformError::Transient { message, .. } => f.write_str(message),
             PlatformError::Refused { status, message } => write!(f, "the platform refused the request (HTTP {status}): {message}"),
+            PlatformError::Tls { host, reason } => write!(
+                f,
+                "TLS certificate of {host} refused (nothing was sent to it, and retrying cannot help): {reason}"
+            ),
         }
     }
 }
@@ -118,7 +125,7 @@ impl Platform {
             .header("Authorization", &self.bearer())
             .header("Content-Type", "application/json")
             .send(serde_json::to_vec(body).expect("a JSON value serialises"))
-            .map_err(|e| transport("the sync feed", &e))?;
+            .map_err(|e| transport(&self.base, "the sync feed", &e))?;
         let status = response.status().as_u16();
         if status != 200 {
             if status == 400 && is_page {
@@ -149,7 +156,7 @@ impl Platform {
             .get(&url)
             .header("Authorization", &self.bearer())
             .call()
-            .map_err(|e| transport(path, &e))?;
+            .map_err(|e| transport(&self.base, path, &e))?;
         let status = response.status().as_u16();
         if status == 404 {
             return Err(PlatformError::NotFound);
@@ -176,7 +183,7 @@ impl Platform {
             .delete(&url)
             .header("Authorization", &self.bearer())
             .call()
-            .map_err(|e| transport(path, &e))?;
+            .map_err(|e| transport(&self.base, path, &e))?;
         match response.status().as_u16() {
             200 | 202 | 204 | 404 => Ok(()),
             status => {
@@ -256,7 +263,14 @@ fn transient(message: String) -> PlatformError {
     }
 }
 
-fn transport(what: &str, e: &ureq::Error) -> PlatformError {
+fn transport(base: &str, what: &str, e: &ureq::Error) -> PlatformError {
+    if let Some(reason) = crate::tls::verification_failure(e) {
+        let host = base.split_once("://").map_or(base, |(_, rest)| rest);
+        return PlatformError::Tls {
+            host: host.to_string(),
+            reason,
+        };
+    }
     match e {
         ureq::Error::BadUri(u) => PlatformError::Refused {
             status: 0,
