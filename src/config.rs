@@ -195,12 +195,14 @@ pub struct Filters {
 #[derive(Debug, Clone)]
 pub enum StorageSettings {
     Local { root: PathBuf },
+    S3(Box<crate::store::s3::S3Settings>),
 }
 
 impl StorageSettings {
     pub fn provider(&self) -> &'static str {
         match self {
             StorageSettings::Local { .. } => "local",
+            StorageSettings::S3(_) => "s3",
         }
     }
 }
@@ -383,6 +385,7 @@ impl Config {
         ];
         match &self.storage {
             StorageSettings::Local { root } => out.push(("SP_TASK_SYNC_SAVE_TO", root.display().to_string())),
+            StorageSettings::S3(s) => out.extend(s.describe()),
         }
         out
     }
@@ -615,7 +618,8 @@ fn parse_storage(env: &Env, errors: &mut Vec<ConfigError>) -> Option<StorageSett
                 None
             }
         },
-        Some(p @ ("s3" | "gcs" | "azure")) => {
+        Some("s3") => crate::store::s3::S3Settings::from_env(env, errors).map(|s| StorageSettings::S3(Box::new(s))),
+        Some(p @ ("gcs" | "azure")) => {
             errors.push(ConfigError::new(
                 var,
                 env.get(var),

@@ -9,6 +9,8 @@ use std::fmt;
 use std::io::{self, Read};
 
 pub mod local;
+pub mod s3;
+pub mod s3_credentials;
 
 use crate::config::StorageSettings;
 
@@ -18,6 +20,7 @@ pub fn open(settings: &StorageSettings, agent: &ureq::Agent) -> Result<Box<dyn B
     let _ = agent;
     match settings {
         StorageSettings::Local { root } => Ok(Box::new(local::LocalStore::open(root)?)),
+        StorageSettings::S3(s) => Ok(Box::new(s3::S3Store::open(s, agent)?)),
     }
 }
 
