@@ -320,17 +320,14 @@ fn s3_upload_cut_by_a_dead_server_leaves_no_object_and_is_aborted_later() {
     );
 }
 
-/// Peak memory while moving 500 MB with the default part size (8 MiB) and threshold
-/// (16 MiB). Run under `/usr/bin/time -v` and read "Maximum resident set size":
+/// Peak memory while moving 500 MB of unknown size with the default part size
+/// (8 MiB). Run under `/usr/bin/time -v` and read "Maximum resident set size":
 /// `cargo test --release --test store_s3 -- --ignored --exact s3_memory_500mb`.
 #[test]
 #[ignore]
 fn s3_memory_500mb() {
     let Some(srv) = server() else { return };
-    let mut s = settings(&srv.endpoint, &srv.bucket, &srv.access_key, &srv.secret_key, &[]);
-    s.multipart_threshold = spinoco_connector::store::s3::DEFAULT_MULTIPART_THRESHOLD;
-    s.part_size = spinoco_connector::store::s3::DEFAULT_PART_SIZE;
-    let store = open(&s);
+    let store = open(&default_sizes(&srv));
     let size = 500_000_000;
     let t = Instant::now();
     assert_eq!(
@@ -340,22 +337,34 @@ fn s3_memory_500mb() {
         size
     );
     eprintln!("500 MB streamed in {:?}", t.elapsed());
-    // A single PUT at the threshold, the other buffer shape.
-    let small = spinoco_connector::store::s3::DEFAULT_MULTIPART_THRESHOLD;
+    let on_disk = srv
+        .data_dir
+        .join(&srv.bucket)
+        .join("spinoco-tests/memory/500mb.bin");
+    assert_eq!(std::fs::metadata(on_disk).unwrap().len(), size);
+    store.delete("memory/500mb.bin").unwrap();
+}
+
+/// Peak memory of the largest single PUT (an object of the default 16 MiB threshold).
+#[test]
+#[ignore]
+fn s3_memory_threshold_put() {
+    let Some(srv) = server() else { return };
+    let store = open(&default_sizes(&srv));
+    let size = spinoco_connector::store::s3::DEFAULT_MULTIPART_THRESHOLD;
     store
         .put(
             "memory/threshold.bin",
-            &mut PatternReader::new(small, 2),
-            Some(small),
+            &mut PatternReader::new(size, 2),
+            Some(size),
         )
         .unwrap();
-    let on_disk = std::fs::metadata(
-        srv.data_dir
-            .join(&srv.bucket)
-            .join("spinoco-tests/memory/500mb.bin"),
-    )
-    .unwrap();
-    assert_eq!(on_disk.len(), size);
-    store.delete("memory/500mb.bin").unwrap();
     store.delete("memory/threshold.bin").unwrap();
+}
+
+fn default_sizes(srv: &Server) -> S3Settings {
+    let mut s = settings(&srv.endpoint, &srv.bucket, &srv.access_key, &srv.secret_key, &[]);
+    s.multipart_threshold = spinoco_connector::store::s3::DEFAULT_MULTIPART_THRESHOLD;
+    s.part_size = spinoco_connector::store::s3::DEFAULT_PART_SIZE;
+    s
 }
