@@ -212,6 +212,7 @@ pub enum StorageSettings {
     Local { root: PathBuf },
     Gcs(Box<crate::store::gcs::GcsSettings>),
     Azure(crate::store::azure::AzureSettings),
+    S3(Box<crate::store::s3::S3Settings>),
 }
 
 impl StorageSettings {
@@ -220,6 +221,7 @@ impl StorageSettings {
             StorageSettings::Local { .. } => "local",
             StorageSettings::Gcs(_) => "gcs",
             StorageSettings::Azure(_) => "azure",
+            StorageSettings::S3(_) => "s3",
         }
     }
 }
@@ -481,6 +483,7 @@ impl Config {
             }
             StorageSettings::Gcs(gcs) => out.extend(gcs.describe()),
             StorageSettings::Azure(s) => out.extend(s.describe()),
+            StorageSettings::S3(s) => out.extend(s.describe()),
         }
         out.extend(self.network.describe());
         out
@@ -800,14 +803,8 @@ fn parse_storage(env: &Env, errors: &mut Vec<ConfigError>) -> Option<StorageSett
         Some("azure") => {
             crate::store::azure::AzureSettings::from_env(env, errors).map(StorageSettings::Azure)
         }
-        Some(p @ "s3") => {
-            errors.push(ConfigError::new(
-                var,
-                env.get(var),
-                format!("the {p} provider is not part of this build yet; use local"),
-            ));
-            None
-        }
+        Some("s3") => crate::store::s3::S3Settings::from_env(env, errors)
+            .map(|s| StorageSettings::S3(Box::new(s))),
         Some(_) => {
             errors.push(ConfigError::new(
                 var,

@@ -185,3 +185,23 @@ fn azure_sync_matches_local_with_a_sas() {
 /// Azurite's published development account key (its README): not a secret.
 const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+#[test]
+fn s3_sync_matches_local() {
+    let (Some(endpoint), Some(bucket), Some(key), Some(secret)) = (
+        server("SPINOCO_TEST_S3_ENDPOINT"),
+        server("SPINOCO_TEST_S3_BUCKET"),
+        server("SPINOCO_TEST_S3_ACCESS_KEY"),
+        server("SPINOCO_TEST_S3_SECRET_KEY"),
+    ) else {
+        return;
+    };
+    sync_matches_local(vars(&[
+        ("SP_TASK_SYNC_STORAGE_PROVIDER", "s3".into()),
+        ("SP_TASK_SYNC_S3_ENDPOINT", endpoint),
+        ("SP_TASK_SYNC_S3_BUCKET", bucket),
+        ("SP_TASK_SYNC_S3_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", key),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+    ]));
+}

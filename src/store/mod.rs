@@ -13,6 +13,8 @@ pub mod azure_auth;
 pub mod gcs;
 pub mod gcs_auth;
 pub mod local;
+pub mod s3;
+pub mod s3_credentials;
 
 use crate::config::StorageSettings;
 
@@ -26,6 +28,7 @@ pub fn open(
         StorageSettings::Local { root } => Ok(Box::new(local::LocalStore::open(root)?)),
         StorageSettings::Gcs(gcs) => Ok(Box::new(gcs::GcsStore::open(gcs, agent)?)),
         StorageSettings::Azure(s) => Ok(Box::new(azure::AzureStore::new(s.clone(), agent.clone()))),
+        StorageSettings::S3(s) => Ok(Box::new(s3::S3Store::open(s, agent)?)),
     }
 }
 
