@@ -94,7 +94,7 @@ fn filters_and_start_from_are_sent_and_honoured() {
     );
     assert!(from
         .iter()
-        .all(|t| t["dueDate"].as_i64().map_or(true, |d| d >= mid_due)));
+        .all(|t| t["dueDate"].as_i64().is_none_or(|d| d >= mid_due)));
 
     let dir = scratch("skills");
     let mut e = env(&emu, &dir);

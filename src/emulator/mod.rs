@@ -557,7 +557,7 @@ fn sync(shared: &Arc<Shared>, req: &Request) -> Response {
                     let from = q.start_from.map(|ms| {
                         st.feed
                             .iter()
-                            .position(|f| due_of(&st, f.item).map_or(true, |d| d >= ms))
+                            .position(|f| due_of(&st, f.item).is_none_or(|d| d >= ms))
                             .unwrap_or(st.feed.len())
                     });
                     let c = from.unwrap_or(0);

@@ -5,7 +5,7 @@
 //! List: uncommitted blocks are never visible, so an upload that fails earlier leaves
 //! nothing new behind and an older blob under the same name untouched (Azure drops
 //! uncommitted blocks after a week). Each request is retried under the shared policy
-//! ([`crate::retry::Backoff`]) a bounded number of times; a refused key or SAS is a
+//! ([`crate::retry::with_retries`]) a bounded number of times; a refused key or SAS is a
 //! `Denied` error at once.
 
 use std::io::Read;
@@ -14,9 +14,11 @@ use ureq::http::Response;
 use ureq::Body;
 
 use super::azure_auth::{self, AzureAccount, Credential};
-use super::{fill_buffer, prefixed, BlobStore, StoreError, StoreErrorKind};
+use super::{
+    content_type, fill_buffer, prefixed, BlobStore, FirstPart, StoreError, StoreErrorKind,
+};
 use crate::config::{ConfigError, Env, Secret};
-use crate::retry::{Attempts, Backoff, Rng};
+use crate::retry::{with_retries, Attempts, Rng, Step};
 
 /// The REST API version every request names.
 pub const API_VERSION: &str = "2021-08-06";
@@ -285,45 +287,38 @@ impl AzureStore {
         req: &Request,
         what: &str,
     ) -> Result<(u16, String, Response<Body>), StoreError> {
-        let mut backoff = Backoff::new();
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let (problem, retry_after) = match self.send_once(req) {
-                Ok(mut response) => {
-                    let status = response.status().as_u16();
-                    let code = response
-                        .headers()
-                        .get("x-ms-error-code")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    if !retryable(status) {
-                        if status == 401 || status == 403 {
-                            drain(&mut response);
-                            return Err(self.status_error(status, &code, what));
-                        }
-                        return Ok((status, code, response));
+        let outcome = with_retries(self.attempts, || match self.send_once(req) {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let code = response
+                    .headers()
+                    .get("x-ms-error-code")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                if !retryable(status) {
+                    if status == 401 || status == 403 {
+                        drain(&mut response);
+                        return Step::Fail(self.status_error(status, &code, what));
                     }
-                    let wait = crate::http::retry_after(&response);
-                    drain(&mut response);
-                    (format!("HTTP {status} {code}"), wait)
+                    return Step::Done((status, code, response));
                 }
-                Err(e) => (self.scrub(&e.to_string()), None),
-            };
-            if !self.attempts.allows(attempt) {
-                return Err(StoreError::transient(format!(
-                    "{what}: {problem} (after {attempt} attempts)"
-                )));
+                let wait = crate::http::retry_after(&response);
+                drain(&mut response);
+                Step::Retry(
+                    StoreError::transient(format!("{what}: HTTP {status} {code}")),
+                    wait,
+                )
             }
-            let delay = backoff.next_delay(retry_after);
-            log::debug!("{what}: {problem}; retrying in {delay:?}");
-            if !crate::shutdown::sleep(delay) {
-                return Err(StoreError::transient(format!(
-                    "{what}: {problem} (stopped while retrying)"
-                )));
-            }
-        }
+            Err(e) => Step::Retry(
+                StoreError::transient(format!("{what}: {}", self.scrub(&e.to_string()))),
+                None,
+            ),
+        });
+        outcome.map_err(|e| match e.attempts {
+            Some(n) => StoreError::transient(format!("{} (after {n} attempts)", e.error)),
+            None => e.error,
+        })
     }
 
     /// Removes the SAS from a message, should a network error quote the URL.
@@ -438,21 +433,12 @@ impl BlobStore for AzureStore {
     fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError> {
         let name = self.blob_name(key)?;
         let block_size = self.settings.block_size.max(1);
-        // A small object with a size hint does not need a whole block buffer; one byte
-        // more than the hint tells whether the source is longer than announced.
-        let first = size
-            .map(|s| (s.saturating_add(1)).min(block_size as u64) as usize)
-            .unwrap_or(block_size);
-        let mut buf = vec![0u8; first];
-        let mut n = fill_buffer(src, &mut buf)?;
-        if n == buf.len() && buf.len() < block_size {
-            buf.resize(block_size, 0);
-            n += fill_buffer(src, &mut buf[n..])?;
+        let first = FirstPart::read(src, size, block_size)?;
+        if first.is_whole() {
+            self.put_blob(&name, first.bytes())?;
+            return Ok(first.len as u64);
         }
-        if n < block_size {
-            self.put_blob(&name, &buf[..n])?;
-            return Ok(n as u64);
-        }
+        let (mut buf, mut n) = (first.buf, first.len);
 
         // Fixed-width ids, unique per upload so that two uploads of the same name
         // cannot mix their uncommitted blocks.
@@ -534,18 +520,6 @@ fn http_date() -> String {
     time::OffsetDateTime::now_utc()
         .format(&format)
         .unwrap_or_default()
-}
-
-fn content_type(name: &str) -> &'static str {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "json" => "application/json",
-        "ogg" => "audio/ogg",
-        _ => "application/octet-stream",
-    }
 }
 
 #[cfg(test)]

@@ -36,9 +36,9 @@ use s3::serde_types::Part;
 use s3::{Bucket, Region};
 
 use super::s3_credentials::{CredentialProvider, CredentialSettings};
-use super::{fill_buffer, prefixed, BlobStore, StoreError, StoreErrorKind};
+use super::{content_type, fill_buffer, prefixed, BlobStore, StoreError, StoreErrorKind};
 use crate::config::{ConfigError, Env};
-use crate::retry::{Attempts, Backoff};
+use crate::retry::{with_retries, Attempts, Step};
 
 const MIB: u64 = 1024 * 1024;
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 * MIB;
@@ -317,22 +317,12 @@ impl S3Store {
 
     /// Runs one request with the shared back-off for transient failures.
     fn retried<T>(&self, mut op: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut backoff = Backoff::new();
-        let mut failures = 0;
-        loop {
-            match op() {
-                Err(e)
-                    if e.kind == StoreErrorKind::Transient
-                        && REQUEST_ATTEMPTS.allows(failures + 1) =>
-                {
-                    failures += 1;
-                    let delay = backoff.next_delay(None);
-                    log::warn!("{e}; retrying in {delay:?}");
-                    std::thread::sleep(delay);
-                }
-                result => return result,
-            }
-        }
+        with_retries(REQUEST_ATTEMPTS, || match op() {
+            Ok(v) => Step::Done(v),
+            Err(e) if e.kind == StoreErrorKind::Transient => Step::Retry(e, None),
+            Err(e) => Step::Fail(e),
+        })
+        .map_err(|e| e.error)
     }
 
     fn put_single(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
@@ -541,21 +531,6 @@ fn xml_tag(body: &str, tag: &str) -> Option<String> {
     let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
     let end = body[start..].find(&format!("</{tag}>"))? + start;
     Some(body[start..end].trim().to_string())
-}
-
-fn content_type(key: &str) -> &'static str {
-    let ext = key
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "json" => "application/json",
-        "ogg" => "audio/ogg",
-        "mp3" => "audio/mpeg",
-        "wav" => "audio/wav",
-        "txt" => "text/plain; charset=utf-8",
-        _ => "application/octet-stream",
-    }
 }
 
 #[cfg(test)]
