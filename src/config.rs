@@ -211,6 +211,8 @@ pub struct Filters {
 pub enum StorageSettings {
     Local { root: PathBuf },
     Gcs(Box<crate::store::gcs::GcsSettings>),
+    Azure(crate::store::azure::AzureSettings),
+    S3(Box<crate::store::s3::S3Settings>),
 }
 
 impl StorageSettings {
@@ -218,6 +220,8 @@ impl StorageSettings {
         match self {
             StorageSettings::Local { .. } => "local",
             StorageSettings::Gcs(_) => "gcs",
+            StorageSettings::Azure(_) => "azure",
+            StorageSettings::S3(_) => "s3",
         }
     }
 }
@@ -242,6 +246,8 @@ pub struct Config {
     /// Longest silence accepted from a server while waiting for or reading an answer.
     pub http_timeout: Duration,
     pub storage: StorageSettings,
+    /// Extra trusted CAs and proxies (`crate::net`).
+    pub network: crate::net::Network,
     /// `SP_METRICS_ADDR`: where `/metrics`, `/healthz` and `/readyz` are served (opt-in).
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub log_format: crate::logging::LogFormat,
@@ -376,6 +382,7 @@ impl Config {
             &mut errors,
         ) as u32;
         let storage = parse_storage(env, &mut errors);
+        let network = crate::net::Network::from_env(env, &mut errors);
         let metrics_addr = parse_metrics_addr(env, &mut errors);
         let log_format = parse_log_format(env, &mut errors);
 
@@ -396,6 +403,7 @@ impl Config {
                 page_size,
                 http_timeout,
                 storage,
+                network,
                 metrics_addr,
                 log_format,
             }),
@@ -487,7 +495,10 @@ impl Config {
                 out.push(("SP_TASK_SYNC_SAVE_TO", root.display().to_string()))
             }
             StorageSettings::Gcs(gcs) => out.extend(gcs.describe()),
+            StorageSettings::Azure(s) => out.extend(s.describe()),
+            StorageSettings::S3(s) => out.extend(s.describe()),
         }
+        out.extend(self.network.describe());
         out
     }
 }
@@ -835,14 +846,11 @@ fn parse_storage(env: &Env, errors: &mut Vec<ConfigError>) -> Option<StorageSett
         },
         Some("gcs") => crate::store::gcs::GcsSettings::from_env(env, errors)
             .map(|s| StorageSettings::Gcs(Box::new(s))),
-        Some(p @ ("s3" | "azure")) => {
-            errors.push(ConfigError::new(
-                var,
-                env.get(var),
-                format!("the {p} provider is not part of this build yet; use local"),
-            ));
-            None
+        Some("azure") => {
+            crate::store::azure::AzureSettings::from_env(env, errors).map(StorageSettings::Azure)
         }
+        Some("s3") => crate::store::s3::S3Settings::from_env(env, errors)
+            .map(|s| StorageSettings::S3(Box::new(s))),
         Some(_) => {
             errors.push(ConfigError::new(
                 var,

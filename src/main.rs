@@ -115,7 +115,7 @@ fn run(mode: Mode) -> u8 {
     };
     init_logging(cfg.log_level, cfg.log_format);
     shutdown::install();
-    let agent = http::agent(cfg.http_timeout, cfg.concurrency);
+    let agent = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network).agent;
     let store: Arc<dyn BlobStore> = match store::open(&cfg.storage, &agent) {
         Ok(s) => Arc::from(s),
         Err(e) => {
@@ -170,14 +170,19 @@ fn check(connect: bool) -> u8 {
     if !connect {
         return exit::OK;
     }
-    let agent = http::agent(cfg.http_timeout, cfg.concurrency);
+    let http = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network);
+    let agent = http.agent.clone();
     let platform = Platform::new(agent.clone(), &cfg.api.base_url(), cfg.token.clone());
     // A page token the platform never issued: a 400 proves the token was accepted,
     // and, unlike a query, it cannot move the tag's cursor.
     let probe = serde_json::json!({ "page": "spinoco-connector-check", "count": 1 });
     let platform_code = match platform.feed(&probe) {
         Ok(_) | Err(PlatformError::PageExpired) => {
-            println!("platform: {} reachable, token accepted", cfg.api.base_url());
+            println!(
+                "platform: {} reachable, token accepted ({})",
+                cfg.api.base_url(),
+                connection(&http, &cfg.api.base_url(), &cfg.api.host)
+            );
             exit::OK
         }
         Err(e @ PlatformError::Auth { .. }) => {
@@ -185,14 +190,21 @@ fn check(connect: bool) -> u8 {
             exit::PLATFORM_AUTH
         }
         Err(e) => {
-            println!("platform: {} failed: {e}", cfg.api.base_url());
+            println!(
+                "platform: {} failed ({}): {e}",
+                cfg.api.base_url(),
+                http.route(&cfg.api.base_url())
+            );
             exit::FAILURE
         }
     };
     let storage_code =
         match store::open(&cfg.storage, &agent).and_then(|s| probe_storage(s.as_ref())) {
             Ok(described) => {
-                println!("storage: {described}: wrote, read back and removed a probe object");
+                let how = storage_endpoint(&cfg.storage)
+                    .map(|url| format!(" ({})", connection(&http, &url, host_of(&url))))
+                    .unwrap_or_default();
+                println!("storage: {described}: wrote, read back and removed a probe object{how}");
                 exit::OK
             }
             Err(e) => {
@@ -208,6 +220,35 @@ fn check(connect: bool) -> u8 {
         platform_code
     } else {
         storage_code
+    }
+}
+
+/// `direct, TLS verified by the built-in CA roots` and the like, for `check --connect`.
+fn connection(http: &http::Http, url: &str, host: &str) -> String {
+    let route = http.route(url);
+    match http.verified_by(host) {
+        Some(source) => format!("{route}, TLS verified by {source}"),
+        None if url.starts_with("https:") => format!("{route}, TLS"),
+        None => format!("{route}, plain HTTP without TLS"),
+    }
+}
+
+/// The storage's HTTP endpoint, for the providers that have one.
+fn storage_endpoint(storage: &spinoco_connector::config::StorageSettings) -> Option<String> {
+    use spinoco_connector::config::StorageSettings;
+    #[allow(unreachable_patterns)]
+    match storage {
+        StorageSettings::Gcs(gcs) => Some(gcs.endpoint.clone()),
+        _ => None,
+    }
+}
+
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.is_empty() => h,
+        _ => authority,
     }
 }
 

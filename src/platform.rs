@@ -35,6 +35,9 @@ pub enum PlatformError {
     },
     /// The platform refused the request itself (another 4xx); retrying cannot help.
     Refused { status: u16, message: String },
+    /// The platform's TLS certificate did not verify (unknown issuer, expired, wrong
+    /// name): retrying cannot help, and going on would mean trusting an impostor.
+    Tls { host: String, reason: String },
 }
 
 impl fmt::Display for PlatformError {
@@ -48,6 +51,10 @@ impl fmt::Display for PlatformError {
             PlatformError::NotFound => f.write_str("not found on the platform (404)"),
             PlatformError::Transient { message, .. } => f.write_str(message),
             PlatformError::Refused { status, message } => write!(f, "the platform refused the request (HTTP {status}): {message}"),
+            PlatformError::Tls { host, reason } => write!(
+                f,
+                "TLS certificate of {host} refused (nothing was sent to it, and retrying cannot help): {reason}"
+            ),
         }
     }
 }
@@ -67,6 +74,20 @@ struct FeedBody {
     result: Vec<Value>,
     #[serde(default)]
     next: Option<String>,
+}
+
+/// Reads a feed page. Only the envelope must be right; each task is checked later on
+/// its own, so one odd task cannot hide the others.
+pub fn decode_page(bytes: &[u8]) -> Result<FeedPage, PlatformError> {
+    let page: FeedBody = serde_json::from_slice(bytes).map_err(|e| {
+        transient(format!(
+            "the sync feed answered with a page that is not the expected JSON ({e})"
+        ))
+    })?;
+    Ok(FeedPage {
+        tasks: page.result,
+        next: page.next.filter(|n| !n.is_empty()),
+    })
 }
 
 /// A client of one platform, sharing the process's HTTP agent.
@@ -104,7 +125,7 @@ impl Platform {
             .header("Authorization", &self.bearer())
             .header("Content-Type", "application/json")
             .send(serde_json::to_vec(body).expect("a JSON value serialises"))
-            .map_err(|e| transport("the sync feed", &e))?;
+            .map_err(|e| transport(&self.base, "the sync feed", &e))?;
         let status = response.status().as_u16();
         if status != 200 {
             if status == 400 && is_page {
@@ -124,15 +145,7 @@ impl Platform {
             .limit(MAX_PAGE_BYTES)
             .read_to_vec()
             .map_err(|e| transient(format!("reading a sync feed page failed: {e}")))?;
-        let page: FeedBody = serde_json::from_slice(&bytes).map_err(|e| {
-            transient(format!(
-                "the sync feed answered with a page that is not the expected JSON ({e})"
-            ))
-        })?;
-        Ok(FeedPage {
-            tasks: page.result,
-            next: page.next.filter(|n| !n.is_empty()),
-        })
+        decode_page(&bytes)
     }
 
     /// `GET path`, answering with a reader of the body once the status is 200.
@@ -143,7 +156,7 @@ impl Platform {
             .get(&url)
             .header("Authorization", &self.bearer())
             .call()
-            .map_err(|e| transport(path, &e))?;
+            .map_err(|e| transport(&self.base, path, &e))?;
         let status = response.status().as_u16();
         if status == 404 {
             return Err(PlatformError::NotFound);
@@ -170,7 +183,7 @@ impl Platform {
             .delete(&url)
             .header("Authorization", &self.bearer())
             .call()
-            .map_err(|e| transport(path, &e))?;
+            .map_err(|e| transport(&self.base, path, &e))?;
         match response.status().as_u16() {
             200 | 202 | 204 | 404 => Ok(()),
             status => {
@@ -250,7 +263,14 @@ fn transient(message: String) -> PlatformError {
     }
 }
 
-fn transport(what: &str, e: &ureq::Error) -> PlatformError {
+fn transport(base: &str, what: &str, e: &ureq::Error) -> PlatformError {
+    if let Some(reason) = crate::tls::verification_failure(e) {
+        let host = base.split_once("://").map_or(base, |(_, rest)| rest);
+        return PlatformError::Tls {
+            host: host.to_string(),
+            reason,
+        };
+    }
     match e {
         ureq::Error::BadUri(u) => PlatformError::Refused {
             status: 0,
@@ -287,5 +307,63 @@ fn error_text(body: &mut ureq::Body) -> String {
         String::new()
     } else {
         format!(" ({})", text.trim())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_decode_or_fail_as_transient() {
+        let ok = decode_page(br#"{"result":[{"taskId":"a"},{"odd":true}],"next":"t2","extra":1}"#)
+            .unwrap();
+        assert_eq!(ok.tasks.len(), 2);
+        assert_eq!(ok.next.as_deref(), Some("t2"));
+        let drained = decode_page(br#"{"result":[],"next":""}"#).unwrap();
+        assert_eq!(drained.next, None, "an empty token means drained");
+        for bad in [
+            &b"{\"result\":[{\"taskId\":\"a\"}"[..],
+            b"",
+            b"null",
+            b"[]",
+            b"{\"result\":{}}",
+            b"{\"next\":\"x\"}",
+            b"{\"result\":[],\"next\":5}",
+            b"\xff\xfe",
+        ] {
+            match decode_page(bad) {
+                Err(PlatformError::Transient { message, .. }) => {
+                    assert!(message.contains("not the expected JSON"), "{message}")
+                }
+                other => panic!("{:?} gave {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
+    }
+
+    #[test]
+    fn only_paths_on_the_platform_are_fetched() {
+        let p = Platform::new(
+            crate::http::agent(Duration::from_secs(1), 1),
+            "http://127.0.0.1:9",
+            Secret::new("t"),
+        );
+        for bad in [
+            "http://evil.example/x",
+            "//evil.example/x",
+            "relative",
+            "/a b",
+            "/a\nb",
+            "/a\\b",
+        ] {
+            assert!(
+                matches!(p.url_of(bad), Err(PlatformError::Refused { .. })),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            p.url_of("/task/x/meta").unwrap(),
+            "http://127.0.0.1:9/task/x/meta"
+        );
     }
 }

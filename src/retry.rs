@@ -80,6 +80,63 @@ impl Attempts {
     }
 }
 
+/// What one try of an operation came to.
+pub enum Step<T, E> {
+    Done(T),
+    /// Failed for good: no point trying again.
+    Fail(E),
+    /// Failed for now; the server may say how long to wait.
+    Retry(E, Option<Duration>),
+}
+
+/// Runs `op` until it is done, fails for good or runs out of `attempts`, waiting the
+/// shared back-off between tries (cut short when the process is asked to stop). The
+/// error of the last try is returned, with the number of attempts when they ran out.
+pub fn with_retries<T, E: std::fmt::Display>(
+    attempts: Attempts,
+    mut op: impl FnMut() -> Step<T, E>,
+) -> Result<T, Exhausted<E>> {
+    let mut backoff = Backoff::new();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (error, after) = match op() {
+            Step::Done(v) => return Ok(v),
+            Step::Fail(e) => {
+                return Err(Exhausted {
+                    error: e,
+                    attempts: None,
+                })
+            }
+            Step::Retry(e, after) => (e, after),
+        };
+        if !attempts.allows(attempt) {
+            return Err(Exhausted {
+                error,
+                attempts: Some(attempt),
+            });
+        }
+        let delay = backoff.next_delay(after);
+        log::debug!(
+            "{error}; retrying in {:.1}s (attempt {attempt})",
+            delay.as_secs_f64()
+        );
+        if !crate::shutdown::sleep(delay) {
+            return Err(Exhausted {
+                error,
+                attempts: Some(attempt),
+            });
+        }
+    }
+}
+
+/// The last error of [`with_retries`]; `attempts` is set when it was retried and the
+/// attempts (or the process's patience) ran out.
+pub struct Exhausted<E> {
+    pub error: E,
+    pub attempts: Option<u32>,
+}
+
 /// A small xorshift64* generator: jitter needs spread, not cryptography.
 pub struct Rng(u64);
 
@@ -156,6 +213,32 @@ mod tests {
         assert_eq!(
             b.next_delay(Some(Duration::from_secs(86_400))),
             MAX_RETRY_AFTER
+        );
+    }
+
+    #[test]
+    fn with_retries_stops_at_the_bound_and_on_a_final_failure() {
+        let mut tries = 0;
+        let r: Result<(), _> = with_retries(Attempts::AtMost(3), || {
+            tries += 1;
+            Step::Retry("busy", Some(Duration::from_millis(1)))
+        });
+        let e = r.err().unwrap();
+        assert_eq!((tries, e.error, e.attempts), (3, "busy", Some(3)));
+        let mut tries = 0;
+        let r: Result<(), _> = with_retries(Attempts::Forever, || {
+            tries += 1;
+            if tries < 2 {
+                Step::Retry("x", Some(Duration::from_millis(1)))
+            } else {
+                Step::Fail("no")
+            }
+        });
+        let e = r.err().unwrap();
+        assert_eq!((tries, e.error, e.attempts), (2, "no", None));
+        assert_eq!(
+            with_retries::<_, &str>(Attempts::AtMost(1), || Step::Done(7)).ok(),
+            Some(7)
         );
     }
 

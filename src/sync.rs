@@ -42,6 +42,8 @@ pub enum SyncError {
     StorageDenied(StoreError),
     /// The platform refused the query itself.
     Refused(String),
+    /// The platform's TLS certificate did not verify.
+    Tls(PlatformError),
     /// The platform or the storage stayed unreachable through every attempt (`--once`).
     Unavailable(String),
     Journal(JournalError),
@@ -59,6 +61,7 @@ impl fmt::Display for SyncError {
             SyncError::Auth(e) => e.fmt(f),
             SyncError::StorageDenied(e) => write!(f, "the storage refused access: {e}"),
             SyncError::Refused(m) => f.write_str(m),
+            SyncError::Tls(e) => e.fmt(f),
             SyncError::Unavailable(m) => write!(f, "gave up after {ONCE_ATTEMPTS} attempts: {m}"),
             SyncError::Journal(e) => e.fmt(f),
             SyncError::Incomplete { failed, rejected } => write!(
@@ -203,7 +206,14 @@ impl<'a> Engine<'a> {
                 break;
             }
             let s = &self.summary;
-            info!(
+            // A quiet round (nothing new) is routine in service mode: keep it out of info.
+            let level = if s.tasks == before.tasks {
+                log::Level::Debug
+            } else {
+                log::Level::Info
+            };
+            log::log!(
+                level,
                 "round {} done in {:.1}s: {} tasks, {} files, {}, {} deleted",
                 s.rounds,
                 started.elapsed().as_secs_f64(),
@@ -489,6 +499,7 @@ fn feed_try(platform: &Platform, request: &Value) -> Try<Option<FeedPage>> {
 fn platform_try<T>(e: PlatformError) -> Try<T> {
     match e {
         PlatformError::Auth { .. } => Try::Fatal(SyncError::Auth(e)),
+        PlatformError::Tls { .. } => Try::Fatal(SyncError::Tls(e)),
         PlatformError::NotFound => Try::Missing,
         PlatformError::Transient {
             message,

@@ -94,7 +94,7 @@ fn filters_and_start_from_are_sent_and_honoured() {
     );
     assert!(from
         .iter()
-        .all(|t| t["dueDate"].as_i64().map_or(true, |d| d >= mid_due)));
+        .all(|t| t["dueDate"].as_i64().is_none_or(|d| d >= mid_due)));
 
     let dir = scratch("skills");
     let mut e = env(&emu, &dir);
@@ -208,7 +208,7 @@ fn sigterm_during_a_large_transfer_exits_promptly_leaving_nothing_partial() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let sent = Instant::now();
-    unsafe_sigterm(child.id());
+    sigterm(child.id());
     let status = child.wait().unwrap();
     let took = sent.elapsed();
     assert!(status.success(), "exit status {status:?}");
@@ -234,9 +234,13 @@ fn sigterm_during_a_large_transfer_exits_promptly_leaving_nothing_partial() {
     verify_complete(&emu, &dir);
 }
 
-fn unsafe_sigterm(pid: u32) {
+fn sigterm(pid: u32) {
+    signal(pid, "TERM");
+}
+
+fn signal(pid: u32, name: &str) {
     let ok = std::process::Command::new("kill")
-        .arg("-TERM")
+        .arg(format!("-{name}"))
         .arg(pid.to_string())
         .status()
         .unwrap();
@@ -365,4 +369,112 @@ fn check_render_help_and_version() {
     assert!(run(&e, &["--help"]).status.success());
     let v = run(&e, &["--version"]);
     assert!(String::from_utf8_lossy(&v.stdout).starts_with("spinoco-connector "));
+}
+
+#[test]
+fn a_404_download_is_a_warning_and_suppresses_the_tasks_deletes() {
+    let emu = emulator(small(4));
+    let dir = scratch("missing");
+    let task = serde_json::json!({
+        "taskId": "b808d74e-84b2-11ef-b864-0242ac120002", "dueDate": 1101902400000i64,
+        "get": [
+            {"dataType": "CallMetadata", "path": "/task/gone/meta", "fileName": "x.meta.json"},
+            {"dataType": "Recordings", "recordingId": "r1", "path": "/recording-direct/gone/r1", "fileName": "x.ogg"}
+        ],
+        "delete": [{"path": "/recording/gone/r1"}]
+    });
+    emu.inject_task(task, vec![("/task/gone/meta".into(), b"{}".to_vec())]);
+    let out = run(&env(&emu, &dir), &["--once"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("is gone from the platform (404)"), "{t}");
+    assert!(dir
+        .join("2004/12/01/20041201120000-b808d74e-84b2-11ef-b864-0242ac120002.meta.json")
+        .exists());
+    assert!(
+        !emu.deletes().contains(&"/recording/gone/r1".to_string()),
+        "deleted despite a missing file"
+    );
+}
+
+#[test]
+fn an_expired_page_token_in_the_journal_starts_a_new_round() {
+    let emu = emulator(EmulatorConfig {
+        latency: Duration::from_millis(10),
+        ..small(60)
+    });
+    let dir = scratch("expired");
+    let mut e = env(&emu, &dir);
+    e.insert("SP_TASK_SYNC_PAGE_SIZE".into(), "10".into());
+    let log = dir.with_extension("log");
+    let mut child = spawn(&e, &[], &log);
+    // Freeze the connector while its journal holds a page in progress and the next
+    // page's token, then kill it: the restart must replay that token.
+    let journal = dir.join(".spinoco-connector/it.page.json");
+    let holds_page_and_token = || {
+        let Ok(bytes) = std::fs::read(&journal) else {
+            return false;
+        };
+        let j: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        j["tasks"].as_array().is_some_and(|t| !t.is_empty()) && j["next"].is_string()
+    };
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never saw a journaled page with a next token"
+        );
+        if emu.handed_out().len() >= 20 && holds_page_and_token() {
+            signal(child.id(), "STOP");
+            if holds_page_and_token() {
+                break;
+            }
+            signal(child.id(), "CONT");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    emu.expire_page_tokens();
+    let out = run(&e, &["--once"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    verify_complete(&emu, &dir);
+    let all = std::fs::read_to_string(&log).unwrap() + &t;
+    assert!(
+        all.contains("page token expired"),
+        "the journaled token was not replayed: {all}"
+    );
+}
+
+#[test]
+fn service_mode_picks_up_tasks_that_arrive_later() {
+    let emu = emulator(small(5));
+    let dir = scratch("live");
+    let mut child = spawn(&env(&emu, &dir), &[], &dir.with_extension("log"));
+    let wait_for = |n: usize| {
+        let start = Instant::now();
+        while emu.handed_out().len() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "only {} of {n} tasks handed out",
+                emu.handed_out().len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for(5);
+    emu.add_tasks(7);
+    wait_for(12);
+    // Let the round finish (the journal goes away when the feed is drained), then stop.
+    let start = Instant::now();
+    let journal = dir.join(".spinoco-connector/it.page.json");
+    while (files_in(&dir).len() < expected(&emu).len() || journal.exists())
+        && start.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigterm(child.id());
+    assert!(child.wait().unwrap().success());
+    verify_complete(&emu, &dir);
 }

@@ -275,7 +275,7 @@ impl Task {
     }
 
     fn agent(&self) -> &'static str {
-        *Rng::new(self.seed ^ 0xA6E7).pick(&AGENTS)
+        AGENTS[Rng::new(self.seed ^ 0xA6E7).range(0, AGENTS.len() as u64 - 1) as usize]
     }
 
     /// The task's metadata document (`/task/{id}/meta`).

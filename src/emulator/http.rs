@@ -4,6 +4,8 @@
 //! request bodies by `Content-Length` only, and responses written either with a
 //! `Content-Length` or chunked. It can also misbehave on purpose (cut a body short,
 //! or stall mid-body), which is the point of an emulator used to test a client.
+//! With a rustls server configuration it speaks HTTPS instead (each accepted socket
+//! wrapped in a `rustls::StreamOwned`), so the client's TLS verification is tested too.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -114,7 +116,12 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(port: u16, handler: Handler) -> io::Result<Server> {
+    /// Serves plain HTTP, or HTTPS when `tls` is given.
+    pub fn start(
+        port: u16,
+        handler: Handler,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<Server> {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         let addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
@@ -133,12 +140,12 @@ impl Server {
                     if let Ok(clone) = stream.try_clone() {
                         lock(&conns2).insert(id, clone);
                     }
-                    let (handler, conns3) = (handler.clone(), conns2.clone());
+                    let (handler, conns3, tls) = (handler.clone(), conns2.clone(), tls.clone());
                     let spawned =
                         thread::Builder::new()
                             .name("emulator-conn".into())
                             .spawn(move || {
-                                serve_connection(stream, &handler);
+                                serve_connection(stream, &handler, tls);
                                 lock(&conns3).remove(&id);
                             });
                     if spawned.is_err() {
@@ -190,13 +197,61 @@ enum ReadOutcome {
     Bad(u16, String),
 }
 
-fn serve_connection(stream: TcpStream, handler: &Handler) {
+/// One client connection, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// Ends the connection (after a TLS close_notify).
+    fn close(&mut self) {
+        let sock = match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => {
+                t.conn.send_close_notify();
+                let _ = t.flush();
+                &t.sock
+            }
+        };
+        let _ = sock.shutdown(Shutdown::Both);
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
+fn serve_connection(stream: TcpStream, handler: &Handler, tls: Option<Arc<rustls::ServerConfig>>) {
     let _ = stream.set_nodelay(true);
-    let Ok(read_half) = stream.try_clone() else {
-        return;
+    let stream = match tls {
+        None => Stream::Plain(stream),
+        Some(config) => match rustls::ServerConnection::new(config) {
+            Ok(conn) => Stream::Tls(Box::new(rustls::StreamOwned::new(conn, stream))),
+            Err(_) => return,
+        },
     };
-    let mut reader = BufReader::new(read_half);
-    let mut writer = stream;
+    let mut reader = BufReader::new(stream);
     loop {
         let (response, keep_alive) = match read_request(&mut reader) {
             ReadOutcome::Closed => return,
@@ -214,16 +269,17 @@ fn serve_connection(stream: TcpStream, handler: &Handler) {
                 (handler(&req), !close)
             }
         };
-        if !write_response(&mut writer, response, keep_alive) || !keep_alive {
+        let writer = reader.get_mut();
+        if !write_response(writer, response, keep_alive) || !keep_alive {
             let _ = writer.flush();
-            let _ = writer.shutdown(Shutdown::Both);
+            writer.close();
             return;
         }
     }
 }
 
 fn read_line(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Stream>,
     head_len: &mut usize,
 ) -> Result<Option<String>, String> {
     let mut line = Vec::new();
@@ -247,7 +303,7 @@ fn read_line(
         .map_err(|_| "the request head is not UTF-8".into())
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> ReadOutcome {
+fn read_request(reader: &mut BufReader<Stream>) -> ReadOutcome {
     let mut head_len = 0;
     let first = match read_line(reader, &mut head_len) {
         Ok(Some(l)) => l,
@@ -324,16 +380,24 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Writes one response; false when the connection must (or did) end.
-fn write_response(w: &mut TcpStream, mut resp: Response, keep_alive: bool) -> bool {
-    let on_sent = resp.on_sent.take();
-    let (sent, complete) = write_all_parts(w, &mut resp, keep_alive);
+///
+/// The last byte is held back until `on_sent` has run: a client cannot see a whole
+/// body (and send its next request) before the emulator has recorded it as delivered.
+fn write_response(w: &mut Stream, mut resp: Response, keep_alive: bool) -> bool {
+    let mut on_sent = resp.on_sent.take();
+    let (sent, complete) = write_all_parts(w, &mut resp, keep_alive, &mut on_sent);
     if let Some(f) = on_sent {
         f(sent, complete);
     }
     complete && resp.fault == BodyFault::None
 }
 
-fn write_all_parts(w: &mut TcpStream, resp: &mut Response, keep_alive: bool) -> (u64, bool) {
+fn write_all_parts(
+    w: &mut Stream,
+    resp: &mut Response,
+    keep_alive: bool,
+    on_sent: &mut Option<OnSent>,
+) -> (u64, bool) {
     let len = resp.body.len();
     let no_body = resp.status == 204 || resp.status == 304;
     let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
@@ -351,23 +415,17 @@ fn write_all_parts(w: &mut TcpStream, resp: &mut Response, keep_alive: bool) -> 
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
-    if no_body {
-        if resp.fault != BodyFault::None {
-            // A faulted answer without a body: the client never hears back.
-            finish_fault(w, resp.fault);
-            return (0, false);
-        }
-        return (
-            0,
-            w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_ok(),
-        );
+    if no_body && resp.fault != BodyFault::None {
+        // A faulted answer without a body: the client never hears back.
+        finish_fault(w, resp.fault);
+        return (0, false);
     }
     // Headers and a small body go out in one write.
     let mut out = head.into_bytes();
-    let limit = if resp.fault == BodyFault::None {
-        len
-    } else {
-        len / 2
+    let limit = match (no_body, resp.fault) {
+        (true, _) => 0,
+        (false, BodyFault::None) => len,
+        (false, _) => len / 2,
     };
     let mut sent = 0u64;
     let mut buf = vec![0u8; WRITE_BLOCK];
@@ -381,10 +439,7 @@ fn write_all_parts(w: &mut TcpStream, resp: &mut Response, keep_alive: bool) -> 
                     buf[..want].copy_from_slice(&b[sent as usize..sent as usize + want]);
                     want
                 }
-                Body::Reader { reader, .. } => match reader.read(&mut buf[..want]) {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                },
+                Body::Reader { reader, .. } => reader.read(&mut buf[..want]).unwrap_or(0),
             }
         };
         if n == 0 {
@@ -397,28 +452,38 @@ fn write_all_parts(w: &mut TcpStream, resp: &mut Response, keep_alive: bool) -> 
         } else {
             out.extend_from_slice(&buf[..n]);
         }
+        // Keep the last byte back (see write_response).
+        let held = out.pop();
         if w.write_all(&out).is_err() {
             return (sent, false);
         }
         out.clear();
+        out.extend(held);
         sent += n as u64;
     }
-    if resp.fault != BodyFault::None {
+    if resp.fault != BodyFault::None || sent != limit {
         let _ = w.write_all(&out);
         finish_fault(w, resp.fault);
         return (sent, false);
     }
-    if resp.chunked {
+    if resp.chunked && !no_body {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    let ok = w.write_all(&out).and_then(|_| w.flush()).is_ok();
-    (sent, ok && sent == len)
+    let last = out.split_off(out.len().saturating_sub(1));
+    if w.write_all(&out).is_err() {
+        return (sent, false);
+    }
+    if let Some(f) = on_sent.take() {
+        f(sent, true);
+    }
+    let _ = w.write_all(&last).and_then(|_| w.flush());
+    (sent, true)
 }
 
-fn finish_fault(w: &mut TcpStream, fault: BodyFault) {
+fn finish_fault(w: &mut Stream, fault: BodyFault) {
     let _ = w.flush();
     if let BodyFault::Stall(d) = fault {
         thread::sleep(d);
     }
-    let _ = w.shutdown(Shutdown::Both);
+    w.close();
 }

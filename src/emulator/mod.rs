@@ -61,6 +61,44 @@ pub struct EmulatorConfig {
     pub start_due_ms: i64,
     /// Port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
+    /// Serve HTTPS with this certificate instead of plain HTTP.
+    pub tls: Option<EmulatorTls>,
+}
+
+/// The emulator's HTTPS identity: a PEM certificate chain (server first) and its key.
+#[derive(Clone)]
+pub struct EmulatorTls {
+    pub cert_chain_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for EmulatorTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EmulatorTls")
+    }
+}
+
+impl EmulatorTls {
+    fn server_config(&self) -> std::io::Result<Arc<rustls::ServerConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: String| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+        };
+        let chain = CertificateDer::pem_slice_iter(&self.cert_chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("the TLS certificate", e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|e| bad("the TLS key", e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("TLS versions", e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| bad("the TLS certificate and key", e.to_string()))?;
+        Ok(Arc::new(config))
+    }
 }
 
 impl Default for EmulatorConfig {
@@ -77,6 +115,7 @@ impl Default for EmulatorConfig {
             chunked: 0.0,
             start_due_ms: 1_725_896_747_277,
             port: 0,
+            tls: None,
         }
     }
 }
@@ -117,6 +156,8 @@ struct Injected {
 struct PageRef {
     query: Arc<Query>,
     start: usize,
+    /// The `next` this page answered with, and where it ended: a replay answers the same.
+    next: Option<(usize, String)>,
 }
 
 struct State {
@@ -155,6 +196,7 @@ struct Shared {
 pub struct Emulator {
     shared: Arc<Shared>,
     server: Server,
+    secure: bool,
 }
 
 impl Emulator {
@@ -201,16 +243,28 @@ impl Emulator {
             guard: Mutex::new(None),
         });
         let handler_shared = shared.clone();
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(EmulatorTls::server_config)
+            .transpose()?;
+        let secure = tls.is_some();
         let server = Server::start(
             cfg.port,
             Arc::new(move |req: &Request| handle(&handler_shared, req)),
+            tls,
         )?;
-        Ok(Emulator { shared, server })
+        Ok(Emulator {
+            shared,
+            server,
+            secure,
+        })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port())
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port())
     }
 
     pub fn port(&self) -> u16 {
@@ -446,17 +500,31 @@ fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
 
 fn route(shared: &Arc<Shared>, req: &Request) -> Response {
     let path = req.path.as_str();
-    match (req.method.as_str(), path) {
-        ("POST", "/task/sync/") => sync(shared, req),
-        (_, "/task/sync/") => error(405, "method not allowed", "use POST /task/sync/"),
-        ("GET", _) => download(shared, path),
-        ("DELETE", _) if path.starts_with("/recording/") => delete(shared, path),
-        ("DELETE", _) => error(404, "not found", &format!("nothing to delete at {path}")),
-        _ => error(
+    let method = req.method.as_str();
+    let wrong_method = |allowed: &str| {
+        error(
             405,
             "method not allowed",
-            &format!("{} is not served here", req.method),
-        ),
+            &format!("{path} answers {allowed} only"),
+        )
+    };
+    if path == "/task/sync/" {
+        return if method == "POST" {
+            sync(shared, req)
+        } else {
+            wrong_method("POST")
+        };
+    }
+    if path.starts_with("/recording/") {
+        return if method == "DELETE" {
+            delete(shared, path)
+        } else {
+            wrong_method("DELETE")
+        };
+    }
+    match method {
+        "GET" => download(shared, path),
+        _ => error(404, "not found", &format!("nothing at {path}")),
     }
 }
 
@@ -481,7 +549,7 @@ fn sync(shared: &Arc<Shared>, req: &Request) -> Response {
         Err(msg) => return error(400, "bad request", &msg),
     };
     let mut st = lock(&shared.state);
-    let (query, start, count) = match parsed {
+    let (query, start, count, replayed) = match parsed {
         SyncRequest::Query(q, count) => {
             let start = match st.cursors.get(&q.tag) {
                 Some(&c) => c,
@@ -489,7 +557,7 @@ fn sync(shared: &Arc<Shared>, req: &Request) -> Response {
                     let from = q.start_from.map(|ms| {
                         st.feed
                             .iter()
-                            .position(|f| due_of(&st, f.item).map_or(true, |d| d >= ms))
+                            .position(|f| due_of(&st, f.item).is_none_or(|d| d >= ms))
                             .unwrap_or(st.feed.len())
                     });
                     let c = from.unwrap_or(0);
@@ -497,7 +565,7 @@ fn sync(shared: &Arc<Shared>, req: &Request) -> Response {
                     c
                 }
             };
-            (Arc::new(*q), start, count)
+            (Arc::new(*q), start, count, None)
         }
         SyncRequest::Page(token, count) => {
             if st.expired.contains(&token) {
@@ -508,7 +576,7 @@ fn sync(shared: &Arc<Shared>, req: &Request) -> Response {
                 );
             }
             match st.pages.get(&token) {
-                Some(p) => (p.query.clone(), p.start, count),
+                Some(p) => (p.query.clone(), p.start, count, Some(token)),
                 None => return error(400, "bad request", "unknown page token"),
             }
         }
@@ -534,17 +602,28 @@ fn sync(shared: &Arc<Shared>, req: &Request) -> Response {
     let more = (end..st.feed.len()).any(|p| item_matches(&st, &query, st.feed[p].item));
     let mut body = json!({"result": tasks.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>()});
     if more {
-        st.token_serial += 1;
-        let entropy = st.rng.next_u64();
-        let token = format!("pg{}-{entropy:016x}", st.token_serial);
+        let earlier = replayed
+            .as_ref()
+            .and_then(|t| st.pages.get(t)?.next.clone());
+        let token = match earlier {
+            Some((e, token)) if e == end && st.pages.contains_key(&token) => token,
+            _ => {
+                st.token_serial += 1;
+                let entropy = st.rng.next_u64();
+                let token = format!("pg{}-{entropy:016x}", st.token_serial);
+                let page = PageRef {
+                    query: query.clone(),
+                    start: end,
+                    next: None,
+                };
+                st.pages.insert(token.clone(), page);
+                if let Some(p) = replayed.as_ref().and_then(|t| st.pages.get_mut(t)) {
+                    p.next = Some((end, token.clone()));
+                }
+                token
+            }
+        };
         body["next"] = json!(token);
-        st.pages.insert(
-            token,
-            PageRef {
-                query: query.clone(),
-                start: end,
-            },
-        );
     }
     drop(st);
     let mut resp = Response::json(200, &body);
@@ -680,7 +759,7 @@ const USAGE: &str =
     "usage: spinoco-connector emulator [--port N] [--tasks N] [--seed N] [--token T] \
 [--latency-ms N] [--recording-kb MIN-MAX] [--redeliver P] [--old-platform P] [--chunked P] \
 [--start-due-ms N] [--server-error P] [--too-many P] [--retry-after S] [--drop-body P] \
-[--stall-body P] [--stall-ms N] [--spike P] [--spike-ms N]";
+[--stall-body P] [--stall-ms N] [--spike P] [--spike-ms N] [--tls-cert PEM --tls-key PEM]";
 
 /// Reads the command line of `spinoco-connector emulator ...` (the subcommand itself may
 /// be the first argument or already removed).
@@ -722,6 +801,19 @@ pub fn parse_cli(args: &[String]) -> Result<EmulatorConfig, String> {
             "--stall-ms" => f.stall_for = Duration::from_millis(parse_arg(flag, it.next())?),
             "--spike" => f.spike = parse_arg(flag, it.next())?,
             "--spike-ms" => f.spike_latency = Duration::from_millis(parse_arg(flag, it.next())?),
+            "--tls-cert" | "--tls-key" => {
+                let path: String = parse_arg(flag, it.next())?;
+                let pem = std::fs::read(&path).map_err(|e| format!("{flag} {path}: {e}"))?;
+                let tls = cfg.tls.get_or_insert(EmulatorTls {
+                    cert_chain_pem: Vec::new(),
+                    key_pem: Vec::new(),
+                });
+                if flag == "--tls-cert" {
+                    tls.cert_chain_pem = pem;
+                } else {
+                    tls.key_pem = pem;
+                }
+            }
             other => return Err(format!("unknown option {other:?}")),
         }
     }

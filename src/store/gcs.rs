@@ -30,9 +30,11 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use super::gcs_auth::{percent_encode, Credentials, TokenSource};
-use super::{fill_buffer, prefixed, BlobStore, StoreError, StoreErrorKind};
+use super::{
+    content_type, fill_buffer, prefixed, BlobStore, FirstPart, StoreError, StoreErrorKind,
+};
 use crate::config::{ConfigError, Env};
-use crate::retry::{Attempts, Backoff};
+use crate::retry::{with_retries, Attempts, Backoff, Step};
 
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 /// Resumable chunks (except the last) must be a multiple of this.
@@ -116,7 +118,7 @@ impl GcsSettings {
                 let rest = url
                     .strip_prefix("http://")
                     .or_else(|| url.strip_prefix("https://"));
-                if rest.map_or(true, |r| r.is_empty() || r.contains(['?', '#', '@', ' '])) {
+                if rest.is_none_or(|r| r.is_empty() || r.contains(['?', '#', '@', ' '])) {
                     errors.push(ConfigError::new(
                         endpoint_var,
                         Some(raw),
@@ -266,7 +268,8 @@ impl GcsStore {
             Some(bytes) => self.agent.run(request.body(bytes).map_err(bad)?),
             None => self.agent.run(request.body(()).map_err(bad)?),
         };
-        let mut response = sent.map_err(|e| StoreError::transient(e.to_string()))?;
+        let mut response =
+            sent.map_err(|e| StoreError::transient(crate::http::error_message(url, &e)))?;
         let header = |name: &str| {
             response
                 .headers()
@@ -303,30 +306,17 @@ impl GcsStore {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<Answer, StoreError> {
-        let mut backoff = Backoff::new();
         let attempts = Attempts::AtMost(self.settings.attempts.max(1));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (error, retry_after) = match self.once(method, url, headers, body) {
-                Ok(answer) if !matches!(answer.status, 408 | 429 | 500..=599) => return Ok(answer),
-                Ok(answer) => (self.status_error(what, &answer), answer.retry_after),
-                Err(e) if e.kind == StoreErrorKind::Transient => (
-                    StoreError::transient(format!("{what} failed: {}", e.message)),
-                    None,
-                ),
-                Err(e) => return Err(StoreError::new(e.kind, format!("{what}: {}", e.message))),
-            };
-            if !attempts.allows(attempt) {
-                return Err(error);
-            }
-            let delay = backoff.next_delay(retry_after);
-            log::debug!(
-                "{} (attempt {attempt}); trying again in {delay:?}",
-                error.message
-            );
-            sleep(delay);
-        }
+        with_retries(attempts, || match self.once(method, url, headers, body) {
+            Ok(answer) if !matches!(answer.status, 408 | 429 | 500..=599) => Step::Done(answer),
+            Ok(answer) => Step::Retry(self.status_error(what, &answer), answer.retry_after),
+            Err(e) if e.kind == StoreErrorKind::Transient => Step::Retry(
+                StoreError::transient(format!("{what} failed: {}", e.message)),
+                None,
+            ),
+            Err(e) => Step::Fail(StoreError::new(e.kind, format!("{what}: {}", e.message))),
+        })
+        .map_err(|e| e.error)
     }
 
     /// The error for an answer the caller did not expect.
@@ -515,22 +505,12 @@ impl BlobStore for GcsStore {
     fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError> {
         let name = self.object_name(key);
         let chunk = self.settings.chunk_size;
-        // A size hint below one chunk sizes the first buffer (journal entries stay
-        // small); a source longer than its hint still gets a full chunk.
-        let first = match size {
-            Some(hint) if hint < chunk as u64 => hint as usize + 1,
-            _ => chunk,
-        };
-        let mut buf = vec![0u8; first];
-        let mut len = fill_buffer(src, &mut buf)?;
-        if len == buf.len() && buf.len() < chunk {
-            buf.resize(chunk, 0);
-            len += fill_buffer(src, &mut buf[len..])?;
+        let first = FirstPart::read(src, size, chunk)?;
+        if first.is_whole() {
+            self.put_media(&name, first.bytes())?;
+            return Ok(first.len as u64);
         }
-        if len < chunk {
-            self.put_media(&name, &buf[..len])?;
-            return Ok(len as u64);
-        }
+        let buf = first.buf;
         self.put_resumable(&name, buf, src)
     }
 
@@ -563,19 +543,6 @@ fn committed_offset(range: Option<&str>) -> u64 {
         .and_then(|r| r.trim().strip_prefix("bytes=0-"))
         .and_then(|n| n.trim().parse::<u64>().ok())
         .map_or(0, |n| n + 1)
-}
-
-/// The stored Content-Type, from the name's extension.
-fn content_type(name: &str) -> &'static str {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "ogg" => "audio/ogg",
-        "json" => "application/json",
-        _ => "application/octet-stream",
-    }
 }
 
 #[cfg(test)]

@@ -8,9 +8,13 @@
 use std::fmt;
 use std::io::{self, Read};
 
+pub mod azure;
+pub mod azure_auth;
 pub mod gcs;
 pub mod gcs_auth;
 pub mod local;
+pub mod s3;
+pub mod s3_credentials;
 
 use crate::config::StorageSettings;
 
@@ -20,10 +24,11 @@ pub fn open(
     settings: &StorageSettings,
     agent: &ureq::Agent,
 ) -> Result<Box<dyn BlobStore>, StoreError> {
-    let _ = agent;
     match settings {
         StorageSettings::Local { root } => Ok(Box::new(local::LocalStore::open(root)?)),
         StorageSettings::Gcs(gcs) => Ok(Box::new(gcs::GcsStore::open(gcs, agent)?)),
+        StorageSettings::Azure(s) => Ok(Box::new(azure::AzureStore::new(s.clone(), agent.clone()))),
+        StorageSettings::S3(s) => Ok(Box::new(s3::S3Store::open(s, agent)?)),
     }
 }
 
@@ -127,6 +132,55 @@ pub fn fill_buffer(src: &mut dyn Read, buf: &mut [u8]) -> Result<usize, StoreErr
     Ok(filled)
 }
 
+/// The first part of an upload, read before choosing between one simple request and
+/// a multi-part upload. A size hint below `part` sizes the buffer (journal entries and
+/// metadata stay small in memory); one byte past the hint tells a source that is longer
+/// than announced, which then gets a whole part.
+pub struct FirstPart {
+    pub buf: Vec<u8>,
+    pub len: usize,
+}
+
+impl FirstPart {
+    pub fn read(
+        src: &mut dyn Read,
+        size: Option<u64>,
+        part: usize,
+    ) -> Result<FirstPart, StoreError> {
+        let part = part.max(1);
+        let first = size.map_or(part, |s| s.saturating_add(1).min(part as u64) as usize);
+        let mut buf = vec![0u8; first];
+        let mut len = fill_buffer(src, &mut buf)?;
+        if len == buf.len() && buf.len() < part {
+            buf.resize(part, 0);
+            len += fill_buffer(src, &mut buf[len..])?;
+        }
+        Ok(FirstPart { buf, len })
+    }
+
+    /// The source ended within the part: one simple upload carries it all.
+    pub fn is_whole(&self) -> bool {
+        self.len < self.buf.len()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// The `Content-Type` stored with an object, from its suffix.
+pub fn content_type(key: &str) -> &'static str {
+    let ext = key
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "json" => "application/json",
+        "ogg" => "audio/ogg",
+        _ => "application/octet-stream",
+    }
+}
+
 /// Joins an optional prefix (SP_TASK_SYNC_SAVE_TO for cloud providers) and a key.
 pub fn prefixed(prefix: &str, key: &str) -> String {
     let prefix = prefix.trim_matches('/');
@@ -146,6 +200,21 @@ mod tests {
         assert_eq!(prefixed("", "a/b"), "a/b");
         assert_eq!(prefixed("/calls/", "a/b"), "calls/a/b");
         assert_eq!(prefixed("x", "a"), "x/a");
+    }
+
+    #[test]
+    fn first_part_is_sized_by_the_hint_and_grows_for_a_longer_source() {
+        let whole = FirstPart::read(&mut &[7u8; 10][..], Some(10), 64).unwrap();
+        assert!(whole.is_whole() && whole.bytes() == [7u8; 10] && whole.buf.len() == 11);
+        let lied = FirstPart::read(&mut &[7u8; 100][..], Some(10), 64).unwrap();
+        assert!(!lied.is_whole() && lied.len == 64);
+        let unknown = FirstPart::read(&mut &[7u8; 30][..], None, 64).unwrap();
+        assert!(unknown.is_whole() && unknown.len == 30);
+        let exact = FirstPart::read(&mut &[7u8; 64][..], None, 64).unwrap();
+        assert!(!exact.is_whole(), "a source that fills the part may go on");
+        assert_eq!(content_type("a/b.TRANS.JSON"), "application/json");
+        assert_eq!(content_type("a/b-2.ogg"), "audio/ogg");
+        assert_eq!(content_type("noext"), "application/octet-stream");
     }
 
     #[test]

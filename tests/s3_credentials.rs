@@ -1,0 +1,349 @@
+//! The AWS credential chain against fake ECS and IMDS endpoints on 127.0.0.1: the
+//! order (environment, file, container, instance metadata), the IMDSv2 token
+//! handshake, refresh before expiry, and errors without secrets.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spinoco_connector::config::Env;
+use spinoco_connector::store::s3_credentials::{CredentialProvider, CredentialSettings, Source};
+use spinoco_connector::store::StoreErrorKind;
+use time::format_description::well_known::Rfc3339;
+
+#[derive(Debug, Clone)]
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Handler = Box<dyn Fn(&Request) -> (u16, String) + Send>;
+
+/// A one-request-per-connection HTTP server on a thread; keeps what it was asked.
+struct Fake {
+    url: String,
+    seen: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Fake {
+    fn start(handler: Handler) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_string();
+                let path = parts.next().unwrap_or("").to_string();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        headers.push((k.trim().to_string(), v.trim().to_string()));
+                    }
+                }
+                let request = Request {
+                    method,
+                    path,
+                    headers,
+                };
+                let length: usize = request
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let (status, body) = handler(&request);
+                log.lock().unwrap().push(request);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Fake { url, seen }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn creds_json(key: &str, expires_in: Duration) -> String {
+    let expiration = (time::OffsetDateTime::now_utc() + expires_in)
+        .format(&Rfc3339)
+        .unwrap();
+    format!(
+        r#"{{"Code":"Success","AccessKeyId":"{key}","SecretAccessKey":"secret-of-{key}","Token":"token-of-{key}","Expiration":"{expiration}"}}"#
+    )
+}
+
+const IMDS_TOKEN: &str = "imds-session-token-123";
+
+/// A fake IMDSv2: hands out a session token on PUT and insists on it for the GETs.
+/// `keys` are served one after another for the credentials, each with its lifetime.
+fn fake_imds(keys: Vec<(&'static str, Duration)>) -> Fake {
+    let next = Mutex::new(0usize);
+    Fake::start(Box::new(move |r| {
+        match (r.method.as_str(), r.path.as_str()) {
+            ("PUT", "/latest/api/token")
+                if r.header("x-aws-ec2-metadata-token-ttl-seconds").is_some() =>
+            {
+                (200, IMDS_TOKEN.to_string())
+            }
+            (_, p)
+                if p.starts_with("/latest/meta-data/")
+                    && r.header("x-aws-ec2-metadata-token") != Some(IMDS_TOKEN) =>
+            {
+                (401, String::new())
+            }
+            ("GET", "/latest/meta-data/iam/security-credentials/") => {
+                (200, "spinoco-role\n".to_string())
+            }
+            ("GET", "/latest/meta-data/iam/security-credentials/spinoco-role") => {
+                let mut n = next.lock().unwrap();
+                let (key, life) = keys[(*n).min(keys.len() - 1)];
+                *n += 1;
+                (200, creds_json(key, life))
+            }
+            _ => (404, String::new()),
+        }
+    }))
+}
+
+fn fake_ecs() -> Fake {
+    Fake::start(Box::new(|r| {
+        match (r.path.as_str(), r.header("authorization")) {
+            ("/v2/credentials/task", Some("ecs-auth-token")) => {
+                (200, creds_json("AK_ECS", Duration::from_secs(3600)))
+            }
+            _ => (403, String::new()),
+        }
+    }))
+}
+
+fn provider(pairs: &[(&str, &str)], ecs_host: Option<&str>) -> CredentialProvider {
+    let mut errors = Vec::new();
+    let mut settings =
+        CredentialSettings::from_env(&Env::from_pairs(pairs.iter().copied()), &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    if let Some(host) = ecs_host {
+        settings.ecs_host = host.to_string();
+    }
+    let agent = spinoco_connector::http::agent(Duration::from_secs(5), 1);
+    CredentialProvider::new(settings, agent)
+}
+
+#[test]
+fn chain_order_env_file_container_imds() {
+    let dir = std::env::temp_dir().join(format!("spinoco-aws-creds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("credentials");
+    std::fs::write(
+        &file,
+        "[default]\naws_access_key_id = AK_DEFAULT\naws_secret_access_key = s\n\
+         [work]\naws_access_key_id = AK_FILE\naws_secret_access_key = secret-file\n",
+    )
+    .unwrap();
+    let file_str = file.to_str().unwrap().to_string();
+    let missing = dir.join("missing").to_str().unwrap().to_string();
+    let ecs = fake_ecs();
+    let imds = fake_imds(vec![("AK_IMDS", Duration::from_secs(3600))]);
+
+    let env_vars = [
+        ("AWS_ACCESS_KEY_ID", "AK_ENV"),
+        ("AWS_SECRET_ACCESS_KEY", "secret-env"),
+    ];
+    let file_vars = [
+        ("AWS_SHARED_CREDENTIALS_FILE", file_str.as_str()),
+        ("AWS_PROFILE", "work"),
+    ];
+    let ecs_vars = [
+        (
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "/v2/credentials/task",
+        ),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "ecs-auth-token"),
+    ];
+    let imds_vars = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url.as_str())];
+
+    let all: Vec<(&str, &str)> = [&env_vars[..], &file_vars, &ecs_vars, &imds_vars].concat();
+    let c = provider(&all, Some(&ecs.url)).current().unwrap();
+    assert_eq!(
+        (c.source, c.access_key_id.expose()),
+        (Source::Environment, "AK_ENV")
+    );
+
+    let no_env: Vec<(&str, &str)> = [&file_vars[..], &ecs_vars, &imds_vars].concat();
+    let c = provider(&no_env, Some(&ecs.url)).current().unwrap();
+    assert_eq!(
+        (c.source, c.access_key_id.expose()),
+        (Source::SharedFile, "AK_FILE")
+    );
+    assert_eq!(c.secret_access_key.expose(), "secret-file");
+    assert!(
+        ecs.requests().is_empty() && imds.requests().is_empty(),
+        "env and file need no network"
+    );
+
+    let no_file: Vec<(&str, &str)> = [
+        &[("AWS_SHARED_CREDENTIALS_FILE", missing.as_str())][..],
+        &ecs_vars,
+        &imds_vars,
+    ]
+    .concat();
+    let c = provider(&no_file, Some(&ecs.url)).current().unwrap();
+    assert_eq!(
+        (c.source, c.access_key_id.expose()),
+        (Source::Container, "AK_ECS")
+    );
+    assert_eq!(c.session_token.unwrap().expose(), "token-of-AK_ECS");
+    assert!(c.expires.is_some());
+    assert_eq!(ecs.requests().len(), 1);
+    assert!(
+        imds.requests().is_empty(),
+        "the container endpoint comes before IMDS"
+    );
+
+    // The full URI form, as ECS on Fargate or EKS Pod Identity set it.
+    let full = format!("{}/v2/credentials/task", ecs.url);
+    let full_vars = [
+        ("AWS_SHARED_CREDENTIALS_FILE", missing.as_str()),
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", full.as_str()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "ecs-auth-token"),
+    ];
+    let c = provider(&full_vars, None).current().unwrap();
+    assert_eq!(c.access_key_id.expose(), "AK_ECS");
+
+    let only_imds: Vec<(&str, &str)> = [
+        &[("AWS_SHARED_CREDENTIALS_FILE", missing.as_str())][..],
+        &imds_vars,
+    ]
+    .concat();
+    let c = provider(&only_imds, None).current().unwrap();
+    assert_eq!(
+        (c.source, c.access_key_id.expose()),
+        (Source::InstanceMetadata, "AK_IMDS")
+    );
+    assert_eq!(c.secret_access_key.expose(), "secret-of-AK_IMDS");
+    let asked: Vec<(String, String)> = imds
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    let expected = [
+        ("PUT", "/latest/api/token"),
+        ("GET", "/latest/meta-data/iam/security-credentials/"),
+        (
+            "GET",
+            "/latest/meta-data/iam/security-credentials/spinoco-role",
+        ),
+    ];
+    assert_eq!(
+        asked,
+        expected.map(|(m, p)| (m.to_string(), p.to_string())),
+        "IMDSv2 handshake"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn temporary_credentials_are_refreshed_before_expiry() {
+    // The first set expires within the refresh margin (5 min), the second in an hour.
+    let imds = fake_imds(vec![
+        ("AK_SHORT", Duration::from_secs(120)),
+        ("AK_LONG", Duration::from_secs(3600)),
+    ]);
+    let p = provider(
+        &[
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.url),
+        ],
+        None,
+    );
+    assert_eq!(p.current().unwrap().access_key_id.expose(), "AK_SHORT");
+    assert_eq!(imds.requests().len(), 3);
+    assert_eq!(
+        p.current().unwrap().access_key_id.expose(),
+        "AK_LONG",
+        "near expiry: fetched again"
+    );
+    assert_eq!(imds.requests().len(), 6);
+    assert_eq!(p.current().unwrap().access_key_id.expose(), "AK_LONG");
+    assert_eq!(
+        imds.requests().len(),
+        6,
+        "valid credentials are kept, not fetched per request"
+    );
+    // The server said they expired: the next call fetches again.
+    p.invalidate();
+    p.current().unwrap();
+    assert_eq!(imds.requests().len(), 9);
+}
+
+#[test]
+fn failures_are_denied_and_name_no_secret() {
+    // Nothing listens on the IMDS port: no credentials anywhere.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{closed}");
+    let p = provider(
+        &[
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint),
+        ],
+        None,
+    );
+    let err = p.current().unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Denied, "{err}");
+    assert!(err.message.contains("no AWS credentials found"), "{err}");
+
+    // A container endpoint that refuses the (wrong) token.
+    let ecs = fake_ecs();
+    let p = provider(
+        &[
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "/v2/credentials/task",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "wrong-token-XYZ"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+        Some(&ecs.url),
+    );
+    let err = p.current().unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Denied, "{err}");
+    assert!(
+        err.message.contains("403") && !err.message.contains("wrong-token-XYZ"),
+        "{err}"
+    );
+    assert_eq!(
+        ecs.requests()[0].header("authorization"),
+        Some("wrong-token-XYZ")
+    );
+}

@@ -1,0 +1,423 @@
+//! The real binary against the emulator over HTTPS with a private CA, directly and
+//! through a forward proxy: every certificate failure gives its clear message, the CA
+//! is trusted only through SSL_CERT_FILE / SP_TLS_CA_FILE, the proxy carries the whole
+//! sync (counted CONNECTs), NO_PROXY bypasses it, its password never shows.
+//!
+//! Certificates are made at test time by the `openssl` command into a temp folder.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use common::harness::*;
+use spinoco_connector::emulator::{Emulator, EmulatorConfig, EmulatorTls};
+
+const PROXY_USER: &str = "edge";
+const PROXY_PASSWORD: &str = "pr0xy-pa55word-xyz";
+
+/// A private CA and server certificates signed by it, in a temp folder.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = scratch(&format!("pki-{name}"));
+        std::fs::write(
+            dir.join("ca.cnf"),
+            "[req]\ndistinguished_name = dn\nx509_extensions = v3_ca\nprompt = no\n\
+             [dn]\nCN = Spinoco Test Private CA\n\
+             [v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+             subjectKeyIdentifier = hash\n",
+        )
+        .unwrap();
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-config",
+                "ca.cnf",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "3650",
+            ],
+        );
+        Pki { dir }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A server certificate for `sans` (`DNS:localhost,IP:127.0.0.1`), valid for
+    /// `days` (negative: already expired).
+    fn server(&self, name: &str, sans: &str, days: i32) -> EmulatorTls {
+        let d = &self.dir;
+        std::fs::write(
+            d.join(format!("{name}.ext")),
+            format!(
+                "subjectAltName={sans}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid\n"
+            ),
+        )
+        .unwrap();
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                "/CN=emulator",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                &days.to_string(),
+                "-extfile",
+                &ext,
+            ],
+        );
+        EmulatorTls {
+            cert_chain_pem: std::fs::read(d.join(&pem)).unwrap(),
+            key_pem: std::fs::read(d.join(&key)).unwrap(),
+        }
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("these tests need the openssl command to make their certificates");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn https_emulator(tls: EmulatorTls) -> Emulator {
+    emulator(EmulatorConfig {
+        tasks: 25,
+        seed: 23,
+        recording_size: (2_000, 40_000),
+        tls: Some(tls),
+        ..Default::default()
+    })
+}
+
+/// A forward proxy speaking CONNECT, with optional Basic credentials; it records the
+/// target of every CONNECT it accepted and counts the ones it refused.
+struct Proxy {
+    port: u16,
+    tunnels: Arc<Mutex<Vec<String>>>,
+    refused: Arc<Mutex<u32>>,
+}
+
+impl Proxy {
+    fn start(credentials: Option<(&str, &str)>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let expected = credentials.map(|(u, p)| format!("Basic {}", base64(&format!("{u}:{p}"))));
+        let tunnels: Arc<Mutex<Vec<String>>> = Arc::default();
+        let refused: Arc<Mutex<u32>> = Arc::default();
+        let (t, r) = (tunnels.clone(), refused.clone());
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (expected, t, r) = (expected.clone(), t.clone(), r.clone());
+                thread::spawn(move || tunnel(client, expected, &t, &r));
+            }
+        });
+        Proxy {
+            port,
+            tunnels,
+            refused,
+        }
+    }
+
+    fn url(&self, credentials: Option<(&str, &str)>) -> String {
+        match credentials {
+            Some((u, p)) => format!("http://{u}:{p}@127.0.0.1:{}", self.port),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    fn tunnels(&self) -> Vec<String> {
+        self.tunnels.lock().unwrap().clone()
+    }
+}
+
+fn tunnel(
+    client: TcpStream,
+    expected_auth: Option<String>,
+    tunnels: &Mutex<Vec<String>>,
+    refused: &Mutex<u32>,
+) {
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push(line.trim_end().to_string());
+    }
+    let mut client_w = client;
+    let parts: Vec<&str> = head[0].split(' ').collect();
+    if parts.len() != 3 || parts[0] != "CONNECT" {
+        let _ = client_w.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n");
+        return;
+    }
+    let auth = head.iter().find_map(|h| {
+        let (n, v) = h.split_once(':')?;
+        n.eq_ignore_ascii_case("proxy-authorization")
+            .then(|| v.trim().to_string())
+    });
+    if expected_auth.is_some() && auth != expected_auth {
+        *refused.lock().unwrap() += 1;
+        let _ = client_w.write_all(
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n",
+        );
+        return;
+    }
+    let Ok(upstream) = TcpStream::connect(parts[1]) else {
+        let _ = client_w.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    tunnels.lock().unwrap().push(parts[1].to_string());
+    client_w
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .unwrap();
+    // Bytes the reader already buffered belong to the tunnel (none with a TLS client,
+    // which waits for the 200, but forward them anyway).
+    let buffered = reader.buffer().to_vec();
+    let mut up_w = upstream.try_clone().unwrap();
+    let _ = up_w.write_all(&buffered);
+    let mut up_r = upstream;
+    let mut down_w = client_w.try_clone().unwrap();
+    let pump = thread::spawn(move || {
+        let _ = std::io::copy(&mut up_r, &mut down_w);
+        let _ = down_w.shutdown(Shutdown::Both);
+    });
+    let mut client_r = reader.into_inner();
+    let _ = std::io::copy(&mut client_r, &mut up_w);
+    let _ = up_w.shutdown(Shutdown::Both);
+    let _ = pump.join();
+}
+
+fn base64(s: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = (chunk[0] as u32) << 16
+            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+            | *chunk.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn tls_env(emu: &Emulator, dir: &Path) -> BTreeMap<String, String> {
+    let mut e = env(emu, dir);
+    assert!(emu.url().starts_with("https://"), "{}", emu.url());
+    e.insert("SP_LOG_LEVEL".into(), "trace".into());
+    e
+}
+
+#[test]
+fn the_private_ca_is_trusted_only_through_the_configured_bundle() {
+    let pki = Pki::new("ca");
+    let emu = https_emulator(pki.server("server", "DNS:localhost,IP:127.0.0.1", 30));
+
+    // Without the CA: the run stops at once, naming the host and the unknown issuer.
+    let dir = scratch("tls-unknown");
+    let out = run(&tls_env(&emu, &dir), &["--once"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("127.0.0.1"), "{log}");
+    assert!(log.contains("issuer is unknown"), "{log}");
+    assert!(
+        !log.contains("; retrying in"),
+        "a refused certificate is not retried: {log}"
+    );
+    assert!(files_in(&dir).is_empty());
+    let out = run(&tls_env(&emu, &dir), &["check", "--connect"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("issuer is unknown"), "{}", text(&out));
+
+    // With it in SSL_CERT_FILE: a full sync, every byte verified.
+    let dir = scratch("tls-ok");
+    let mut e = tls_env(&emu, &dir);
+    e.insert("SSL_CERT_FILE".into(), pki.ca().display().to_string());
+    guard_deletes(&emu, &dir);
+    let out = run(&e, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    verify_complete(&emu, &dir);
+
+    // SP_TLS_CA_FILE works the same, and check says which CA verified and how.
+    let mut e = tls_env(&emu, &dir);
+    e.insert("SP_TLS_CA_FILE".into(), pki.ca().display().to_string());
+    let out = run(&e, &["check", "--connect"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("direct, TLS verified by the extra CA bundle (SP_TLS_CA_FILE="),
+        "{shown}"
+    );
+}
+
+#[test]
+fn wrong_names_and_expired_certificates_are_refused() {
+    let pki = Pki::new("bad");
+    let e_for = |emu: &Emulator, name: &str| {
+        let dir = scratch(name);
+        let mut e = tls_env(emu, &dir);
+        e.insert("SSL_CERT_FILE".into(), pki.ca().display().to_string());
+        e
+    };
+
+    // A valid certificate for localhost only, reached as 127.0.0.1.
+    let emu = https_emulator(pki.server("localhost-only", "DNS:localhost", 30));
+    let out = run(&e_for(&emu, "tls-name"), &["--once"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("127.0.0.1"), "{log}");
+    assert!(log.contains("wrong name"), "{log}");
+    assert!(log.contains("localhost"), "{log}");
+
+    // The same certificate reached as localhost: accepted.
+    let mut e = e_for(&emu, "tls-name-ok");
+    e.insert(
+        "SP_API_URL".into(),
+        format!("https://localhost:{}", emu.port()),
+    );
+    let out = run(&e, &["check", "--connect"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // An expired one.
+    let emu = https_emulator(pki.server("expired", "DNS:localhost,IP:127.0.0.1", -1));
+    let out = run(&e_for(&emu, "tls-expired"), &["--once"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("expired"), "{log}");
+}
+
+#[test]
+fn a_full_sync_goes_through_an_authenticating_proxy_and_no_proxy_bypasses_it() {
+    let pki = Pki::new("proxy");
+    let emu = https_emulator(pki.server("server", "DNS:localhost,IP:127.0.0.1", 30));
+    let creds = Some((PROXY_USER, PROXY_PASSWORD));
+    let proxy = Proxy::start(creds);
+
+    let dir = scratch("tls-proxy");
+    let mut e = tls_env(&emu, &dir);
+    e.insert("SSL_CERT_FILE".into(), pki.ca().display().to_string());
+    e.insert("HTTPS_PROXY".into(), proxy.url(creds));
+    guard_deletes(&emu, &dir);
+    let out = run(&e, &["--once"]);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    verify_complete(&emu, &dir);
+    let tunnels = proxy.tunnels();
+    assert!(!tunnels.is_empty(), "nothing went through the proxy");
+    let target = format!("127.0.0.1:{}", emu.port());
+    assert!(tunnels.iter().all(|t| *t == target), "{tunnels:?}");
+    assert_eq!(*proxy.refused.lock().unwrap(), 0);
+    assert!(
+        !log.contains(PROXY_PASSWORD),
+        "the proxy password leaked: {log}"
+    );
+
+    let out = run(&e, &["check", "--connect"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(!shown.contains(PROXY_PASSWORD), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "through proxy http://{PROXY_USER}:***@127.0.0.1:{}, TLS verified by the extra CA bundle (SSL_CERT_FILE=",
+            proxy.port
+        )),
+        "{shown}"
+    );
+
+    // NO_PROXY names the platform: straight there, the proxy sees nothing.
+    let before = proxy.tunnels().len();
+    let dir = scratch("tls-noproxy");
+    let mut e2 = e.clone();
+    e2.insert("SP_TASK_SYNC_SAVE_TO".into(), dir.display().to_string());
+    e2.insert("SP_TASK_SYNC_TAG".into(), "noproxy".into());
+    e2.insert("NO_PROXY".into(), "localhost,127.0.0.1".into());
+    let out = run(&e2, &["check", "--connect"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("direct, TLS verified"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(proxy.tunnels().len(), before, "NO_PROXY was not honoured");
+
+    // A wrong proxy password: refused by the proxy, said so, the password unshown.
+    let wrong = "not-the-pa55word";
+    let mut e3 = e.clone();
+    e3.insert("HTTPS_PROXY".into(), proxy.url(Some((PROXY_USER, wrong))));
+    let out = run(&e3, &["check", "--connect"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("407"), "{shown}");
+    assert!(!shown.contains(wrong), "{shown}");
+    assert!(*proxy.refused.lock().unwrap() > 0);
+}
