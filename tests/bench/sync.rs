@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::os::raw::{c_int, c_long};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use spinoco_connector::emulator::{Emulator, EmulatorConfig};
@@ -163,16 +163,15 @@ struct Timeval {
 struct Rusage {
     utime: Timeval,
     stime: Timeval,
-    maxrss: c_long,
-    rest: [c_long; 13],
+    rest: [c_long; 14],
 }
 
 extern "C" {
     fn wait4(pid: c_int, status: *mut c_int, options: c_int, rusage: *mut Rusage) -> c_int;
 }
 
-/// Waits for the child and returns (exit code or -signal, CPU seconds, peak RSS in KiB).
-fn wait_with_usage(pid: u32) -> (i32, f64, u64) {
+/// Waits for the child and returns (exit code or -signal, CPU seconds of the child).
+fn wait_with_usage(pid: u32) -> (i32, f64) {
     let mut status: c_int = 0;
     let mut usage = Rusage::default();
     loop {
@@ -190,11 +189,29 @@ fn wait_with_usage(pid: u32) -> (i32, f64, u64) {
         -(status & 0x7f)
     };
     let secs = |t: &Timeval| t.sec as f64 + t.usec as f64 / 1e6;
-    (
-        code,
-        secs(&usage.utime) + secs(&usage.stime),
-        usage.maxrss as u64,
-    )
+    (code, secs(&usage.utime) + secs(&usage.stime))
+}
+
+/// Peak RSS in KiB, by polling `VmHWM` of /proc/<pid>/status until `done`.
+///
+/// Not `ru_maxrss`: the kernel carries the parent's RSS at fork into the child's
+/// `ru_maxrss` (the bench process holds the emulator and verification buffers), so it
+/// would report the bench, not the connector. `VmHWM` is the high-water mark of the
+/// exec'ed image itself and never goes down, so only a peak in the last few
+/// milliseconds before exit could be missed.
+fn poll_peak_rss(pid: u32, done: &AtomicBool) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let mut peak = 0;
+    while !done.load(Ordering::Relaxed) {
+        let hwm = fs::read_to_string(&path).ok().and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        });
+        peak = peak.max(hwm.unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    peak
 }
 
 /// What one run measured.
@@ -314,7 +331,13 @@ fn run_connector(
     }
     let started = Instant::now();
     let child = cmd.spawn().map_err(|e| e.to_string())?;
-    let (code, cpu, rss_kib) = wait_with_usage(child.id());
+    let done = AtomicBool::new(false);
+    let (code, cpu, rss_kib) = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| poll_peak_rss(child.id(), &done));
+        let (code, cpu) = wait_with_usage(child.id());
+        done.store(true, Ordering::Relaxed);
+        (code, cpu, poller.join().unwrap_or(0))
+    });
     let wall = started.elapsed().as_secs_f64();
     if code != 0 {
         let text = fs::read_to_string(&log).unwrap_or_default();
@@ -392,8 +415,7 @@ fn run_limit(
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or(Err("a download thread panicked".into())))
-            .collect()
+            .try_for_each(|w| w.join().unwrap_or(Err("a download thread panicked".into())))
     });
     result?;
     Ok(Figures {
