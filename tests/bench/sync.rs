@@ -167,6 +167,8 @@ struct Rusage {
 }
 
 extern "C" {
+    /// sync(2): flushes the dirty pages of earlier runs so they do not land in this one.
+    fn sync();
     fn wait4(pid: c_int, status: *mut c_int, options: c_int, rusage: *mut Rusage) -> c_int;
 }
 
@@ -463,8 +465,11 @@ fn main() {
                 o.dir.join(format!("{id}-conn")),
                 o.dir.join(format!("{id}-limit")),
             );
+            // SAFETY: sync(2) takes no arguments and cannot fail.
+            unsafe { sync() };
             let outcome = run_connector(&s, &o, c, &conn_dir).and_then(|(f, files)| {
                 let _ = fs::remove_dir_all(&conn_dir);
+                unsafe { sync() };
                 let limit = run_limit(&s, c, &limit_dir, &files);
                 let _ = fs::remove_dir_all(&limit_dir);
                 limit.map(|l| (f, l))
