@@ -5,6 +5,12 @@
 //! agent, and a task's deletes run only after all its files are stored and the journal
 //! says so. A page leaves the journal only when every task of it is done. Nothing here
 //! knows which storage provider is behind the [`BlobStore`].
+//!
+//! While a page's files transfer, the next page is already asked for (one try, kept in
+//! memory only): it is journaled, replacing the finished page, before any work on it.
+//! That is safe because the finished page's journal entry holds the token of that next
+//! page, and a token may be replayed: a crash before the next page is journaled replays
+//! it. It saves a feed round trip and a journal write per page.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -244,6 +250,8 @@ impl<'a> Engine<'a> {
     fn round(&mut self) -> Result<u64, SyncError> {
         let query = self.query();
         let mut request = query.clone();
+        // The next page, fetched while the previous one was worked on.
+        let mut ahead: Option<FeedPage> = None;
         if let Some(page) = self.journal.load()? {
             if !page.tasks.is_empty() {
                 info!(
@@ -253,16 +261,21 @@ impl<'a> Engine<'a> {
                 );
             }
             let next = page.next.clone();
-            let failed = self.work_page(page)?;
+            let (failed, fetched) = self.work_page(page)?;
             if failed > 0 || self.summary.stopped {
                 return Ok(failed);
             }
             if let Some(token) = next {
                 request = self.page_request(&token);
+                ahead = fetched;
             }
         }
         loop {
-            let page = match self.retried("the sync feed", || feed_try(&self.platform, &request)) {
+            let fetched = match ahead.take() {
+                Some(page) => Outcome::Done(Some(page)),
+                None => self.retried("the sync feed", || feed_try(&self.platform, &request)),
+            };
+            let page = match fetched {
                 Outcome::Done(Some(page)) => page,
                 Outcome::Done(None) => {
                     info!("the page token expired; starting the round again");
@@ -281,7 +294,7 @@ impl<'a> Engine<'a> {
                 }
             };
             let FeedPage { tasks, next } = page;
-            let failed = self.work_page(JournaledPage {
+            let (failed, fetched) = self.work_page(JournaledPage {
                 tasks,
                 stored: Default::default(),
                 next: next.clone(),
@@ -290,7 +303,10 @@ impl<'a> Engine<'a> {
                 return Ok(failed);
             }
             match next {
-                Some(token) => request = self.page_request(&token),
+                Some(token) => {
+                    request = self.page_request(&token);
+                    ahead = fetched;
+                }
                 None => return Ok(0),
             }
         }
@@ -317,19 +333,30 @@ impl<'a> Engine<'a> {
     }
 
     /// Journals the page (when it is new), does all its work, and clears the journal
-    /// when nothing is left to do. Returns how many items failed for good.
-    fn work_page(&mut self, page: JournaledPage) -> Result<u64, SyncError> {
+    /// when nothing is left to do. Meanwhile it asks once for the next page; returns how
+    /// many items failed for good, and that next page when it came.
+    ///
+    /// When the next page came, the finished page stays journaled (with the token of
+    /// that next page) until the next page replaces it: the caller must journal the
+    /// returned page next, or replay the token.
+    fn work_page(&mut self, page: JournaledPage) -> Result<(u64, Option<FeedPage>), SyncError> {
         if page.tasks.is_empty() {
             // Nothing to do; remember where the feed goes on, or forget the page.
-            return self.close_page(page.next).map(|()| 0);
+            return self.close_page(page.next).map(|()| (0, None));
         }
         let started = Instant::now();
         self.save_journal(&page)?;
+        let prefetch = page.next.as_ref().map(|token| self.page_request(token));
         let work = PageWork::plan(page, self);
         let pool = self.cfg.concurrency.min(work.jobs.len()).max(1);
-        std::thread::scope(|s| {
+        let fetched = std::thread::scope(|s| {
             for _ in 0..pool {
                 s.spawn(|| work.worker(self));
+            }
+            // One try only: on any trouble the caller asks again the usual way.
+            match prefetch.map(|request| feed_try(&self.platform, &request)) {
+                Some(Try::Ok(Some(next))) => Some(next),
+                _ => None,
             }
         });
         let PageWork {
@@ -374,13 +401,16 @@ impl<'a> Engine<'a> {
         );
         if stopped || shutdown::requested() {
             self.summary.stopped = true;
-            return Ok(0);
+            return Ok((0, None));
         }
-        if failed == 0 {
+        if failed > 0 {
+            return Ok((failed, None));
+        }
+        if fetched.is_none() {
             let next = journal_page.into_inner().unwrap().next;
             self.close_page(next)?;
         }
-        Ok(failed)
+        Ok((0, fetched))
     }
 
     /// The page is done: keep only the token of the next one, if any.

@@ -12,8 +12,8 @@ mod feed;
 mod http;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -48,6 +48,10 @@ pub struct EmulatorConfig {
     pub token: String,
     /// Smallest and largest size of a recording in bytes (inclusive).
     pub recording_size: (u64, u64),
+    /// Every task is a call (benchmarks: a backlog of calls, a large-file account).
+    pub calls_only: bool,
+    /// Each call has exactly this many recordings instead of 0–3.
+    pub recordings_per_call: Option<usize>,
     /// Slept before every answer (in the connection's own thread).
     pub latency: Duration,
     pub faults: Faults,
@@ -108,6 +112,8 @@ impl Default for EmulatorConfig {
             tasks: 40,
             token: "emulator-token".into(),
             recording_size: (20_000, 200_000),
+            calls_only: false,
+            recordings_per_call: None,
             latency: Duration::ZERO,
             faults: Faults::default(),
             redeliver: 0.0,
@@ -190,6 +196,8 @@ struct Shared {
     chunked: f64,
     state: Mutex<State>,
     guard: Mutex<Option<Arc<DeleteGuard>>>,
+    /// When the first request arrived (benchmarks measure start-up with it).
+    first_request: OnceLock<Instant>,
 }
 
 /// A running emulator; stops when dropped.
@@ -207,6 +215,8 @@ impl Emulator {
             start_due_ms: cfg.start_due_ms,
             recording_size: cfg.recording_size,
             old_platform: cfg.old_platform,
+            calls_only: cfg.calls_only,
+            recordings_per_call: cfg.recordings_per_call,
         };
         let account = Account::new(spec, cfg.tasks);
         let feed = (0..cfg.tasks)
@@ -241,6 +251,7 @@ impl Emulator {
             chunked: cfg.chunked,
             state: Mutex::new(state),
             guard: Mutex::new(None),
+            first_request: OnceLock::new(),
         });
         let handler_shared = shared.clone();
         let tls = cfg
@@ -369,6 +380,11 @@ impl Emulator {
         self.state().requests.clone()
     }
 
+    /// When the first request (of any kind) reached the emulator, before its latency.
+    pub fn first_request_at(&self) -> Option<Instant> {
+        self.shared.first_request.get().copied()
+    }
+
     /// Closes the port and every open connection.
     pub fn stop(mut self) {
         self.server.stop();
@@ -428,6 +444,7 @@ enum Fault {
 }
 
 fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
+    shared.first_request.get_or_init(Instant::now);
     if !shared.latency.is_zero() {
         std::thread::sleep(shared.latency);
     }
@@ -757,7 +774,7 @@ fn parse_arg<T: std::str::FromStr>(flag: &str, value: Option<&String>) -> Result
 
 const USAGE: &str =
     "usage: spinoco-connector emulator [--port N] [--tasks N] [--seed N] [--token T] \
-[--latency-ms N] [--recording-kb MIN-MAX] [--redeliver P] [--old-platform P] [--chunked P] \
+[--latency-ms N] [--recording-kb MIN-MAX] [--calls-only] [--recordings-per-call N] [--redeliver P] [--old-platform P] [--chunked P] \
 [--start-due-ms N] [--server-error P] [--too-many P] [--retry-after S] [--drop-body P] \
 [--stall-body P] [--stall-ms N] [--spike P] [--spike-ms N] [--tls-cert PEM --tls-key PEM]";
 
@@ -789,6 +806,8 @@ pub fn parse_cli(args: &[String]) -> Result<EmulatorConfig, String> {
                     return Err(format!("--recording-kb {v}: MIN is larger than MAX"));
                 }
             }
+            "--calls-only" => cfg.calls_only = true,
+            "--recordings-per-call" => cfg.recordings_per_call = Some(parse_arg(flag, it.next())?),
             "--redeliver" => cfg.redeliver = parse_arg(flag, it.next())?,
             "--old-platform" => cfg.old_platform = parse_arg(flag, it.next())?,
             "--chunked" => cfg.chunked = parse_arg(flag, it.next())?,
