@@ -6,11 +6,11 @@
 //! says so. A page leaves the journal only when every task of it is done. Nothing here
 //! knows which storage provider is behind the [`BlobStore`].
 //!
-//! While a page's files transfer, the next page is already asked for (one try, kept in
-//! memory only): it is journaled, replacing the finished page, before any work on it.
-//! That is safe because the finished page's journal entry holds the token of that next
-//! page, and a token may be replayed: a crash before the next page is journaled replays
-//! it. It saves a feed round trip and a journal write per page.
+//! While a page's files transfer, the next page is already asked for (one try). When it
+//! comes it is journaled at once, inside the current page's entry, because the platform
+//! may have moved its cursor past it and its token may expire before a restart; after a
+//! crash it is worked right after the current page. This hides a feed round trip per
+//! page.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -296,8 +296,8 @@ impl<'a> Engine<'a> {
             let FeedPage { tasks, next } = page;
             let (failed, fetched) = self.work_page(JournaledPage {
                 tasks,
-                stored: Default::default(),
                 next: next.clone(),
+                ..Default::default()
             })?;
             if failed > 0 || self.summary.stopped {
                 return Ok(failed);
@@ -346,7 +346,11 @@ impl<'a> Engine<'a> {
         }
         let started = Instant::now();
         self.save_journal(&page)?;
-        let prefetch = page.next.as_ref().map(|token| self.page_request(token));
+        // A page journaled ahead (before a restart) needs no asking again.
+        let prefetch = match page.ahead {
+            Some(_) => None,
+            None => page.next.as_ref().map(|token| self.page_request(token)),
+        };
         let work = PageWork::plan(page, self);
         let pool = self.cfg.concurrency.min(work.jobs.len()).max(1);
         let fetched = std::thread::scope(|s| {
@@ -354,11 +358,22 @@ impl<'a> Engine<'a> {
                 s.spawn(|| work.worker(self));
             }
             // One try only: on any trouble the caller asks again the usual way.
-            match prefetch.map(|request| feed_try(&self.platform, &request)) {
-                Some(Try::Ok(Some(next))) => Some(next),
-                _ => None,
+            let Some(Try::Ok(Some(next))) = prefetch.map(|r| feed_try(&self.platform, &r)) else {
+                return None;
+            };
+            // Durable before anything relies on it (see the module comment).
+            let mut journal_page = work.journal_page.lock().unwrap();
+            journal_page.ahead = Some(next);
+            match self.journal.save(&journal_page) {
+                Ok(()) => journal_page.ahead.clone(),
+                Err(e) => {
+                    debug!("the next page could not be journaled ahead ({e}); it will be asked for again");
+                    journal_page.ahead = None;
+                    None
+                }
             }
         });
+        let fetched = fetched.or_else(|| work.journal_page.lock().unwrap().ahead.clone());
         let PageWork {
             counters: c,
             fatal,
