@@ -151,6 +151,14 @@ pub fn with_endpoint(e: &BTreeMap<String, String>, url: &str) -> BTreeMap<String
 }
 
 pub fn open_store(e: &BTreeMap<String, String>) -> Box<dyn BlobStore> {
+    let mut e = e.clone();
+    for (k, v) in [
+        ("SP_API_TOKEN", "unused"),
+        ("SP_TASK_SYNC_TAG", "it"),
+        ("SP_TASK_SYNC_FILE_NAME_TEMPLATE", "{{task_id}}"),
+    ] {
+        e.entry(k.into()).or_insert(v.into());
+    }
     let cfg = Config::from_env(&Env::from_pairs(
         e.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     ))
