@@ -11,7 +11,7 @@ mod data;
 mod feed;
 mod http;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use data::{Account, AccountSpec, RecordingReader, Rng};
 use feed::{Query, SyncRequest};
+pub use http::RawReply;
 use http::{lock, Body, BodyFault, Request, Response, Server};
 
 /// Faults injected per request; each field is a probability in [0, 1] unless noted.
@@ -187,6 +188,10 @@ struct State {
     deletes: Vec<String>,
     violations: Vec<String>,
     requests: Vec<RequestRecord>,
+    /// Raw answers for the next feed requests, in order (see `queue_feed_response`).
+    feed_raw: VecDeque<RawReply>,
+    /// Raw answers for the next GETs of a path.
+    download_raw: HashMap<String, VecDeque<RawReply>>,
     rng: Rng,
 }
 
@@ -243,6 +248,8 @@ impl Emulator {
             deletes: Vec::new(),
             violations: Vec::new(),
             requests: Vec::new(),
+            feed_raw: VecDeque::new(),
+            download_raw: HashMap::new(),
             rng: Rng::new(data::mix(cfg.seed, 0xFA17)),
         };
         let shared = Arc::new(Shared {
@@ -334,6 +341,28 @@ impl Emulator {
             item,
             redelivery: false,
         });
+    }
+
+    /// The next feed request (`POST /task/sync/`, any body) gets `raw` instead of a
+    /// page, before any injected fault; the cursor does not move. Queued answers are
+    /// used in order, one per request.
+    pub fn queue_feed_response(&self, raw: RawReply) {
+        self.state().feed_raw.push_back(raw);
+    }
+
+    /// The next `GET path` gets `raw` instead of its content (queued in order).
+    pub fn queue_download_response(&self, path: &str, raw: RawReply) {
+        let mut st = self.state();
+        st.download_raw
+            .entry(path.to_string())
+            .or_default()
+            .push_back(raw);
+    }
+
+    /// Raw answers queued but not yet served.
+    pub fn raw_responses_left(&self) -> usize {
+        let st = self.state();
+        st.feed_raw.len() + st.download_raw.values().map(VecDeque::len).sum::<usize>()
     }
 
     /// Every page token handed out so far answers 400 from now on.
@@ -448,10 +477,16 @@ fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
     if !shared.latency.is_zero() {
         std::thread::sleep(shared.latency);
     }
-    let (authorized, fault, body_fault, spike) = {
+    let (authorized, fault, body_fault, spike, raw) = {
         let mut st = lock(&shared.state);
         let expected = format!("Bearer {}", st.token);
         let authorized = req.header("authorization") == Some(expected.as_str());
+        let raw = match (authorized, req.method.as_str(), req.path.as_str()) {
+            (false, _, _) => None,
+            (true, "POST", "/task/sync/") => st.feed_raw.pop_front(),
+            (true, "GET", path) => st.download_raw.get_mut(path).and_then(VecDeque::pop_front),
+            _ => None,
+        };
         let f = st.faults.clone();
         let fault = if st.rng.chance(f.server_error) {
             Fault::ServerError(*st.rng.pick(&[500, 502, 503]))
@@ -472,12 +507,14 @@ fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
         } else {
             Duration::ZERO
         };
-        (authorized, fault, body_fault, spike)
+        (authorized, fault, body_fault, spike, raw)
     };
     if !spike.is_zero() {
         std::thread::sleep(spike);
     }
-    let mut resp = if !authorized {
+    let mut resp = if let Some(raw) = raw {
+        Response::raw(raw)
+    } else if !authorized {
         error(
             401,
             "unauthorized",
