@@ -358,8 +358,17 @@ impl<'a> Engine<'a> {
                 s.spawn(|| work.worker(self));
             }
             // One try only: on any trouble the caller asks again the usual way.
-            let Some(Try::Ok(Some(next))) = prefetch.map(|r| feed_try(&self.platform, &r)) else {
-                return None;
+            let next = match prefetch.map(|r| feed_try(&self.platform, &r))? {
+                Try::Ok(next) => next?,
+                Try::Retry(m, _) | Try::Reject(m) => {
+                    warn!("the sync feed (asked ahead): {m}; asking again when this page is done");
+                    return None;
+                }
+                Try::Fatal(e) => {
+                    warn!("the sync feed (asked ahead): {e}");
+                    return None;
+                }
+                Try::Missing | Try::Stopped => return None,
             };
             // Durable before anything relies on it (see the module comment).
             let mut journal_page = work.journal_page.lock().unwrap();

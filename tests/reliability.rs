@@ -633,7 +633,9 @@ fn hostile_feed_answers_are_retried_and_lose_nothing() {
             raw(http("503 Oops", "Content-Length: 3\r\n", b"\x00\xff\x01")),
         ),
     ];
-    let tasks = 30;
+    // Enough pages for every answer: the page asked for ahead while a page transfers may
+    // take a plain answer before the next hostile one is queued, so count two pages each.
+    let tasks = 80;
     let emu = emulator(EmulatorConfig {
         tasks,
         seed: 77,
