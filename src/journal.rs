@@ -12,6 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::platform::FeedPage;
 use crate::store::{put_bytes, BlobStore, StoreError};
 use crate::template::RESERVED_PREFIX;
 
@@ -28,6 +29,10 @@ pub struct JournaledPage {
     /// the token (the platform may already have moved its cursor past it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// The page after this one, already received while this one was worked on: after a
+    /// restart it is worked next, so it is not lost when its token has expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ahead: Option<FeedPage>,
 }
 
 #[derive(Debug)]

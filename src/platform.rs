@@ -63,7 +63,7 @@ impl std::error::Error for PlatformError {}
 
 /// One answer of the sync feed: the raw task objects (parsed one by one later, so one
 /// odd task cannot hide the others) and the next page's token.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub struct FeedPage {
     pub tasks: Vec<Value>,
     pub next: Option<String>,

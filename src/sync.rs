@@ -5,6 +5,12 @@
 //! agent, and a task's deletes run only after all its files are stored and the journal
 //! says so. A page leaves the journal only when every task of it is done. Nothing here
 //! knows which storage provider is behind the [`BlobStore`].
+//!
+//! While a page's files transfer, the next page is already asked for (one try). When it
+//! comes it is journaled at once, inside the current page's entry, because the platform
+//! may have moved its cursor past it and its token may expire before a restart; after a
+//! crash it is worked right after the current page. This hides a feed round trip per
+//! page.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -245,6 +251,8 @@ impl<'a> Engine<'a> {
     fn round(&mut self) -> Result<u64, SyncError> {
         let query = self.query();
         let mut request = query.clone();
+        // The next page, fetched while the previous one was worked on.
+        let mut ahead: Option<FeedPage> = None;
         if let Some(page) = self.journal.load()? {
             if !page.tasks.is_empty() {
                 info!(
@@ -254,16 +262,21 @@ impl<'a> Engine<'a> {
                 );
             }
             let next = page.next.clone();
-            let failed = self.work_page(page)?;
+            let (failed, fetched) = self.work_page(page)?;
             if failed > 0 || self.summary.stopped {
                 return Ok(failed);
             }
             if let Some(token) = next {
                 request = self.page_request(&token);
+                ahead = fetched;
             }
         }
         loop {
-            let page = match self.retried("the sync feed", || feed_try(&self.platform, &request)) {
+            let fetched = match ahead.take() {
+                Some(page) => Outcome::Done(Some(page)),
+                None => self.retried("the sync feed", || feed_try(&self.platform, &request)),
+            };
+            let page = match fetched {
                 Outcome::Done(Some(page)) => page,
                 Outcome::Done(None) => {
                     info!("the page token expired; starting the round again");
@@ -282,16 +295,19 @@ impl<'a> Engine<'a> {
                 }
             };
             let FeedPage { tasks, next } = page;
-            let failed = self.work_page(JournaledPage {
+            let (failed, fetched) = self.work_page(JournaledPage {
                 tasks,
-                stored: Default::default(),
                 next: next.clone(),
+                ..Default::default()
             })?;
             if failed > 0 || self.summary.stopped {
                 return Ok(failed);
             }
             match next {
-                Some(token) => request = self.page_request(&token),
+                Some(token) => {
+                    request = self.page_request(&token);
+                    ahead = fetched;
+                }
                 None => return Ok(0),
             }
         }
@@ -318,21 +334,56 @@ impl<'a> Engine<'a> {
     }
 
     /// Journals the page (when it is new), does all its work, and clears the journal
-    /// when nothing is left to do. Returns how many items failed for good.
-    fn work_page(&mut self, page: JournaledPage) -> Result<u64, SyncError> {
+    /// when nothing is left to do. Meanwhile it asks once for the next page; returns how
+    /// many items failed for good, and that next page when it came.
+    ///
+    /// When the next page came, the finished page stays journaled (with the token of
+    /// that next page) until the next page replaces it: the caller must journal the
+    /// returned page next, or replay the token.
+    fn work_page(&mut self, page: JournaledPage) -> Result<(u64, Option<FeedPage>), SyncError> {
         if page.tasks.is_empty() {
             // Nothing to do; remember where the feed goes on, or forget the page.
-            return self.close_page(page.next).map(|()| 0);
+            return self.close_page(page.next).map(|()| (0, None));
         }
         let started = Instant::now();
         self.save_journal(&page)?;
+        // A page journaled ahead (before a restart) needs no asking again.
+        let prefetch = match page.ahead {
+            Some(_) => None,
+            None => page.next.as_ref().map(|token| self.page_request(token)),
+        };
         let work = PageWork::plan(page, self);
         let pool = self.cfg.concurrency.min(work.jobs.len()).max(1);
-        std::thread::scope(|s| {
+        let fetched = std::thread::scope(|s| {
             for _ in 0..pool {
                 s.spawn(|| work.worker(self));
             }
+            // One try only: on any trouble the caller asks again the usual way.
+            let next = match prefetch.map(|r| feed_try(&self.platform, &r))? {
+                Try::Ok(next) => next?,
+                Try::Retry(m, _) | Try::Reject(m) => {
+                    warn!("the sync feed (asked ahead): {m}; asking again when this page is done");
+                    return None;
+                }
+                Try::Fatal(e) => {
+                    warn!("the sync feed (asked ahead): {e}");
+                    return None;
+                }
+                Try::Missing | Try::Stopped => return None,
+            };
+            // Durable before anything relies on it (see the module comment).
+            let mut journal_page = work.journal_page.lock().unwrap();
+            journal_page.ahead = Some(next);
+            match self.journal.save(&journal_page) {
+                Ok(()) => journal_page.ahead.clone(),
+                Err(e) => {
+                    debug!("the next page could not be journaled ahead ({e}); it will be asked for again");
+                    journal_page.ahead = None;
+                    None
+                }
+            }
         });
+        let fetched = fetched.or_else(|| work.journal_page.lock().unwrap().ahead.clone());
         let PageWork {
             counters: c,
             fatal,
@@ -382,13 +433,16 @@ impl<'a> Engine<'a> {
         );
         if stopped || shutdown::requested() {
             self.summary.stopped = true;
-            return Ok(0);
+            return Ok((0, None));
         }
-        if failed == 0 {
+        if failed > 0 {
+            return Ok((failed, None));
+        }
+        if fetched.is_none() {
             let next = journal_page.into_inner().unwrap().next;
             self.close_page(next)?;
         }
-        Ok(failed)
+        Ok((0, fetched))
     }
 
     /// The page is done: keep only the token of the next one, if any.

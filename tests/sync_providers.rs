@@ -1,15 +1,18 @@
 //! A full `--once` sync into each cloud provider's test server stores exactly what
-//! local storage stores: the same names under the prefix, the same bytes.
+//! local storage stores: the same names under the prefix, the same bytes. Then the
+//! same under platform faults (5xx, 429 with Retry-After, dropped and stalled bodies,
+//! latency spikes, re-delivered tasks): every file complete, nothing else visible,
+//! every delete after its task's files were stored, and every delete done.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use common::behaviour::{server, unique};
+use common::behaviour::server;
 use common::harness::*;
-use spinoco_connector::config::{Config, Env};
-use spinoco_connector::emulator::EmulatorConfig;
-use spinoco_connector::store::{self, BlobStore};
+use common::providers::*;
+use spinoco_connector::emulator::{EmulatorConfig, Faults};
 
 fn account() -> EmulatorConfig {
     EmulatorConfig {
@@ -18,6 +21,21 @@ fn account() -> EmulatorConfig {
         recording_size: (2_000, 80_000),
         redeliver: 0.1,
         ..Default::default()
+    }
+}
+
+/// The platform fault profile. A stall outlasts `SP_HTTP_TIMEOUT` (1 s
+/// here), so the connector must time the read out and retry.
+fn fault_profile() -> Faults {
+    Faults {
+        server_error: 0.10,
+        too_many: 0.05,
+        retry_after_secs: 1,
+        drop_body: 0.05,
+        stall_body: 0.05,
+        stall_for: Duration::from_secs(3),
+        spike: 0.05,
+        spike_latency: Duration::from_millis(200),
     }
 }
 
@@ -34,26 +52,39 @@ fn local_reference() -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Syncs a same-seed emulator into the provider configured by `provider_env`, then
-/// reads every object back through the provider and compares with local storage.
-fn sync_matches_local(provider_env: BTreeMap<String, String>) {
-    let emu = emulator(account());
+/// Syncs a same-seed emulator (with `faults`) into the provider configured by
+/// `provider_env`, then reads every object back through the provider and compares
+/// with local storage; lists the server to see that nothing else is there.
+fn sync_matches_local(provider_env: BTreeMap<String, String>, faults: Option<Faults>) {
+    let faulty = faults.is_some();
+    let emu = emulator(EmulatorConfig {
+        faults: faults.unwrap_or_default(),
+        chunked: if faulty { 0.3 } else { 0.0 },
+        ..account()
+    });
     let mut e = env(&emu, &scratch("unused"));
-    let prefix = unique("sync");
-    e.insert("SP_TASK_SYNC_SAVE_TO".into(), prefix.clone());
     e.extend(provider_env);
+    if faulty {
+        e.insert("SP_HTTP_TIMEOUT".into(), "1s".into());
+        e.insert("SP_TASK_SYNC_CONCURRENCY".into(), "8".into());
+        e.insert("SP_TASK_SYNC_PAGE_SIZE".into(), "7".into());
+    }
     guard_via_store(&emu, &e);
     let out = run(&e, &["--once"]);
     assert!(out.status.success(), "{}", text(&out));
 
     let store = open_store(&e);
     let reference = local_reference();
-    assert_eq!(reference.len(), expected(&emu).len());
+    let handed_out: BTreeSet<String> = expected(&emu).into_keys().collect();
+    assert_eq!(
+        reference.keys().cloned().collect::<BTreeSet<_>>(),
+        handed_out
+    );
     for (name, bytes) in &reference {
         let got = store
             .get(name)
             .unwrap()
-            .unwrap_or_else(|| panic!("{name} missing under {prefix}"));
+            .unwrap_or_else(|| panic!("{name} missing"));
         assert!(
             &got == bytes,
             "{name}: bytes differ ({} vs {})",
@@ -61,98 +92,98 @@ fn sync_matches_local(provider_env: BTreeMap<String, String>) {
             bytes.len()
         );
     }
-    assert_eq!(
-        store.get(".spinoco-connector/it.page.json").unwrap(),
-        None,
-        "journal left"
+    let v = verify(&emu, &e, &BTreeSet::new());
+    if faulty {
+        let t = text(&out);
+        assert!(t.contains("retrying"), "no retry was needed? {t}");
+        assert!(
+            t.contains("timed out") || t.contains("timeout") || t.contains("Timeout"),
+            "no stalled read was timed out: {t}"
+        );
+        tally(&format!(
+            "test=platform-faults provider={} faults_injected={} files={} deletes={} files_lost=0 premature_deletes=0",
+            provider_of(&e).name(),
+            injected_faults(&emu),
+            v.files,
+            v.deletes
+        ));
+    }
+}
+
+fn gcs() -> Option<BTreeMap<String, String>> {
+    Some(vars(&[
+        ("SP_TASK_SYNC_STORAGE_PROVIDER", "gcs".into()),
+        (
+            "SP_TASK_SYNC_GCS_ENDPOINT",
+            server("SPINOCO_TEST_GCS_ENDPOINT")?,
+        ),
+        (
+            "SP_TASK_SYNC_GCS_BUCKET",
+            server("SPINOCO_TEST_GCS_BUCKET")?,
+        ),
+        ("SP_TASK_SYNC_GCS_PROJECT", "test-project".into()),
+    ]))
+}
+
+fn azure_key() -> Option<BTreeMap<String, String>> {
+    let dsn = server("SPINOCO_TEST_AZURITE_DSN")?;
+    azure_container(&dsn);
+    Some(vars(&[
+        ("SP_TASK_SYNC_STORAGE_PROVIDER", "azure".into()),
+        ("SP_TASK_SYNC_AZURE_DSN", dsn),
+        ("SP_TASK_SYNC_AZURE_CLIENT_NAME", AZURE_CONTAINER.into()),
+    ]))
+}
+
+fn s3() -> Option<BTreeMap<String, String>> {
+    Some(vars(&[
+        ("SP_TASK_SYNC_STORAGE_PROVIDER", "s3".into()),
+        (
+            "SP_TASK_SYNC_S3_ENDPOINT",
+            server("SPINOCO_TEST_S3_ENDPOINT")?,
+        ),
+        ("SP_TASK_SYNC_S3_BUCKET", server("SPINOCO_TEST_S3_BUCKET")?),
+        ("SP_TASK_SYNC_S3_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", server("SPINOCO_TEST_S3_ACCESS_KEY")?),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            server("SPINOCO_TEST_S3_SECRET_KEY")?,
+        ),
+    ]))
+}
+
+/// The provider's variables under a fresh prefix.
+fn fresh(e: Option<BTreeMap<String, String>>) -> Option<BTreeMap<String, String>> {
+    let mut e = e?;
+    e.insert(
+        "SP_TASK_SYNC_SAVE_TO".into(),
+        common::behaviour::unique("sync"),
     );
-    assert_eq!(emu.violations(), Vec::<String>::new(), "premature deletes");
-    let done: std::collections::BTreeSet<String> = emu.deletes().into_iter().collect();
-    assert_eq!(done, recording_deletes(&emu));
-}
-
-fn open_store(e: &BTreeMap<String, String>) -> Box<dyn BlobStore> {
-    let cfg = Config::from_env(&Env::from_pairs(
-        e.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    ))
-    .unwrap();
-    store::open(
-        &cfg.storage,
-        &spinoco_connector::http::agent(cfg.http_timeout, 2),
-    )
-    .unwrap()
-}
-
-/// At each DELETE, every file of the task must be readable from the provider with
-/// the platform's bytes.
-fn guard_via_store(emu: &spinoco_connector::emulator::Emulator, e: &BTreeMap<String, String>) {
-    let store = open_store(e);
-    let contents = emu.content_source();
-    emu.set_delete_guard(Box::new(move |task: &serde_json::Value| {
-        task["get"].as_array().is_some_and(|gets| {
-            gets.iter().all(|g| {
-                let name = g["fileName"].as_str().unwrap_or("");
-                let path = g["path"].as_str().unwrap_or("");
-                matches!((store.get(name), contents(path)), (Ok(Some(got)), Some(want)) if got == want)
-            })
-        })
-    }));
-}
-
-fn vars(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
+    Some(e)
 }
 
 #[test]
 fn gcs_sync_matches_local() {
-    let (Some(endpoint), Some(bucket)) = (
-        server("SPINOCO_TEST_GCS_ENDPOINT"),
-        server("SPINOCO_TEST_GCS_BUCKET"),
-    ) else {
-        return;
-    };
-    sync_matches_local(vars(&[
-        ("SP_TASK_SYNC_STORAGE_PROVIDER", "gcs".into()),
-        ("SP_TASK_SYNC_GCS_ENDPOINT", endpoint),
-        ("SP_TASK_SYNC_GCS_BUCKET", bucket),
-        ("SP_TASK_SYNC_GCS_PROJECT", "test-project".into()),
-    ]));
+    let Some(e) = fresh(gcs()) else { return };
+    sync_matches_local(e, None);
 }
 
-const AZURE_CONTAINER: &str = "spinoco-sync";
-
-/// Creates the test container through the provider itself (Azurite starts empty).
-fn azure_container(dsn: &str) {
-    use spinoco_connector::store::azure::{AzureSettings, AzureStore};
-    let account = spinoco_connector::store::azure_auth::parse_connection_string(dsn).unwrap();
-    let settings = AzureSettings {
-        account,
-        container: AZURE_CONTAINER.into(),
-        prefix: String::new(),
-        block_size: 8 << 20,
-    };
-    AzureStore::new(
-        settings,
-        spinoco_connector::http::agent(std::time::Duration::from_secs(10), 1),
-    )
-    .ensure_container()
-    .unwrap();
+#[test]
+fn gcs_sync_under_platform_faults() {
+    let Some(e) = fresh(gcs()) else { return };
+    sync_matches_local(e, Some(fault_profile()));
 }
 
 #[test]
 fn azure_sync_matches_local_with_an_account_key() {
-    let Some(dsn) = server("SPINOCO_TEST_AZURITE_DSN") else {
-        return;
-    };
-    azure_container(&dsn);
-    sync_matches_local(vars(&[
-        ("SP_TASK_SYNC_STORAGE_PROVIDER", "azure".into()),
-        ("SP_TASK_SYNC_AZURE_DSN", dsn),
-        ("SP_TASK_SYNC_AZURE_CLIENT_NAME", AZURE_CONTAINER.into()),
-    ]));
+    let Some(e) = fresh(azure_key()) else { return };
+    sync_matches_local(e, None);
+}
+
+#[test]
+fn azure_sync_under_platform_faults() {
+    let Some(e) = fresh(azure_key()) else { return };
+    sync_matches_local(e, Some(fault_profile()));
 }
 
 #[test]
@@ -172,36 +203,33 @@ fn azure_sync_matches_local_with_a_sas() {
         "2021-08-06",
     )
     .unwrap();
-    sync_matches_local(vars(&[
+    let e = fresh(Some(vars(&[
         ("SP_TASK_SYNC_STORAGE_PROVIDER", "azure".into()),
         (
             "SP_TASK_SYNC_AZURE_DSN",
             format!("BlobEndpoint={endpoint};SharedAccessSignature={sas}"),
         ),
         ("SP_TASK_SYNC_AZURE_CLIENT_NAME", AZURE_CONTAINER.into()),
-    ]));
+    ])));
+    sync_matches_local(e.unwrap(), None);
 }
-
-/// Azurite's published development account key (its README): not a secret.
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 #[test]
 fn s3_sync_matches_local() {
-    let (Some(endpoint), Some(bucket), Some(key), Some(secret)) = (
-        server("SPINOCO_TEST_S3_ENDPOINT"),
-        server("SPINOCO_TEST_S3_BUCKET"),
-        server("SPINOCO_TEST_S3_ACCESS_KEY"),
-        server("SPINOCO_TEST_S3_SECRET_KEY"),
-    ) else {
+    let Some(e) = fresh(s3()) else { return };
+    sync_matches_local(e, None);
+}
+
+#[test]
+fn s3_sync_under_platform_faults() {
+    let Some(e) = fresh(s3()) else { return };
+    sync_matches_local(e, Some(fault_profile()));
+}
+
+#[test]
+fn local_sync_under_platform_faults() {
+    let Some(e) = target(Provider::Local, "faults") else {
         return;
     };
-    sync_matches_local(vars(&[
-        ("SP_TASK_SYNC_STORAGE_PROVIDER", "s3".into()),
-        ("SP_TASK_SYNC_S3_ENDPOINT", endpoint),
-        ("SP_TASK_SYNC_S3_BUCKET", bucket),
-        ("SP_TASK_SYNC_S3_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", key),
-        ("AWS_SECRET_ACCESS_KEY", secret),
-    ]));
+    sync_matches_local(e, Some(fault_profile()));
 }

@@ -157,6 +157,10 @@ pub struct AccountSpec {
     pub start_due_ms: i64,
     pub recording_size: (u64, u64),
     pub old_platform: f64,
+    /// Every task is a call.
+    pub calls_only: bool,
+    /// Each call has exactly this many recordings instead of 0–3.
+    pub recordings_per_call: Option<usize>,
 }
 
 /// Every generated task, in due-date order.
@@ -210,6 +214,11 @@ impl Account {
             r if r < 0.95 => Kind::Email,
             _ => Kind::Workflow,
         };
+        let kind = if self.spec.calls_only {
+            Kind::Call
+        } else {
+            kind
+        };
         let mut skills: Vec<String> = Vec::new();
         for _ in 0..rng.range(0, 2) {
             let s = rng.pick(&SKILLS).to_string();
@@ -235,6 +244,7 @@ impl Account {
                 r if r < 0.90 => 2,
                 _ => 3,
             };
+            let count = self.spec.recordings_per_call.map_or(count, |n| n as u64);
             for k in 0..count {
                 let (lo, hi) = self.spec.recording_size;
                 recordings.push(Recording {
@@ -430,6 +440,8 @@ mod tests {
             start_due_ms: 1_725_896_747_277,
             recording_size: (1000, 200_000),
             old_platform: 0.0,
+            calls_only: false,
+            recordings_per_call: None,
         }
     }
 
@@ -447,6 +459,25 @@ mod tests {
         }
         assert!(a.tasks.windows(2).all(|w| w[0].due < w[1].due));
         assert_eq!(a.tasks[0].due, 1_725_896_747_277);
+    }
+
+    #[test]
+    fn calls_only_with_fixed_recordings() {
+        let a = Account::new(
+            AccountSpec {
+                calls_only: true,
+                recordings_per_call: Some(2),
+                ..spec()
+            },
+            40,
+        );
+        assert!(a
+            .tasks
+            .iter()
+            .all(|t| t.kind == Kind::Call && t.recordings.len() == 2));
+        let mixed = Account::new(spec(), 40);
+        assert!(mixed.tasks.iter().any(|t| t.kind != Kind::Call));
+        assert!(mixed.tasks.iter().any(|t| t.recordings.len() != 2));
     }
 
     #[test]

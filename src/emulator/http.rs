@@ -65,6 +65,15 @@ pub enum BodyFault {
     Stall(Duration),
 }
 
+/// Bytes written to the socket as they are (status line, headers and body included,
+/// so they can lie about anything), then `silence` without a word, then the connection
+/// closes. A test uses it for broken and hostile answers.
+#[derive(Debug, Clone, Default)]
+pub struct RawReply {
+    pub bytes: Vec<u8>,
+    pub silence: Duration,
+}
+
 /// Called once the response is over: body bytes written, and whether all were.
 pub type OnSent = Box<dyn FnOnce(u64, bool) + Send>;
 
@@ -75,6 +84,8 @@ pub struct Response {
     pub chunked: bool,
     pub fault: BodyFault,
     pub on_sent: Option<OnSent>,
+    /// Sent instead of everything above when set.
+    pub raw: Option<RawReply>,
 }
 
 impl Response {
@@ -86,6 +97,7 @@ impl Response {
             chunked: false,
             fault: BodyFault::None,
             on_sent: None,
+            raw: None,
         }
     }
 
@@ -95,6 +107,14 @@ impl Response {
             "application/json",
             serde_json::to_vec(value).unwrap_or_default(),
         )
+    }
+
+    /// A raw answer (see [`RawReply`]); the connection ends after it.
+    pub fn raw(raw: RawReply) -> Response {
+        Response {
+            raw: Some(raw),
+            ..Response::empty(200)
+        }
     }
 
     pub fn empty(status: u16) -> Response {
@@ -385,6 +405,14 @@ fn reason(status: u16) -> &'static str {
 /// body (and send its next request) before the emulator has recorded it as delivered.
 fn write_response(w: &mut Stream, mut resp: Response, keep_alive: bool) -> bool {
     let mut on_sent = resp.on_sent.take();
+    if let Some(raw) = resp.raw.take() {
+        let _ = w.write_all(&raw.bytes).and_then(|_| w.flush());
+        thread::sleep(raw.silence);
+        if let Some(f) = on_sent {
+            f(raw.bytes.len() as u64, false);
+        }
+        return false;
+    }
     let (sent, complete) = write_all_parts(w, &mut resp, keep_alive, &mut on_sent);
     if let Some(f) = on_sent {
         f(sent, complete);

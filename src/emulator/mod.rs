@@ -11,14 +11,15 @@ mod data;
 mod feed;
 mod http;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use data::{Account, AccountSpec, RecordingReader, Rng};
 use feed::{Query, SyncRequest};
+pub use http::RawReply;
 use http::{lock, Body, BodyFault, Request, Response, Server};
 
 /// Faults injected per request; each field is a probability in [0, 1] unless noted.
@@ -48,6 +49,10 @@ pub struct EmulatorConfig {
     pub token: String,
     /// Smallest and largest size of a recording in bytes (inclusive).
     pub recording_size: (u64, u64),
+    /// Every task is a call (benchmarks: a backlog of calls, a large-file account).
+    pub calls_only: bool,
+    /// Each call has exactly this many recordings instead of 0–3.
+    pub recordings_per_call: Option<usize>,
     /// Slept before every answer (in the connection's own thread).
     pub latency: Duration,
     pub faults: Faults,
@@ -108,6 +113,8 @@ impl Default for EmulatorConfig {
             tasks: 40,
             token: "emulator-token".into(),
             recording_size: (20_000, 200_000),
+            calls_only: false,
+            recordings_per_call: None,
             latency: Duration::ZERO,
             faults: Faults::default(),
             redeliver: 0.0,
@@ -181,6 +188,10 @@ struct State {
     deletes: Vec<String>,
     violations: Vec<String>,
     requests: Vec<RequestRecord>,
+    /// Raw answers for the next feed requests, in order (see `queue_feed_response`).
+    feed_raw: VecDeque<RawReply>,
+    /// Raw answers for the next GETs of a path.
+    download_raw: HashMap<String, VecDeque<RawReply>>,
     rng: Rng,
 }
 
@@ -190,6 +201,8 @@ struct Shared {
     chunked: f64,
     state: Mutex<State>,
     guard: Mutex<Option<Arc<DeleteGuard>>>,
+    /// When the first request arrived (benchmarks measure start-up with it).
+    first_request: OnceLock<Instant>,
 }
 
 /// A running emulator; stops when dropped.
@@ -207,6 +220,8 @@ impl Emulator {
             start_due_ms: cfg.start_due_ms,
             recording_size: cfg.recording_size,
             old_platform: cfg.old_platform,
+            calls_only: cfg.calls_only,
+            recordings_per_call: cfg.recordings_per_call,
         };
         let account = Account::new(spec, cfg.tasks);
         let feed = (0..cfg.tasks)
@@ -233,6 +248,8 @@ impl Emulator {
             deletes: Vec::new(),
             violations: Vec::new(),
             requests: Vec::new(),
+            feed_raw: VecDeque::new(),
+            download_raw: HashMap::new(),
             rng: Rng::new(data::mix(cfg.seed, 0xFA17)),
         };
         let shared = Arc::new(Shared {
@@ -241,6 +258,7 @@ impl Emulator {
             chunked: cfg.chunked,
             state: Mutex::new(state),
             guard: Mutex::new(None),
+            first_request: OnceLock::new(),
         });
         let handler_shared = shared.clone();
         let tls = cfg
@@ -325,6 +343,28 @@ impl Emulator {
         });
     }
 
+    /// The next feed request (`POST /task/sync/`, any body) gets `raw` instead of a
+    /// page, before any injected fault; the cursor does not move. Queued answers are
+    /// used in order, one per request.
+    pub fn queue_feed_response(&self, raw: RawReply) {
+        self.state().feed_raw.push_back(raw);
+    }
+
+    /// The next `GET path` gets `raw` instead of its content (queued in order).
+    pub fn queue_download_response(&self, path: &str, raw: RawReply) {
+        let mut st = self.state();
+        st.download_raw
+            .entry(path.to_string())
+            .or_default()
+            .push_back(raw);
+    }
+
+    /// Raw answers queued but not yet served.
+    pub fn raw_responses_left(&self) -> usize {
+        let st = self.state();
+        st.feed_raw.len() + st.download_raw.values().map(VecDeque::len).sum::<usize>()
+    }
+
     /// Every page token handed out so far answers 400 from now on.
     pub fn expire_page_tokens(&self) {
         let mut st = self.state();
@@ -367,6 +407,11 @@ impl Emulator {
 
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.state().requests.clone()
+    }
+
+    /// When the first request (of any kind) reached the emulator, before its latency.
+    pub fn first_request_at(&self) -> Option<Instant> {
+        self.shared.first_request.get().copied()
     }
 
     /// Closes the port and every open connection.
@@ -428,13 +473,20 @@ enum Fault {
 }
 
 fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
+    shared.first_request.get_or_init(Instant::now);
     if !shared.latency.is_zero() {
         std::thread::sleep(shared.latency);
     }
-    let (authorized, fault, body_fault, spike) = {
+    let (authorized, fault, body_fault, spike, raw) = {
         let mut st = lock(&shared.state);
         let expected = format!("Bearer {}", st.token);
         let authorized = req.header("authorization") == Some(expected.as_str());
+        let raw = match (authorized, req.method.as_str(), req.path.as_str()) {
+            (false, _, _) => None,
+            (true, "POST", "/task/sync/") => st.feed_raw.pop_front(),
+            (true, "GET", path) => st.download_raw.get_mut(path).and_then(VecDeque::pop_front),
+            _ => None,
+        };
         let f = st.faults.clone();
         let fault = if st.rng.chance(f.server_error) {
             Fault::ServerError(*st.rng.pick(&[500, 502, 503]))
@@ -455,12 +507,14 @@ fn handle(shared: &Arc<Shared>, req: &Request) -> Response {
         } else {
             Duration::ZERO
         };
-        (authorized, fault, body_fault, spike)
+        (authorized, fault, body_fault, spike, raw)
     };
     if !spike.is_zero() {
         std::thread::sleep(spike);
     }
-    let mut resp = if !authorized {
+    let mut resp = if let Some(raw) = raw {
+        Response::raw(raw)
+    } else if !authorized {
         error(
             401,
             "unauthorized",
@@ -757,7 +811,7 @@ fn parse_arg<T: std::str::FromStr>(flag: &str, value: Option<&String>) -> Result
 
 const USAGE: &str =
     "usage: spinoco-connector emulator [--port N] [--tasks N] [--seed N] [--token T] \
-[--latency-ms N] [--recording-kb MIN-MAX] [--redeliver P] [--old-platform P] [--chunked P] \
+[--latency-ms N] [--recording-kb MIN-MAX] [--calls-only] [--recordings-per-call N] [--redeliver P] [--old-platform P] [--chunked P] \
 [--start-due-ms N] [--server-error P] [--too-many P] [--retry-after S] [--drop-body P] \
 [--stall-body P] [--stall-ms N] [--spike P] [--spike-ms N] [--tls-cert PEM --tls-key PEM]";
 
@@ -789,6 +843,8 @@ pub fn parse_cli(args: &[String]) -> Result<EmulatorConfig, String> {
                     return Err(format!("--recording-kb {v}: MIN is larger than MAX"));
                 }
             }
+            "--calls-only" => cfg.calls_only = true,
+            "--recordings-per-call" => cfg.recordings_per_call = Some(parse_arg(flag, it.next())?),
             "--redeliver" => cfg.redeliver = parse_arg(flag, it.next())?,
             "--old-platform" => cfg.old_platform = parse_arg(flag, it.next())?,
             "--chunked" => cfg.chunked = parse_arg(flag, it.next())?,

@@ -1,6 +1,7 @@
 //! Azure Blob Storage through a small hand-written REST client.
 //!
-//! Small objects go up in one Put Blob. Larger ones are streamed as Put Block calls
+//! Small objects go up in one Put Blob. Larger ones (above one block: 8 MiB, or
+//! `SP_TASK_SYNC_AZURE_BLOCK_SIZE`) are streamed as Put Block calls
 //! from one reusable block buffer and become a blob only with the final Put Block
 //! List: uncommitted blocks are never visible, so an upload that fails earlier leaves
 //! nothing new behind and an older blob under the same name untouched (Azure drops
@@ -24,6 +25,9 @@ use crate::retry::{with_retries, Attempts, Rng, Step};
 pub const API_VERSION: &str = "2021-08-06";
 /// The block size of large uploads: also the one buffer a `put` holds.
 pub const DEFAULT_BLOCK_SIZE: usize = 8 * 1024 * 1024;
+/// Bounds of `SP_TASK_SYNC_AZURE_BLOCK_SIZE` (one block is held in memory).
+pub const MIN_BLOCK_SIZE: usize = 64 * 1024;
+pub const MAX_BLOCK_SIZE: usize = 1024 * 1024 * 1024;
 /// A blob is committed from at most this many blocks.
 const MAX_BLOCKS: usize = 50_000;
 /// Attempts per request before a transient failure is handed to the caller.
@@ -94,11 +98,28 @@ impl AzureSettings {
             .unwrap_or("")
             .trim_matches('/')
             .to_string();
+        let block_var = "SP_TASK_SYNC_AZURE_BLOCK_SIZE";
+        let block_size = match env.get(block_var) {
+            None => Some(DEFAULT_BLOCK_SIZE),
+            Some(raw) => match crate::store::s3::parse_size(raw) {
+                Some(n) if (MIN_BLOCK_SIZE as u64..=MAX_BLOCK_SIZE as u64).contains(&n) => {
+                    Some(n as usize)
+                }
+                _ => {
+                    errors.push(ConfigError::new(
+                        block_var,
+                        Some(raw),
+                        "must be a size from 64KiB to 1GiB (e.g. 8MiB), in bytes or with K, M, G",
+                    ));
+                    None
+                }
+            },
+        };
         Some(AzureSettings {
             account: account?,
             container: container?,
             prefix,
-            block_size: DEFAULT_BLOCK_SIZE,
+            block_size: block_size?,
         })
     }
 
@@ -577,6 +598,30 @@ mod tests {
         let text = format!("{errors:?}");
         assert!(!text.contains("SuperSecret"), "{text}");
         assert!(text.contains("sig="), "{text}");
+    }
+
+    #[test]
+    fn block_size_can_be_set_and_is_checked() {
+        let dsn = "AccountName=acct;AccountKey=U3VwZXJTZWNyZXQ=;EndpointSuffix=core.windows.net";
+        let with = |size: &'static str| {
+            let mut errors = Vec::new();
+            let s = AzureSettings::from_env(
+                &env(&[
+                    ("SP_TASK_SYNC_AZURE_DSN", dsn),
+                    ("SP_TASK_SYNC_AZURE_CLIENT_NAME", "calls"),
+                    ("SP_TASK_SYNC_AZURE_BLOCK_SIZE", size),
+                ]),
+                &mut errors,
+            );
+            (s.map(|s| s.block_size), errors)
+        };
+        assert_eq!(with("256K").0, Some(256 * 1024));
+        assert_eq!(with("16MiB").0, Some(16 << 20));
+        for bad in ["1K", "2G", "lots", "-5"] {
+            let (s, errors) = with(bad);
+            assert!(s.is_none(), "{bad}");
+            assert_eq!(errors[0].var, "SP_TASK_SYNC_AZURE_BLOCK_SIZE", "{bad}");
+        }
     }
 
     #[test]

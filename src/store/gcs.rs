@@ -6,7 +6,7 @@
 //! deletes. Credentials live in [`super::gcs_auth`].
 //!
 //! A resumable upload streams `src` one chunk at a time (a multiple of 256 KiB, 8 MiB
-//! by default), so memory stays at one chunk. One byte is read ahead after a full chunk
+//! by default, `SP_TASK_SYNC_GCS_CHUNK_SIZE`), so memory stays at one chunk. One byte is read ahead after a full chunk
 //! to know whether it is the last one; only the last chunk carries the total size, and
 //! the object becomes visible only when that chunk is accepted. If `src` fails, the
 //! session is cancelled and nothing is visible.
@@ -40,6 +40,8 @@ pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 /// Resumable chunks (except the last) must be a multiple of this.
 pub const CHUNK_GRANULARITY: usize = 256 * 1024;
 pub const DEFAULT_CHUNK_SIZE: usize = 8 * 1024 * 1024;
+/// The largest `SP_TASK_SYNC_GCS_CHUNK_SIZE` accepted (one chunk is held in memory).
+pub const MAX_CHUNK_SIZE: usize = 1024 * 1024 * 1024;
 /// Attempts per request inside the store; the engine retries whole puts beyond that.
 pub const DEFAULT_ATTEMPTS: u32 = 4;
 /// The largest object `get` reads (it is meant for the journal).
@@ -128,6 +130,26 @@ impl GcsSettings {
                 url
             }
         };
+        let chunk_var = "SP_TASK_SYNC_GCS_CHUNK_SIZE";
+        let chunk_size = match env.get(chunk_var) {
+            None => DEFAULT_CHUNK_SIZE,
+            Some(raw) => match crate::store::s3::parse_size(raw) {
+                Some(n)
+                    if n > 0 && n % CHUNK_GRANULARITY as u64 == 0 && n <= MAX_CHUNK_SIZE as u64 =>
+                {
+                    n as usize
+                }
+                _ => {
+                    errors.push(ConfigError::new(
+                        chunk_var,
+                        Some(raw),
+                        "must be a multiple of 256KiB up to 1GiB (e.g. 8MiB): GCS takes \
+                         resumable chunks only in such sizes",
+                    ));
+                    DEFAULT_CHUNK_SIZE
+                }
+            },
+        };
         let credentials = match Credentials::discover(env, emulator) {
             Ok(c) => c,
             Err(e) => {
@@ -145,7 +167,7 @@ impl GcsSettings {
                 .to_string(),
             endpoint,
             credentials,
-            chunk_size: DEFAULT_CHUNK_SIZE,
+            chunk_size,
             attempts: DEFAULT_ATTEMPTS,
         })
     }
@@ -551,6 +573,30 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         Env::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn chunk_size_can_be_set_and_is_checked() {
+        let with = |size: &str| {
+            let mut errors = Vec::new();
+            let s = GcsSettings::from_env(
+                &env(&[
+                    ("SP_TASK_SYNC_GCS_BUCKET", "my-bucket"),
+                    ("SP_TASK_SYNC_GCS_PROJECT", "p"),
+                    ("STORAGE_EMULATOR_HOST", "localhost:4443"),
+                    ("SP_TASK_SYNC_GCS_CHUNK_SIZE", size),
+                ]),
+                &mut errors,
+            );
+            (s.map(|s| s.chunk_size), errors)
+        };
+        assert_eq!(with("256K").0, Some(256 * 1024));
+        assert_eq!(with("16MiB").0, Some(16 << 20));
+        for bad in ["100K", "0", "2G", "big"] {
+            let (s, errors) = with(bad);
+            assert!(s.is_none(), "{bad}");
+            assert_eq!(errors[0].var, "SP_TASK_SYNC_GCS_CHUNK_SIZE", "{bad}");
+        }
     }
 
     #[test]

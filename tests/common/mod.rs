@@ -3,3 +3,5 @@
 
 pub mod behaviour;
 pub mod harness;
+pub mod providers;
+pub mod proxy;
