@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use log::{error, info, LevelFilter};
+use log::{error, info, warn, LevelFilter};
 
 use spinoco_connector::config::{Config, Env};
 use spinoco_connector::logging::{self, LogFormat};
@@ -115,6 +115,10 @@ fn run(mode: Mode) -> u8 {
     };
     init_logging(cfg.log_level, cfg.log_format);
     shutdown::install();
+    if cfg.storage.provider() == "s3" && !cfg.network.extra_ca_certs().is_empty() {
+        // rust-s3 talks through its own HTTP client, which trusts only the built-in roots.
+        warn!("the extra CA bundle ({}) is not used for S3: its endpoint must have a certificate from a public CA", cfg.network.ca_source());
+    }
     let agent = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network).agent;
     let store: Arc<dyn BlobStore> = match store::open(&cfg.storage, &agent) {
         Ok(s) => Arc::from(s),

@@ -53,6 +53,9 @@ pub enum SyncError {
     /// The platform or the storage stayed unreachable through every attempt (`--once`).
     Unavailable(String),
     Journal(JournalError),
+    /// The process was asked to stop while the journal was being written: not a
+    /// failure; the journal keeps what it had and the next start goes on from there.
+    Stopped,
     /// `--once`: some files could not be stored or deleted. Failures keep their page
     /// journaled for the next run; rejected tasks were reported and cannot be stored.
     Incomplete {
@@ -70,6 +73,7 @@ impl fmt::Display for SyncError {
             SyncError::Tls(e) => e.fmt(f),
             SyncError::Unavailable(m) => write!(f, "gave up after {ONCE_ATTEMPTS} attempts: {m}"),
             SyncError::Journal(e) => e.fmt(f),
+            SyncError::Stopped => f.write_str("stopped on request"),
             SyncError::Incomplete { failed, rejected } => write!(
                 f,
                 "not everything was stored: {failed} transfer(s) or delete(s) failed (their page stays \
@@ -203,7 +207,13 @@ impl<'a> Engine<'a> {
         loop {
             let started = Instant::now();
             let before = self.summary.clone();
-            failed += self.round()?;
+            failed += match self.round() {
+                Err(SyncError::Stopped) => {
+                    self.summary.stopped = true;
+                    0
+                }
+                other => other?,
+            };
             self.summary.rounds += 1;
             crate::metrics::global().round_done(failed == 0 && !self.summary.stopped);
             if self.summary.stopped || shutdown::requested() {
@@ -253,7 +263,7 @@ impl<'a> Engine<'a> {
         let mut request = query.clone();
         // The next page, fetched while the previous one was worked on.
         let mut ahead: Option<FeedPage> = None;
-        if let Some(page) = self.journal.load()? {
+        if let Some(page) = self.load_journal()? {
             if !page.tasks.is_empty() {
                 info!(
                     "finishing the journaled page ({} tasks, {} already stored)",
@@ -459,6 +469,32 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Reads the journal, waiting out a storage that is briefly unreachable (each round
+    /// starts here, so a short outage must not end a service). A damaged entry stops the
+    /// run: it may hold tasks the platform will not hand out again.
+    fn load_journal(&self) -> Result<Option<JournaledPage>, SyncError> {
+        let mut damaged = None;
+        let outcome = self.retried("reading the page journal", || match self.journal.load() {
+            Ok(page) => Try::Ok(page),
+            Err(JournalError::Store(e)) => store_try(e),
+            Err(e) => {
+                let message = e.to_string();
+                damaged = Some(e);
+                Try::Reject(message)
+            }
+        });
+        match outcome {
+            Outcome::Done(page) => Ok(page),
+            Outcome::Fatal(e) => Err(e),
+            Outcome::Stopped => Err(SyncError::Stopped),
+            Outcome::Rejected(m) | Outcome::GaveUp(m) => Err(match damaged {
+                Some(e) => SyncError::Journal(e),
+                None => SyncError::Unavailable(format!("reading the page journal: {m}")),
+            }),
+            Outcome::Missing => Ok(None),
+        }
+    }
+
     fn save_journal(&self, page: &JournaledPage) -> Result<(), SyncError> {
         self.retried_store("writing the page journal", || self.journal.save(page))
     }
@@ -478,9 +514,8 @@ impl<'a> Engine<'a> {
             Outcome::GaveUp(m) | Outcome::Rejected(m) => {
                 Err(SyncError::Unavailable(format!("{what}: {m}")))
             }
-            Outcome::Stopped | Outcome::Missing => {
-                Err(SyncError::Unavailable(format!("{what}: stopped")))
-            }
+            Outcome::Stopped => Err(SyncError::Stopped),
+            Outcome::Missing => Err(SyncError::Unavailable(format!("{what}: not found"))),
         }
     }
 
@@ -752,6 +787,7 @@ impl PageWork {
         };
         match saved {
             Ok(()) => self.run_deletes(engine, task_index),
+            Err(SyncError::Stopped) => self.counters.stopped.store(true, Ordering::Relaxed),
             Err(e) => {
                 error!(
                     "task {}: cannot record it as stored, so nothing is deleted: {e}",

@@ -130,6 +130,46 @@ fn storage_outage_azure() {
     storage_outage(Provider::Azure);
 }
 
+/// The storage is unreachable when the service starts (each round begins by reading
+/// the journal): the connector waits for it instead of exiting, then syncs everything.
+#[test]
+fn storage_down_when_the_service_starts_is_waited_out() {
+    let Some(t) = target(Provider::Azure, "down-at-start") else {
+        return;
+    };
+    let upstream = endpoint(&t).unwrap();
+    let proxy = TcpProxy::start(upstream.trim_start_matches("http://"));
+    let tasks = 12;
+    let emu = emulator(EmulatorConfig {
+        tasks,
+        seed: 41,
+        recording_size: (2_000, 50_000),
+        ..Default::default()
+    });
+    let mut e = env_for(&emu, &with_endpoint(&t, &proxy.url()));
+    e.insert("SP_HTTP_TIMEOUT".into(), "2s".into());
+    proxy.set(Mode::Down);
+    let log = scratch("down-at-start-log").join("connector.log");
+    let mut child = spawn(&e, &[], &log);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the service gave up while the storage was down: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    proxy.set(Mode::Pass);
+    wait_until("catching up", Duration::from_secs(120), || {
+        caught_up(&emu, &t, tasks)
+    });
+    stop(child);
+    verify(&emu, &t, &BTreeSet::new());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("reading the page journal"),
+        "no retry line: {logs}"
+    );
+}
+
 /// A tmpfs of `size` mounted on a fresh folder (we are root in CI); `None` when
 /// mounting is not allowed here.
 struct Tmpfs(PathBuf);

@@ -421,3 +421,39 @@ fn a_full_sync_goes_through_an_authenticating_proxy_and_no_proxy_bypasses_it() {
     assert!(!shown.contains(wrong), "{shown}");
     assert!(*proxy.refused.lock().unwrap() > 0);
 }
+
+/// S3 goes through rust-s3's own transport: an HTTPS endpoint must give a clear TLS
+/// error (here an unknown issuer), never a panic over the choice of crypto provider.
+#[test]
+fn s3_over_https_fails_cleanly_on_an_untrusted_certificate() {
+    let pki = Pki::new("s3ca");
+    let storage = https_emulator(pki.server("server", "DNS:localhost,IP:127.0.0.1", 30));
+    let platform = emulator(EmulatorConfig {
+        tasks: 2,
+        seed: 5,
+        ..Default::default()
+    });
+    let dir = scratch("s3-https");
+    let mut e = env(&platform, &dir);
+    for (k, v) in [
+        ("SP_TASK_SYNC_STORAGE_PROVIDER", "s3".to_string()),
+        ("SP_TASK_SYNC_S3_BUCKET", "bucket".to_string()),
+        ("SP_TASK_SYNC_S3_REGION", "us-east-1".to_string()),
+        ("SP_TASK_SYNC_S3_ENDPOINT", storage.url()),
+        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "secret-example-value".to_string()),
+    ] {
+        e.insert(k.to_string(), v);
+    }
+    let out = run(&e, &["--once"]);
+    let log = text(&out);
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "a refused certificate stops the run: {log}"
+    );
+    assert!(log.contains("TLS certificate was refused"), "{log}");
+    assert!(!log.contains("secret-example-value"), "{log}");
+    assert!(platform.deletes().is_empty());
+}

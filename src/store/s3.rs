@@ -221,6 +221,11 @@ impl S3Store {
     pub fn open(settings: &S3Settings, agent: &ureq::Agent) -> Result<S3Store, StoreError> {
         // Retries are ours (the shared policy); rust-s3's are a process-wide setting.
         s3::set_retries(0);
+        // rust-s3's transport (attohttpc) builds rustls configs with the process's default
+        // crypto provider. Its TLS feature enables aws-lc beside the ring that ureq uses,
+        // and with two candidates rustls refuses to guess and panics at the first HTTPS
+        // request: name ring, as everywhere else. (Err: already named, which is fine.)
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (region, path_style) = match &settings.endpoint {
             Some(endpoint) => (
                 Region::Custom {
@@ -311,6 +316,11 @@ impl S3Store {
                 };
                 StoreError::new(kind, text)
             }
+            // A certificate that does not verify will not verify on the next try either.
+            other if other.to_string().contains("invalid peer certificate") => StoreError::new(
+                StoreErrorKind::Denied,
+                format!("S3 {op} of {place} failed: the endpoint's TLS certificate was refused: {other}"),
+            ),
             other => StoreError::transient(format!("S3 {op} of {place} failed: {other}")),
         }
     }
