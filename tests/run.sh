@@ -28,7 +28,7 @@ export SPINOCO_TEST_REQUIRE_SERVERS=1
 echo "== testing"
 # The reliability tests append figure lines here (README "Reliability").
 rm -f target/tmp/reliability-tally.txt
-cargo test --locked "$@"
+cargo test --locked --no-fail-fast "$@"
 if [ -s target/tmp/reliability-tally.txt ]; then
   echo "== reliability figures"
   sort target/tmp/reliability-tally.txt
