@@ -238,15 +238,6 @@ fn sigterm(pid: u32) {
     signal(pid, "TERM");
 }
 
-fn signal(pid: u32, name: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
 #[test]
 fn hostile_names_are_rejected_and_nothing_leaves_the_root() {
     let emu = emulator(small(5));

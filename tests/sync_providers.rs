@@ -110,91 +110,46 @@ fn sync_matches_local(provider_env: BTreeMap<String, String>, faults: Option<Fau
     }
 }
 
-fn gcs() -> Option<BTreeMap<String, String>> {
-    Some(vars(&[
-        ("SP_TASK_SYNC_STORAGE_PROVIDER", "gcs".into()),
-        (
-            "SP_TASK_SYNC_GCS_ENDPOINT",
-            server("SPINOCO_TEST_GCS_ENDPOINT")?,
-        ),
-        (
-            "SP_TASK_SYNC_GCS_BUCKET",
-            server("SPINOCO_TEST_GCS_BUCKET")?,
-        ),
-        ("SP_TASK_SYNC_GCS_PROJECT", "test-project".into()),
-    ]))
-}
-
-fn azure_key() -> Option<BTreeMap<String, String>> {
-    let dsn = server("SPINOCO_TEST_AZURITE_DSN")?;
-    azure_container(&dsn);
-    Some(vars(&[
-        ("SP_TASK_SYNC_STORAGE_PROVIDER", "azure".into()),
-        ("SP_TASK_SYNC_AZURE_DSN", dsn),
-        ("SP_TASK_SYNC_AZURE_CLIENT_NAME", AZURE_CONTAINER.into()),
-    ]))
-}
-
-fn s3() -> Option<BTreeMap<String, String>> {
-    Some(vars(&[
-        ("SP_TASK_SYNC_STORAGE_PROVIDER", "s3".into()),
-        (
-            "SP_TASK_SYNC_S3_ENDPOINT",
-            server("SPINOCO_TEST_S3_ENDPOINT")?,
-        ),
-        ("SP_TASK_SYNC_S3_BUCKET", server("SPINOCO_TEST_S3_BUCKET")?),
-        ("SP_TASK_SYNC_S3_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", server("SPINOCO_TEST_S3_ACCESS_KEY")?),
-        (
-            "AWS_SECRET_ACCESS_KEY",
-            server("SPINOCO_TEST_S3_SECRET_KEY")?,
-        ),
-    ]))
-}
-
-/// The provider's variables under a fresh prefix.
-fn fresh(e: Option<BTreeMap<String, String>>) -> Option<BTreeMap<String, String>> {
-    let mut e = e?;
-    e.insert(
-        "SP_TASK_SYNC_SAVE_TO".into(),
-        common::behaviour::unique("sync"),
-    );
-    Some(e)
-}
-
 #[test]
 fn gcs_sync_matches_local() {
-    let Some(e) = fresh(gcs()) else { return };
+    let Some(e) = target(Provider::Gcs, "sync") else {
+        return;
+    };
     sync_matches_local(e, None);
 }
 
 #[test]
 fn gcs_sync_under_platform_faults() {
-    let Some(e) = fresh(gcs()) else { return };
+    let Some(e) = target(Provider::Gcs, "sync") else {
+        return;
+    };
     sync_matches_local(e, Some(fault_profile()));
 }
 
 #[test]
 fn azure_sync_matches_local_with_an_account_key() {
-    let Some(e) = fresh(azure_key()) else { return };
+    let Some(e) = target(Provider::Azure, "sync") else {
+        return;
+    };
     sync_matches_local(e, None);
 }
 
 #[test]
 fn azure_sync_under_platform_faults() {
-    let Some(e) = fresh(azure_key()) else { return };
+    let Some(e) = target(Provider::Azure, "sync") else {
+        return;
+    };
     sync_matches_local(e, Some(fault_profile()));
 }
 
 #[test]
 fn azure_sync_matches_local_with_a_sas() {
-    let (Some(dsn), Some(endpoint)) = (
-        server("SPINOCO_TEST_AZURITE_DSN"),
+    let (Some(mut e), Some(endpoint)) = (
+        target(Provider::Azure, "sync-sas"),
         server("SPINOCO_TEST_AZURITE_BLOB"),
     ) else {
         return;
     };
-    azure_container(&dsn);
     let sas = spinoco_connector::store::azure_auth::account_sas(
         "devstoreaccount1",
         AZURITE_KEY,
@@ -203,26 +158,26 @@ fn azure_sync_matches_local_with_a_sas() {
         "2021-08-06",
     )
     .unwrap();
-    let e = fresh(Some(vars(&[
-        ("SP_TASK_SYNC_STORAGE_PROVIDER", "azure".into()),
-        (
-            "SP_TASK_SYNC_AZURE_DSN",
-            format!("BlobEndpoint={endpoint};SharedAccessSignature={sas}"),
-        ),
-        ("SP_TASK_SYNC_AZURE_CLIENT_NAME", AZURE_CONTAINER.into()),
-    ])));
-    sync_matches_local(e.unwrap(), None);
+    e.insert(
+        "SP_TASK_SYNC_AZURE_DSN".into(),
+        format!("BlobEndpoint={endpoint};SharedAccessSignature={sas}"),
+    );
+    sync_matches_local(e, None);
 }
 
 #[test]
 fn s3_sync_matches_local() {
-    let Some(e) = fresh(s3()) else { return };
+    let Some(e) = target(Provider::S3, "sync") else {
+        return;
+    };
     sync_matches_local(e, None);
 }
 
 #[test]
 fn s3_sync_under_platform_faults() {
-    let Some(e) = fresh(s3()) else { return };
+    let Some(e) = target(Provider::S3, "sync") else {
+        return;
+    };
     sync_matches_local(e, Some(fault_profile()));
 }
 

@@ -204,3 +204,22 @@ pub fn recording_deletes(emu: &Emulator) -> BTreeSet<String> {
         .map(|d| d["path"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Sends a signal (`TERM`, `STOP`, `CONT`, …) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill -{name} {pid} failed");
+}
+
+/// Polls `cond` every 20 ms; fails the test after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
