@@ -347,9 +347,8 @@ impl<'a> Engine<'a> {
     /// when nothing is left to do. Meanwhile it asks once for the next page; returns how
     /// many items failed for good, and that next page when it came.
     ///
-    /// When the next page came, the finished page stays journaled (with the token of
-    /// that next page) until the next page replaces it: the caller must journal the
-    /// returned page next, or replay the token.
+    /// When the next page came, the finished page stays journaled with that next page
+    /// inside it, until the caller journals the returned page in its place.
     fn work_page(&mut self, page: JournaledPage) -> Result<(u64, Option<FeedPage>), SyncError> {
         if page.tasks.is_empty() {
             // Nothing to do; remember where the feed goes on, or forget the page.
