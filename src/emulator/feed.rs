@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use serde_json::{json, Map, Value};
 
 use super::data::{Kind, Task};
-use crate::config::DataType;
+use crate::config::{DataType, Filters};
 use crate::template::{FileNameTemplate, TaskFields};
 
 /// Largest page the platform returns.
@@ -24,12 +24,7 @@ pub struct Query {
     pub delete_recordings: bool,
     pub template: FileNameTemplate,
     pub start_from: Option<i64>,
-    pub skills_must: Vec<String>,
-    pub skills_should: Vec<String>,
-    pub skills_must_not: Vec<String>,
-    pub hashtags_must: Vec<String>,
-    pub hashtags_should: Vec<String>,
-    pub hashtags_must_not: Vec<String>,
+    pub filters: Filters,
 }
 
 /// A checked body of `POST /task/sync/`, with the page size already capped.
@@ -131,12 +126,14 @@ pub fn parse_sync_body(body: &[u8]) -> Result<SyncRequest, String> {
                     delete_recordings: !delete.is_empty(),
                     template,
                     start_from,
-                    skills_must: string_list(q, "skillsMust")?,
-                    skills_should: string_list(q, "skillsShould")?,
-                    skills_must_not: string_list(q, "skillsMustNot")?,
-                    hashtags_must: string_list(q, "hashTagsMust")?,
-                    hashtags_should: string_list(q, "hashTagsShould")?,
-                    hashtags_must_not: string_list(q, "hashTagsMustNot")?,
+                    filters: Filters {
+                        skills_must: string_list(q, "skillsMust")?,
+                        skills_should: string_list(q, "skillsShould")?,
+                        skills_must_not: string_list(q, "skillsMustNot")?,
+                        hashtags_must: string_list(q, "hashTagsMust")?,
+                        hashtags_should: string_list(q, "hashTagsShould")?,
+                        hashtags_must_not: string_list(q, "hashTagsMustNot")?,
+                    },
                 }),
                 count,
             ))
@@ -156,6 +153,7 @@ fn hashtag_matches(filter: &str, task: &Task) -> bool {
 
 /// Whether the query's six filters keep the task.
 pub fn matches(q: &Query, task: &Task) -> bool {
+    let q = &q.filters;
     let skill = |s: &String| task.skills.contains(s);
     let tag = |h: &String| hashtag_matches(h, task);
     q.skills_must.iter().all(skill)

@@ -181,16 +181,22 @@ pub fn verify_complete(emu: &Emulator, dir: &Path) -> usize {
 /// `dir` with the platform's bytes.
 pub fn guard_deletes(emu: &Emulator, dir: &Path) {
     let dir = dir.to_path_buf();
+    guard_deletes_with(emu, move |name| std::fs::read(dir.join(name)).ok());
+}
+
+/// Installs a delete guard: at each DELETE, `stored(name)` must give the platform's
+/// bytes for every file of the task.
+pub fn guard_deletes_with(
+    emu: &Emulator,
+    stored: impl Fn(&str) -> Option<Vec<u8>> + Send + Sync + 'static,
+) {
     let contents = emu.content_source();
     emu.set_delete_guard(Box::new(move |task: &Value| {
         task["get"].as_array().is_some_and(|gets| {
             gets.iter().all(|g| {
                 let name = g["fileName"].as_str().unwrap_or("");
                 let path = g["path"].as_str().unwrap_or("");
-                match (std::fs::read(dir.join(name)), contents(path)) {
-                    (Ok(got), Some(want)) => got == want,
-                    _ => false,
-                }
+                matches!((stored(name), contents(path)), (Some(got), Some(want)) if got == want)
             })
         })
     }));

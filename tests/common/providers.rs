@@ -12,7 +12,7 @@ use spinoco_connector::emulator::Emulator;
 use spinoco_connector::store::{self, BlobStore};
 
 use super::behaviour::{server, unique};
-use super::harness::{expected, recording_deletes, scratch};
+use super::harness::{expected, guard_deletes_with, recording_deletes, scratch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
@@ -174,16 +174,7 @@ pub fn open_store(e: &BTreeMap<String, String>) -> Box<dyn BlobStore> {
 /// platform's bytes (read straight from the server, not through any proxy).
 pub fn guard_via_store(emu: &Emulator, e: &BTreeMap<String, String>) {
     let store = open_store(e);
-    let contents = emu.content_source();
-    emu.set_delete_guard(Box::new(move |task: &Value| {
-        task["get"].as_array().is_some_and(|gets| {
-            gets.iter().all(|g| {
-                let name = g["fileName"].as_str().unwrap_or("");
-                let path = g["path"].as_str().unwrap_or("");
-                matches!((store.get(name), contents(path)), (Ok(Some(got)), Some(want)) if got == want)
-            })
-        })
-    }));
+    guard_deletes_with(emu, move |name| store.get(name).ok().flatten());
 }
 
 /// Every object the server holds under the prefix, relative to it, the connector's own
