@@ -5,13 +5,14 @@
 //! claims, so a service-account file with a wrong key is refused: proof that a real
 //! signature is produced.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::fake_http::{FakeServer, Request};
 use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use spinoco_connector::config::Env;
 use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
@@ -22,29 +23,12 @@ use spinoco_connector::store::{BlobStore, StoreErrorKind};
 
 const EMAIL: &str = "connector-test@spinoco-test.iam.gserviceaccount.com";
 
-#[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// A field of an `application/x-www-form-urlencoded` body.
-    fn form(&self, name: &str) -> Option<String> {
-        self.body.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (percent_decode(k) == name).then(|| percent_decode(v))
-        })
-    }
+/// A field of an `application/x-www-form-urlencoded` body.
+fn form(r: &Request, name: &str) -> Option<String> {
+    r.body.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -61,71 +45,6 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8(out).unwrap()
-}
-
-type Handler = dyn Fn(&Request) -> (u16, String) + Send + Sync;
-
-/// A one-request-per-connection HTTP server that records what it was sent.
-struct Fake {
-    base: String,
-    seen: Arc<Mutex<Vec<Request>>>,
-}
-
-impl Fake {
-    fn start(handler: Box<Handler>) -> Fake {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { break };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let mut parts = line.split_whitespace();
-                let (method, target) = (
-                    parts.next().unwrap().to_string(),
-                    parts.next().unwrap().to_string(),
-                );
-                let mut headers = Vec::new();
-                loop {
-                    let mut h = String::new();
-                    reader.read_line(&mut h).unwrap();
-                    let h = h.trim_end();
-                    if h.is_empty() {
-                        break;
-                    }
-                    let (n, v) = h.split_once(':').unwrap();
-                    headers.push((n.trim().to_string(), v.trim().to_string()));
-                }
-                let len = headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                    .map_or(0, |(_, v)| v.parse().unwrap());
-                let mut body = vec![0u8; len];
-                reader.read_exact(&mut body).unwrap();
-                let request = Request {
-                    method,
-                    target,
-                    headers,
-                    body: String::from_utf8(body).unwrap(),
-                };
-                let (status, body) = handler(&request);
-                log.lock().unwrap().push(request);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        Fake { base, seen }
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.seen.lock().unwrap().clone()
-    }
 }
 
 fn data(name: &str) -> String {
@@ -181,14 +100,14 @@ fn check_assertion(assertion: &str, public_der: &[u8], token_uri: &str) -> Resul
 }
 
 /// A token endpoint at `/token` handing out `tok-1`, `tok-2`, … valid `expires_in`.
-fn token_endpoint(expires_in: u64) -> Fake {
+fn token_endpoint(expires_in: u64) -> FakeServer {
     let public = pem_to_der(&data("gcs-test-key.pub.pem"), "RSA PUBLIC KEY").unwrap();
     let issued = AtomicUsize::new(0);
     let uri = Arc::new(Mutex::new(String::new()));
     let uri2 = uri.clone();
-    let fake = Fake::start(Box::new(move |r: &Request| {
+    let fake = FakeServer::start(Box::new(move |r: &Request| {
         let token_uri = uri2.lock().unwrap().clone();
-        let grant = r.form("grant_type").unwrap_or_default();
+        let grant = form(r, "grant_type").unwrap_or_default();
         if r.method != "POST"
             || r.target != "/token"
             || grant != "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -196,7 +115,7 @@ fn token_endpoint(expires_in: u64) -> Fake {
             return (400, r#"{"error":"unsupported_grant_type"}"#.into());
         }
         match check_assertion(
-            &r.form("assertion").unwrap_or_default(),
+            &form(r, "assertion").unwrap_or_default(),
             &public,
             &token_uri,
         ) {
@@ -215,7 +134,7 @@ fn token_endpoint(expires_in: u64) -> Fake {
             ),
         }
     }));
-    *uri.lock().unwrap() = format!("{}/token", fake.base);
+    *uri.lock().unwrap() = format!("{}/token", fake.url);
     fake
 }
 
@@ -240,7 +159,7 @@ fn service_account_token_is_signed_checked_and_cached() {
     let endpoint = token_endpoint(3600);
     let tokens = TokenSource::new(service_account(
         "gcs-test-key.pem",
-        &format!("{}/token", endpoint.base),
+        &format!("{}/token", endpoint.url),
     ));
     let agent = agent();
     assert_eq!(
@@ -266,7 +185,7 @@ fn short_lived_token_is_refreshed_on_next_use() {
     let endpoint = token_endpoint(60);
     let tokens = TokenSource::new(service_account(
         "gcs-test-key.pem",
-        &format!("{}/token", endpoint.base),
+        &format!("{}/token", endpoint.url),
     ));
     let agent = agent();
     assert_eq!(
@@ -285,7 +204,7 @@ fn wrong_key_is_rejected_by_the_token_endpoint() {
     let endpoint = token_endpoint(3600);
     let tokens = TokenSource::new(service_account(
         "gcs-wrong-test-key.pem",
-        &format!("{}/token", endpoint.base),
+        &format!("{}/token", endpoint.url),
     ));
     let err = tokens.authorization(&agent()).unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Denied, "{err}");
@@ -293,7 +212,7 @@ fn wrong_key_is_rejected_by_the_token_endpoint() {
         err.message.contains("invalid_grant") && err.message.contains("Invalid JWT Signature"),
         "{err}"
     );
-    let assertion = endpoint.requests()[0].form("assertion").unwrap();
+    let assertion = form(&endpoint.requests()[0], "assertion").unwrap();
     assert!(
         !err.message.contains(&assertion[assertion.len() - 20..]),
         "the assertion leaked: {err}"
@@ -303,7 +222,7 @@ fn wrong_key_is_rejected_by_the_token_endpoint() {
 
 #[test]
 fn metadata_server_token_needs_the_flavor_header() {
-    let fake = Fake::start(Box::new(|r: &Request| {
+    let fake = FakeServer::start(Box::new(|r: &Request| {
         if r.target != "/computeMetadata/v1/instance/service-accounts/default/token" {
             return (404, "{}".into());
         }
@@ -315,7 +234,7 @@ fn metadata_server_token_needs_the_flavor_header() {
             _ => (403, "{}".into()),
         }
     }));
-    let host = fake.base.trim_start_matches("http://").to_string();
+    let host = fake.url.trim_start_matches("http://").to_string();
     let env = Env::from_pairs([
         ("HOME", "/nonexistent"),
         ("GCE_METADATA_HOST", host.as_str()),
@@ -337,12 +256,12 @@ fn metadata_server_token_needs_the_flavor_header() {
 
 #[test]
 fn authorized_user_refresh_token_grant() {
-    let fake = Fake::start(Box::new(|r: &Request| {
+    let fake = FakeServer::start(Box::new(|r: &Request| {
         let ok = r.target == "/token"
-            && r.form("grant_type").as_deref() == Some("refresh_token")
-            && r.form("refresh_token").as_deref() == Some("1//refresh+me/please")
-            && r.form("client_id").as_deref() == Some("client-1.apps.googleusercontent.com")
-            && r.form("client_secret").as_deref() == Some("very secret");
+            && form(r, "grant_type").as_deref() == Some("refresh_token")
+            && form(r, "refresh_token").as_deref() == Some("1//refresh+me/please")
+            && form(r, "client_id").as_deref() == Some("client-1.apps.googleusercontent.com")
+            && form(r, "client_secret").as_deref() == Some("very secret");
         if ok {
             (200, r#"{"access_token":"user-1","expires_in":3599}"#.into())
         } else {
@@ -354,7 +273,7 @@ fn authorized_user_refresh_token_grant() {
         "client_id": "client-1.apps.googleusercontent.com",
         "client_secret": "very secret",
         "refresh_token": "1//refresh+me/please",
-        "token_uri": format!("{}/token", fake.base),
+        "token_uri": format!("{}/token", fake.url),
     });
     let tokens = TokenSource::new(
         Credentials::from_json(&file.to_string(), Path::new("/test/adc.json")).unwrap(),
@@ -368,7 +287,7 @@ fn authorized_user_refresh_token_grant() {
 #[test]
 fn store_sends_the_token_and_user_project_and_maps_403_to_denied() {
     let endpoint = token_endpoint(3600);
-    let storage = Fake::start(Box::new(|r: &Request| {
+    let storage = FakeServer::start(Box::new(|r: &Request| {
         if r.header("authorization") != Some("Bearer tok-1") {
             return (
                 401,
@@ -391,8 +310,8 @@ fn store_sends_the_token_and_user_project_and_maps_403_to_denied() {
         bucket: "bkt".into(),
         project: "proj-9".into(),
         prefix: "calls".into(),
-        endpoint: storage.base.clone(),
-        credentials: service_account("gcs-test-key.pem", &format!("{}/token", endpoint.base)),
+        endpoint: storage.url.clone(),
+        credentials: service_account("gcs-test-key.pem", &format!("{}/token", endpoint.url)),
         chunk_size: 256 * 1024,
         attempts: 3,
     };

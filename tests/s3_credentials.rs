@@ -2,94 +2,17 @@
 //! order (environment, file, container, instance metadata), the IMDSv2 token
 //! handshake, refresh before expiry, and errors without secrets.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use common::fake_http::FakeServer;
 use spinoco_connector::config::Env;
 use spinoco_connector::store::s3_credentials::{CredentialProvider, CredentialSettings, Source};
 use spinoco_connector::store::StoreErrorKind;
 use time::format_description::well_known::Rfc3339;
-
-#[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-type Handler = Box<dyn Fn(&Request) -> (u16, String) + Send>;
-
-/// A one-request-per-connection HTTP server on a thread; keeps what it was asked.
-struct Fake {
-    url: String,
-    seen: Arc<Mutex<Vec<Request>>>,
-}
-
-impl Fake {
-    fn start(handler: Handler) -> Fake {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let mut parts = line.split_whitespace();
-                let method = parts.next().unwrap_or("").to_string();
-                let path = parts.next().unwrap_or("").to_string();
-                let mut headers = Vec::new();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = h.split_once(':') {
-                        headers.push((k.trim().to_string(), v.trim().to_string()));
-                    }
-                }
-                let request = Request {
-                    method,
-                    path,
-                    headers,
-                };
-                let length: usize = request
-                    .header("content-length")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                let (status, body) = handler(&request);
-                log.lock().unwrap().push(request);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        Fake { url, seen }
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.seen.lock().unwrap().clone()
-    }
-}
 
 fn creds_json(key: &str, expires_in: Duration) -> String {
     let expiration = (time::OffsetDateTime::now_utc() + expires_in)
@@ -104,10 +27,10 @@ const IMDS_TOKEN: &str = "imds-session-token-123";
 
 /// A fake IMDSv2: hands out a session token on PUT and insists on it for the GETs.
 /// `keys` are served one after another for the credentials, each with its lifetime.
-fn fake_imds(keys: Vec<(&'static str, Duration)>) -> Fake {
+fn fake_imds(keys: Vec<(&'static str, Duration)>) -> FakeServer {
     let next = Mutex::new(0usize);
-    Fake::start(Box::new(move |r| {
-        match (r.method.as_str(), r.path.as_str()) {
+    FakeServer::start(Box::new(move |r| {
+        match (r.method.as_str(), r.target.as_str()) {
             ("PUT", "/latest/api/token")
                 if r.header("x-aws-ec2-metadata-token-ttl-seconds").is_some() =>
             {
@@ -133,9 +56,9 @@ fn fake_imds(keys: Vec<(&'static str, Duration)>) -> Fake {
     }))
 }
 
-fn fake_ecs() -> Fake {
-    Fake::start(Box::new(|r| {
-        match (r.path.as_str(), r.header("authorization")) {
+fn fake_ecs() -> FakeServer {
+    FakeServer::start(Box::new(|r| {
+        match (r.target.as_str(), r.header("authorization")) {
             ("/v2/credentials/task", Some("ecs-auth-token")) => {
                 (200, creds_json("AK_ECS", Duration::from_secs(3600)))
             }
@@ -251,7 +174,7 @@ fn chain_order_env_file_container_imds() {
     let asked: Vec<(String, String)> = imds
         .requests()
         .into_iter()
-        .map(|r| (r.method, r.path))
+        .map(|r| (r.method, r.target))
         .collect();
     let expected = [
         ("PUT", "/latest/api/token"),
