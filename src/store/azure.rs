@@ -331,10 +331,17 @@ impl AzureStore {
                     wait,
                 )
             }
-            Err(e) => Step::Retry(
-                StoreError::transient(format!("{what}: {}", self.scrub(&e.to_string()))),
-                None,
-            ),
+            Err(e) => {
+                let failure = super::transport_error(&self.settings.account.endpoint, &e);
+                let failure = StoreError::new(
+                    failure.kind,
+                    format!("{what}: {}", self.scrub(&failure.message)),
+                );
+                match failure.kind {
+                    StoreErrorKind::Denied => Step::Fail(failure),
+                    _ => Step::Retry(failure, None),
+                }
+            }
         });
         outcome.map_err(|e| match e.attempts {
             Some(n) => StoreError::transient(format!("{} (after {n} attempts)", e.error)),

@@ -290,8 +290,7 @@ impl GcsStore {
             Some(bytes) => self.agent.run(request.body(bytes).map_err(bad)?),
             None => self.agent.run(request.body(()).map_err(bad)?),
         };
-        let mut response =
-            sent.map_err(|e| StoreError::transient(crate::http::error_message(url, &e)))?;
+        let mut response = sent.map_err(|e| super::transport_error(url, &e))?;
         let header = |name: &str| {
             response
                 .headers()

@@ -116,6 +116,17 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// A transport failure of a provider that speaks REST through the shared agent. A
+/// refused TLS certificate will not verify on the next try either, so it stops the run
+/// like refused credentials; anything else (a reset, a timeout) may be retried.
+pub fn transport_error(url: &str, e: &ureq::Error) -> StoreError {
+    let message = crate::http::error_message(url, e);
+    match crate::tls::verification_failure(e) {
+        Some(_) => StoreError::new(StoreErrorKind::Denied, message),
+        None => StoreError::transient(message),
+    }
+}
+
 /// Reads from `src` into `buf` until it is full or `src` ends; returns how many bytes
 /// were read. Providers that upload in parts use it to fill one part at a time.
 /// A read error is reported as [`StoreErrorKind::Source`].
