@@ -8,6 +8,7 @@ pub mod config;
 pub mod date_pattern;
 pub mod demo;
 pub mod emulator;
+pub mod encoding;
 pub mod http;
 pub mod journal;
 pub mod logging;

@@ -372,9 +372,12 @@ pub fn parse_proxy(var: &str, raw: &str) -> Result<ProxySetting, String> {
                 Some((n, p)) => (n, Some(p)),
                 None => (u, None),
             };
-            let name = percent_decode(name).ok_or("the user name has a bad %-escape")?;
+            let name =
+                crate::encoding::percent_decode(name).ok_or("the user name has a bad %-escape")?;
             let pass = pass
-                .map(|p| percent_decode(p).ok_or("the password has a bad %-escape"))
+                .map(|p| {
+                    crate::encoding::percent_decode(p).ok_or("the password has a bad %-escape")
+                })
                 .transpose()?;
             (Some(name), pass.map(Secret::new))
         }
@@ -417,23 +420,6 @@ pub fn mask_url_password(raw: &str) -> String {
         },
         None => raw.to_string(),
     }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -16,9 +16,7 @@ use common::fake_http::{FakeServer, Request};
 use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use spinoco_connector::config::Env;
 use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
-use spinoco_connector::store::gcs_auth::{
-    base64_decode, pem_to_der, Credentials, TokenSource, SCOPE,
-};
+use spinoco_connector::store::gcs_auth::{pem_to_der, Credentials, TokenSource, SCOPE};
 use spinoco_connector::store::{BlobStore, StoreErrorKind};
 
 const EMAIL: &str = "connector-test@spinoco-test.iam.gserviceaccount.com";
@@ -70,13 +68,17 @@ fn check_assertion(assertion: &str, public_der: &[u8], token_uri: &str) -> Resul
         return Err("not a JWT".into());
     }
     let json = |p: &str| -> Result<serde_json::Value, String> {
-        serde_json::from_slice(&base64_decode(p).ok_or("bad base64")?).map_err(|e| e.to_string())
+        serde_json::from_slice(
+            &spinoco_connector::encoding::base64_decode_loose(p).ok_or("bad base64")?,
+        )
+        .map_err(|e| e.to_string())
     };
     let header = json(parts[0])?;
     if header["alg"] != "RS256" || header["typ"] != "JWT" {
         return Err(format!("bad header {header}"));
     }
-    let signature = base64_decode(parts[2]).ok_or("bad signature encoding")?;
+    let signature = spinoco_connector::encoding::base64_decode_loose(parts[2])
+        .ok_or("bad signature encoding")?;
     let signed = format!("{}.{}", parts[0], parts[1]);
     UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, public_der)
         .verify(signed.as_bytes(), &signature)

@@ -153,7 +153,8 @@ fn wrong_key_is_denied_without_key_material() {
         return;
     };
     key_store(&endpoint, BLOCK);
-    let wrong = azure_auth::base64_encode(b"definitely-not-the-devstoreaccount1-key-0123456789");
+    let wrong =
+        spinoco_connector::encoding::base64(b"definitely-not-the-devstoreaccount1-key-0123456789");
     let s = store(&key_dsn(&endpoint, &wrong), "wrong", BLOCK);
     let started = std::time::Instant::now();
     let errors = [
@@ -194,7 +195,7 @@ fn wrong_sas_is_denied_without_the_token() {
         return;
     };
     key_store(&endpoint, BLOCK);
-    let wrong_key = azure_auth::base64_encode(b"another-wrong-key");
+    let wrong_key = spinoco_connector::encoding::base64(b"another-wrong-key");
     let sas = azure_auth::account_sas(
         DEV_ACCOUNT,
         &wrong_key,

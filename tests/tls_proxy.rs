@@ -162,7 +162,12 @@ impl Proxy {
     fn start(credentials: Option<(&str, &str)>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let expected = credentials.map(|(u, p)| format!("Basic {}", base64(&format!("{u}:{p}"))));
+        let expected = credentials.map(|(u, p)| {
+            format!(
+                "Basic {}",
+                spinoco_connector::encoding::base64(format!("{u}:{p}").as_bytes())
+            )
+        });
         let tunnels: Arc<Mutex<Vec<String>>> = Arc::default();
         let refused: Arc<Mutex<u32>> = Arc::default();
         let (t, r) = (tunnels.clone(), refused.clone());
@@ -250,25 +255,6 @@ fn tunnel(
     let _ = std::io::copy(&mut client_r, &mut up_w);
     let _ = up_w.shutdown(Shutdown::Both);
     let _ = pump.join();
-}
-
-fn base64(s: &str) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n = (chunk[0] as u32) << 16
-            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
-            | *chunk.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn tls_env(emu: &Emulator, dir: &Path) -> BTreeMap<String, String> {

@@ -480,7 +480,7 @@ impl BlobStore for AzureStore {
                     format!("blob {name} is larger than {MAX_BLOCKS} blocks of {block_size} bytes"),
                 ));
             }
-            let id = azure_auth::base64_encode(format!("{nonce:016x}-{:06}", ids.len()).as_bytes());
+            let id = crate::encoding::base64(format!("{nonce:016x}-{:06}", ids.len()).as_bytes());
             self.put_block(&name, &id, &buf[..n], ids.len())?;
             ids.push(id);
             total += n as u64;

@@ -7,11 +7,10 @@
 //! References: "Configure Azure Storage connection strings", "Authorize with Shared
 //! Key" (version 2015-02-21 and later: a zero Content-Length signs as an empty line)
 //! and "Create an account SAS" on learn.microsoft.com.
-//!
-//! base64 is written out here (about 40 lines) rather than pulled in as a crate: the
-//! connector needs it only for the account key, the signature and block ids.
 
 use std::fmt;
+
+use crate::encoding::{base64, base64_decode, percent_encode};
 
 use ring::hmac;
 
@@ -327,7 +326,7 @@ pub fn canonicalized_resource(account: &str, path: &str, query: &[(&str, &str)])
 
 /// base64(HMAC-SHA256(key, string_to_sign)).
 pub fn sign(key: &hmac::Key, string_to_sign: &str) -> String {
-    base64_encode(hmac::sign(key, string_to_sign.as_bytes()).as_ref())
+    base64(hmac::sign(key, string_to_sign.as_bytes()).as_ref())
 }
 
 /// An account SAS for the blob service (version 2020-12-06+ string-to-sign, with the
@@ -354,22 +353,6 @@ pub fn account_sas(
     ))
 }
 
-fn unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
-}
-
-fn percent_encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if unreserved(b) || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Percent-encodes a blob name for the URL path, keeping `/` as the separator.
 pub fn encode_path(name: &str) -> String {
     percent_encode(name, true)
@@ -380,54 +363,6 @@ pub fn encode_query_value(value: &str) -> String {
     percent_encode(value, false)
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding.
-pub fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Strict standard base64 with padding; `None` for anything else.
-pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.as_bytes();
-    if s.len() % 4 != 0 {
-        return None;
-    }
-    let value = |c: u8| B64.iter().position(|&x| x == c).map(|p| p as u32);
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    for (i, quad) in s.chunks(4).enumerate() {
-        let last = i == s.len() / 4 - 1;
-        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &quad[..4 - pad] {
-            n = n << 6 | value(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,28 +371,6 @@ mod tests {
 
     fn key_of(a: &AzureAccount) -> bool {
         matches!(a.credential, Credential::SharedKey(_))
-    }
-
-    #[test]
-    fn base64_round_trips_and_matches_rfc4648() {
-        for (plain, coded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64_encode(plain.as_bytes()), coded);
-            assert_eq!(base64_decode(coded).unwrap(), plain.as_bytes());
-        }
-        let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(base64_decode(&base64_encode(&all)).unwrap(), all);
-        for bad in ["Zg=", "Z===", "Zg==Zg==", "Zm9v!A==", "Zg=a"] {
-            assert_eq!(base64_decode(bad), None, "{bad}");
-        }
-        assert_eq!(base64_decode(DEV_KEY).unwrap().len(), 64);
     }
 
     #[test]
@@ -658,10 +571,7 @@ mod tests {
         let bytes: Vec<u8> = (0..32)
             .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
             .collect();
-        assert_eq!(
-            sign(&key, "what do ya want for nothing?"),
-            base64_encode(&bytes)
-        );
+        assert_eq!(sign(&key, "what do ya want for nothing?"), base64(&bytes));
     }
 
     #[test]

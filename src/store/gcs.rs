@@ -29,11 +29,12 @@ use std::io::Read;
 use std::thread::sleep;
 use std::time::Duration;
 
-use super::gcs_auth::{percent_encode, Credentials, TokenSource};
+use super::gcs_auth::{Credentials, TokenSource};
 use super::{
     content_type, fill_buffer, prefixed, BlobStore, FirstPart, StoreError, StoreErrorKind,
 };
 use crate::config::{ConfigError, Env};
+use crate::encoding::percent_encode;
 use crate::retry::{with_retries, Attempts, Backoff, Step};
 
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -250,8 +251,8 @@ impl GcsStore {
             "{}/storage/v1/b/{}/o/{}?userProject={}",
             self.settings.endpoint,
             self.settings.bucket,
-            percent_encode(name),
-            percent_encode(&self.settings.project)
+            percent_encode(name, false),
+            percent_encode(&self.settings.project, false)
         )
     }
 
@@ -260,8 +261,8 @@ impl GcsStore {
             "{}/upload/storage/v1/b/{}/o?uploadType={upload_type}&name={}&userProject={}",
             self.settings.endpoint,
             self.settings.bucket,
-            percent_encode(name),
-            percent_encode(&self.settings.project)
+            percent_encode(name, false),
+            percent_encode(&self.settings.project, false)
         )
     }
 

@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use super::{StoreError, StoreErrorKind};
 use crate::config::{ConfigError, Env, Secret};
+use crate::encoding::{base64_decode_loose, base64url, percent_encode};
 
 /// The OAuth scope asked for: read and write objects, nothing more.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
@@ -411,65 +412,9 @@ fn unix_now() -> u64 {
 fn form(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
-        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .map(|(k, v)| format!("{}={}", percent_encode(k, false), percent_encode(v, false)))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters (so `/` too).
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/// Base64url without padding, as JWTs want it. (Twenty lines instead of a crate.)
-pub fn base64url(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(BASE64URL[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-/// Decodes base64 in either alphabet (standard or URL-safe), ignoring padding and
-/// whitespace; `None` on any other character.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' | b' ' | b'\n' | b'\r' | b'\t' => continue,
-            _ => return None,
-        };
-        acc = acc << 6 | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 /// The DER bytes of the first PEM block labelled `label`.
@@ -478,36 +423,12 @@ pub fn pem_to_der(pem: &str, label: &str) -> Option<Vec<u8>> {
     let end = format!("-----END {label}-----");
     let start = pem.find(&begin)? + begin.len();
     let stop = start + pem[start..].find(&end)?;
-    base64_decode(&pem[start..stop]).filter(|der| !der.is_empty())
+    base64_decode_loose(&pem[start..stop]).filter(|der| !der.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_round_trips() {
-        for len in 0..40usize {
-            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-            let encoded = base64url(&data);
-            assert!(!encoded.contains('='));
-            assert_eq!(base64_decode(&encoded).unwrap(), data, "len {len}");
-        }
-        assert_eq!(base64url(b"Man"), "TWFu");
-        assert_eq!(base64url(b"Ma"), "TWE");
-        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
-        assert_eq!(base64_decode("+/8=").unwrap(), vec![0xfb, 0xff]);
-        assert_eq!(base64_decode("TW\nFu").unwrap(), b"Man");
-        assert_eq!(base64_decode("TW*u"), None);
-    }
-
-    #[test]
-    fn percent_encoding_keeps_only_unreserved() {
-        assert_eq!(
-            percent_encode("a/ž b(1).ogg~"),
-            "a%2F%C5%BE%20b%281%29.ogg~"
-        );
-    }
 
     #[test]
     fn pem_block_is_found() {
