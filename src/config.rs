@@ -768,6 +768,22 @@ fn parse_api(env: &Env, errors: &mut Vec<ConfigError>) -> ApiEndpoint {
     }
 }
 
+/// Parses a byte size: `16777216`, `16M`, `16MB`, `16MiB`, `512K`, `1G` (all binary).
+pub fn parse_size(raw: &str) -> Option<u64> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (digits, unit) = raw.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
 /// Parses `90`, `90s`, `500ms`, `5m`, `1h`.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
@@ -971,6 +987,15 @@ mod tests {
         );
         assert_eq!(parse_iso_date("1970-01-02"), Some(86_400_000));
         assert_eq!(parse_iso_date("2024-13-01"), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MB"), Some(16 << 20));
+        assert_eq!(parse_size("512k"), Some(512 * 1024));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("7"), Some(7));
+        assert_eq!(parse_size("7 parsecs"), None);
     }
 
     #[test]

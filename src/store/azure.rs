@@ -101,7 +101,7 @@ impl AzureSettings {
         let block_var = "SP_TASK_SYNC_AZURE_BLOCK_SIZE";
         let block_size = match env.get(block_var) {
             None => Some(DEFAULT_BLOCK_SIZE),
-            Some(raw) => match crate::store::s3::parse_size(raw) {
+            Some(raw) => match crate::config::parse_size(raw) {
                 Some(n) if (MIN_BLOCK_SIZE as u64..=MAX_BLOCK_SIZE as u64).contains(&n) => {
                     Some(n as usize)
                 }

@@ -134,7 +134,7 @@ impl GcsSettings {
         let chunk_var = "SP_TASK_SYNC_GCS_CHUNK_SIZE";
         let chunk_size = match env.get(chunk_var) {
             None => DEFAULT_CHUNK_SIZE,
-            Some(raw) => match crate::store::s3::parse_size(raw) {
+            Some(raw) => match crate::config::parse_size(raw) {
                 Some(n)
                     if n > 0 && n % CHUNK_GRANULARITY as u64 == 0 && n <= MAX_CHUNK_SIZE as u64 =>
                 {

@@ -111,7 +111,7 @@ impl S3Settings {
                 });
         let mut size = |var: &str, default: u64| match env.get(var) {
             None => default,
-            Some(raw) => match parse_size(raw) {
+            Some(raw) => match crate::config::parse_size(raw) {
                 Some(n) if (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) => n,
                 _ => {
                     errors.push(ConfigError::new(
@@ -184,22 +184,6 @@ fn check_endpoint(raw: &str) -> Result<String, &'static str> {
         return Err("must not contain user:password (credentials come from the AWS variables)");
     }
     Ok(raw.trim_end_matches('/').to_string())
-}
-
-/// `16777216`, `16M`, `16MB`, `16MiB`, `512K`, `1G` (all binary).
-pub fn parse_size(raw: &str) -> Option<u64> {
-    let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let factor = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => MIB,
-        "g" | "gb" | "gib" => 1024 * MIB,
-        _ => return None,
-    };
-    n.checked_mul(factor)
 }
 
 /// An upload whose abort failed, to be aborted later.
@@ -609,15 +593,6 @@ mod tests {
             ]
         );
         assert!(!format!("{errors:?}").contains("pw@"));
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("16MB"), Some(16 * MIB));
-        assert_eq!(parse_size("512k"), Some(512 * 1024));
-        assert_eq!(parse_size("1 GiB"), Some(1024 * MIB));
-        assert_eq!(parse_size("7"), Some(7));
-        assert_eq!(parse_size("7 parsecs"), None);
     }
 
     #[test]
