@@ -4,180 +4,13 @@
 //! switch connectors without edits. Every mistake is collected, so a user sees all
 //! of them at once, each naming the variable and the bad value (secrets masked).
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::env::{parse_duration, ConfigError, ConfigErrors, Env, Secret};
+use crate::store::StorageSettings;
+use crate::task::{join_types, DataType};
 use crate::template::FileNameTemplate;
-
-/// A snapshot of the environment variables (empty values count as unset).
-#[derive(Debug, Clone, Default)]
-pub struct Env(BTreeMap<String, String>);
-
-impl Env {
-    pub fn from_process() -> Env {
-        Env(std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect())
-    }
-
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
-        Env(pairs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect())
-    }
-
-    /// The trimmed value, or `None` when unset or blank.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
-    }
-
-    pub fn set(&mut self, name: &str, value: &str) {
-        self.0.insert(name.to_string(), value.to_string());
-    }
-}
-
-/// A value that must never be printed: `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// One configuration mistake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub var: String,
-    /// The offending value, already masked when it is secret; `None` when unset.
-    pub value: Option<String>,
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub fn new(var: &str, value: Option<&str>, problem: impl Into<String>) -> ConfigError {
-        ConfigError {
-            var: var.to_string(),
-            value: value.map(str::to_string),
-            problem: problem.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.value {
-            Some(v) => write!(f, "{}={:?}: {}", self.var, v, self.problem),
-            None => write!(f, "{}: {}", self.var, self.problem),
-        }
-    }
-}
-
-/// All the mistakes found, in the order of the variables.
-#[derive(Debug)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "the configuration has {} problem(s):", self.0.len())?;
-        for e in &self.0 {
-            writeln!(f, "  - {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// The kinds of data the platform can hand out, with their canonical names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum DataType {
-    CallMetadata,
-    Recordings,
-    Transcriptions,
-    ChatMetadata,
-    ChatHistory,
-    SmsMetadata,
-    EmailMetadata,
-    CommonMetadata,
-    WorkflowMetadata,
-}
-
-impl DataType {
-    pub const ALL: [DataType; 9] = [
-        DataType::CallMetadata,
-        DataType::Recordings,
-        DataType::Transcriptions,
-        DataType::ChatMetadata,
-        DataType::ChatHistory,
-        DataType::SmsMetadata,
-        DataType::EmailMetadata,
-        DataType::CommonMetadata,
-        DataType::WorkflowMetadata,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DataType::CallMetadata => "CallMetadata",
-            DataType::Recordings => "Recordings",
-            DataType::Transcriptions => "Transcriptions",
-            DataType::ChatMetadata => "ChatMetadata",
-            DataType::ChatHistory => "ChatHistory",
-            DataType::SmsMetadata => "SMSMetadata",
-            DataType::EmailMetadata => "EmailMetadata",
-            DataType::CommonMetadata => "CommonMetadata",
-            DataType::WorkflowMetadata => "WorkflowMetadata",
-        }
-    }
-
-    /// Matches a canonical name case-insensitively.
-    pub fn parse(name: &str) -> Option<DataType> {
-        DataType::ALL
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(name.trim()))
-    }
-
-    /// The file suffix of the k-th item of this type (k from 1; only recordings and
-    /// transcriptions have more than one per task).
-    pub fn suffix(self, k: usize) -> String {
-        let numbered = |ext: &str| {
-            if k <= 1 {
-                ext.to_string()
-            } else {
-                format!("-{k}{ext}")
-            }
-        };
-        match self {
-            DataType::Recordings => numbered(".ogg"),
-            DataType::Transcriptions => numbered(".trans.json"),
-            DataType::ChatHistory => ".history.json".to_string(),
-            _ => ".meta.json".to_string(),
-        }
-    }
-}
-
-pub fn join_types(types: &[DataType]) -> String {
-    types.iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
-}
 
 /// Where the platform API is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,26 +39,6 @@ pub struct Filters {
     pub hashtags_must_not: Vec<String>,
 }
 
-/// Which storage provider, with its own settings.
-#[derive(Debug, Clone)]
-pub enum StorageSettings {
-    Local { root: PathBuf },
-    Gcs(Box<crate::store::gcs::GcsSettings>),
-    Azure(crate::store::azure::AzureSettings),
-    S3(Box<crate::store::s3::S3Settings>),
-}
-
-impl StorageSettings {
-    pub fn provider(&self) -> &'static str {
-        match self {
-            StorageSettings::Local { .. } => "local",
-            StorageSettings::Gcs(_) => "gcs",
-            StorageSettings::Azure(_) => "azure",
-            StorageSettings::S3(_) => "s3",
-        }
-    }
-}
-
 /// The whole, checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -245,6 +58,9 @@ pub struct Config {
     pub page_size: u32,
     /// Longest silence accepted from a server while waiting for or reading an answer.
     pub http_timeout: Duration,
+    /// `SP_TASK_SYNC_RETRY_TIMEOUT`: how long one operation keeps retrying a transient
+    /// failure in `--once` mode (service mode retries until it works).
+    pub retry_timeout: Duration,
     pub storage: StorageSettings,
     /// Extra trusted CAs and proxies (`crate::net`).
     pub network: crate::net::Network,
@@ -365,6 +181,12 @@ impl Config {
         );
         let http_timeout =
             parse_duration_var(env, "SP_HTTP_TIMEOUT", DEFAULT_HTTP_TIMEOUT, &mut errors);
+        let retry_timeout = parse_duration_var(
+            env,
+            "SP_TASK_SYNC_RETRY_TIMEOUT",
+            crate::retry::DEFAULT_RETRY_TIMEOUT,
+            &mut errors,
+        );
         let concurrency = parse_number(
             env,
             "SP_TASK_SYNC_CONCURRENCY",
@@ -402,6 +224,7 @@ impl Config {
                 concurrency,
                 page_size,
                 http_timeout,
+                retry_timeout,
                 storage,
                 network,
                 metrics_addr,
@@ -478,6 +301,10 @@ impl Config {
             ("SP_TASK_SYNC_CONCURRENCY", self.concurrency.to_string()),
             ("SP_TASK_SYNC_PAGE_SIZE", self.page_size.to_string()),
             ("SP_HTTP_TIMEOUT", format!("{:?}", self.http_timeout)),
+            (
+                "SP_TASK_SYNC_RETRY_TIMEOUT",
+                format!("{:?} per operation in --once", self.retry_timeout),
+            ),
             ("SP_LOG_LEVEL", self.log_level.to_string().to_lowercase()),
             ("SP_LOG_FORMAT", self.log_format.name().to_string()),
             (
@@ -768,38 +595,6 @@ fn parse_api(env: &Env, errors: &mut Vec<ConfigError>) -> ApiEndpoint {
     }
 }
 
-/// Parses a byte size: `16777216`, `16M`, `16MB`, `16MiB`, `512K`, `1G` (all binary).
-pub fn parse_size(raw: &str) -> Option<u64> {
-    let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let factor = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
-        _ => return None,
-    };
-    n.checked_mul(factor)
-}
-
-/// Parses `90`, `90s`, `500ms`, `5m`, `1h`.
-pub fn parse_duration(raw: &str) -> Option<Duration> {
-    let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let d = match unit.trim() {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n.checked_mul(60)?),
-        "h" => Duration::from_secs(n.checked_mul(3600)?),
-        _ => return None,
-    };
-    (!d.is_zero()).then_some(d)
-}
-
 fn parse_duration_var(
     env: &Env,
     var: &str,
@@ -987,25 +782,6 @@ mod tests {
         );
         assert_eq!(parse_iso_date("1970-01-02"), Some(86_400_000));
         assert_eq!(parse_iso_date("2024-13-01"), None);
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("16MB"), Some(16 << 20));
-        assert_eq!(parse_size("512k"), Some(512 * 1024));
-        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
-        assert_eq!(parse_size("7"), Some(7));
-        assert_eq!(parse_size("7 parsecs"), None);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("0"), None);
-        assert_eq!(parse_duration("5 parsecs"), None);
     }
 
     #[test]

@@ -8,11 +8,13 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use crate::config::{naming_from_env, Config, ConfigErrors, DataType, Env};
+use crate::config::{naming_from_env, Config};
 use crate::emulator::{Emulator, EmulatorConfig};
+use crate::env::{ConfigErrors, Env};
 use crate::platform::Platform;
 use crate::store::local::{LocalStore, STATE_DIR};
 use crate::sync::{Engine, Mode};
+use crate::task::DataType;
 use crate::template::TaskFields;
 
 /// The official image's default template.
@@ -44,7 +46,7 @@ pub fn render_names(env: &Env, opts: &RenderOptions) -> Result<Vec<String>, Conf
         call_to: Some(opts.call_to.as_deref().unwrap_or("420987654321")),
     };
     let base = template.render(&fields).map_err(|e| {
-        ConfigErrors(vec![crate::config::ConfigError::new(
+        ConfigErrors(vec![crate::env::ConfigError::new(
             "SP_TASK_SYNC_FILE_NAME_TEMPLATE",
             None,
             e.to_string(),

@@ -154,6 +154,14 @@ pub fn error_message(url: &str, e: &ureq::Error) -> String {
 }
 
 /// The `Retry-After` of an answer, when it is a number of seconds.
+/// Why a failed request is worth another try, for `/metrics`.
+pub fn retry_reason(e: &ureq::Error) -> crate::retry::Reason {
+    match e {
+        ureq::Error::Timeout(_) => crate::retry::Reason::Timeout,
+        _ => crate::retry::Reason::Transport,
+    }
+}
+
 pub fn retry_after<B>(response: &ureq::http::Response<B>) -> Option<Duration> {
     response
         .headers()

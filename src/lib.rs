@@ -9,6 +9,7 @@ pub mod date_pattern;
 pub mod demo;
 pub mod emulator;
 pub mod encoding;
+pub mod env;
 pub mod http;
 pub mod journal;
 pub mod logging;

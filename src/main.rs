@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use log::{error, info, warn, LevelFilter};
 
-use spinoco_connector::config::{Config, Env};
+use spinoco_connector::config::Config;
+use spinoco_connector::env::Env;
 use spinoco_connector::logging::{self, LogFormat};
 use spinoco_connector::platform::{Platform, PlatformError};
 use spinoco_connector::store::{self, BlobStore, StoreErrorKind};
@@ -238,8 +239,8 @@ fn connection(http: &http::Http, url: &str, host: &str) -> String {
 }
 
 /// The storage's HTTP endpoint, for the providers that have one.
-fn storage_endpoint(storage: &spinoco_connector::config::StorageSettings) -> Option<String> {
-    use spinoco_connector::config::StorageSettings;
+fn storage_endpoint(storage: &spinoco_connector::store::StorageSettings) -> Option<String> {
+    use spinoco_connector::store::StorageSettings;
     #[allow(unreachable_patterns)]
     match storage {
         StorageSettings::Gcs(gcs) => Some(gcs.endpoint.clone()),

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 
+use crate::retry::{Reason, Side};
 use crate::store::BlobStore;
 
 /// Everything counted since the process started.
@@ -32,8 +33,8 @@ pub struct Metrics {
     rejected: AtomicU64,
     /// Transfers or deletes given up after every attempt (`--once` only).
     failed: AtomicU64,
-    /// Back-offs after a transient error of the platform, the storage or a download.
-    retries: AtomicU64,
+    /// Back-offs after a transient error, by side and reason ([`crate::retry`]).
+    retries: [[AtomicU64; Reason::ALL.len()]; Side::ALL.len()],
     rounds: AtomicU64,
     in_flight: AtomicI64,
     /// Unix milliseconds of the last round that finished with nothing failed; 0 = none yet.
@@ -79,7 +80,7 @@ impl Metrics {
             missing: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
+            retries: [const { [const { AtomicU64::new(0) }; Reason::ALL.len()] }; Side::ALL.len()],
             rounds: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             last_success_ms: AtomicU64::new(0),
@@ -115,8 +116,8 @@ impl Metrics {
         self.progress();
     }
 
-    pub fn retry(&self) {
-        Self::add(&self.retries, 1);
+    pub fn retry(&self, side: Side, reason: Reason) {
+        Self::add(&self.retries[side as usize][reason as usize], 1);
     }
 
     /// A round ended; `clean` when nothing in it failed or was stopped.
@@ -199,11 +200,29 @@ impl Metrics {
                 ("{kind=\"failed\"}", get(&self.failed).to_string()),
             ],
         );
+        let retry_labels: Vec<(String, String)> = Side::ALL
+            .iter()
+            .flat_map(|&side| Reason::ALL.iter().map(move |&reason| (side, reason)))
+            .map(|(side, reason)| {
+                (
+                    format!(
+                        "{{side=\"{}\",reason=\"{}\"}}",
+                        side.label(),
+                        reason.label()
+                    ),
+                    get(&self.retries[side as usize][reason as usize]).to_string(),
+                )
+            })
+            .collect();
+        let retry_samples: Vec<(&str, String)> = retry_labels
+            .iter()
+            .map(|(l, v)| (l.as_str(), v.clone()))
+            .collect();
         metric(
             "spinoco_retries_total",
             "counter",
-            "Back-offs after a transient error of the platform, the storage or a download.",
-            &[("", get(&self.retries).to_string())],
+            "Back-offs after a transient error, by side (platform, storage) and reason (transport, timeout, throttled, server_error, broken_body, io).",
+            &retry_samples,
         );
         metric(
             "spinoco_rounds_total",
@@ -370,8 +389,9 @@ mod tests {
         m.file_stored(100);
         m.file_stored(50);
         m.page_done(3, 1, 1, 0, 0);
-        m.retry();
-        m.retry();
+        m.retry(Side::Platform, Reason::ServerError);
+        m.retry(Side::Platform, Reason::ServerError);
+        m.retry(Side::Storage, Reason::Transport);
         m.round_done(true);
         let text = m.render();
         for line in [
@@ -381,7 +401,9 @@ mod tests {
             "spinoco_deletes_total 1",
             "spinoco_errors_total{kind=\"missing\"} 1",
             "spinoco_errors_total{kind=\"failed\"} 0",
-            "spinoco_retries_total 2",
+            "spinoco_retries_total{side=\"platform\",reason=\"server_error\"} 2",
+            "spinoco_retries_total{side=\"storage\",reason=\"transport\"} 1",
+            "spinoco_retries_total{side=\"storage\",reason=\"io\"} 0",
             "spinoco_rounds_total 1",
             "spinoco_transfers_in_flight 0",
         ] {

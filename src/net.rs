@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-use crate::config::{ConfigError, Env, Secret};
+use crate::env::{ConfigError, Env, Secret};
 
 /// A PEM bundle of extra trusted CAs, loaded and checked.
 #[derive(Clone)]

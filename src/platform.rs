@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::Secret;
+use crate::env::Secret;
 use crate::http::retry_after;
+use crate::retry::Reason;
 
 /// The largest feed page accepted: a page holds at most 100 small task objects, so
 /// anything this big is a broken or hostile answer, not data.
@@ -31,6 +32,7 @@ pub enum PlatformError {
     /// Worth retrying: 429, 5xx, timeouts, resets, truncated or unreadable bodies.
     Transient {
         message: String,
+        reason: Reason,
         retry_after: Option<Duration>,
     },
     /// The platform refused the request itself (another 4xx); retrying cannot help.
@@ -80,9 +82,10 @@ struct FeedBody {
 /// its own, so one odd task cannot hide the others.
 pub fn decode_page(bytes: &[u8]) -> Result<FeedPage, PlatformError> {
     let page: FeedBody = serde_json::from_slice(bytes).map_err(|e| {
-        transient(format!(
-            "the sync feed answered with a page that is not the expected JSON ({e})"
-        ))
+        transient(
+            Reason::BrokenBody,
+            format!("the sync feed answered with a page that is not the expected JSON ({e})"),
+        )
     })?;
     Ok(FeedPage {
         tasks: page.result,
@@ -144,7 +147,12 @@ impl Platform {
             .with_config()
             .limit(MAX_PAGE_BYTES)
             .read_to_vec()
-            .map_err(|e| transient(format!("reading a sync feed page failed: {e}")))?;
+            .map_err(|e| {
+                transient(
+                    Reason::BrokenBody,
+                    format!("reading a sync feed page failed: {e}"),
+                )
+            })?;
         decode_page(&bytes)
     }
 
@@ -256,9 +264,10 @@ impl Read for Download {
     }
 }
 
-fn transient(message: String) -> PlatformError {
+fn transient(reason: Reason, message: String) -> PlatformError {
     PlatformError::Transient {
         message,
+        reason,
         retry_after: None,
     }
 }
@@ -276,7 +285,7 @@ fn transport(base: &str, what: &str, e: &ureq::Error) -> PlatformError {
             status: 0,
             message: format!("bad address for {what}: {u}"),
         },
-        _ => transient(format!("{what}: {e}")),
+        _ => transient(crate::http::retry_reason(e), format!("{what}: {e}")),
     }
 }
 
@@ -285,6 +294,7 @@ fn classify(status: u16, what: &str, text: String, after: Option<Duration>) -> P
         401 | 403 => PlatformError::Auth { status },
         408 | 429 | 500..=599 => PlatformError::Transient {
             message: format!("{what}: HTTP {status}{text}"),
+            reason: Reason::of_status(status),
             retry_after: after,
         },
         _ => PlatformError::Refused {

@@ -5,6 +5,14 @@
 //! and used by object_store's `client/backoff.rs`: each delay is drawn uniformly between
 //! the initial delay and twice the previous one, capped; the first is 100 ms and the
 //! cap 15 s. A server's `Retry-After` replaces the drawn delay when it is longer.
+//!
+//! One layer decides about each retry, the one that made the request: the storage
+//! client retries each of its requests (so a part, block or chunk is resent, never a
+//! whole recording), and the engine retries each platform request and each transfer
+//! whose download broke. A storage error that reaches the engine is final: it reports
+//! it and never retries it again. Both use [`with_retries`] with the same
+//! [`RetryBudget`] (forever in service mode, `SP_TASK_SYNC_RETRY_TIMEOUT` per operation
+//! in `--once`), and every back-off is counted in `/metrics` by side and reason.
 
 use std::time::Duration;
 
@@ -62,21 +70,108 @@ impl Default for Backoff {
     }
 }
 
-/// How many attempts an operation gets.
+/// Which side a retried call talks to (a label of `spinoco_retries_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attempts {
-    /// Service mode: keep trying until it works or the process is asked to stop.
-    Forever,
-    /// `--once` mode: give up after this many, so the run can end and say so.
-    AtMost(u32),
+pub enum Side {
+    Platform,
+    Storage,
 }
 
-impl Attempts {
-    pub fn allows(self, attempt: u32) -> bool {
+impl Side {
+    pub const ALL: [Side; 2] = [Side::Platform, Side::Storage];
+
+    pub fn label(self) -> &'static str {
         match self {
-            Attempts::Forever => true,
-            Attempts::AtMost(n) => attempt < n,
+            Side::Platform => "platform",
+            Side::Storage => "storage",
         }
+    }
+}
+
+/// Why a try is worth another (a label of `spinoco_retries_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The connection could not be opened or broke (refused, reset, DNS, TLS EOF).
+    Transport,
+    /// The server stayed silent longer than `SP_HTTP_TIMEOUT`.
+    Timeout,
+    /// 429, or a 503 that asks us to slow down.
+    Throttled,
+    /// Another 5xx.
+    ServerError,
+    /// A download ended short of its length or broke mid-body.
+    BrokenBody,
+    /// A local file system error that may pass (a full disk that drains).
+    Io,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::Transport,
+        Reason::Timeout,
+        Reason::Throttled,
+        Reason::ServerError,
+        Reason::BrokenBody,
+        Reason::Io,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Transport => "transport",
+            Reason::Timeout => "timeout",
+            Reason::Throttled => "throttled",
+            Reason::ServerError => "server_error",
+            Reason::BrokenBody => "broken_body",
+            Reason::Io => "io",
+        }
+    }
+
+    /// The reason for an HTTP status that is worth retrying.
+    pub fn of_status(status: u16) -> Reason {
+        match status {
+            408 => Reason::Timeout,
+            429 => Reason::Throttled,
+            _ => Reason::ServerError,
+        }
+    }
+}
+
+/// How long one operation may keep retrying a transient failure: until a time
+/// budget is spent (`--once`: `SP_TASK_SYNC_RETRY_TIMEOUT`, like object_store's
+/// `retry_timeout`), after a number of tries (tests), or forever (service mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    pub timeout: Option<Duration>,
+    pub max_tries: Option<u32>,
+}
+
+/// The default budget of one operation in `--once` mode.
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(180);
+
+impl RetryBudget {
+    /// Service mode: until it works or the process is asked to stop.
+    pub const FOREVER: RetryBudget = RetryBudget {
+        timeout: None,
+        max_tries: None,
+    };
+
+    pub const fn within(timeout: Duration) -> RetryBudget {
+        RetryBudget {
+            timeout: Some(timeout),
+            max_tries: None,
+        }
+    }
+
+    pub const fn tries(n: u32) -> RetryBudget {
+        RetryBudget {
+            timeout: None,
+            max_tries: Some(n),
+        }
+    }
+
+    /// Whether another try may follow `tries` tries, `elapsed` after the first began.
+    pub fn allows(self, tries: u32, elapsed: Duration) -> bool {
+        self.max_tries.is_none_or(|n| tries < n) && self.timeout.is_none_or(|t| elapsed < t)
     }
 }
 
@@ -86,55 +181,72 @@ pub enum Step<T, E> {
     /// Failed for good: no point trying again.
     Fail(E),
     /// Failed for now; the server may say how long to wait.
-    Retry(E, Option<Duration>),
+    Retry {
+        error: E,
+        reason: Reason,
+        after: Option<Duration>,
+    },
 }
 
-/// Runs `op` until it is done, fails for good or runs out of `attempts`, waiting the
-/// shared back-off between tries (cut short when the process is asked to stop). The
-/// error of the last try is returned, with the number of attempts when they ran out.
+/// Runs `op` until it is done, fails for good, or the `budget` is spent, waiting the
+/// shared back-off between tries (cut short when the process is asked to stop). Every
+/// back-off is logged at warn with `what` and counted in `/metrics` by `side` and
+/// reason. The error of the last try is returned, with the number of tries when the
+/// budget (or the process's patience) ran out.
 pub fn with_retries<T, E: std::fmt::Display>(
-    attempts: Attempts,
+    budget: RetryBudget,
+    side: Side,
+    what: &str,
     mut op: impl FnMut() -> Step<T, E>,
 ) -> Result<T, Exhausted<E>> {
-    let mut backoff = Backoff::new();
+    with_backoff(budget, side, what, Backoff::new(), &mut op)
+}
+
+fn with_backoff<T, E: std::fmt::Display>(
+    budget: RetryBudget,
+    side: Side,
+    what: &str,
+    mut backoff: Backoff,
+    op: &mut dyn FnMut() -> Step<T, E>,
+) -> Result<T, Exhausted<E>> {
+    let started = std::time::Instant::now();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (error, after) = match op() {
+        let (error, reason, after) = match op() {
             Step::Done(v) => return Ok(v),
-            Step::Fail(e) => {
-                return Err(Exhausted {
-                    error: e,
-                    attempts: None,
-                })
-            }
-            Step::Retry(e, after) => (e, after),
-        };
-        if !attempts.allows(attempt) {
-            return Err(Exhausted {
+            Step::Fail(error) => return Err(Exhausted { error, tries: None }),
+            Step::Retry {
                 error,
-                attempts: Some(attempt),
-            });
+                reason,
+                after,
+            } => (error, reason, after),
+        };
+        let gave_up = Exhausted {
+            error,
+            tries: Some(attempt),
+        };
+        if crate::shutdown::requested() || !budget.allows(attempt, started.elapsed()) {
+            return Err(gave_up);
         }
+        crate::metrics::global().retry(side, reason);
         let delay = backoff.next_delay(after);
-        log::debug!(
-            "{error}; retrying in {:.1}s (attempt {attempt})",
+        log::warn!(
+            "{what}: {}; retrying in {:.1}s (attempt {attempt})",
+            gave_up.error,
             delay.as_secs_f64()
         );
         if !crate::shutdown::sleep(delay) {
-            return Err(Exhausted {
-                error,
-                attempts: Some(attempt),
-            });
+            return Err(gave_up);
         }
     }
 }
 
-/// The last error of [`with_retries`]; `attempts` is set when it was retried and the
-/// attempts (or the process's patience) ran out.
+/// The last error of [`with_retries`]; `tries` is set when it was retried and the
+/// budget (or the process's patience) ran out.
 pub struct Exhausted<E> {
     pub error: E,
-    pub attempts: Option<u32>,
+    pub tries: Option<u32>,
 }
 
 /// A small xorshift64* generator: jitter needs spread, not cryptography.
@@ -216,36 +328,65 @@ mod tests {
         );
     }
 
-    #[test]
-    fn with_retries_stops_at_the_bound_and_on_a_final_failure() {
-        let mut tries = 0;
-        let r: Result<(), _> = with_retries(Attempts::AtMost(3), || {
-            tries += 1;
-            Step::Retry("busy", Some(Duration::from_millis(1)))
-        });
-        let e = r.err().unwrap();
-        assert_eq!((tries, e.error, e.attempts), (3, "busy", Some(3)));
-        let mut tries = 0;
-        let r: Result<(), _> = with_retries(Attempts::Forever, || {
-            tries += 1;
-            if tries < 2 {
-                Step::Retry("x", Some(Duration::from_millis(1)))
-            } else {
-                Step::Fail("no")
-            }
-        });
-        let e = r.err().unwrap();
-        assert_eq!((tries, e.error, e.attempts), (2, "no", None));
-        assert_eq!(
-            with_retries::<_, &str>(Attempts::AtMost(1), || Step::Done(7)).ok(),
-            Some(7)
-        );
+    fn quick() -> Backoff {
+        Backoff::with_rng(
+            Duration::from_millis(1),
+            Duration::from_millis(2),
+            Box::new(|| 0.0),
+        )
     }
 
     #[test]
-    fn attempts() {
-        assert!(Attempts::Forever.allows(1_000_000));
-        assert!(Attempts::AtMost(3).allows(2));
-        assert!(!Attempts::AtMost(3).allows(3));
+    fn with_retries_stops_when_the_budget_is_spent_and_on_a_final_failure() {
+        let mut tries = 0;
+        let budget = RetryBudget::within(Duration::from_millis(30));
+        let r: Result<(), _> = with_backoff(budget, Side::Storage, "t", quick(), &mut || {
+            tries += 1;
+            Step::Retry {
+                error: "busy",
+                reason: Reason::ServerError,
+                after: None,
+            }
+        });
+        let e = r.err().unwrap();
+        assert!(tries >= 2, "retried within the budget ({tries} tries)");
+        assert_eq!((e.error, e.tries), ("busy", Some(tries)));
+        let mut tries = 0;
+        let r: Result<(), _> = with_backoff(
+            RetryBudget::FOREVER,
+            Side::Platform,
+            "t",
+            quick(),
+            &mut || {
+                tries += 1;
+                if tries < 5 {
+                    Step::Retry {
+                        error: "x",
+                        reason: Reason::Transport,
+                        after: None,
+                    }
+                } else {
+                    Step::Fail("no")
+                }
+            },
+        );
+        let e = r.err().unwrap();
+        assert_eq!((tries, e.error, e.tries), (5, "no", None));
+        let zero = RetryBudget::within(Duration::ZERO);
+        let r = with_retries::<_, &str>(zero, Side::Storage, "t", || Step::Done(7));
+        assert_eq!(r.ok(), Some(7));
+    }
+
+    #[test]
+    fn budgets() {
+        let long = Duration::from_secs(1 << 40);
+        assert!(RetryBudget::FOREVER.allows(1_000_000, long));
+        let three = RetryBudget::within(Duration::from_secs(180));
+        assert!(three.allows(1_000, Duration::from_secs(179)));
+        assert!(!three.allows(1, Duration::from_secs(180)));
+        assert!(RetryBudget::tries(3).allows(2, long));
+        assert!(!RetryBudget::tries(3).allows(3, Duration::ZERO));
+        assert_eq!(Reason::of_status(429), Reason::Throttled);
+        assert_eq!(Reason::of_status(502), Reason::ServerError);
     }
 }

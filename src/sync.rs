@@ -20,16 +20,14 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use serde_json::{json, Value};
 
-use crate::config::{join_types, Config};
+use crate::config::Config;
 use crate::journal::{JournalError, JournaledPage, PageJournal};
 use crate::platform::{FeedPage, Platform, PlatformError};
-use crate::retry::{Attempts, Backoff};
+use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 use crate::shutdown;
 use crate::store::{BlobStore, StoreError, StoreErrorKind};
+use crate::task::join_types;
 use crate::task::{excerpt, FileJob, Task};
-
-/// How many attempts one operation gets in `--once` mode.
-pub const ONCE_ATTEMPTS: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -71,7 +69,7 @@ impl fmt::Display for SyncError {
             SyncError::StorageDenied(e) => write!(f, "the storage refused access: {e}"),
             SyncError::Refused(m) => f.write_str(m),
             SyncError::Tls(e) => e.fmt(f),
-            SyncError::Unavailable(m) => write!(f, "gave up after {ONCE_ATTEMPTS} attempts: {m}"),
+            SyncError::Unavailable(m) => write!(f, "gave up when the retry budget (SP_TASK_SYNC_RETRY_TIMEOUT) was spent: {m}"),
             SyncError::Journal(e) => e.fmt(f),
             SyncError::Stopped => f.write_str("stopped on request"),
             SyncError::Incomplete { failed, rejected } => write!(
@@ -138,7 +136,7 @@ pub struct Engine<'a> {
     platform: Platform,
     store: &'a dyn BlobStore,
     journal: PageJournal<'a>,
-    attempts: Attempts,
+    budget: RetryBudget,
     summary: Summary,
 }
 
@@ -159,7 +157,11 @@ enum Outcome<T> {
 /// One try of an operation, sorted.
 enum Try<T> {
     Ok(T),
-    Retry(String, Option<Duration>),
+    Retry {
+        message: String,
+        reason: Reason,
+        after: Option<Duration>,
+    },
     Missing,
     Reject(String),
     Fatal(SyncError),
@@ -173,16 +175,16 @@ impl<'a> Engine<'a> {
         store: &'a dyn BlobStore,
         mode: Mode,
     ) -> Engine<'a> {
-        let attempts = match mode {
-            Mode::Once => Attempts::AtMost(ONCE_ATTEMPTS),
-            Mode::Service => Attempts::Forever,
+        let budget = match mode {
+            Mode::Once => RetryBudget::within(cfg.retry_timeout),
+            Mode::Service => RetryBudget::FOREVER,
         };
         Engine {
             cfg,
             platform,
             store,
             journal: PageJournal::new(store, &cfg.tag),
-            attempts,
+            budget,
             summary: Summary::default(),
         }
     }
@@ -284,7 +286,9 @@ impl<'a> Engine<'a> {
         loop {
             let fetched = match ahead.take() {
                 Some(page) => Outcome::Done(Some(page)),
-                None => self.retried("the sync feed", || feed_try(&self.platform, &request)),
+                None => self.retried(Side::Platform, "the sync feed", || {
+                    feed_try(&self.platform, &request)
+                }),
             };
             let page = match fetched {
                 Outcome::Done(Some(page)) => page,
@@ -370,7 +374,7 @@ impl<'a> Engine<'a> {
             // One try only: on any trouble the caller asks again the usual way.
             let next = match prefetch.map(|r| feed_try(&self.platform, &r))? {
                 Try::Ok(next) => next?,
-                Try::Retry(m, _) | Try::Reject(m) => {
+                Try::Retry { message: m, .. } | Try::Reject(m) => {
                     warn!("the sync feed (asked ahead): {m}; asking again when this page is done");
                     return None;
                 }
@@ -473,13 +477,15 @@ impl<'a> Engine<'a> {
     /// run: it may hold tasks the platform will not hand out again.
     fn load_journal(&self) -> Result<Option<JournaledPage>, SyncError> {
         let mut damaged = None;
-        let outcome = self.retried("reading the page journal", || match self.journal.load() {
-            Ok(page) => Try::Ok(page),
-            Err(JournalError::Store(e)) => store_try(e),
-            Err(e) => {
-                let message = e.to_string();
-                damaged = Some(e);
-                Try::Reject(message)
+        let outcome = self.retried(Side::Storage, "reading the page journal", || {
+            match self.journal.load() {
+                Ok(page) => Try::Ok(page),
+                Err(JournalError::Store(e)) => store_try(e),
+                Err(e) => {
+                    let message = e.to_string();
+                    damaged = Some(e);
+                    Try::Reject(message)
+                }
             }
         });
         match outcome {
@@ -504,7 +510,7 @@ impl<'a> Engine<'a> {
         op: impl FnMut() -> Result<(), StoreError>,
     ) -> Result<(), SyncError> {
         let mut op = op;
-        match self.retried(what, || match op() {
+        match self.retried(Side::Storage, what, || match op() {
             Ok(()) => Try::Ok(()),
             Err(e) => store_try(e),
         }) {
@@ -518,42 +524,39 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Runs `op` until it works, backing off between tries per the shared policy.
-    fn retried<T>(&self, what: &str, mut op: impl FnMut() -> Try<T>) -> Outcome<T> {
-        let mut backoff = Backoff::new();
-        let mut attempt = 0;
-        loop {
-            if shutdown::requested() {
-                return Outcome::Stopped;
-            }
-            attempt += 1;
-            let (message, after) = match op() {
-                Try::Ok(v) => return Outcome::Done(v),
-                Try::Missing => return Outcome::Missing,
-                Try::Reject(m) => return Outcome::Rejected(m),
-                Try::Fatal(e) => return Outcome::Fatal(e),
-                Try::Stopped => return Outcome::Stopped,
-                Try::Retry(m, after) => (m, after),
-            };
-            if !self.attempts.allows(attempt) {
-                return Outcome::GaveUp(message);
-            }
-            crate::metrics::global().retry();
-            let delay = backoff.next_delay(after);
-            warn!(
-                "{what}: {message}; retrying in {:.1}s (attempt {attempt})",
-                delay.as_secs_f64()
-            );
-            if !shutdown::sleep(delay) {
-                return Outcome::Stopped;
-            }
+    /// Runs `op` until it works, backing off between tries per the shared policy
+    /// ([`crate::retry`]) within the run's budget.
+    fn retried<T>(&self, side: Side, what: &str, mut op: impl FnMut() -> Try<T>) -> Outcome<T> {
+        if shutdown::requested() {
+            return Outcome::Stopped;
+        }
+        let tried = with_retries(self.budget, side, what, || match op() {
+            Try::Ok(v) => Step::Done(Outcome::Done(v)),
+            Try::Missing => Step::Done(Outcome::Missing),
+            Try::Reject(m) => Step::Done(Outcome::Rejected(m)),
+            Try::Fatal(e) => Step::Done(Outcome::Fatal(e)),
+            Try::Stopped => Step::Done(Outcome::Stopped),
+            Try::Retry {
+                message,
+                reason,
+                after,
+            } => Step::Retry {
+                error: message,
+                reason,
+                after,
+            },
+        });
+        match tried {
+            Ok(outcome) => outcome,
+            Err(_) if shutdown::requested() => Outcome::Stopped,
+            Err(e) => Outcome::GaveUp(e.error),
         }
     }
 
     /// Downloads one file into the storage, retrying a broken download from the start.
     fn transfer(&self, job: &FileJob) -> Outcome<u64> {
         let _in_flight = crate::metrics::global().transfer();
-        self.retried(&job.name, || {
+        self.retried(Side::Platform, &job.name, || {
             let mut download = match self.platform.download(&job.path) {
                 Ok(d) => d,
                 Err(e) => return platform_try(e),
@@ -562,14 +565,18 @@ impl<'a> Engine<'a> {
             match self.store.put(&job.name, &mut download, size) {
                 Ok(n) => Try::Ok(n),
                 Err(_) if shutdown::requested() => Try::Stopped,
-                Err(e) if e.kind == StoreErrorKind::Source => Try::Retry(e.message, None),
+                Err(e) if e.kind == StoreErrorKind::Source => Try::Retry {
+                    message: e.message,
+                    reason: Reason::BrokenBody,
+                    after: None,
+                },
                 Err(e) => store_try(e),
             }
         })
     }
 
     fn delete(&self, path: &str) -> Outcome<()> {
-        self.retried(path, || match self.platform.delete(path) {
+        self.retried(Side::Platform, path, || match self.platform.delete(path) {
             Ok(()) => Try::Ok(()),
             Err(e) => platform_try(e),
         })
@@ -591,8 +598,13 @@ fn platform_try<T>(e: PlatformError) -> Try<T> {
         PlatformError::NotFound => Try::Missing,
         PlatformError::Transient {
             message,
+            reason,
             retry_after,
-        } => Try::Retry(message, retry_after),
+        } => Try::Retry {
+            message,
+            reason,
+            after: retry_after,
+        },
         PlatformError::Refused { .. } | PlatformError::PageExpired => Try::Reject(e.to_string()),
     }
 }
@@ -601,7 +613,11 @@ fn store_try<T>(e: StoreError) -> Try<T> {
     match e.kind {
         StoreErrorKind::Denied => Try::Fatal(SyncError::StorageDenied(e)),
         StoreErrorKind::Rejected => Try::Reject(e.message),
-        StoreErrorKind::Transient | StoreErrorKind::Source => Try::Retry(e.message, None),
+        StoreErrorKind::Transient | StoreErrorKind::Source => Try::Retry {
+            message: e.message,
+            reason: Reason::Transport,
+            after: None,
+        },
     }
 }
 

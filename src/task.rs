@@ -12,8 +12,78 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::DataType;
 use crate::template::{check_name, FileNameTemplate, NameError, TaskFields, TemplateError};
+
+/// The kinds of data the platform can hand out, with their canonical names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DataType {
+    CallMetadata,
+    Recordings,
+    Transcriptions,
+    ChatMetadata,
+    ChatHistory,
+    SmsMetadata,
+    EmailMetadata,
+    CommonMetadata,
+    WorkflowMetadata,
+}
+
+impl DataType {
+    pub const ALL: [DataType; 9] = [
+        DataType::CallMetadata,
+        DataType::Recordings,
+        DataType::Transcriptions,
+        DataType::ChatMetadata,
+        DataType::ChatHistory,
+        DataType::SmsMetadata,
+        DataType::EmailMetadata,
+        DataType::CommonMetadata,
+        DataType::WorkflowMetadata,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::CallMetadata => "CallMetadata",
+            DataType::Recordings => "Recordings",
+            DataType::Transcriptions => "Transcriptions",
+            DataType::ChatMetadata => "ChatMetadata",
+            DataType::ChatHistory => "ChatHistory",
+            DataType::SmsMetadata => "SMSMetadata",
+            DataType::EmailMetadata => "EmailMetadata",
+            DataType::CommonMetadata => "CommonMetadata",
+            DataType::WorkflowMetadata => "WorkflowMetadata",
+        }
+    }
+
+    /// Matches a canonical name case-insensitively.
+    pub fn parse(name: &str) -> Option<DataType> {
+        DataType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// The file suffix of the k-th item of this type (k from 1; only recordings and
+    /// transcriptions have more than one per task).
+    pub fn suffix(self, k: usize) -> String {
+        let numbered = |ext: &str| {
+            if k <= 1 {
+                ext.to_string()
+            } else {
+                format!("-{k}{ext}")
+            }
+        };
+        match self {
+            DataType::Recordings => numbered(".ogg"),
+            DataType::Transcriptions => numbered(".trans.json"),
+            DataType::ChatHistory => ".history.json".to_string(),
+            _ => ".meta.json".to_string(),
+        }
+    }
+}
+
+pub fn join_types(types: &[DataType]) -> String {
+    types.iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::fake_http::{FakeServer, Request};
 use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
-use spinoco_connector::config::Env;
+use spinoco_connector::env::Env;
 use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
 use spinoco_connector::store::gcs_auth::{pem_to_der, Credentials, TokenSource, SCOPE};
 use spinoco_connector::store::{BlobStore, StoreErrorKind};

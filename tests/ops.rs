@@ -174,7 +174,23 @@ fn metrics_after_a_service_round_match_what_the_emulator_handed_out() {
     }
     assert!(seen_sync, "no start line in\n{lines}");
     assert!(retries_logged > 0.0, "the faults caused no retry?\n{lines}");
-    assert_eq!(m["spinoco_retries_total"], retries_logged, "retries");
+    let retries = |side: &str| -> f64 {
+        m.iter()
+            .filter(|(k, _)| {
+                k.starts_with("spinoco_retries_total{") && k.contains(&format!("side=\"{side}\""))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert_eq!(
+        retries("platform") + retries("storage"),
+        retries_logged,
+        "retries by side and reason add up to the ones logged\n{page}"
+    );
+    assert!(
+        m["spinoco_retries_total{side=\"platform\",reason=\"server_error\"}"] > 0.0,
+        "the emulator's 5xx faults are counted as platform server errors\n{page}"
+    );
 }
 
 #[test]

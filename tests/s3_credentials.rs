@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::fake_http::FakeServer;
-use spinoco_connector::config::Env;
+use spinoco_connector::env::Env;
 use spinoco_connector::store::s3_credentials::{CredentialProvider, CredentialSettings, Source};
 use spinoco_connector::store::StoreErrorKind;
 use time::format_description::well_known::Rfc3339;

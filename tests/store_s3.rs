@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::behaviour::{self, PatternReader};
-use spinoco_connector::config::Env;
+use spinoco_connector::env::Env;
 use spinoco_connector::store::s3::{S3Settings, S3Store};
 use spinoco_connector::store::{put_bytes, BlobStore, StoreErrorKind};
 

@@ -10,7 +10,8 @@ use std::collections::HashSet;
 use serde_json::{json, Map, Value};
 
 use super::data::{Kind, Task};
-use crate::config::{DataType, Filters};
+use crate::config::Filters;
+use crate::task::DataType;
 use crate::template::{FileNameTemplate, TaskFields};
 
 /// Largest page the platform returns.

@@ -18,8 +18,8 @@ use super::azure_auth::{self, AzureAccount, Credential};
 use super::{
     content_type, fill_buffer, prefixed, BlobStore, FirstPart, StoreError, StoreErrorKind,
 };
-use crate::config::{ConfigError, Env, Secret};
-use crate::retry::{with_retries, Attempts, Rng, Step};
+use crate::env::{ConfigError, Env, Secret};
+use crate::retry::{with_retries, Reason, RetryBudget, Rng, Side, Step};
 
 /// The REST API version every request names.
 pub const API_VERSION: &str = "2021-08-06";
@@ -31,7 +31,7 @@ pub const MAX_BLOCK_SIZE: usize = 1024 * 1024 * 1024;
 /// A blob is committed from at most this many blocks.
 const MAX_BLOCKS: usize = 50_000;
 /// Attempts per request before a transient failure is handed to the caller.
-pub const DEFAULT_ATTEMPTS: Attempts = Attempts::AtMost(5);
+pub const DEFAULT_ATTEMPTS: RetryBudget = RetryBudget::tries(5);
 /// Longest blob name the service accepts.
 const MAX_NAME_LEN: usize = 1024;
 
@@ -101,7 +101,7 @@ impl AzureSettings {
         let block_var = "SP_TASK_SYNC_AZURE_BLOCK_SIZE";
         let block_size = match env.get(block_var) {
             None => Some(DEFAULT_BLOCK_SIZE),
-            Some(raw) => match crate::config::parse_size(raw) {
+            Some(raw) => match crate::env::parse_size(raw) {
                 Some(n) if (MIN_BLOCK_SIZE as u64..=MAX_BLOCK_SIZE as u64).contains(&n) => {
                     Some(n as usize)
                 }
@@ -157,7 +157,7 @@ pub fn valid_container_name(name: &str) -> bool {
 pub struct AzureStore {
     agent: ureq::Agent,
     settings: AzureSettings,
-    attempts: Attempts,
+    attempts: RetryBudget,
 }
 
 /// One request before signing: the blob name is not yet encoded, query values not yet.
@@ -191,7 +191,7 @@ impl AzureStore {
     }
 
     /// Changes how many attempts each request gets (default [`DEFAULT_ATTEMPTS`]).
-    pub fn with_attempts(mut self, attempts: Attempts) -> AzureStore {
+    pub fn with_attempts(mut self, attempts: RetryBudget) -> AzureStore {
         self.attempts = attempts;
         self
     }
@@ -308,42 +308,49 @@ impl AzureStore {
         req: &Request,
         what: &str,
     ) -> Result<(u16, String, Response<Body>), StoreError> {
-        let outcome = with_retries(self.attempts, || match self.send_once(req) {
-            Ok(mut response) => {
-                let status = response.status().as_u16();
-                let code = response
-                    .headers()
-                    .get("x-ms-error-code")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                if !retryable(status) {
-                    if status == 401 || status == 403 {
-                        drain(&mut response);
-                        return Step::Fail(self.status_error(status, &code, what));
+        let outcome = with_retries(self.attempts, Side::Storage, what, || {
+            match self.send_once(req) {
+                Ok(mut response) => {
+                    let status = response.status().as_u16();
+                    let code = response
+                        .headers()
+                        .get("x-ms-error-code")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    if !retryable(status) {
+                        if status == 401 || status == 403 {
+                            drain(&mut response);
+                            return Step::Fail(self.status_error(status, &code, what));
+                        }
+                        return Step::Done((status, code, response));
                     }
-                    return Step::Done((status, code, response));
+                    let wait = crate::http::retry_after(&response);
+                    drain(&mut response);
+                    Step::Retry {
+                        error: StoreError::transient(format!("{what}: HTTP {status} {code}")),
+                        reason: Reason::of_status(status),
+                        after: wait,
+                    }
                 }
-                let wait = crate::http::retry_after(&response);
-                drain(&mut response);
-                Step::Retry(
-                    StoreError::transient(format!("{what}: HTTP {status} {code}")),
-                    wait,
-                )
-            }
-            Err(e) => {
-                let failure = super::transport_error(&self.settings.account.endpoint, &e);
-                let failure = StoreError::new(
-                    failure.kind,
-                    format!("{what}: {}", self.scrub(&failure.message)),
-                );
-                match failure.kind {
-                    StoreErrorKind::Denied => Step::Fail(failure),
-                    _ => Step::Retry(failure, None),
+                Err(e) => {
+                    let failure = super::transport_error(&self.settings.account.endpoint, &e);
+                    let failure = StoreError::new(
+                        failure.kind,
+                        format!("{what}: {}", self.scrub(&failure.message)),
+                    );
+                    match failure.kind {
+                        StoreErrorKind::Denied => Step::Fail(failure),
+                        _ => Step::Retry {
+                            error: failure,
+                            reason: Reason::Transport,
+                            after: None,
+                        },
+                    }
                 }
             }
         });
-        outcome.map_err(|e| match e.attempts {
+        outcome.map_err(|e| match e.tries {
             Some(n) => StoreError::transient(format!("{} (after {n} attempts)", e.error)),
             None => e.error,
         })
@@ -717,7 +724,7 @@ mod tests {
             block_size: 1024,
         };
         let agent = crate::http::agent(std::time::Duration::from_secs(5), 1);
-        AzureStore::new(settings, agent).with_attempts(Attempts::AtMost(3))
+        AzureStore::new(settings, agent).with_attempts(RetryBudget::tries(3))
     }
 
     #[test]
@@ -767,7 +774,7 @@ mod tests {
             .unwrap()
             .port();
         let store =
-            sas_store(&format!("http://127.0.0.1:{port}")).with_attempts(Attempts::AtMost(1));
+            sas_store(&format!("http://127.0.0.1:{port}")).with_attempts(RetryBudget::tries(1));
         let err = store.delete("x").unwrap_err();
         assert_eq!(err.kind, StoreErrorKind::Transient, "{err}");
         assert!(

@@ -14,7 +14,7 @@ use crate::encoding::{base64, base64_decode, percent_encode};
 
 use ring::hmac;
 
-use crate::config::Secret;
+use crate::env::Secret;
 
 /// Azurite's (and the old storage emulator's) well-known development account.
 pub const DEV_ACCOUNT: &str = "devstoreaccount1";

@@ -33,9 +33,9 @@ use super::gcs_auth::{Credentials, TokenSource};
 use super::{
     content_type, fill_buffer, prefixed, BlobStore, FirstPart, StoreError, StoreErrorKind,
 };
-use crate::config::{ConfigError, Env};
 use crate::encoding::percent_encode;
-use crate::retry::{with_retries, Attempts, Backoff, Step};
+use crate::env::{ConfigError, Env};
+use crate::retry::{with_retries, Backoff, Reason, RetryBudget, Side, Step};
 
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 /// Resumable chunks (except the last) must be a multiple of this.
@@ -134,7 +134,7 @@ impl GcsSettings {
         let chunk_var = "SP_TASK_SYNC_GCS_CHUNK_SIZE";
         let chunk_size = match env.get(chunk_var) {
             None => DEFAULT_CHUNK_SIZE,
-            Some(raw) => match crate::config::parse_size(raw) {
+            Some(raw) => match crate::env::parse_size(raw) {
                 Some(n)
                     if n > 0 && n % CHUNK_GRANULARITY as u64 == 0 && n <= MAX_CHUNK_SIZE as u64 =>
                 {
@@ -328,15 +328,22 @@ impl GcsStore {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<Answer, StoreError> {
-        let attempts = Attempts::AtMost(self.settings.attempts.max(1));
-        with_retries(attempts, || match self.once(method, url, headers, body) {
-            Ok(answer) if !matches!(answer.status, 408 | 429 | 500..=599) => Step::Done(answer),
-            Ok(answer) => Step::Retry(self.status_error(what, &answer), answer.retry_after),
-            Err(e) if e.kind == StoreErrorKind::Transient => Step::Retry(
-                StoreError::transient(format!("{what} failed: {}", e.message)),
-                None,
-            ),
-            Err(e) => Step::Fail(StoreError::new(e.kind, format!("{what}: {}", e.message))),
+        let attempts = RetryBudget::tries(self.settings.attempts.max(1));
+        with_retries(attempts, Side::Storage, what, || {
+            match self.once(method, url, headers, body) {
+                Ok(answer) if !matches!(answer.status, 408 | 429 | 500..=599) => Step::Done(answer),
+                Ok(answer) => Step::Retry {
+                    error: self.status_error(what, &answer),
+                    reason: Reason::of_status(answer.status),
+                    after: answer.retry_after,
+                },
+                Err(e) if e.kind == StoreErrorKind::Transient => Step::Retry {
+                    error: StoreError::transient(format!("{what} failed: {}", e.message)),
+                    reason: Reason::Transport,
+                    after: None,
+                },
+                Err(e) => Step::Fail(StoreError::new(e.kind, format!("{what}: {}", e.message))),
+            }
         })
         .map_err(|e| e.error)
     }

@@ -26,8 +26,8 @@ use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde::Deserialize;
 
 use super::{StoreError, StoreErrorKind};
-use crate::config::{ConfigError, Env, Secret};
 use crate::encoding::{base64_decode_loose, base64url, percent_encode};
+use crate::env::{ConfigError, Env, Secret};
 
 /// The OAuth scope asked for: read and write objects, nothing more.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";

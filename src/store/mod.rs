@@ -16,7 +16,27 @@ pub mod local;
 pub mod s3;
 pub mod s3_credentials;
 
-use crate::config::StorageSettings;
+use std::path::PathBuf;
+
+/// Which storage provider, with its own settings.
+#[derive(Debug, Clone)]
+pub enum StorageSettings {
+    Local { root: PathBuf },
+    Gcs(Box<gcs::GcsSettings>),
+    Azure(azure::AzureSettings),
+    S3(Box<s3::S3Settings>),
+}
+
+impl StorageSettings {
+    pub fn provider(&self) -> &'static str {
+        match self {
+            StorageSettings::Local { .. } => "local",
+            StorageSettings::Gcs(_) => "gcs",
+            StorageSettings::Azure(_) => "azure",
+            StorageSettings::S3(_) => "s3",
+        }
+    }
+}
 
 /// Opens the configured provider. `agent` is the shared HTTP agent for the providers
 /// that speak REST through it.

@@ -37,8 +37,8 @@ use s3::{Bucket, Region};
 
 use super::s3_credentials::{CredentialProvider, CredentialSettings};
 use super::{content_type, fill_buffer, prefixed, BlobStore, StoreError, StoreErrorKind};
-use crate::config::{ConfigError, Env};
-use crate::retry::{with_retries, Attempts, Step};
+use crate::env::{ConfigError, Env};
+use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 
 const MIB: u64 = 1024 * 1024;
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 * MIB;
@@ -53,7 +53,7 @@ const MAX_PARTS: u32 = 10_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Attempts of one request inside an upload before the upload gives up; the engine
 /// retries the whole object on a transient error after that.
-const REQUEST_ATTEMPTS: Attempts = Attempts::AtMost(3);
+const REQUEST_ATTEMPTS: RetryBudget = RetryBudget::tries(3);
 
 /// The S3 settings from the environment.
 #[derive(Debug, Clone)]
@@ -111,7 +111,7 @@ impl S3Settings {
                 });
         let mut size = |var: &str, default: u64| match env.get(var) {
             None => default,
-            Some(raw) => match crate::config::parse_size(raw) {
+            Some(raw) => match crate::env::parse_size(raw) {
                 Some(n) if (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) => n,
                 _ => {
                     errors.push(ConfigError::new(
@@ -311,9 +311,13 @@ impl S3Store {
 
     /// Runs one request with the shared back-off for transient failures.
     fn retried<T>(&self, mut op: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        with_retries(REQUEST_ATTEMPTS, || match op() {
+        with_retries(REQUEST_ATTEMPTS, Side::Storage, "S3", || match op() {
             Ok(v) => Step::Done(v),
-            Err(e) if e.kind == StoreErrorKind::Transient => Step::Retry(e, None),
+            Err(e) if e.kind == StoreErrorKind::Transient => Step::Retry {
+                error: e,
+                reason: Reason::Transport,
+                after: None,
+            },
             Err(e) => Step::Fail(e),
         })
         .map_err(|e| e.error)

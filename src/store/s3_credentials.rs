@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::{StoreError, StoreErrorKind};
-use crate::config::{ConfigError, Env, Secret};
+use crate::env::{ConfigError, Env, Secret};
 
 pub const DEFAULT_ECS_HOST: &str = "http://169.254.170.2";
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use spinoco_connector::config::{Config, Env};
+use spinoco_connector::config::Config;
 use spinoco_connector::emulator::Emulator;
+use spinoco_connector::env::Env;
 use spinoco_connector::store::{self, BlobStore};
 
 use super::behaviour::{server, unique};
