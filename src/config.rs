@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::env::{parse_duration, ConfigError, ConfigErrors, Env, Secret};
 use crate::store::StorageSettings;
-use crate::task::{join_types, DataType};
+use crate::task::{join_types, DataType, NameSource};
 use crate::template::FileNameTemplate;
 
 /// Where the platform API is.
@@ -61,6 +61,10 @@ pub struct Config {
     /// `SP_TASK_SYNC_RETRY_TIMEOUT`: how long one operation keeps retrying a transient
     /// failure in `--once` mode (service mode retries until it works).
     pub retry_timeout: Duration,
+    /// `SP_TASK_SYNC_NAMES`: which name wins when the template's and the platform's differ.
+    pub names: NameSource,
+    /// `SP_TASK_SYNC_LEASE_TTL`: how long the journal lease lasts without renewal.
+    pub lease_ttl: Duration,
     pub storage: StorageSettings,
     /// Extra trusted CAs and proxies (`crate::net`).
     pub network: crate::net::Network,
@@ -74,6 +78,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONCURRENCY: usize = 4;
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the journal lease lasts without renewal (`crate::lease`).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 
 impl Config {
     /// Reads and checks everything; returns every problem found.
@@ -187,6 +193,30 @@ impl Config {
             crate::retry::DEFAULT_RETRY_TIMEOUT,
             &mut errors,
         );
+        let names = match env.get("SP_TASK_SYNC_NAMES") {
+            None => NameSource::default(),
+            Some(raw) => NameSource::parse(raw).unwrap_or_else(|| {
+                errors.push(ConfigError::new(
+                    "SP_TASK_SYNC_NAMES",
+                    Some(raw),
+                    "must be template (the names SP_TASK_SYNC_FILE_NAME_TEMPLATE gives) or platform (the platform's own fileName, as the official connector uses)",
+                ));
+                NameSource::default()
+            }),
+        };
+        let lease_ttl = parse_duration_var(
+            env,
+            "SP_TASK_SYNC_LEASE_TTL",
+            DEFAULT_LEASE_TTL,
+            &mut errors,
+        );
+        if lease_ttl < std::time::Duration::from_secs(2) {
+            errors.push(ConfigError::new(
+                "SP_TASK_SYNC_LEASE_TTL",
+                env.get("SP_TASK_SYNC_LEASE_TTL"),
+                "must be at least 2s: the lease is renewed every quarter of it",
+            ));
+        }
         let concurrency = parse_number(
             env,
             "SP_TASK_SYNC_CONCURRENCY",
@@ -225,6 +255,8 @@ impl Config {
                 page_size,
                 http_timeout,
                 retry_timeout,
+                names,
+                lease_ttl,
                 storage,
                 network,
                 metrics_addr,
@@ -301,6 +333,11 @@ impl Config {
             ("SP_TASK_SYNC_CONCURRENCY", self.concurrency.to_string()),
             ("SP_TASK_SYNC_PAGE_SIZE", self.page_size.to_string()),
             ("SP_HTTP_TIMEOUT", format!("{:?}", self.http_timeout)),
+            ("SP_TASK_SYNC_NAMES", self.names.name().to_string()),
+            (
+                "SP_TASK_SYNC_LEASE_TTL",
+                format!("{:?} (renewed every quarter of it)", self.lease_ttl),
+            ),
             (
                 "SP_TASK_SYNC_RETRY_TIMEOUT",
                 format!("{:?} per operation in --once", self.retry_timeout),

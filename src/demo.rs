@@ -14,7 +14,7 @@ use crate::env::{ConfigErrors, Env};
 use crate::platform::Platform;
 use crate::store::local::{LocalStore, STATE_DIR};
 use crate::sync::{Engine, Mode};
-use crate::task::DataType;
+use crate::task::{DataType, NameSource};
 use crate::template::TaskFields;
 
 /// The official image's default template.
@@ -27,6 +27,9 @@ pub struct RenderOptions {
     pub task_id: Option<String>,
     pub call_from: Option<String>,
     pub call_to: Option<String>,
+    /// The platform's `fileName` for one of the task's files: shown beside the name the
+    /// template gives that file.
+    pub file_name: Option<String>,
 }
 
 /// The name of each file a task would get with the configured template, one line each.
@@ -72,7 +75,38 @@ pub fn render_names(env: &Env, opts: &RenderOptions) -> Result<Vec<String>, Conf
             lines.push(format!("{name}   ({}{which}){check}", t.name()));
         }
     }
+    if let Some(platform) = &opts.file_name {
+        lines.push(compare_with_platform(env, &base, platform));
+    }
     Ok(lines)
+}
+
+/// The platform's `fileName` beside the template's name for the same file, and which
+/// one `SP_TASK_SYNC_NAMES` stores.
+fn compare_with_platform(env: &Env, base: &str, platform: &str) -> String {
+    let Some((t, k)) = crate::task::suffix_from_file_name(platform) else {
+        return format!(
+            "platform fileName {platform:?}: its suffix names no data type, so it cannot be \
+             compared (the connector uses it as it is)"
+        );
+    };
+    let ours = format!("{base}{}", t.suffix(k));
+    let source = env
+        .get("SP_TASK_SYNC_NAMES")
+        .and_then(NameSource::parse)
+        .unwrap_or_default();
+    if ours == platform {
+        return format!("platform fileName {platform:?}: the same as the template's name");
+    }
+    let used = match source {
+        NameSource::Template => &ours,
+        NameSource::Platform => platform,
+    };
+    format!(
+        "platform fileName {platform:?} DIFFERS from the template's {ours:?}; \
+         SP_TASK_SYNC_NAMES={} stores {used:?}",
+        source.name()
+    )
 }
 
 /// Runs the demo into `dir`.

@@ -103,7 +103,7 @@ impl<'a> PageJournal<'a> {
 
 /// Makes a tag usable as one file name: letters, digits, `-` and `_` stay, every other
 /// byte becomes `~xx`, so two tags never share an entry.
-fn escape_tag(tag: &str) -> String {
+pub fn escape_tag(tag: &str) -> String {
     let mut out = String::new();
     for b in tag.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {

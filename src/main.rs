@@ -38,7 +38,9 @@ Usage:
                                  validate and print the configuration (secrets masked);
                                  --connect also calls the platform and probes the storage
   spinoco-connector render [--due-date ISO] [--task-id UUID] [--call-from N] [--call-to N]
+                           [--file-name NAME]
                                  print the names SP_TASK_SYNC_FILE_NAME_TEMPLATE gives
+                                 (and compare them with a platform fileName)
   spinoco-connector demo [--dir DIR]
                                  sync from a built-in platform emulator into DIR (./demo-data)
   spinoco-connector health [--live]
@@ -287,6 +289,7 @@ fn render(args: &[String]) -> u8 {
             "--task-id" => opts.task_id = Some(value.clone()),
             "--call-from" => opts.call_from = Some(value.clone()),
             "--call-to" => opts.call_to = Some(value.clone()),
+            "--file-name" => opts.file_name = Some(value.clone()),
             _ => return usage(&format!("unknown render option {flag:?}")),
         }
     }

@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Back-offs after a transient error, by side and reason ([`crate::retry`]).
     retries: [[AtomicU64; Reason::ALL.len()]; Side::ALL.len()],
     rounds: AtomicU64,
+    /// Files whose template name and platform `fileName` differ.
+    name_differences: AtomicU64,
     in_flight: AtomicI64,
     /// Unix milliseconds of the last round that finished with nothing failed; 0 = none yet.
     last_success_ms: AtomicU64,
@@ -82,6 +84,7 @@ impl Metrics {
             failed: AtomicU64::new(0),
             retries: [const { [const { AtomicU64::new(0) }; Reason::ALL.len()] }; Side::ALL.len()],
             rounds: AtomicU64::new(0),
+            name_differences: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             last_success_ms: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),
@@ -118,6 +121,10 @@ impl Metrics {
 
     pub fn retry(&self, side: Side, reason: Reason) {
         Self::add(&self.retries[side as usize][reason as usize], 1);
+    }
+
+    pub fn name_differs(&self) {
+        Self::add(&self.name_differences, 1);
     }
 
     /// A round ended; `clean` when nothing in it failed or was stopped.
@@ -223,6 +230,12 @@ impl Metrics {
             "counter",
             "Back-offs after a transient error, by side (platform, storage) and reason (transport, timeout, throttled, server_error, broken_body, io).",
             &retry_samples,
+        );
+        metric(
+            "spinoco_name_differences_total",
+            "counter",
+            "Files whose name by SP_TASK_SYNC_FILE_NAME_TEMPLATE differs from the platform's fileName (SP_TASK_SYNC_NAMES chose which was used).",
+            &[("", get(&self.name_differences).to_string())],
         );
         metric(
             "spinoco_rounds_total",

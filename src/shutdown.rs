@@ -29,6 +29,11 @@ pub fn install() {
     }
 }
 
+/// Asks the process to stop as SIGTERM does (the journal lease was lost).
+pub fn request() {
+    REQUESTED.store(true, Ordering::SeqCst);
+}
+
 /// Whether a stop was asked for.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)

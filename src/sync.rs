@@ -27,7 +27,7 @@ use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 use crate::shutdown;
 use crate::store::{BlobStore, StoreError, StoreErrorKind};
 use crate::task::join_types;
-use crate::task::{excerpt, FileJob, Task};
+use crate::task::{excerpt, FileJob, NameDifferences, Task};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -138,6 +138,7 @@ pub struct Engine<'a> {
     journal: PageJournal<'a>,
     budget: RetryBudget,
     summary: Summary,
+    name_differences: NameDifferences,
 }
 
 /// The result of one retried operation.
@@ -186,6 +187,7 @@ impl<'a> Engine<'a> {
             journal: PageJournal::new(store, &cfg.tag),
             budget,
             summary: Summary::default(),
+            name_differences: NameDifferences::default(),
         }
     }
 
@@ -217,6 +219,9 @@ impl<'a> Engine<'a> {
                 other => other?,
             };
             self.summary.rounds += 1;
+            if let Some(d) = self.name_differences.take() {
+                warn!("{d}");
+            }
             crate::metrics::global().round_done(failed == 0 && !self.summary.stopped);
             if self.summary.stopped || shutdown::requested() {
                 self.summary.stopped = true;
@@ -684,7 +689,7 @@ impl PageWork {
                     continue;
                 }
             };
-            let files = match task.files(&engine.cfg.template) {
+            let files = match task.files(&engine.cfg.template, engine.cfg.names) {
                 Ok(f) => f,
                 Err(e) => {
                     error!(
@@ -695,6 +700,7 @@ impl PageWork {
                     continue;
                 }
             };
+            files.iter().for_each(|f| engine.name_differences.note(f));
             let deletes: Vec<String> = task.delete.iter().map(|d| d.path.clone()).collect();
             let index = tasks.len();
             if page.stored.contains(&task.task_id) {

@@ -5,6 +5,11 @@
 //! rendered with the task, plus the suffix of its data type (the k-th recording gets
 //! `.ogg` or `-k.ogg`, its transcription the matching `.trans.json`); a task without a
 //! due date falls back to the platform's own `fileName`. Every name is checked.
+//!
+//! The official connector always uses the platform's `fileName`. Where both exist they
+//! should agree (the platform renders the same template); when they do not, a user who
+//! switches connectors would get a second folder tree, so each difference is reported
+//! ([`NameDifferences`]) and `SP_TASK_SYNC_NAMES` ([`NameSource`]) says which one wins.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -120,6 +125,88 @@ pub struct DeleteItem {
 pub struct FileJob {
     pub name: String,
     pub path: String,
+    /// The name the other source gives (the platform's `fileName`, or the template's
+    /// when the platform's wins), when the two differ.
+    pub other_name: Option<String>,
+}
+
+/// Which name a file gets when the template's and the platform's `fileName` differ
+/// (`SP_TASK_SYNC_NAMES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NameSource {
+    /// The user's template (the default): the names `render` shows.
+    #[default]
+    Template,
+    /// The platform's own `fileName`, as the official connector writes.
+    Platform,
+}
+
+impl NameSource {
+    pub fn parse(raw: &str) -> Option<NameSource> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "template" => Some(NameSource::Template),
+            "platform" => Some(NameSource::Platform),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NameSource::Template => "template",
+            NameSource::Platform => "platform",
+        }
+    }
+}
+
+/// Files of a round whose template name and platform `fileName` differ: counted in
+/// `/metrics` as they are met, logged once per round with one example.
+#[derive(Default)]
+pub struct NameDifferences {
+    round: std::sync::Mutex<Option<NameDifference>>,
+}
+
+/// What [`NameDifferences::take`] reports for a round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameDifference {
+    pub count: u64,
+    /// The first file of the round that differed: the name used, the other one.
+    pub used: String,
+    pub other: String,
+}
+
+impl NameDifferences {
+    pub fn note(&self, job: &FileJob) {
+        let Some(other) = &job.other_name else { return };
+        crate::metrics::global().name_differs();
+        let mut round = self.round.lock().unwrap();
+        match round.as_mut() {
+            Some(d) => d.count += 1,
+            None => {
+                *round = Some(NameDifference {
+                    count: 1,
+                    used: job.name.clone(),
+                    other: other.clone(),
+                })
+            }
+        }
+    }
+
+    /// The round's differences, and a fresh start for the next round.
+    pub fn take(&self) -> Option<NameDifference> {
+        self.round.lock().unwrap().take()
+    }
+}
+
+impl fmt::Display for NameDifference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} file(s) this round were named differently by SP_TASK_SYNC_FILE_NAME_TEMPLATE and by \
+             the platform's fileName, e.g. {:?} was stored, the other name is {:?}; \
+             SP_TASK_SYNC_NAMES=template|platform chooses which one wins",
+            self.count, self.used, self.other
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -164,8 +251,13 @@ impl Task {
         })
     }
 
-    /// The files of this task, named and checked.
-    pub fn files(&self, template: &FileNameTemplate) -> Result<Vec<FileJob>, TaskError> {
+    /// The files of this task, named and checked; `source` says which name wins when
+    /// the template's and the platform's differ.
+    pub fn files(
+        &self,
+        template: &FileNameTemplate,
+        source: NameSource,
+    ) -> Result<Vec<FileJob>, TaskError> {
         let base = match self.due_date {
             Some(due) => Some(
                 template
@@ -188,9 +280,18 @@ impl Task {
         let mut seen = BTreeSet::new();
         let mut jobs = Vec::with_capacity(self.get.len());
         for (i, item) in self.get.iter().enumerate() {
-            let name = match (&base, self.suffix(item, i, &recordings)) {
-                (Some(base), Some(suffix)) => format!("{base}{suffix}"),
-                _ => item.file_name.clone(),
+            let (name, other_name) = match (&base, self.suffix(item, i, &recordings)) {
+                (Some(base), Some(suffix)) => {
+                    let rendered = format!("{base}{suffix}");
+                    if rendered == item.file_name {
+                        (rendered, None)
+                    } else if source == NameSource::Platform {
+                        (item.file_name.clone(), Some(rendered))
+                    } else {
+                        (rendered, Some(item.file_name.clone()))
+                    }
+                }
+                _ => (item.file_name.clone(), None),
             };
             check_name(&name).map_err(|problem| TaskError::BadName {
                 name: name.clone(),
@@ -202,6 +303,7 @@ impl Task {
             jobs.push(FileJob {
                 name,
                 path: item.path.clone(),
+                other_name,
             });
         }
         Ok(jobs)
@@ -247,7 +349,7 @@ fn data_type(item: &GetItem) -> Option<DataType> {
 
 /// Reads a known suffix off the end of a platform file name: the data type it stands
 /// for (metadata types all map to one) and the recording number.
-fn suffix_from_file_name(name: &str) -> Option<(DataType, usize)> {
+pub fn suffix_from_file_name(name: &str) -> Option<(DataType, usize)> {
     for (ext, t) in [
         (".trans.json", DataType::Transcriptions),
         (".ogg", DataType::Recordings),
@@ -303,11 +405,70 @@ mod tests {
     fn names(task: Value) -> Vec<String> {
         Task::from_value(&task)
             .unwrap()
-            .files(&template())
+            .files(&template(), NameSource::Template)
             .unwrap()
             .into_iter()
             .map(|j| j.name)
             .collect()
+    }
+
+    #[test]
+    fn a_platform_name_that_differs_is_reported_and_wins_only_when_chosen() {
+        let base = format!("2004/12/01/20041201120000-{ID}");
+        let task = Task::from_value(&json!({
+            "taskId": ID, "dueDate": 1101902400000i64,
+            "get": [
+                {"dataType": "Recordings", "recordingId": "r1", "path": "/r/1", "fileName": format!("{base}.ogg")},
+                {"dataType": "CallMetadata", "path": "/m", "fileName": format!("2004/12/01/20041201130000-{ID}.meta.json")}
+            ],
+            "delete": []
+        }))
+        .unwrap();
+        let by_template = task.files(&template(), NameSource::Template).unwrap();
+        assert_eq!(by_template[0].name, format!("{base}.ogg"));
+        assert_eq!(
+            by_template[0].other_name, None,
+            "the same name is no difference"
+        );
+        assert_eq!(by_template[1].name, format!("{base}.meta.json"));
+        let platform_name = format!("2004/12/01/20041201130000-{ID}.meta.json");
+        assert_eq!(
+            by_template[1].other_name.as_deref(),
+            Some(platform_name.as_str())
+        );
+        let by_platform = task.files(&template(), NameSource::Platform).unwrap();
+        assert_eq!(by_platform[1].name, platform_name);
+        assert_eq!(
+            by_platform[1].other_name.as_deref(),
+            Some(format!("{base}.meta.json").as_str())
+        );
+
+        let seen = NameDifferences::default();
+        for job in by_template.iter().chain(&by_template) {
+            seen.note(job);
+        }
+        let round = seen.take().unwrap();
+        assert_eq!(round.count, 2);
+        assert_eq!(round.used, format!("{base}.meta.json"));
+        assert!(round.to_string().contains("SP_TASK_SYNC_NAMES"), "{round}");
+        assert_eq!(seen.take(), None, "each round starts afresh");
+        assert_eq!(NameSource::parse(" Platform "), Some(NameSource::Platform));
+        assert_eq!(NameSource::parse("both"), None);
+    }
+
+    #[test]
+    fn an_unsafe_platform_name_is_refused_only_when_it_would_be_used() {
+        let task = Task::from_value(&json!({
+            "taskId": ID, "dueDate": 1101902400000i64,
+            "get": [{"dataType": "CallMetadata", "path": "/m", "fileName": "../../etc/passwd"}],
+            "delete": []
+        }))
+        .unwrap();
+        assert!(task.files(&template(), NameSource::Template).is_ok());
+        assert!(matches!(
+            task.files(&template(), NameSource::Platform),
+            Err(TaskError::BadName { .. })
+        ));
     }
 
     #[test]
@@ -354,7 +515,7 @@ mod tests {
                 json!({"taskId": ID, "get": [{"path": "/x", "fileName": bad}], "delete": []});
             let err = Task::from_value(&task)
                 .unwrap()
-                .files(&template())
+                .files(&template(), NameSource::Template)
                 .unwrap_err();
             assert!(matches!(err, TaskError::BadName { .. }), "{bad}: {err}");
         }
@@ -393,7 +554,9 @@ mod tests {
             {"dataType": "CallMetadata", "path": "/a", "fileName": "x"},
             {"dataType": "CommonMetadata", "path": "/b", "fileName": "y"}], "delete": []});
         assert!(matches!(
-            Task::from_value(&dup).unwrap().files(&template()),
+            Task::from_value(&dup)
+                .unwrap()
+                .files(&template(), NameSource::Template),
             Err(TaskError::DuplicateName(_))
         ));
     }

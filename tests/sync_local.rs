@@ -355,6 +355,35 @@ fn check_render_help_and_version() {
         t.contains("20041201120000-b808d74e-84b2-11ef-b864-0242ac120002-2.trans.json"),
         "{t}"
     );
+    let compare = |file_name: &str| {
+        let out = run(
+            &e,
+            &[
+                "render",
+                "--due-date",
+                "2004-12-01T12:00:00Z",
+                "--task-id",
+                "b808d74e-84b2-11ef-b864-0242ac120002",
+                "--file-name",
+                file_name,
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .to_string()
+    };
+    let same = compare("2004/12/01/20041201120000-b808d74e-84b2-11ef-b864-0242ac120002-2.ogg");
+    assert!(same.contains("the same as the template's name"), "{same}");
+    let other = compare("2004/12/01/20041201130000-b808d74e-84b2-11ef-b864-0242ac120002-2.ogg");
+    assert!(
+        other.contains("DIFFERS")
+            && other.contains("20041201120000-b808d74e-84b2-11ef-b864-0242ac120002-2.ogg")
+            && other.contains("SP_TASK_SYNC_NAMES=template stores"),
+        "{other}"
+    );
 
     assert_eq!(run(&e, &["--bogus"]).status.code(), Some(2));
     assert!(run(&e, &["--help"]).status.success());
@@ -483,4 +512,63 @@ fn service_mode_picks_up_tasks_that_arrive_later() {
     sigterm(child.id());
     assert!(child.wait().unwrap().success());
     verify_complete(&emu, &dir);
+}
+
+#[test]
+fn a_platform_file_name_that_differs_is_reported_and_chosen_by_sp_task_sync_names() {
+    const ID: &str = "b808d74e-84b2-11ef-b864-0242ac120002";
+    let ours = format!("2004/12/01/20041201120000-{ID}");
+    // A platform that rendered the date an hour off (another zone) for the recording.
+    let theirs = format!("2004/12/01/20041201130000-{ID}.ogg");
+    let task = serde_json::json!({
+        "taskId": ID, "dueDate": 1101902400000i64,
+        "get": [
+            {"dataType": "CallMetadata", "path": "/task/n/meta", "fileName": format!("{ours}.meta.json")},
+            {"dataType": "Recordings", "recordingId": "r1", "path": "/recording-direct/n/r1", "fileName": theirs}
+        ],
+        "delete": []
+    });
+    let contents = vec![
+        ("/task/n/meta".to_string(), b"{}".to_vec()),
+        ("/recording-direct/n/r1".to_string(), b"OggS".to_vec()),
+    ];
+    for (names, recording) in [
+        (None, format!("{ours}.ogg")),
+        (Some("template"), format!("{ours}.ogg")),
+        (Some("platform"), theirs.clone()),
+    ] {
+        let emu = emulator(small(0));
+        emu.inject_task(task.clone(), contents.clone());
+        let dir = scratch(&format!("names-{}", names.unwrap_or("default")));
+        let mut e = env(&emu, &dir);
+        if let Some(n) = names {
+            e.insert("SP_TASK_SYNC_NAMES".into(), n.into());
+        }
+        let out = run(&e, &["--once"]);
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        let warned: Vec<&str> = t
+            .lines()
+            .filter(|l| l.contains("named differently"))
+            .collect();
+        assert_eq!(warned.len(), 1, "one warning per round:\n{t}");
+        assert!(
+            warned[0].contains("1 file(s)") && warned[0].contains("SP_TASK_SYNC_NAMES"),
+            "{t}"
+        );
+        let stored = files_in(&dir);
+        assert!(stored.contains(&recording), "{names:?}: {stored:?}");
+        assert!(stored.contains(&format!("{ours}.meta.json")), "{stored:?}");
+        assert_eq!(stored.len(), 2, "{stored:?}");
+    }
+    let emu = emulator(small(1));
+    let mut e = env(&emu, &scratch("names-bad"));
+    e.insert("SP_TASK_SYNC_NAMES".into(), "both".into());
+    let out = run(&e, &["--once"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("SP_TASK_SYNC_NAMES=\"both\""),
+        "{}",
+        text(&out)
+    );
 }

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     .unwrap();
     for raw in &page.tasks {
         let Ok(task) = Task::from_value(raw) else { continue };
-        if let Ok(files) = task.files(&template) {
+        if let Ok(files) = task.files(&template, spinoco_connector::task::NameSource::Template) {
             for f in files {
                 assert!(!f.name.starts_with('/'), "{}", f.name);
                 assert!(!f.name.split('/').any(|p| p == ".." || p == "." || p.is_empty()), "{}", f.name);
