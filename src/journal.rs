@@ -33,6 +33,10 @@ pub struct JournaledPage {
     /// restart it is worked next, so it is not lost when its token has expired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ahead: Option<FeedPage>,
+    /// The nonce of the round that last proved the journal writable (see
+    /// [`PageJournal::prove`]); only a witness, never read for decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<String>,
 }
 
 #[derive(Debug)]
@@ -96,9 +100,48 @@ impl<'a> PageJournal<'a> {
         put_bytes(self.store, &self.key, &bytes).map(|_| ())
     }
 
+    /// Proves that the storage takes the journal before the feed is asked for a page
+    /// nobody has written down yet: writes `page` (what the journal holds now, or an
+    /// empty entry) marked with a fresh round nonce, reads it back and compares. A
+    /// storage that refuses the write, or hands back something else, fails here, while
+    /// the platform's cursor has not moved.
+    pub fn prove(&self, page: &JournaledPage) -> Result<(), StoreError> {
+        let marked = JournaledPage {
+            round: Some(round_nonce()),
+            ..page.clone()
+        };
+        let bytes = serde_json::to_vec(&marked).expect("a page serialises");
+        put_bytes(self.store, &self.key, &bytes)?;
+        match self.store.get(&self.key)? {
+            Some(back) if back == bytes => Ok(()),
+            back => Err(StoreError::transient(format!(
+                "the page journal {} read back {} after it was written: is another connector \
+                 working on the same tag and storage?",
+                self.key,
+                match back {
+                    Some(b) => format!(
+                        "different content ({} bytes, {} written)",
+                        b.len(),
+                        bytes.len()
+                    ),
+                    None => "as missing".to_string(),
+                }
+            ))),
+        }
+    }
+
     pub fn clear(&self) -> Result<(), StoreError> {
         self.store.delete(&self.key)
     }
+}
+
+/// A value no earlier round wrote: the time in nanoseconds and the process id.
+fn round_nonce() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}-{:x}", std::process::id())
 }
 
 /// Makes a tag usable as one file name: letters, digits, `-` and `_` stay, every other
@@ -140,9 +183,20 @@ mod tests {
         };
         page.stored.insert("x".into());
         journal.save(&page).unwrap();
-        assert_eq!(journal.load().unwrap(), Some(page));
+        assert_eq!(journal.load().unwrap(), Some(page.clone()));
         put_bytes(&store, journal.key(), b"{\"tasks\": [").unwrap();
         assert!(matches!(journal.load(), Err(JournalError::Damaged { .. })));
+        journal.prove(&page).unwrap();
+        let proven = journal.load().unwrap().unwrap();
+        assert!(proven.round.is_some());
+        assert_eq!(
+            JournaledPage {
+                round: None,
+                ..proven
+            },
+            page,
+            "the proof keeps the page"
+        );
         journal.clear().unwrap();
         assert!(journal.load().unwrap().is_none());
         std::fs::remove_dir_all(root).unwrap();

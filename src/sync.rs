@@ -1,5 +1,11 @@
 //! The sync engine: rounds of the feed, pages of tasks, files in parallel.
 //!
+//! A round begins by proving that the storage takes the journal: the journal entry (or
+//! an empty one) is written with a fresh round nonce, read back and compared
+//! ([`PageJournal::prove`]). Only then is the feed asked for anything, so a storage that
+//! refuses the journal (a typo in the bucket, a read-only credential, a full quota)
+//! stops the run while the platform's cursor has not moved.
+//!
 //! A round asks the feed for pages until it is drained. Each page is journaled before
 //! any work, its files are transferred by a small pool of threads sharing one HTTP
 //! agent, and a task's deletes run only after all its files are stored and the journal
@@ -270,7 +276,13 @@ impl<'a> Engine<'a> {
         let mut request = query.clone();
         // The next page, fetched while the previous one was worked on.
         let mut ahead: Option<FeedPage> = None;
-        if let Some(page) = self.load_journal()? {
+        let journaled = self.load_journal()?;
+        // No feed request before the storage has taken (and given back) the journal.
+        let held = journaled.clone().unwrap_or_default();
+        self.retried_store("proving the storage takes the page journal", || {
+            self.journal.prove(&held)
+        })?;
+        if let Some(page) = journaled {
             if !page.tasks.is_empty() {
                 info!(
                     "finishing the journaled page ({} tasks, {} already stored)",

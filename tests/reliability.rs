@@ -346,6 +346,71 @@ fn storage_refuses_local_read_only() {
     storage_refuses(Provider::Local);
 }
 
+// ---------------------------------------------------------------- round-start proof
+
+/// Remounts a tmpfs read-only or read-write: unlike `chmod`, a read-only mount stops
+/// root too.
+fn remount(fs: &Tmpfs, mode: &str) {
+    let ok = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,{mode}")])
+        .arg(&fs.0)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cannot remount {:?} {mode}", fs.0);
+}
+
+/// Issue 12 §1: a storage that opens (its folders exist) but cannot take the journal
+/// must not consume the feed. The run exits 5 with zero feed requests, so the
+/// platform's cursor has not moved; after the fix a second start stores every task.
+#[test]
+fn journal_refused_at_round_start_asks_the_feed_nothing_local() {
+    let Some(fs) = Tmpfs::mount("journal-ro", "size=16m") else {
+        return;
+    };
+    let root = fs.0.join("root");
+    std::fs::create_dir_all(root.join(".spinoco-connector/tmp")).unwrap();
+    remount(&fs, "ro");
+    let tasks = 8;
+    let emu = emulator(EmulatorConfig {
+        tasks,
+        seed: 4,
+        recording_size: (1_000, 20_000),
+        ..Default::default()
+    });
+    let t = vars(&[("SP_TASK_SYNC_SAVE_TO", root.display().to_string())]);
+    guard_via_store(&emu, &t);
+    let e = env_for(&emu, &t);
+    let out = run(&e, &["--once"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(5), "{log}");
+    assert!(log.contains("the storage refused access"), "{log}");
+    let feed_requests = |emu: &Emulator| {
+        emu.requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/task/sync"))
+            .count()
+    };
+    assert_eq!(
+        feed_requests(&emu),
+        0,
+        "the feed was asked while the storage refused the journal: {log}"
+    );
+    assert!(emu.handed_out().is_empty());
+    remount(&fs, "rw");
+    let out = run(&e, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        emu.handed_out().len(),
+        tasks,
+        "every task came after the fix"
+    );
+    let v = verify(&emu, &t, &BTreeSet::new());
+    tally(&format!(
+        "test=journal-refused-at-round-start provider=local faults_injected=1 exit=5 feed_requests_while_refused=0 files={} deletes={} files_lost=0 premature_deletes=0",
+        v.files, v.deletes
+    ));
+}
+
 // ---------------------------------------------------------------- kill -9
 
 /// A small deterministic generator for the kill instants.
