@@ -5,6 +5,7 @@
 //! and the demo use the same pieces (the platform emulator above all).
 
 pub mod config;
+pub mod cloud;
 pub mod date_pattern;
 pub mod demo;
 pub mod emulator;
