@@ -145,9 +145,16 @@ pub fn exchange(
     what: &str,
 ) -> Result<Answer, StoreError> {
     let mut response = answer.map_err(|e| {
-        let mut err = crate::store::transport_error(url, &e);
-        err.message = format!("cannot reach {what} at {}: {}", strip_query(url), err.message);
-        err
+        let message = format!(
+            "cannot reach {what} at {}: {}",
+            strip_query(url),
+            crate::http::error_message(strip_query(url), &e)
+        );
+        // A certificate that does not verify will not verify on the next try either.
+        match crate::tls::verification_failure(&e) {
+            Some(_) => StoreError::new(StoreErrorKind::Denied, message),
+            None => StoreError::transient(message),
+        }
     })?;
     let status = response.status().as_u16();
     let body = response
