@@ -579,7 +579,7 @@ impl<'a> Engine<'a> {
                 Err(e) => return platform_try(e),
             };
             let size = download.expected_len();
-            match self.store.put(&job.name, &mut download, size) {
+            match self.store.put_with(&job.name, &mut download, size, &job.info) {
                 Ok(n) => Try::Ok(n),
                 Err(_) if shutdown::requested() => Try::Stopped,
                 Err(e) if e.kind == StoreErrorKind::Source => Try::Retry {

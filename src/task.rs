@@ -128,6 +128,8 @@ pub struct FileJob {
     /// The name the other source gives (the platform's `fileName`, or the template's
     /// when the platform's wins), when the two differ.
     pub other_name: Option<String>,
+    /// The task id and data type, stored with the file as user metadata.
+    pub info: crate::store::ObjectInfo,
 }
 
 /// Which name a file gets when the template's and the platform's `fileName` differ
@@ -304,6 +306,10 @@ impl Task {
                 name,
                 path: item.path.clone(),
                 other_name,
+                info: crate::store::ObjectInfo {
+                    task_id: self.task_id.clone(),
+                    data_type: item.data_type.clone().unwrap_or_default(),
+                },
             });
         }
         Ok(jobs)

@@ -129,6 +129,20 @@ pub trait BlobStore: Send + Sync {
     /// `size` is the expected length when known (a hint for choosing upload modes).
     fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError>;
 
+    /// [`BlobStore::put`] with what the object is: the cloud providers store it as user
+    /// metadata (`x-amz-meta-*`, GCS `metadata`, `x-ms-meta-*`) for downstream tools to
+    /// index on. A store without metadata (local files) ignores it.
+    fn put_with(
+        &self,
+        key: &str,
+        src: &mut dyn Read,
+        size: Option<u64>,
+        info: &ObjectInfo,
+    ) -> Result<u64, StoreError> {
+        let _ = info;
+        self.put(key, src, size)
+    }
+
     /// Reads a small object whole; `Ok(None)` when there is none.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
@@ -153,6 +167,35 @@ pub trait BlobStore: Send + Sync {
             StoreErrorKind::Rejected,
             format!("{} has no conditional writes", self.describe()),
         ))
+    }
+}
+
+/// What a stored file is, kept with it as user metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The platform's task id.
+    pub task_id: String,
+    /// The data type as the platform names it (`Recordings`, `CallMetadata`, ...).
+    pub data_type: String,
+}
+
+impl ObjectInfo {
+    /// The metadata pairs, names as stored (`task_id`, `data_type`: valid in all three
+    /// clouds, whose Azure names must be C# identifiers, so no `-`). Empty values are
+    /// left out; values are made printable ASCII (header values).
+    pub fn metadata(&self) -> Vec<(&'static str, String)> {
+        [("task_id", &self.task_id), ("data_type", &self.data_type)]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| {
+                let clean: String = v
+                    .chars()
+                    .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })
+                    .take(256)
+                    .collect();
+                (k, clean)
+            })
+            .collect()
     }
 }
 

@@ -57,6 +57,8 @@ use super::{
     content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
     StoreErrorKind, Versioned,
 };
+use super::ObjectInfo;
+use crate::cloud::aws::{s3_addressing, s3_endpoint, s3_region, Addressing, S3Options};
 use crate::env::{ConfigError, Env};
 use crate::retry::{Reason, RetryBudget};
 
@@ -81,6 +83,13 @@ pub struct S3Settings {
     pub multipart_threshold: u64,
     pub part_size: u64,
     pub credentials: CredentialSettings,
+    /// The variables the region and the endpoint came from (for `check`).
+    pub region_from: &'static str,
+    pub endpoint_from: &'static str,
+    /// `SP_TASK_SYNC_S3_ADDRESSING`, or the default for the endpoint and bucket.
+    pub addressing: Addressing,
+    /// Encryption and storage class sent with every upload.
+    pub options: S3Options,
 }
 
 impl S3Settings {
@@ -107,22 +116,43 @@ impl S3Settings {
             }
         };
         let bucket = required("SP_TASK_SYNC_S3_BUCKET", "bucket name");
-        let region = required("SP_TASK_SYNC_S3_REGION", "region (e.g. eu-central-1)");
-        let endpoint =
-            env.get("SP_TASK_SYNC_S3_ENDPOINT")
-                .and_then(|raw| match check_endpoint(raw) {
-                    Ok(e) => Some(e),
-                    Err(problem) => {
-                        // A URL with user:password in it must not be echoed.
-                        let shown = if raw.contains('@') { "***" } else { raw };
-                        errors.push(ConfigError::new(
-                            "SP_TASK_SYNC_S3_ENDPOINT",
-                            Some(shown),
-                            problem,
-                        ));
-                        None
-                    }
-                });
+        // The connector's variable first, then the AWS SDKs' (as the official
+        // connector's SDK reads them).
+        let (region_from, region) = match s3_region(env, errors) {
+            Some((var, region)) => (var, region),
+            None => {
+                if !errors.iter().any(|e| e.var.ends_with("REGION")) {
+                    errors.push(ConfigError::new(
+                        "SP_TASK_SYNC_S3_REGION",
+                        None,
+                        "is required for S3 storage: the region (e.g. eu-central-1), or \
+                         AWS_REGION / AWS_DEFAULT_REGION",
+                    ));
+                }
+                ("SP_TASK_SYNC_S3_REGION", String::new())
+            }
+        };
+        let (endpoint_from, endpoint) = match env.get("SP_TASK_SYNC_S3_ENDPOINT") {
+            Some(raw) => match check_endpoint(raw) {
+                Ok(e) => ("SP_TASK_SYNC_S3_ENDPOINT", Some(e)),
+                Err(problem) => {
+                    // A URL with user:password in it must not be echoed.
+                    let shown = if raw.contains('@') { "***" } else { raw };
+                    errors.push(ConfigError::new(
+                        "SP_TASK_SYNC_S3_ENDPOINT",
+                        Some(shown),
+                        problem,
+                    ));
+                    ("SP_TASK_SYNC_S3_ENDPOINT", None)
+                }
+            },
+            None => match s3_endpoint(env, errors) {
+                Some((var, url)) => (var, Some(url)),
+                None => ("SP_TASK_SYNC_S3_ENDPOINT", None),
+            },
+        };
+        let addressing = s3_addressing(env, endpoint.as_deref(), &bucket, errors);
+        let options = S3Options::from_env(env, errors);
         let mut size = |var: &str, default: u64| match env.get(var) {
             None => default,
             Some(raw) => match crate::env::parse_size(raw) {
@@ -142,7 +172,11 @@ impl S3Settings {
             DEFAULT_MULTIPART_THRESHOLD,
         );
         let part_size = size("SP_TASK_SYNC_S3_PART_SIZE", DEFAULT_PART_SIZE);
-        let credentials = CredentialSettings::from_env(env, errors);
+        let credentials = CredentialSettings::from_env_in(
+            env,
+            Some(region.as_str()).filter(|r| !r.is_empty()),
+            errors,
+        );
         (errors.len() == before).then(|| S3Settings {
             bucket,
             region,
@@ -155,6 +189,10 @@ impl S3Settings {
             multipart_threshold,
             part_size,
             credentials,
+            region_from,
+            endpoint_from,
+            addressing,
+            options,
         })
     }
 
@@ -162,11 +200,12 @@ impl S3Settings {
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         vec![
             ("SP_TASK_SYNC_S3_BUCKET", self.bucket.clone()),
-            ("SP_TASK_SYNC_S3_REGION", self.region.clone()),
+            (self.region_from, self.region.clone()),
             (
-                "SP_TASK_SYNC_S3_ENDPOINT",
+                self.endpoint_from,
                 self.endpoint.clone().unwrap_or_else(|| "- (AWS)".into()),
             ),
+            ("SP_TASK_SYNC_S3_ADDRESSING", self.addressing.name().to_string()),
             (
                 "SP_TASK_SYNC_SAVE_TO",
                 if self.prefix.is_empty() {
@@ -182,6 +221,9 @@ impl S3Settings {
             ("SP_TASK_SYNC_S3_PART_SIZE", self.part_size.to_string()),
             ("AWS credentials", self.credentials.describe()),
         ]
+        .into_iter()
+        .chain(self.options.describe())
+        .collect()
     }
 }
 
@@ -271,8 +313,7 @@ pub fn sign(
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
     let fail = |e: s3::error::S3Error| bad(&e.to_string());
-    let canonical =
-        s3::signing::canonical_request(req.method, &url, &headers, &payload).map_err(fail)?;
+    let canonical = canonical_request(req.method, &url, &headers, &payload)?;
     let to_sign = s3::signing::string_to_sign(&now, region, &canonical).map_err(fail)?;
     let key = s3::signing::signing_key(&now, secret_key, region, "s3").map_err(fail)?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
@@ -283,6 +324,40 @@ pub fn sign(
             .map_err(fail)?;
     req.headers.push(("authorization".into(), authorization));
     Ok(())
+}
+
+/// SigV4's canonical request. The URI and query are rust-s3's; the headers are sorted
+/// here by name, as the specification says: rust-s3 0.38 sorts whole `name:value`
+/// lines, which puts `x-amz-server-side-encryption-aws-kms-key-id:...` before
+/// `x-amz-server-side-encryption:...` (`-` sorts before `:`) and so signs a request
+/// with a KMS key id in a way no server accepts (s3s-fs answered
+/// SignatureDoesNotMatch).
+pub fn canonical_request(
+    method: &str,
+    url: &url::Url,
+    headers: &ureq::http::HeaderMap,
+    payload_sha256: &str,
+) -> Result<String, StoreError> {
+    let mut lines: Vec<(String, String)> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let value = value.to_str().map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Rejected,
+                format!("cannot sign the S3 request: the header {name} is not text"),
+            )
+        })?;
+        lines.push((name.as_str().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    lines.sort();
+    let canonical_headers: Vec<String> = lines.iter().map(|(n, v)| format!("{n}:{v}")).collect();
+    let signed: Vec<&str> = lines.iter().map(|(n, _)| n.as_str()).collect();
+    Ok(format!(
+        "{method}\n{}\n{}\n{}\n\n{}\n{payload_sha256}",
+        s3::signing::canonical_uri_string(url),
+        s3::signing::canonical_query_string(url),
+        canonical_headers.join("\n"),
+        signed.join(";"),
+    ))
 }
 
 impl Protocol for S3Protocol {
@@ -371,8 +446,9 @@ impl S3Store {
             region: settings.region.clone(),
             endpoint,
         };
-        // A dotted bucket name breaks the TLS wildcard of virtual hosts.
-        let path_style = settings.endpoint.is_some() || settings.bucket.contains('.');
+        // The default (path-style for a custom endpoint or a dotted bucket name, whose
+        // virtual host the TLS wildcard does not cover) or SP_TASK_SYNC_S3_ADDRESSING.
+        let path_style = settings.addressing == Addressing::Path;
         let anonymous = Credentials::anonymous().map_err(|e| {
             StoreError::new(
                 StoreErrorKind::Rejected,
@@ -448,16 +524,23 @@ impl S3Store {
                 .header("content-type", content_type(key))
                 .header("x-amz-content-sha256", sha256)
                 .body(bytes);
-            for (n, v) in extra {
+            for (n, v) in self.settings.options.headers().iter().chain(extra) {
                 r = r.header(n, v.clone());
             }
             Ok(r)
         })
     }
 
-    fn put_single(&self, key: &str, bytes: &[u8], sha256: &str) -> Result<(), StoreError> {
+    fn put_single(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        sha256: &str,
+        meta: &[(String, String)],
+    ) -> Result<(), StoreError> {
         let what = format!("S3 PUT of {}", self.location(key));
-        let answer = self.put_object(key, bytes, sha256, &[])?;
+        let meta: Vec<(&str, String)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let answer = self.put_object(key, bytes, sha256, &meta)?;
         match answer.status {
             200 | 201 | 204 => Ok(()),
             404 => Err(missing(&self.proto)),
@@ -473,6 +556,7 @@ impl S3Store {
         parts: &mut PartReader,
         first_sha: String,
         first_len: usize,
+        meta: &[(String, String)],
     ) -> Result<u64, StoreError> {
         let url = self.url(
             key,
@@ -482,7 +566,15 @@ impl S3Store {
         )?;
         let what = format!("S3 CreateMultipartUpload of {}", self.location(key));
         let answer = self.client.send(&self.proto, &what, || {
-            Ok(Request::new("POST", url.clone()).header("content-type", content_type(key)))
+            let mut r = Request::new("POST", url.clone()).header("content-type", content_type(key));
+            // Encryption, class and metadata are given when the upload starts, not per part.
+            for (n, v) in self.settings.options.headers() {
+                r = r.header(n, v);
+            }
+            for (n, v) in meta {
+                r = r.header(n, v.clone());
+            }
+            Ok(r)
         })?;
         let started = answer.header("date").and_then(http_date);
         let upload_id = match answer.status {
@@ -740,6 +832,21 @@ impl BlobStore for S3Store {
     }
 
     fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError> {
+        self.put_with(key, src, size, &ObjectInfo::default())
+    }
+
+    fn put_with(
+        &self,
+        key: &str,
+        src: &mut dyn Read,
+        size: Option<u64>,
+        info: &ObjectInfo,
+    ) -> Result<u64, StoreError> {
+        let meta: Vec<(String, String)> = info
+            .metadata()
+            .into_iter()
+            .map(|(k, v)| (format!("x-amz-meta-{k}"), v))
+            .collect();
         self.retry_pending_aborts();
         let key = self.full_key(key);
         let sums = Sums {
@@ -761,10 +868,10 @@ impl BlobStore for S3Store {
             first.sha256.clone().unwrap_or_default(),
         );
         if last {
-            self.put_single(&key, parts.current(), &sha)?;
+            self.put_single(&key, parts.current(), &sha, &meta)?;
             return Ok(len as u64);
         }
-        self.put_multipart(&key, src, &mut parts, sha, len)
+        self.put_multipart(&key, src, &mut parts, sha, len, &meta)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -841,6 +948,31 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         Env::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn canonical_headers_sort_by_name_even_when_one_name_prefixes_another() {
+        let mut headers = ureq::http::HeaderMap::new();
+        for (n, v) in [
+            ("x-amz-server-side-encryption-aws-kms-key-id", "arn:aws:kms:k"),
+            ("x-amz-server-side-encryption", "aws:kms"),
+            ("host", "s3.local"),
+        ] {
+            headers.insert(
+                ureq::http::HeaderName::from_static(n),
+                ureq::http::HeaderValue::from_static(v),
+            );
+        }
+        let url = url::Url::parse("https://s3.local/b/k?uploads").unwrap();
+        let c = canonical_request("POST", &url, &headers, EMPTY_SHA256).unwrap();
+        assert_eq!(
+            c,
+            format!(
+                "POST\n/b/k\nuploads=\nhost:s3.local\nx-amz-server-side-encryption:aws:kms\n\
+                 x-amz-server-side-encryption-aws-kms-key-id:arn:aws:kms:k\n\n\
+                 host;x-amz-server-side-encryption;x-amz-server-side-encryption-aws-kms-key-id\n{EMPTY_SHA256}"
+            )
+        );
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! credentials are refreshed before they expire instead of after a request failed:
 //!
 //! 1. `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`);
+//! 1b. web identity (EKS IRSA): `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` traded at
+//!    STS ([`crate::cloud::aws::WebIdentity`]). Placed as the Java SDK v2 and botocore
+//!    place it, before the shared file (the Rust and Go SDKs look at the profile first;
+//!    this chain reads only static keys from the file, which a pod rarely has);
 //! 2. the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else
 //!    `~/.aws/credentials`), profile `AWS_PROFILE` or `default`;
 //! 3. the ECS/EKS container endpoint: `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` (against
@@ -39,6 +43,7 @@ const IMDS_TOKEN_TTL_SECONDS: &str = "21600";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Environment,
+    WebIdentity,
     SharedFile,
     Container,
     InstanceMetadata,
@@ -48,6 +53,7 @@ impl Source {
     pub fn name(self) -> &'static str {
         match self {
             Source::Environment => "environment (AWS_ACCESS_KEY_ID)",
+            Source::WebIdentity => "web identity (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE)",
             Source::SharedFile => "shared credentials file",
             Source::Container => "container credentials endpoint",
             Source::InstanceMetadata => "EC2 instance metadata (IMDSv2)",
@@ -84,6 +90,8 @@ pub struct CredentialSettings {
     pub access_key_id: Option<Secret>,
     pub secret_access_key: Option<Secret>,
     pub session_token: Option<Secret>,
+    /// `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` (EKS IRSA).
+    pub web_identity: Option<crate::cloud::aws::WebIdentity>,
     /// `AWS_SHARED_CREDENTIALS_FILE`, else `$HOME/.aws/credentials` (if HOME is set).
     pub shared_file: Option<PathBuf>,
     pub profile: String,
@@ -100,6 +108,16 @@ pub struct CredentialSettings {
 impl CredentialSettings {
     /// Reads the AWS variables; mistakes are pushed to `errors` (values masked).
     pub fn from_env(env: &Env, errors: &mut Vec<ConfigError>) -> CredentialSettings {
+        CredentialSettings::from_env_in(env, None, errors)
+    }
+
+    /// [`CredentialSettings::from_env`] for a bucket in `region`: the regional STS
+    /// endpoint of web identity when `AWS_REGION` / `AWS_DEFAULT_REGION` are unset.
+    pub fn from_env_in(
+        env: &Env,
+        region: Option<&str>,
+        errors: &mut Vec<ConfigError>,
+    ) -> CredentialSettings {
         let secret = |name: &str| env.get(name).map(Secret::new);
         let access_key_id = secret("AWS_ACCESS_KEY_ID");
         let secret_access_key = secret("AWS_SECRET_ACCESS_KEY");
@@ -151,6 +169,7 @@ impl CredentialSettings {
             access_key_id,
             secret_access_key,
             session_token: secret("AWS_SESSION_TOKEN"),
+            web_identity: crate::cloud::aws::WebIdentity::from_env(env, region, errors),
             shared_file,
             profile: env.get("AWS_PROFILE").unwrap_or("default").to_string(),
             ecs_relative_uri: env
@@ -173,6 +192,9 @@ impl CredentialSettings {
     pub fn describe(&self) -> String {
         if self.access_key_id.is_some() {
             return "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (***)".to_string();
+        }
+        if let Some(w) = &self.web_identity {
+            return w.describe();
         }
         let mut chain = Vec::new();
         if let Some(f) = &self.shared_file {
@@ -263,6 +285,17 @@ impl CredentialProvider {
             });
         }
         let mut tried = vec!["environment".to_string()];
+        if let Some(wi) = &s.web_identity {
+            // Configured explicitly: its failure is the answer, not a reason to look on.
+            let c = wi.fetch(&self.agent)?;
+            return Ok(AwsCredentials {
+                access_key_id: c.access_key_id,
+                secret_access_key: c.secret_access_key,
+                session_token: Some(c.session_token),
+                expires: Some(c.expires),
+                source: Source::WebIdentity,
+            });
+        }
         if let Some(path) = &s.shared_file {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
@@ -303,7 +336,7 @@ impl CredentialProvider {
         }
         Err(denied(format!(
             "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a shared \
-             credentials file, or run with an ECS task role or EC2 instance role (tried: {})",
+             credentials file, AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (EKS IAM roles for service accounts), or run with an ECS task role, EKS Pod Identity or an EC2 instance role (tried: {})",
             tried.join("; ")
         )))
     }

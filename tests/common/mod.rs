@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod behaviour;
+pub mod capture;
 pub mod fake_http;
 pub mod harness;
 pub mod providers;
