@@ -316,6 +316,7 @@ fn store_sends_the_token_and_user_project_and_maps_403_to_denied() {
         endpoint: storage.url.clone(),
         credentials: service_account("gcs-test-key.pem", &format!("{}/token", endpoint.url)),
         chunk_size: 256 * 1024,
+        options: Default::default(),
     };
     let store = GcsStore::open(&settings, &agent(), RetryBudget::tries(4)).unwrap();
     assert_eq!(

@@ -26,6 +26,7 @@ fn settings(endpoint: &str, bucket: &str) -> GcsSettings {
         endpoint: endpoint.trim_end_matches('/').to_string(),
         credentials: Credentials::Anonymous,
         chunk_size: CHUNK,
+        options: Default::default(),
     }
 }
 

@@ -38,6 +38,8 @@ use super::{
     content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
     StoreErrorKind, Versioned,
 };
+use super::ObjectInfo;
+use crate::cloud::gcp::GcsOptions;
 use crate::encoding::percent_encode;
 use crate::env::{ConfigError, Env};
 use crate::retry::{Reason, RetryBudget};
@@ -62,6 +64,8 @@ pub struct GcsSettings {
     pub credentials: Credentials,
     /// Resumable chunk size; a multiple of [`CHUNK_GRANULARITY`].
     pub chunk_size: usize,
+    /// The KMS key and storage class of every upload.
+    pub options: GcsOptions,
 }
 
 impl GcsSettings {
@@ -150,6 +154,7 @@ impl GcsSettings {
                 }
             },
         };
+        let options = GcsOptions::from_env(env, errors);
         let credentials = match Credentials::discover(env, emulator) {
             Ok(c) => c,
             Err(e) => {
@@ -168,6 +173,7 @@ impl GcsSettings {
             endpoint,
             credentials,
             chunk_size,
+            options,
         })
     }
 
@@ -187,6 +193,9 @@ impl GcsSettings {
             ("SP_TASK_SYNC_GCS_ENDPOINT", self.endpoint.clone()),
             ("GCS credentials", self.credentials.describe()),
         ]
+        .into_iter()
+        .chain(self.options.describe())
+        .collect()
     }
 }
 
@@ -316,14 +325,69 @@ impl GcsStore {
         )
     }
 
+    /// The upload URL; with `SP_TASK_SYNC_GCS_KMS_KEY_NAME`, every upload names the key.
     fn upload_url(&self, name: &str, upload_type: &str) -> String {
-        format!(
+        let mut url = format!(
             "{}/upload/storage/v1/b/{}/o?uploadType={upload_type}&name={}&userProject={}",
             self.settings.endpoint,
             self.settings.bucket,
             percent_encode(name, false),
             percent_encode(&self.settings.project, false)
+        );
+        if let Some(key) = &self.settings.options.kms_key_name {
+            url.push_str(&format!("&kmsKeyName={}", percent_encode(key, false)));
+        }
+        url
+    }
+
+    /// The object resource sent with an upload: name, content type, the storage class
+    /// and the user metadata (task id, data type).
+    fn resource(&self, name: &str, info: &ObjectInfo) -> serde_json::Value {
+        let mut r = serde_json::json!({ "name": name, "contentType": content_type(name) });
+        if let Some(class) = &self.settings.options.storage_class {
+            r["storageClass"] = class.clone().into();
+        }
+        let meta = info.metadata();
+        if !meta.is_empty() {
+            let meta: serde_json::Map<String, serde_json::Value> =
+                meta.into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+            r["metadata"] = meta.into();
+        }
+        r
+    }
+
+    /// A `multipart/related` body: the resource, then the bytes. Returns the boundary.
+    fn multipart_body(&self, resource: &serde_json::Value, name: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+        let boundary = format!("spinoco-{:016x}", crate::retry::Rng::seeded().next_u64());
+        let mut body = format!(
+            "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{resource}\r\n--{boundary}\r\ncontent-type: {}\r\n\r\n",
+            content_type(name)
         )
+        .into_bytes();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        (boundary, body)
+    }
+
+    /// One upload with the resource (class, metadata) beside the bytes. Used instead of
+    /// a media upload when there is a resource to send: it costs a copy of the bytes
+    /// (at most one chunk) into the multipart body.
+    fn put_multipart(&self, name: &str, data: &[u8], crc: u32, info: &ObjectInfo) -> Result<(), StoreError> {
+        let what = format!("GCS upload of {}", self.gs(name));
+        let url = self.upload_url(name, "multipart");
+        let mut resource = self.resource(name, info);
+        resource["crc32c"] = crc32c_b64(crc).into();
+        let (boundary, body) = self.multipart_body(&resource, name, data);
+        let answer = self.send(&what, || {
+            Ok(Request::new("POST", url.clone())
+                .header("content-type", format!("multipart/related; boundary={boundary}"))
+                .body(&body))
+        })?;
+        match answer.status {
+            200 | 201 => self.check_crc(&what, &answer, crc),
+            404 => Err(missing(&self.proto)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
     }
 
     fn send<'a>(
@@ -397,14 +461,17 @@ impl GcsStore {
         name: &str,
         reader: &mut PartReader,
         src: &mut dyn Read,
+        info: &ObjectInfo,
     ) -> Result<u64, StoreError> {
         let what = format!("GCS resumable upload of {}", self.gs(name));
         let url = self.upload_url(name, "resumable");
+        // The session's start carries the resource: class and metadata are set there.
+        let resource = self.resource(name, info).to_string().into_bytes();
         let answer = self.send(&what, || {
             Ok(Request::new("POST", url.clone())
-                .header("content-type", "application/json")
+                .header("content-type", "application/json; charset=UTF-8")
                 .header("x-upload-content-type", content_type(name))
-                .body(b"{}"))
+                .body(&resource))
         })?;
         let session = match (answer.status, answer.header("location")) {
             (200 | 201, Some(location)) => location.to_string(),
@@ -582,6 +649,16 @@ impl BlobStore for GcsStore {
     }
 
     fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError> {
+        self.put_with(key, src, size, &ObjectInfo::default())
+    }
+
+    fn put_with(
+        &self,
+        key: &str,
+        src: &mut dyn Read,
+        size: Option<u64>,
+        info: &ObjectInfo,
+    ) -> Result<u64, StoreError> {
         let name = self.object_name(key);
         let sums = Sums {
             crc32c_whole: true,
@@ -592,10 +669,14 @@ impl BlobStore for GcsStore {
         let (len, last) = (first.bytes.len(), first.last);
         if last {
             let crc = reader.crc32c();
-            self.put_media(&name, reader.current(), crc)?;
+            if self.settings.options.storage_class.is_none() && info.metadata().is_empty() {
+                self.put_media(&name, reader.current(), crc)?;
+            } else {
+                self.put_multipart(&name, reader.current(), crc, info)?;
+            }
             return Ok(len as u64);
         }
-        self.put_resumable(&name, &mut reader, src)
+        self.put_resumable(&name, &mut reader, src, info)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -672,16 +753,9 @@ impl BlobStore for GcsStore {
             percent_encode(&generation, false)
         );
         let crc = crc32c_b64(super::client::parts::crc32c(bytes));
-        let boundary = format!("spinoco-{:016x}", crate::retry::Rng::seeded().next_u64());
-        let meta =
-            serde_json::json!({ "name": name, "contentType": content_type(&name), "crc32c": crc });
-        let mut body = format!(
-            "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{meta}\r\n--{boundary}\r\ncontent-type: {}\r\n\r\n",
-            content_type(&name)
-        )
-        .into_bytes();
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut resource = self.resource(&name, &ObjectInfo::default());
+        resource["crc32c"] = crc.into();
+        let (boundary, body) = self.multipart_body(&resource, &name, bytes);
         let answer = self.send(&what, || {
             Ok(Request::new("POST", url.clone())
                 .header(

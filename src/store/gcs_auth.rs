@@ -5,8 +5,10 @@
 //! secrets. The sources are looked for in the order of Google's client libraries
 //! ("Application Default Credentials"):
 //! 1. `GOOGLE_APPLICATION_CREDENTIALS` naming a service-account key file (an RS256 JWT
-//!    signed with its key is exchanged at the file's `token_uri`) or an authorized-user
-//!    file (its refresh token is exchanged);
+//!    signed with its key is exchanged at the file's `token_uri`), an authorized-user
+//!    file (its refresh token is exchanged) or an `external_account` file (workload
+//!    identity federation: a subject token from a file or URL exchanged at Google STS,
+//!    see [`crate::cloud::gcp`]);
 //! 2. gcloud's well-known file, `$CLOUDSDK_CONFIG/application_default_credentials.json`
 //!    or `~/.config/gcloud/application_default_credentials.json`;
 //! 3. the metadata server of the machine (`GCE_METADATA_HOST` overrides its host).
@@ -47,6 +49,8 @@ pub enum Credentials {
     Anonymous,
     ServiceAccount(ServiceAccount),
     AuthorizedUser(AuthorizedUser),
+    /// Workload identity federation (`external_account`).
+    ExternalAccount(Box<crate::cloud::gcp::ExternalAccount>),
     /// The metadata server at `host` (`host[:port]`).
     Metadata {
         host: String,
@@ -127,6 +131,10 @@ impl Credentials {
 
     /// Parses the text of a credentials file found at `source`.
     pub fn from_json(text: &str, source: &Path) -> Result<Credentials, String> {
+        if crate::cloud::gcp::ExternalAccount::is_external_account(text) {
+            return crate::cloud::gcp::ExternalAccount::from_json(text, source)
+                .map(|a| Credentials::ExternalAccount(Box::new(a)));
+        }
         #[derive(Deserialize)]
         struct File {
             #[serde(rename = "type")]
@@ -186,7 +194,7 @@ impl Credentials {
                 source: source.to_path_buf(),
             })),
             Some(other) => Err(format!(
-                "credentials of type {other:?} are not supported; use a service_account or authorized_user file"
+                "credentials of type {other:?} are not supported; use a service_account, authorized_user or external_account file"
             )),
             None => Err("has no \"type\"; expected a service_account or authorized_user file".to_string()),
         }
@@ -206,6 +214,7 @@ impl Credentials {
             Credentials::AuthorizedUser(u) => {
                 format!("user credentials from {}", u.source.display())
             }
+            Credentials::ExternalAccount(a) => a.describe(),
             Credentials::Metadata { host } => format!("metadata server {host}"),
         }
     }
@@ -297,6 +306,14 @@ impl TokenSource {
     fn fetch(&self, agent: &ureq::Agent) -> Result<(String, Duration), StoreError> {
         match &self.credentials {
             Credentials::Anonymous => unreachable!("anonymous access needs no token"),
+            Credentials::ExternalAccount(a) => {
+                let t = a.fetch(agent)?;
+                let lifetime = t
+                    .expires
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                Ok((t.token.expose().to_string(), lifetime))
+            }
             Credentials::ServiceAccount(sa) => {
                 let assertion = sa
                     .assertion(unix_now())

@@ -2,7 +2,8 @@
 //! storage test server: where the server ignores a header (s3s-fs stores no encryption
 //! settings, fake-gcs-server no KMS key, Azurite over http no token), the test still
 //! sees that the connector sent it. Requests are parsed only to find where one ends
-//! (`Content-Length`); bytes pass unchanged both ways, keep-alive included.
+//! (`Content-Length`); bytes pass unchanged both ways, keep-alive included. The first
+//! [`BODY_KEPT`] bytes of each body are kept (a JSON resource, a multipart head).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -10,6 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use super::fake_http::Request;
+
+/// How much of each request body is recorded.
+pub const BODY_KEPT: usize = 4096;
 
 pub struct CaptureProxy {
     port: u16,
@@ -50,7 +54,7 @@ impl CaptureProxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Every request forwarded so far (heads only: the body is left empty).
+    /// Every request forwarded so far, with the start of its body.
     pub fn requests(&self) -> Vec<Request> {
         self.seen.lock().unwrap().clone()
     }
@@ -98,23 +102,33 @@ fn forward_requests(client: TcpStream, mut server: TcpStream, log: Arc<Mutex<Vec
         };
         let len: Option<u64> = header("content-length").and_then(|v| v.parse().ok());
         let chunked = header("transfer-encoding").is_some();
-        log.lock().unwrap().push(Request {
-            method,
-            target,
-            headers,
-            body: String::new(),
-        });
         if server.write_all(&head).is_err() {
             return;
         }
         if chunked {
+            log.lock().unwrap().push(Request { method, target, headers, body: String::new() });
             let _ = std::io::copy(&mut reader, &mut server);
             let _ = server.shutdown(Shutdown::Write);
             return;
         }
-        let mut body = (&mut reader).take(len.unwrap_or(0));
-        if std::io::copy(&mut body, &mut server).is_err() {
-            return;
+        let mut left = len.unwrap_or(0);
+        let mut kept = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = match reader.read(&mut buf[..want]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if kept.len() < BODY_KEPT {
+                kept.extend_from_slice(&buf[..n.min(BODY_KEPT - kept.len())]);
+            }
+            if server.write_all(&buf[..n]).is_err() {
+                return;
+            }
+            left -= n as u64;
         }
+        let body = String::from_utf8_lossy(&kept).into_owned();
+        log.lock().unwrap().push(Request { method, target, headers, body });
     }
 }
