@@ -42,6 +42,7 @@ fn store(dsn: &str, prefix: &str, block_size: usize) -> AzureStore {
         container: CONTAINER.to_string(),
         prefix: prefix.to_string(),
         block_size,
+        access_tier: None,
     };
     AzureStore::new(settings, agent(), RetryBudget::tries(5))
 }
@@ -96,6 +97,7 @@ fn development_storage_shortcut_names_the_same_account() {
         container: CONTAINER.into(),
         prefix: "dev-form".into(),
         block_size: BLOCK,
+        access_tier: None,
     };
     let s = AzureStore::new(settings, agent(), RetryBudget::tries(5));
     let key = behaviour::unique("dev");
@@ -253,6 +255,7 @@ fn missing_container_is_reported_by_name() {
         container: "no-such-container".into(),
         prefix: String::new(),
         block_size: BLOCK,
+        access_tier: None,
     };
     let s = AzureStore::new(settings, agent(), RetryBudget::tries(5));
     let err = put_bytes(&s, "x.txt", b"x").unwrap_err();

@@ -10,12 +10,22 @@
 //! is a `Denied` error at once, a missing container names SP_TASK_SYNC_AZURE_CLIENT_NAME.
 //! Every Put Blob, Put Block and Put Block List carries `x-ms-content-crc64` (computed
 //! while the block is read), which Azure and Azurite check before they take the bytes.
+//!
+//! The account is named by the connection string (`SP_TASK_SYNC_AZURE_DSN`: Shared Key
+//! or SAS), or by `SP_TASK_SYNC_AZURE_ACCOUNT_URL` with a token from AKS workload
+//! identity or a managed identity ([`crate::cloud::azure`]) sent as `Bearer`, kept in
+//! the shared token cache and dropped when the service answers 401. The access tier
+//! (`SP_TASK_SYNC_AZURE_ACCESS_TIER`) and the task's metadata (`x-ms-meta-task_id`,
+//! `x-ms-meta-data_type`) go with every Put Blob and Put Block List.
 
 use std::io::Read;
 
 use ureq::http::HeaderMap;
 
 use super::azure_auth::{self, AzureAccount, Credential};
+use super::client::token::{Fetched, TokenCache};
+use super::ObjectInfo;
+use crate::cloud::azure::{AccessTier, AzureIdentity};
 use super::client::parts::{PartPool, PartReader, Sums};
 use super::client::{clip, xml_tag, Answer, Class, Client, Container, Protocol, Request};
 use super::{
@@ -25,8 +35,11 @@ use super::{
 use crate::env::{ConfigError, Env, Secret};
 use crate::retry::{Reason, RetryBudget, Rng};
 
-/// The REST API version every request names.
+/// The REST API version every request names (bearer tokens need 2017-11-09 or later;
+/// the Cold tier 2021-12-02, which is then named instead).
 pub const API_VERSION: &str = "2021-08-06";
+/// An identity token is fetched again this long before it expires.
+const TOKEN_REFRESH_EARLY: std::time::Duration = std::time::Duration::from_secs(300);
 /// The block size of large uploads: also the one buffer a `put` holds.
 pub const DEFAULT_BLOCK_SIZE: usize = 8 * 1024 * 1024;
 /// Bounds of `SP_TASK_SYNC_AZURE_BLOCK_SIZE` (one block is held in memory).
@@ -46,6 +59,8 @@ pub struct AzureSettings {
     /// SP_TASK_SYNC_SAVE_TO: prepended to every blob name (may be empty).
     pub prefix: String,
     pub block_size: usize,
+    /// SP_TASK_SYNC_AZURE_ACCESS_TIER, set on every blob.
+    pub access_tier: Option<AccessTier>,
 }
 
 impl AzureSettings {
@@ -53,13 +68,32 @@ impl AzureSettings {
     /// SP_TASK_SYNC_SAVE_TO; every mistake is pushed to `errors`.
     pub fn from_env(env: &Env, errors: &mut Vec<ConfigError>) -> Option<AzureSettings> {
         let dsn_var = "SP_TASK_SYNC_AZURE_DSN";
+        let url_var = "SP_TASK_SYNC_AZURE_ACCOUNT_URL";
         let account = match env.get(dsn_var) {
+            None if env.get(url_var).is_some() => {
+                let url = crate::cloud::azure::account_url(env, errors);
+                let identity = AzureIdentity::from_env(env, errors);
+                match (url, identity) {
+                    (Some(url), Some(identity)) => Some(AzureAccount {
+                        account: Some(url.account),
+                        endpoint: url.endpoint,
+                        credential: Credential::Identity(identity),
+                    }),
+                    _ => None,
+                }
+            }
             None => {
                 errors.push(ConfigError::new(
                     dsn_var,
                     None,
-                    "is required for azure storage: the storage account connection string",
+                    "is required for azure storage: the storage account connection string \
+                     (or SP_TASK_SYNC_AZURE_ACCOUNT_URL with a workload or managed identity)",
                 ));
+                None
+            }
+            Some(_) if env.get(url_var).is_some() => {
+                // Reported once, under the account URL.
+                crate::cloud::azure::account_url(env, errors);
                 None
             }
             Some(dsn) => match azure_auth::parse_connection_string(dsn) {
@@ -117,20 +151,37 @@ impl AzureSettings {
                 }
             },
         };
+        let before = errors.len();
+        let access_tier = crate::cloud::azure::access_tier(env, errors);
+        let tier_ok = errors.len() == before;
         Some(AzureSettings {
             account: account?,
             container: container?,
             prefix,
             block_size: block_size?,
+            access_tier: if tier_ok { access_tier } else { return None },
         })
     }
 
     /// Lines for `check`: the connection string itself is never shown.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
-        vec![
-            (
+        let account = match &self.account.credential {
+            Credential::Identity(_) => (
+                "SP_TASK_SYNC_AZURE_ACCOUNT_URL",
+                self.account.summary(),
+            ),
+            _ => (
                 "SP_TASK_SYNC_AZURE_DSN",
                 format!("*** ({})", self.account.summary()),
+            ),
+        };
+        vec![
+            account,
+            (
+                "SP_TASK_SYNC_AZURE_ACCESS_TIER",
+                self.access_tier
+                    .map(|t| t.header_value().to_string())
+                    .unwrap_or_else(|| "- (the account's default)".into()),
             ),
             ("SP_TASK_SYNC_AZURE_CLIENT_NAME", self.container.clone()),
             (
@@ -161,14 +212,30 @@ pub fn valid_container_name(name: &str) -> bool {
 struct AzureProtocol {
     account: AzureAccount,
     container: String,
+    /// `x-ms-version`: [`API_VERSION`], or newer when the access tier needs it.
+    version: &'static str,
+    /// For fetching identity tokens; `Bearer ...` values are kept here.
+    agent: ureq::Agent,
+    tokens: TokenCache<Secret>,
 }
 
 impl Protocol for AzureProtocol {
     fn authorize(&self, req: &mut Request) -> Result<(), StoreError> {
         req.headers.push(("x-ms-date".into(), http_date()));
         req.headers
-            .push(("x-ms-version".into(), API_VERSION.into()));
+            .push(("x-ms-version".into(), self.version.into()));
         match &self.account.credential {
+            Credential::Identity(identity) => {
+                let header = self.tokens.get(|| {
+                    let t = identity.fetch(&self.agent)?;
+                    Ok(Fetched {
+                        value: Secret::new(format!("Bearer {}", t.token.expose())),
+                        expires: Some(t.expires),
+                    })
+                })?;
+                req.headers
+                    .push(("authorization".into(), header.expose().to_string()));
+            }
             Credential::Sas(token) => {
                 let sep = if req.url.contains('?') { '&' } else { '?' };
                 req.url = format!("{}{sep}{}", req.url, token.expose());
@@ -227,6 +294,10 @@ impl Protocol for AzureProtocol {
         })
     }
 
+    fn drop_credentials(&self) -> bool {
+        matches!(self.account.credential, Credential::Identity(_)) && self.tokens.invalidate()
+    }
+
     fn redact(&self, text: &str) -> String {
         match &self.account.credential {
             Credential::Sas(token) if !token.expose().is_empty() => {
@@ -279,6 +350,12 @@ impl AzureStore {
             proto: AzureProtocol {
                 account: settings.account.clone(),
                 container: settings.container.clone(),
+                version: match settings.access_tier {
+                    Some(t) if t.min_version() > API_VERSION => t.min_version(),
+                    _ => API_VERSION,
+                },
+                agent: agent.clone(),
+                tokens: TokenCache::new(TOKEN_REFRESH_EARLY),
             },
             pool: PartPool::new(settings.block_size.max(1)),
             settings,
@@ -347,6 +424,7 @@ impl AzureStore {
         bytes: &[u8],
         crc: u64,
         extra: &[(&str, String)],
+        info: &ObjectInfo,
     ) -> Result<Answer, StoreError> {
         let url = self.blob_url(name, &[]);
         let what = format!("uploading blob {name} to container {}", self.where_());
@@ -356,6 +434,9 @@ impl AzureStore {
                 .header("content-type", content_type(name))
                 .header("x-ms-content-crc64", crc64_b64(crc))
                 .body(bytes);
+            for (n, v) in self.blob_headers(info) {
+                r = r.header(&n, v);
+            }
             for (n, v) in extra {
                 r = r.header(n, v.clone());
             }
@@ -387,7 +468,21 @@ impl AzureStore {
         }
     }
 
-    fn put_block_list(&self, name: &str, ids: &[String]) -> Result<(), StoreError> {
+    /// The access tier and the user metadata, for Put Blob and Put Block List (the
+    /// blob's properties are set when it is created or committed, not per block).
+    fn blob_headers(&self, info: &ObjectInfo) -> Vec<(String, String)> {
+        let mut h: Vec<(String, String)> = info
+            .metadata()
+            .into_iter()
+            .map(|(k, v)| (format!("x-ms-meta-{k}"), v))
+            .collect();
+        if let Some(tier) = self.settings.access_tier {
+            h.push(("x-ms-access-tier".into(), tier.header_value().into()));
+        }
+        h
+    }
+
+    fn put_block_list(&self, name: &str, ids: &[String], info: &ObjectInfo) -> Result<(), StoreError> {
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
         for id in ids {
             xml.push_str(&format!("<Latest>{id}</Latest>"));
@@ -401,11 +496,15 @@ impl AzureStore {
         );
         let crc = super::client::parts::crc64(xml.as_bytes());
         let answer = self.client.send(&self.proto, &what, || {
-            Ok(Request::new("PUT", url.clone())
+            let mut r = Request::new("PUT", url.clone())
                 .header("x-ms-blob-content-type", content_type(name))
                 .header("content-type", "application/xml")
                 .header("x-ms-content-crc64", crc64_b64(crc))
-                .body(xml.as_bytes()))
+                .body(xml.as_bytes());
+            for (n, v) in self.blob_headers(info) {
+                r = r.header(&n, v);
+            }
+            Ok(r)
         })?;
         match answer.status {
             201 => Ok(()),
@@ -434,6 +533,16 @@ impl BlobStore for AzureStore {
     }
 
     fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError> {
+        self.put_with(key, src, size, &ObjectInfo::default())
+    }
+
+    fn put_with(
+        &self,
+        key: &str,
+        src: &mut dyn Read,
+        size: Option<u64>,
+        info: &ObjectInfo,
+    ) -> Result<u64, StoreError> {
         let name = self.blob_name(key)?;
         let sums = Sums {
             crc64: true,
@@ -444,7 +553,7 @@ impl BlobStore for AzureStore {
         if first.last {
             let (len, crc) = (first.bytes.len(), first.crc64.unwrap_or_default());
             let what = format!("uploading blob {name} to container {}", self.where_());
-            let answer = self.put_blob(&name, reader.current(), crc, &[])?;
+            let answer = self.put_blob(&name, reader.current(), crc, &[], info)?;
             return match answer.status {
                 201 => Ok(len as u64),
                 _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
@@ -472,7 +581,7 @@ impl BlobStore for AzureStore {
             total += p.bytes.len() as u64;
             part = reader.next_part(src)?;
         }
-        self.put_block_list(&name, &ids)?;
+        self.put_block_list(&name, &ids, info)?;
         Ok(total)
     }
 
@@ -522,7 +631,7 @@ impl BlobStore for AzureStore {
             self.where_()
         );
         let crc = super::client::parts::crc64(bytes);
-        let answer = self.put_blob(&name, bytes, crc, &[header])?;
+        let answer = self.put_blob(&name, bytes, crc, &[header], &ObjectInfo::default())?;
         match answer.status {
             201 => Ok(PutIf::Written(ObjectVersion(
                 answer.header("etag").unwrap_or_default().to_string(),
@@ -714,6 +823,7 @@ mod tests {
             container: "calls".into(),
             prefix: "p".into(),
             block_size: 1024,
+            access_tier: None,
         };
         let agent = crate::http::agent(std::time::Duration::from_secs(5), 1);
         AzureStore::new(settings, agent, budget)

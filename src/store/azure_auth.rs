@@ -32,6 +32,9 @@ pub enum Credential {
     SharedKey(Box<hmac::Key>),
     /// A SAS token (without the leading `?`), appended to every request's query.
     Sas(Secret),
+    /// An Entra ID token from a workload or managed identity, sent as
+    /// `Authorization: Bearer` (with `SP_TASK_SYNC_AZURE_ACCOUNT_URL`).
+    Identity(crate::cloud::azure::AzureIdentity),
 }
 
 impl fmt::Debug for Credential {
@@ -39,6 +42,7 @@ impl fmt::Debug for Credential {
         match self {
             Credential::SharedKey(_) => f.write_str("SharedKey(***)"),
             Credential::Sas(_) => f.write_str("Sas(***)"),
+            Credential::Identity(id) => write!(f, "Identity({})", id.describe()),
         }
     }
 }
@@ -57,9 +61,14 @@ pub struct AzureAccount {
 impl AzureAccount {
     /// `account X, endpoint Y, Shared Key` — for logs and `check`, no secret in it.
     pub fn summary(&self) -> String {
-        let how = match self.credential {
+        let identity;
+        let how = match &self.credential {
             Credential::SharedKey(_) => "Shared Key",
             Credential::Sas(_) => "SAS",
+            Credential::Identity(id) => {
+                identity = id.describe();
+                identity.as_str()
+            }
         };
         match &self.account {
             Some(a) => format!("account {a}, endpoint {}, {how}", self.endpoint),

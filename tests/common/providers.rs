@@ -104,6 +104,7 @@ pub fn azure_container(dsn: &str) {
         container: AZURE_CONTAINER.into(),
         prefix: String::new(),
         block_size: 8 << 20,
+        access_tier: None,
     };
     AzureStore::new(
         settings,
