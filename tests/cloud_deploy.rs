@@ -3,9 +3,14 @@
 //! and the task's user metadata on every upload.
 //!
 //! The token endpoints are fakes started by the test (fake_http); the storage is always
-//! the real test server. Where the server ignores a header (s3s-fs keeps no encryption
-//! settings), a capturing proxy between the connector and the server shows that it was
-//! sent, on which requests, and that it was not sent where S3 refuses it (UploadPart).
+//! the real test server: s3s-fs (which takes STS keys with a session token), fake-gcs-
+//! server (no authentication: the token is checked on the wire), and an Azurite of the
+//! test's own with OAuth over https, which checks a bearer token's audience, issuer and
+//! lifetime (not its signature) and refuses one for another audience. Where the server
+//! ignores a header (s3s-fs keeps no encryption settings, fake-gcs-server no KMS key or
+//! class of a resumable upload), a capturing proxy between the connector and the server
+//! shows that it was sent, on which requests, and that it was not sent where the
+//! service refuses it (UploadPart, Put Block).
 
 mod common;
 
@@ -17,6 +22,7 @@ use common::fake_http::{FakeServer, Request};
 use common::harness::*;
 use common::providers::*;
 use spinoco_connector::emulator::EmulatorConfig;
+use spinoco_connector::store::BlobStore;
 
 /// A few calls with one recording each, larger than a 5 MiB part so that
 /// every provider's multi-part upload path runs.
@@ -313,4 +319,236 @@ fn gcs_with_workload_identity_federation_kms_key_class_and_metadata() {
         assert_eq!(o["metadata"]["task_id"], task.as_str(), "{name}: {o}");
         assert_eq!(o["metadata"]["data_type"], data_type.as_str(), "{name}: {o}");
     }
+}
+
+// ---------------------------------------------------------------- Azure
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("this test needs the openssl command to make its certificates");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it: (dir, ca.pem, server.pem, server.key).
+fn pki() -> std::path::PathBuf {
+    let d = scratch("azurite-pki");
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[req]\ndistinguished_name = dn\nx509_extensions = v3_ca\nprompt = no\n[dn]\nCN = Spinoco Test CA\n\
+         [v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid\n",
+    )
+    .unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(&d, &[&["req", "-x509", "-config", "ca.cnf"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "30"]].concat());
+    openssl(&d, &[&["req", "-new"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=azurite"]].concat());
+    openssl(
+        &d,
+        &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "30", "-extfile", "server.ext"],
+    );
+    d
+}
+
+/// An Azurite blob service of its own with OAuth on (it accepts bearer tokens only over
+/// https): it checks a token's audience, issuer and lifetime, not its signature.
+struct OAuthAzurite {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OAuthAzurite {
+    fn start(pki: &std::path::Path) -> Option<OAuthAzurite> {
+        let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/azurite/node_modules/.bin/azurite-blob");
+        // Installed by tests/servers/azurite.sh, which the test script runs.
+        common::behaviour::server("SPINOCO_TEST_AZURITE_BLOB")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::fs::File::create(pki.join("azurite.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--inMemoryPersistence"])
+            .args(["--skipApiVersionCheck", "--loose", "--disableTelemetry", "--oauth", "basic"])
+            .arg("--cert")
+            .arg(pki.join("server.pem"))
+            .arg("--key")
+            .arg(pki.join("server.key"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let a = OAuthAzurite { child, port };
+        wait_until("azurite with OAuth listens", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Some(a)
+    }
+
+    fn blob_endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}/devstoreaccount1", self.port)
+    }
+}
+
+impl Drop for OAuthAzurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An unsigned JWT with the claims Azurite checks.
+fn entra_jwt(aud: &str) -> String {
+    let b64 = |v: serde_json::Value| spinoco_connector::encoding::base64url(v.to_string().as_bytes());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    format!(
+        "{}.{}.{}",
+        b64(serde_json::json!({"typ": "JWT", "alg": "RS256"})),
+        b64(serde_json::json!({
+            "aud": aud, "iss": "https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/",
+            "iat": now - 60, "nbf": now - 60, "exp": now + 3600, "oid": "spinoco-connector",
+        })),
+        spinoco_connector::encoding::base64url(b"not-checked"),
+    )
+}
+
+/// A Shared Key store over https to `endpoint` that trusts `ca`: for creating the
+/// container and reading back what the connector stored.
+fn key_store(endpoint: &str, ca: &std::path::Path, container: &str) -> spinoco_connector::store::azure::AzureStore {
+    use spinoco_connector::store::azure::{AzureSettings, AzureStore};
+    let env = spinoco_connector::env::Env::from_pairs([("SP_TLS_CA_FILE", ca.to_str().unwrap())]);
+    let mut errors = Vec::new();
+    let network = spinoco_connector::net::Network::from_env(&env, &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let http = spinoco_connector::http::Http::new(Duration::from_secs(10), 2, &network);
+    let dsn = format!("AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}");
+    let settings = AzureSettings {
+        account: spinoco_connector::store::azure_auth::parse_connection_string(&dsn).unwrap(),
+        container: container.into(),
+        prefix: String::new(),
+        block_size: 8 << 20,
+        access_tier: None,
+    };
+    AzureStore::new(settings, http.agent, spinoco_connector::retry::RetryBudget::tries(3))
+}
+
+#[test]
+fn azure_workload_identity_bearer_token_into_azurite_with_oauth() {
+    let pki = pki();
+    let Some(azurite) = OAuthAzurite::start(&pki) else { return };
+    let ca = pki.join("ca.pem");
+    let container = "spinoco-wi";
+    let admin = key_store(&azurite.blob_endpoint(), &ca, container);
+    admin.ensure_container().unwrap();
+
+    let tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let client = "6f1c6a0e-1d2b-4a5c-9e8f-0a1b2c3d4e5f";
+    let entra = FakeServer::start(Box::new(move |r| {
+        if r.target != format!("/{tenant}/oauth2/v2.0/token")
+            || form_field(r, "client_id").as_deref() != Some(client)
+            || form_field(r, "scope").as_deref() != Some("https://storage.azure.com/.default")
+        {
+            return (400, r#"{"error":"invalid_request"}"#.into());
+        }
+        let aud = match form_field(r, "client_assertion").as_deref() {
+            Some("eyJaks.federated") => "https://storage.azure.com",
+            // A token for another resource: the storage must refuse it.
+            _ => "https://vault.azure.net",
+        };
+        (200, format!(r#"{{"token_type":"Bearer","expires_in":3599,"access_token":"{}"}}"#, entra_jwt(aud)))
+    }));
+    let token = token_file("aks-wi", "eyJaks.federated");
+    let prefix = common::behaviour::unique("aks");
+    let emu = emulator(account());
+    let mut e = env(&emu, &scratch("unused"));
+    for (k, v) in [
+        ("SP_TASK_SYNC_STORAGE_PROVIDER", "azure".to_string()),
+        ("SP_TASK_SYNC_AZURE_ACCOUNT_URL", azurite.blob_endpoint()),
+        ("SP_TASK_SYNC_AZURE_CLIENT_NAME", container.into()),
+        ("SP_TASK_SYNC_SAVE_TO", prefix.clone()),
+        ("SP_TASK_SYNC_AZURE_BLOCK_SIZE", "1MiB".into()),
+        ("SP_TASK_SYNC_AZURE_ACCESS_TIER", "Cool".into()),
+        ("AZURE_CLIENT_ID", client.into()),
+        ("AZURE_TENANT_ID", tenant.into()),
+        ("AZURE_FEDERATED_TOKEN_FILE", token.clone()),
+        ("AZURE_AUTHORITY_HOST", format!("{}/", entra.url)),
+        ("SSL_CERT_FILE", ca.display().to_string()),
+    ] {
+        e.insert(k.into(), v);
+    }
+    let check = run(&e, &["check"]);
+    let shown = text(&check);
+    assert!(check.status.success(), "{shown}");
+    assert!(shown.contains("workload identity: client 6f1c6a0e-1d2b-4a5c-9e8f-0a1b2c3d4e5f"), "{shown}");
+    assert!(shown.contains("SP_TASK_SYNC_AZURE_ACCESS_TIER") && shown.contains("Cool"), "{shown}");
+
+    let out = run(&e, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!entra.requests().is_empty());
+    let want = expected(&emu);
+    assert!(!want.is_empty());
+    for (name, path) in &want {
+        let got = admin.get(&format!("{prefix}/{name}")).unwrap();
+        assert!(got == emu.content(path), "{name} stored with the platform's bytes");
+    }
+
+    // A token for another audience: Azurite refuses it, the run stops (exit 5) before
+    // the feed hands out anything more.
+    std::fs::write(&token, "eyJaks.someone-else").unwrap();
+    let before = emu.handed_out().len();
+    e.insert("SP_TASK_SYNC_TAG".into(), "other-tag".into());
+    let refused = run(&e, &["--once"]);
+    assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
+    assert!(text(&refused).contains("403") || text(&refused).contains("401"), "{}", text(&refused));
+    assert_eq!(emu.handed_out().len(), before, "nothing handed out without a usable storage");
+}
+
+#[test]
+fn azure_connection_string_keeps_working_with_access_tier_and_metadata() {
+    let Some(mut e) = target(Provider::Azure, "tier") else { return };
+    let server = endpoint(&e).unwrap();
+    let proxy = CaptureProxy::start(&authority(&server));
+    e = with_endpoint(&e, &proxy.url());
+    e.insert("SP_TASK_SYNC_AZURE_ACCESS_TIER".into(), "Cold".into());
+    e.insert("SP_TASK_SYNC_AZURE_BLOCK_SIZE".into(), "1MiB".into());
+    let emu = emulator(account());
+    let mut run_env = env(&emu, &scratch("unused"));
+    run_env.extend(e.clone());
+    let out = run(&run_env, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let verified = verify(&emu, &with_endpoint(&e, &server), &BTreeSet::new());
+    assert!(verified.files > 0);
+
+    let requests = proxy.requests();
+    let commits: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.method == "PUT" && (!r.target.contains("comp=") || r.target.contains("comp=blocklist")))
+        .filter(|r| !r.target.contains("restype=container"))
+        .collect();
+    let blocks: Vec<&Request> = requests.iter().filter(|r| r.target.contains("comp=block&")).collect();
+    assert!(commits.iter().any(|r| r.target.contains("comp=blocklist")), "a block upload was committed");
+    assert!(!blocks.is_empty());
+    for r in &commits {
+        assert_eq!(r.header("x-ms-access-tier"), Some("Cold"), "{}", r.target);
+        // Cold needs a newer REST version than the default.
+        assert_eq!(r.header("x-ms-version"), Some("2021-12-02"), "{}", r.target);
+    }
+    for r in &blocks {
+        assert!(r.header("x-ms-access-tier").is_none() && r.header("x-ms-meta-task_id").is_none(), "{}", r.target);
+    }
+    let info = handed_out_info(&emu);
+    let mut tagged = 0;
+    for r in &commits {
+        let path = spinoco_connector::encoding::percent_decode(r.target.split('?').next().unwrap()).unwrap();
+        if let Some((_, (task, data_type))) = info.iter().find(|(name, _)| path.ends_with(&format!("/{name}"))) {
+            assert_eq!(r.header("x-ms-meta-task_id"), Some(task.as_str()), "{path}");
+            assert_eq!(r.header("x-ms-meta-data_type"), Some(data_type.as_str()), "{path}");
+            tagged += 1;
+        }
+    }
+    assert!(tagged >= info.len(), "{tagged} of {} files committed with their metadata", info.len());
 }
