@@ -378,14 +378,26 @@ impl GcsStore {
         let what = format!("GCS upload of {}", self.gs(name));
         let url = self.upload_url(name, "media");
         let hash = format!("crc32c={}", crc32c_b64(crc));
-        let answer = self.send(&what, || {
-            Ok(Request::new("POST", url.clone())
-                .header("content-type", content_type(name))
-                .header("x-goog-hash", hash.clone())
-                .body(data))
-        })?;
+        // A stored object whose CRC32C is not ours is uploaded again (see check_crc).
+        let answer = self.client.send_verified(
+            &self.proto,
+            &what,
+            || {
+                Ok(Request::new("POST", url.clone())
+                    .header("content-type", content_type(name))
+                    .header("x-goog-hash", hash.clone())
+                    .body(data))
+            },
+            |a| match a.status {
+                200 | 201 => self.check_crc(&what, a, crc),
+                _ => Ok(()),
+            },
+        )?;
         match answer.status {
-            200 | 201 => self.check_crc(&what, &answer, crc),
+            200 | 201 => {
+                self.bucket_seen.store(true, Ordering::Relaxed);
+                Ok(())
+            }
             404 => Err(missing(&self.proto)),
             _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
