@@ -14,15 +14,23 @@ use common::proxy::TcpProxy;
 
 const MIB: u64 = 1024 * 1024;
 
-fn via_proxy(
-    p: Provider,
-    name: &str,
-) -> Option<(BTreeMap<String, String>, BTreeMap<String, String>, TcpProxy)> {
+/// A provider's variables straight to its server and through an inspecting proxy.
+struct Proxied {
+    direct: BTreeMap<String, String>,
+    proxied: BTreeMap<String, String>,
+    proxy: TcpProxy,
+}
+
+fn via_proxy(p: Provider, name: &str) -> Option<Proxied> {
     let direct = target(p, name)?;
     let upstream = endpoint(&direct).unwrap();
     let proxy = TcpProxy::start_inspecting(upstream.trim_start_matches("http://"));
     let proxied = with_endpoint(&direct, &proxy.url());
-    Some((direct, proxied, proxy))
+    Some(Proxied {
+        direct,
+        proxied,
+        proxy,
+    })
 }
 
 fn pattern(len: u64, seed: u64) -> Vec<u8> {
@@ -34,7 +42,12 @@ fn pattern(len: u64, seed: u64) -> Vec<u8> {
 /// One flipped byte in a single PUT and in a part: the upload still succeeds (sent
 /// again) and what the server holds is the source, byte for byte.
 fn corrupted_bytes_are_never_stored(p: Provider) {
-    let Some((direct, proxied, proxy)) = via_proxy(p, "corrupt") else {
+    let Some(Proxied {
+        direct,
+        proxied,
+        proxy,
+    }) = via_proxy(p, "corrupt")
+    else {
         return;
     };
     let store = open_store(&proxied);
@@ -73,7 +86,12 @@ fn azure_corrupted_bytes_are_never_stored() {
 /// answer's crc32c and sent again; real GCS refuses the x-goog-hash itself.
 #[test]
 fn gcs_corrupted_single_upload_is_sent_again() {
-    let Some((direct, proxied, proxy)) = via_proxy(Provider::Gcs, "corrupt") else {
+    let Some(Proxied {
+        direct,
+        proxied,
+        proxy,
+    }) = via_proxy(Provider::Gcs, "corrupt")
+    else {
         return;
     };
     let store = open_store(&proxied);
@@ -90,7 +108,7 @@ fn gcs_corrupted_single_upload_is_sent_again() {
 /// Four workers, three multipart objects each, one store: the connections the proxy
 /// accepted stay at about one per worker (keep-alive), not one per request.
 fn one_connection_per_worker(p: Provider) {
-    let Some((_, proxied, proxy)) = via_proxy(p, "conns") else {
+    let Some(Proxied { proxied, proxy, .. }) = via_proxy(p, "conns") else {
         return;
     };
     let workers = 4;
@@ -143,7 +161,12 @@ fn azure_one_connection_per_worker() {
 /// object, and the put counts as stored.
 #[test]
 fn s3_lost_complete_answer_counts_as_stored() {
-    let Some((direct, proxied, proxy)) = via_proxy(Provider::S3, "lost-complete") else {
+    let Some(Proxied {
+        direct,
+        proxied,
+        proxy,
+    }) = via_proxy(Provider::S3, "lost-complete")
+    else {
         return;
     };
     let store = open_store(&proxied);
