@@ -888,4 +888,54 @@ mod tests {
         let d = http_date();
         assert!(d.ends_with(" GMT") && d.len() == 29, "{d}");
     }
+
+    /// Every status Azure can answer on the journal path, mapped deliberately.
+    #[test]
+    fn status_table() {
+        use super::super::client::classify;
+        let p = AzureProtocol {
+            account: azure_auth::parse_connection_string("UseDevelopmentStorage=true").unwrap(),
+            container: "container-typo".into(),
+            version: API_VERSION,
+            agent: crate::http::agent(std::time::Duration::from_secs(1), 1),
+            tokens: TokenCache::new(TOKEN_REFRESH_EARLY),
+        };
+        let table: &[(u16, &str, Class)] = &[
+            (201, "", Class::Answer),
+            (401, "", Class::Unauthorized),
+            (403, "AuthenticationFailed", Class::Denied),
+            (403, "AuthorizationPermissionMismatch", Class::Denied),
+            (404, "ContainerNotFound", Class::MissingContainer),
+            (404, "BlobNotFound", Class::Answer),
+            (409, "BlobAlreadyExists", Class::Answer),
+            (
+                409,
+                "ContainerBeingDeleted",
+                Class::Retry(Reason::ServerError),
+            ),
+            (409, "LeaseIdMissing", Class::Answer),
+            (412, "ConditionNotMet", Class::Answer),
+            (400, "Crc64Mismatch", Class::Retry(Reason::BrokenBody)),
+            (400, "Md5Mismatch", Class::Retry(Reason::BrokenBody)),
+            (400, "InvalidHeaderValue", Class::Rejected),
+            (503, "ServerBusy", Class::Retry(Reason::Throttled)),
+            (500, "InternalError", Class::Retry(Reason::ServerError)),
+            (507, "", Class::Retry(Reason::ServerError)),
+        ];
+        for (status, code, class) in table {
+            assert_eq!(classify(&p, *status, code), *class, "{status} {code}");
+        }
+        let e = super::super::client::missing(&p);
+        assert!(
+            e.message.starts_with(
+                "SP_TASK_SYNC_AZURE_CLIENT_NAME=\"container-typo\": the container does not exist"
+            ),
+            "{e}"
+        );
+        // The crc64 goes out as its eight little-endian bytes in base64.
+        assert_eq!(
+            crc64_b64(super::super::client::parts::crc64(b"123456789")),
+            crate::encoding::base64(&0xAE8B_1486_0A79_9888u64.to_le_bytes())
+        );
+    }
 }
