@@ -201,6 +201,76 @@ fn s3_with_web_identity_encryption_class_and_metadata() {
         }
     }
     assert!(tagged >= info.len(), "every data file was uploaded with its metadata ({tagged} of {})", info.len());
+
+    // The README's IAM policy allows every action this sync used, and nothing more than
+    // those plus the two it explains (abort after a failure, list for 404s).
+    let bucket = e["SP_TASK_SYNC_S3_BUCKET"].clone();
+    let mut used = BTreeSet::new();
+    for r in &requests {
+        let path = r.target.split('?').next().unwrap();
+        assert!(
+            path.starts_with(&format!("/{bucket}/{prefix}/")),
+            "every request is for an object under the prefix: {} {}",
+            r.method,
+            r.target
+        );
+        used.insert(match (r.method.as_str(), r.target.contains("uploadId=")) {
+            ("PUT" | "POST", _) => "s3:PutObject",
+            ("GET" | "HEAD", _) => "s3:GetObject",
+            ("DELETE", true) => "s3:AbortMultipartUpload",
+            ("DELETE", false) => "s3:DeleteObject",
+            (m, _) => panic!("an S3 request the policy does not know: {m} {}", r.target),
+        });
+    }
+    assert!(used.contains("s3:DeleteObject"), "the journal is removed: {used:?}");
+    let heading = "#### EKS with IAM roles for service accounts (IRSA)";
+    let policy: serde_json::Value = serde_json::from_str(&readme_block(heading, "json", 0)).unwrap();
+    let allowed = policy_actions(&policy, "Action");
+    for a in &used {
+        let resources = allowed.get(*a).unwrap_or_else(|| panic!("the README policy lacks {a}"));
+        assert_eq!(resources, &["arn:aws:s3:::spinoco-recordings/calls/*"], "{a} only under the prefix");
+    }
+    let extra: BTreeSet<&str> = allowed.keys().map(String::as_str).filter(|a| !used.contains(a)).collect();
+    assert!(
+        extra.iter().all(|a| ["s3:AbortMultipartUpload", "s3:ListBucket"].contains(a)),
+        "the policy allows nothing else: {extra:?}"
+    );
+    assert_eq!(allowed["s3:ListBucket"], ["arn:aws:s3:::spinoco-recordings"]);
+    let trust: serde_json::Value = serde_json::from_str(&readme_block(heading, "json", 1)).unwrap();
+    assert_eq!(trust["Statement"][0]["Action"], "sts:AssumeRoleWithWebIdentity");
+}
+
+
+/// The `n`-th fenced block of `lang` after the README heading `heading`.
+fn readme_block(heading: &str, lang: &str, n: usize) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let at = readme.find(&format!("\n{heading}\n")).unwrap_or_else(|| panic!("README has {heading:?}"));
+    let mut rest = &readme[at..];
+    let fence = format!("```{lang}\n");
+    for _ in 0..n {
+        rest = &rest[rest.find(&fence).expect("the block") + fence.len()..];
+    }
+    let start = rest.find(&fence).expect("the block") + fence.len();
+    let end = start + rest[start..].find("```").unwrap();
+    rest[start..end].to_string()
+}
+
+/// The actions of every statement of an IAM policy document, and their resources.
+fn policy_actions(policy: &serde_json::Value, key: &str) -> BTreeMap<String, Vec<String>> {
+    let as_list = |v: &serde_json::Value| -> Vec<String> {
+        match v {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(a) => a.iter().map(|x| x.as_str().unwrap().to_string()).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut out = BTreeMap::new();
+    for st in policy["Statement"].as_array().unwrap() {
+        for a in as_list(&st[key]) {
+            out.insert(a, as_list(&st["Resource"]));
+        }
+    }
+    out
 }
 
 fn server_var(name: &str) -> String {
@@ -319,6 +389,42 @@ fn gcs_with_workload_identity_federation_kms_key_class_and_metadata() {
         assert_eq!(o["metadata"]["task_id"], task.as_str(), "{name}: {o}");
         assert_eq!(o["metadata"]["data_type"], data_type.as_str(), "{name}: {o}");
     }
+
+    // The README's custom roles hold every permission this sync needed, and no other.
+    let mut used = BTreeSet::new();
+    let mut uploaded = BTreeSet::new();
+    let mut overwritten = false;
+    let object = format!("/storage/v1/b/{bucket}/o/");
+    for r in &requests {
+        assert!(r.target.contains("userProject=") || r.target.contains("upload_id="), "userProject on {}", r.target);
+        let path = r.target.split('?').next().unwrap();
+        if r.target.starts_with("/upload/") {
+            if r.method == "POST" {
+                let name = r.target.split("name=").nth(1).unwrap().split('&').next().unwrap();
+                assert!(name.starts_with(&format!("{prefix}%2F")), "{}", r.target);
+                overwritten |= !uploaded.insert(name.to_string());
+            }
+            used.insert("storage.objects.create");
+        } else if let Some(name) = path.strip_prefix(&object) {
+            assert!(name.starts_with(&format!("{prefix}%2F")), "{}", r.target);
+            used.insert(if r.method == "DELETE" { "storage.objects.delete" } else { "storage.objects.get" });
+        } else if path == format!("/storage/v1/b/{bucket}") {
+            used.insert("storage.buckets.get");
+        } else {
+            panic!("a GCS request the roles do not know: {} {}", r.method, r.target);
+        }
+    }
+    assert!(overwritten, "the journal is rewritten, which GCS counts as a delete too");
+    used.insert("storage.objects.delete");
+    let commands = readme_block("#### GKE with workload identity", "sh", 0);
+    let granted: BTreeSet<&str> = commands
+        .split("--permissions=")
+        .skip(1)
+        .flat_map(|p| p.split_whitespace().next().unwrap().split(','))
+        .collect();
+    assert_eq!(granted, used, "the README's roles are exactly what the connector used");
+    assert!(commands.contains("roles/serviceusage.serviceUsageConsumer"), "for userProject");
+    assert!(commands.contains(r#"resource.name.startsWith("projects/_/buckets/spinoco-recordings/objects/calls/")"#));
 }
 
 // ---------------------------------------------------------------- Azure
@@ -551,4 +657,22 @@ fn azure_connection_string_keeps_working_with_access_tier_and_metadata() {
         }
     }
     assert!(tagged >= info.len(), "{tagged} of {} files committed with their metadata", info.len());
+
+    // The README's role holds exactly the data actions this sync used.
+    let prefix = &e["SP_TASK_SYNC_SAVE_TO"];
+    let mut used = BTreeSet::new();
+    for r in &requests {
+        let path = r.target.split('?').next().unwrap();
+        assert!(path.starts_with(&format!("/devstoreaccount1/{AZURE_CONTAINER}/{prefix}/")), "{}", r.target);
+        used.insert(match r.method.as_str() {
+            "PUT" => "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write",
+            "GET" | "HEAD" => "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read",
+            "DELETE" => "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete",
+            m => panic!("an Azure request the role does not know: {m} {}", r.target),
+        });
+    }
+    let role: serde_json::Value = serde_json::from_str(&readme_block("#### AKS with workload identity", "json", 0)).unwrap();
+    let granted: BTreeSet<&str> = role["DataActions"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(granted, used);
+    assert_eq!(role["Actions"], serde_json::json!([]), "no control-plane rights");
 }
