@@ -543,7 +543,7 @@ fn key_store(endpoint: &str, ca: &std::path::Path, container: &str) -> spinoco_c
 }
 
 #[test]
-fn azure_workload_identity_bearer_token_into_azurite_with_oauth() {
+fn azure_workload_and_managed_identity_tokens_into_azurite_with_oauth() {
     let pki = pki();
     let Some(azurite) = OAuthAzurite::start(&pki) else { return };
     let ca = pki.join("ca.pem");
@@ -600,6 +600,32 @@ fn azure_workload_identity_bearer_token_into_azurite_with_oauth() {
     for (name, path) in &want {
         let got = admin.get(&format!("{prefix}/{name}")).unwrap();
         assert!(got == emu.content(path), "{name} stored with the platform's bytes");
+    }
+
+    // A user-assigned managed identity through the instance metadata service (its host
+    // replaced as the Azure SDKs allow), into a fresh prefix from a fresh account.
+    let imds = FakeServer::start(Box::new(move |r| {
+        let ok = r.target.starts_with("/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fstorage.azure.com")
+            && r.target.contains(&format!("client_id={client}"))
+            && r.header("metadata") == Some("true");
+        if !ok {
+            return (400, r#"{"error":"invalid_request","error_description":"Identity not found"}"#.into());
+        }
+        let jwt = entra_jwt("https://storage.azure.com");
+        (200, format!(r#"{{"access_token":"{jwt}","expires_in":"86399","resource":"https://storage.azure.com","token_type":"Bearer"}}"#))
+    }));
+    let emu2 = emulator(EmulatorConfig { seed: 43, recording_size: (3_000, 60_000), ..account() });
+    let prefix2 = common::behaviour::unique("vm");
+    let mut e2 = env(&emu2, &scratch("unused"));
+    e2.extend(e.clone().into_iter().filter(|(k, _)| !k.starts_with("AZURE_") && k != "SP_TASK_SYNC_SAVE_TO" && !k.starts_with("SP_API")));
+    e2.insert("SP_TASK_SYNC_SAVE_TO".into(), prefix2.clone());
+    e2.insert("AZURE_CLIENT_ID".into(), client.into());
+    e2.insert("AZURE_POD_IDENTITY_AUTHORITY_HOST".into(), imds.url.clone());
+    let out = run(&e2, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!imds.requests().is_empty());
+    for (name, path) in &expected(&emu2) {
+        assert!(admin.get(&format!("{prefix2}/{name}")).unwrap() == emu2.content(path), "{name}");
     }
 
     // A token for another audience: Azurite refuses it, the run stops (exit 5) before
@@ -675,4 +701,95 @@ fn azure_connection_string_keeps_working_with_access_tier_and_metadata() {
     let granted: BTreeSet<&str> = role["DataActions"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert_eq!(granted, used);
     assert_eq!(role["Actions"], serde_json::json!([]), "no control-plane rights");
+}
+
+#[test]
+fn s3_with_eks_pod_identity() {
+    let Some(mut e) = target(Provider::S3, "podid") else { return };
+    let access_key = e.remove("AWS_ACCESS_KEY_ID").unwrap();
+    let secret_key = e.remove("AWS_SECRET_ACCESS_KEY").unwrap();
+    let token = token_file("pod-identity", "pod-identity-agent-token");
+    // The EKS Pod Identity agent: answers the container credentials request when it
+    // carries the token from the file.
+    let agent = FakeServer::start(Box::new(move |r| {
+        if r.target != "/v1/credentials" || r.header("authorization") != Some("pod-identity-agent-token") {
+            return (403, r#"{"Code":"AccessDenied"}"#.into());
+        }
+        (
+            200,
+            format!(
+                r#"{{"AccessKeyId":"{access_key}","SecretAccessKey":"{secret_key}","Token":"pod-identity-session","Expiration":"{}"}}"#,
+                in_an_hour()
+            ),
+        )
+    }));
+    for (k, v) in [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", format!("{}/v1/credentials", agent.url)),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ] {
+        e.insert(k.into(), v);
+    }
+    let emu = emulator(EmulatorConfig { recording_size: (3_000, 60_000), ..account() });
+    let mut run_env = env(&emu, &scratch("unused"));
+    run_env.extend(e.clone());
+    let out = run(&run_env, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("container credentials endpoint"), "{}", text(&out));
+    assert!(!agent.requests().is_empty());
+    let mut direct = e.clone();
+    direct.insert("AWS_ACCESS_KEY_ID".into(), server_var("SPINOCO_TEST_S3_ACCESS_KEY"));
+    direct.insert("AWS_SECRET_ACCESS_KEY".into(), server_var("SPINOCO_TEST_S3_SECRET_KEY"));
+    assert!(verify(&emu, &direct, &BTreeSet::new()).files > 0);
+}
+
+#[test]
+fn cloud_configuration_mistakes_are_all_reported_before_any_network_call() {
+    let emu = emulator(account());
+    let cases: [(&[(&str, &str)], &[&str]); 3] = [
+        (
+            &[
+                ("SP_TASK_SYNC_STORAGE_PROVIDER", "s3"),
+                ("SP_TASK_SYNC_S3_BUCKET", "calls"),
+                ("AWS_REGION", "eu-central-1"),
+                ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/x"),
+                ("SP_TASK_SYNC_S3_SSE", "kms"),
+                ("SP_TASK_SYNC_S3_STORAGE_CLASS", "GLACIER"),
+                ("SP_TASK_SYNC_S3_ADDRESSING", "host"),
+            ],
+            &["AWS_WEB_IDENTITY_TOKEN_FILE", "SP_TASK_SYNC_S3_SSE=\"kms\"", "SP_TASK_SYNC_S3_STORAGE_CLASS=\"GLACIER\"", "SP_TASK_SYNC_S3_ADDRESSING=\"host\""],
+        ),
+        (
+            &[
+                ("SP_TASK_SYNC_STORAGE_PROVIDER", "azure"),
+                ("SP_TASK_SYNC_AZURE_CLIENT_NAME", "calls"),
+                ("SP_TASK_SYNC_AZURE_ACCOUNT_URL", "http://acct.blob.core.windows.net"),
+                ("AZURE_FEDERATED_TOKEN_FILE", "/nonexistent/token"),
+                ("SP_TASK_SYNC_AZURE_ACCESS_TIER", "Archive"),
+            ],
+            &["SP_TASK_SYNC_AZURE_ACCOUNT_URL", "AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "SP_TASK_SYNC_AZURE_ACCESS_TIER"],
+        ),
+        (
+            &[
+                ("SP_TASK_SYNC_STORAGE_PROVIDER", "gcs"),
+                ("SP_TASK_SYNC_GCS_BUCKET", "calls"),
+                ("SP_TASK_SYNC_GCS_PROJECT", "p"),
+                ("SP_TASK_SYNC_GCS_STORAGE_CLASS", "COLD"),
+                ("SP_TASK_SYNC_GCS_KMS_KEY_NAME", "my-key"),
+            ],
+            &["SP_TASK_SYNC_GCS_STORAGE_CLASS", "SP_TASK_SYNC_GCS_KMS_KEY_NAME"],
+        ),
+    ];
+    for (pairs, expected) in cases {
+        let mut e = env(&emu, &scratch("unused"));
+        e.remove("SP_TASK_SYNC_SAVE_TO");
+        e.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let out = run(&e, &["check", "--connect"]);
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(3), "{shown}");
+        for var in expected {
+            assert!(shown.contains(&format!("  - {var}")), "{var} is reported:\n{shown}");
+        }
+    }
+    assert!(emu.requests().is_empty(), "no network call was made");
 }

@@ -1014,6 +1014,48 @@ mod tests {
     }
 
     #[test]
+    fn addressing_decides_the_urls() {
+        let store = |pairs: &[(&str, &str)]| {
+            let mut errors = Vec::new();
+            let mut all = vec![
+                ("SP_TASK_SYNC_S3_BUCKET", "calls"),
+                ("AWS_REGION", "eu-central-1"),
+                ("AWS_ACCESS_KEY_ID", "a"),
+                ("AWS_SECRET_ACCESS_KEY", "b"),
+            ];
+            all.extend_from_slice(pairs);
+            let s = S3Settings::from_env(&env(&all), &mut errors).unwrap();
+            assert!(errors.is_empty(), "{errors:?}");
+            let agent = crate::http::agent(std::time::Duration::from_secs(1), 1);
+            S3Store::open(&s, &agent, RetryBudget::tries(1)).unwrap()
+        };
+        let aws = store(&[]);
+        assert_eq!(
+            aws.url("k/a.ogg", Command::GetObject).unwrap(),
+            "https://calls.s3.eu-central-1.amazonaws.com/k/a.ogg"
+        );
+        let minio = store(&[("AWS_ENDPOINT_URL", "https://minio.example:9000")]);
+        assert_eq!(
+            minio.url("k", Command::GetObject).unwrap(),
+            "https://minio.example:9000/calls/k",
+            "path-style with an endpoint by default"
+        );
+        let virt = store(&[
+            ("AWS_ENDPOINT_URL", "https://minio.example:9000"),
+            ("SP_TASK_SYNC_S3_ADDRESSING", "virtual"),
+        ]);
+        assert_eq!(
+            virt.url("k", Command::GetObject).unwrap(),
+            "https://calls.minio.example:9000/k"
+        );
+        let path = store(&[("SP_TASK_SYNC_S3_ADDRESSING", "path")]);
+        assert_eq!(
+            path.url("k", Command::GetObject).unwrap(),
+            "https://s3.eu-central-1.amazonaws.com/calls/k"
+        );
+    }
+
+    #[test]
     fn bad_values_are_reported_and_masked() {
         let mut errors = Vec::new();
         let e = env(&[
