@@ -472,9 +472,8 @@ struct OAuthAzurite {
 
 impl OAuthAzurite {
     fn start(pki: &std::path::Path) -> Option<OAuthAzurite> {
-        let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/azurite/node_modules/.bin/azurite-blob");
         // Installed by tests/servers/azurite.sh, which the test script runs.
-        common::behaviour::server("SPINOCO_TEST_AZURITE_BLOB")?;
+        let bin = common::behaviour::server("SPINOCO_TEST_AZURITE_BIN")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = std::fs::File::create(pki.join("azurite.log")).unwrap();
         let child = std::process::Command::new(bin)

@@ -46,5 +46,7 @@ endpoint="http://127.0.0.1:$port/devstoreaccount1"
 # Azurite's published dev account key (its README): not a secret.
 key="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 echo "export SPINOCO_TEST_AZURITE_BLOB=$endpoint"
+# For tests that start an Azurite of their own (OAuth over https).
+echo "export SPINOCO_TEST_AZURITE_BIN=$bin"
 echo "export SPINOCO_TEST_AZURITE_DSN='DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$key;BlobEndpoint=$endpoint;'"
 echo "SERVER_PID=$pid"
