@@ -193,8 +193,8 @@ fn s3_with_web_identity_encryption_class_and_metadata() {
         let Some(name) = path.split_once(&format!("/{prefix}/")).map(|(_, n)| n) else { continue };
         let name = spinoco_connector::encoding::percent_decode(name).unwrap();
         if let Some((task, data_type)) = info.get(&name) {
-            assert_eq!(r.header("x-amz-meta-task_id"), Some(task.as_str()), "{name}");
-            assert_eq!(r.header("x-amz-meta-data_type"), Some(data_type.as_str()), "{name}");
+            assert_eq!(r.header("x-amz-meta-task-id"), Some(task.as_str()), "{name}");
+            assert_eq!(r.header("x-amz-meta-data-type"), Some(data_type.as_str()), "{name}");
             tagged += 1;
         } else {
             assert!(name.starts_with(".spinoco-connector/"), "{name}");
@@ -386,8 +386,8 @@ fn gcs_with_workload_identity_federation_kms_key_class_and_metadata() {
     let prefix = &e["SP_TASK_SYNC_SAVE_TO"];
     for (name, (task, data_type)) in handed_out_info(&emu) {
         let o = gcs_object(&server, bucket, &format!("{prefix}/{name}"));
-        assert_eq!(o["metadata"]["task_id"], task.as_str(), "{name}: {o}");
-        assert_eq!(o["metadata"]["data_type"], data_type.as_str(), "{name}: {o}");
+        assert_eq!(o["metadata"]["task-id"], task.as_str(), "{name}: {o}");
+        assert_eq!(o["metadata"]["data-type"], data_type.as_str(), "{name}: {o}");
     }
 
     // The README's custom roles hold every permission this sync needed, and no other.

@@ -472,7 +472,7 @@ impl AzureStore {
     /// blob's properties are set when it is created or committed, not per block).
     fn blob_headers(&self, info: &ObjectInfo) -> Vec<(String, String)> {
         let mut h: Vec<(String, String)> = info
-            .metadata()
+            .metadata('_')
             .into_iter()
             .map(|(k, v)| (format!("x-ms-meta-{k}"), v))
             .collect();

@@ -347,10 +347,10 @@ impl GcsStore {
         if let Some(class) = &self.settings.options.storage_class {
             r["storageClass"] = class.clone().into();
         }
-        let meta = info.metadata();
+        let meta = info.metadata('-');
         if !meta.is_empty() {
             let meta: serde_json::Map<String, serde_json::Value> =
-                meta.into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+                meta.into_iter().map(|(k, v)| (k, v.into())).collect();
             r["metadata"] = meta.into();
         }
         r
@@ -681,7 +681,7 @@ impl BlobStore for GcsStore {
         let (len, last) = (first.bytes.len(), first.last);
         if last {
             let crc = reader.crc32c();
-            if self.settings.options.storage_class.is_none() && info.metadata().is_empty() {
+            if self.settings.options.storage_class.is_none() && info.metadata('-').is_empty() {
                 self.put_media(&name, reader.current(), crc)?;
             } else {
                 self.put_multipart(&name, reader.current(), crc, info)?;

@@ -180,20 +180,22 @@ pub struct ObjectInfo {
 }
 
 impl ObjectInfo {
-    /// The metadata pairs, names as stored (`task_id`, `data_type`: valid in all three
-    /// clouds, whose Azure names must be C# identifiers, so no `-`). Empty values are
-    /// left out; values are made printable ASCII (header values).
-    pub fn metadata(&self) -> Vec<(&'static str, String)> {
-        [("task_id", &self.task_id), ("data_type", &self.data_type)]
+    /// The metadata pairs, the words of each name joined by `sep`: `task-id` and
+    /// `data-type` for S3 and GCS (an underscore in a header name is dropped by proxies
+    /// such as nginx by default), `task_id` and `data_type` for Azure, whose names must
+    /// be C# identifiers. Empty values are left out; values are made printable ASCII
+    /// (they travel as header values).
+    pub fn metadata(&self, sep: char) -> Vec<(String, String)> {
+        [(["task", "id"], &self.task_id), (["data", "type"], &self.data_type)]
             .into_iter()
             .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| {
+            .map(|([a, b], v)| {
                 let clean: String = v
                     .chars()
                     .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })
                     .take(256)
                     .collect();
-                (k, clean)
+                (format!("{a}{sep}{b}"), clean)
             })
             .collect()
     }
@@ -286,6 +288,23 @@ pub fn prefixed(prefix: &str, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_metadata_names_per_cloud_and_clean_values() {
+        let info = ObjectInfo {
+            task_id: "2792e1e2-ac6a".into(),
+            data_type: "Call\nMetadata".into(),
+        };
+        assert_eq!(
+            info.metadata('-'),
+            [
+                ("task-id".to_string(), "2792e1e2-ac6a".to_string()),
+                ("data-type".to_string(), "Call_Metadata".to_string())
+            ]
+        );
+        assert_eq!(info.metadata('_')[0].0, "task_id");
+        assert!(ObjectInfo::default().metadata('-').is_empty());
+    }
 
     #[test]
     fn prefix_joins_without_double_slashes() {

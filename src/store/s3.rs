@@ -845,7 +845,7 @@ impl BlobStore for S3Store {
         info: &ObjectInfo,
     ) -> Result<u64, StoreError> {
         let meta: Vec<(String, String)> = info
-            .metadata()
+            .metadata('-')
             .into_iter()
             .map(|(k, v)| (format!("x-amz-meta-{k}"), v))
             .collect();
