@@ -24,6 +24,11 @@
 //! and the caller starts over. (fake-gcs appends a resent body without checking its
 //! offset, so there a chunk whose answer alone was lost would be stored twice; real
 //! GCS does not do that.)
+//!
+//! Every upload names `SP_TASK_SYNC_GCS_KMS_KEY_NAME` (`kmsKeyName`) and carries the
+//! object resource with `SP_TASK_SYNC_GCS_STORAGE_CLASS` and the task's metadata
+//! (`task-id`, `data-type`): in a resumable session's start, or in a multipart upload
+//! instead of a media upload for a small object (a media upload cannot carry one).
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,8 +5,10 @@
 //! | variable | meaning |
 //! | --- | --- |
 //! | `SP_TASK_SYNC_S3_BUCKET` | bucket name (required) |
-//! | `SP_TASK_SYNC_S3_REGION` | region, e.g. `eu-central-1` (required; S3-compatible services often accept `us-east-1`) |
-//! | `SP_TASK_SYNC_S3_ENDPOINT` | optional `http(s)://host[:port]` of an S3-compatible service; requests then use path-style addressing (`<endpoint>/<bucket>/<key>`). Unset: AWS, `https://s3.<region>.amazonaws.com`, virtual-hosted style |
+//! | `SP_TASK_SYNC_S3_REGION` (else `AWS_REGION`, `AWS_DEFAULT_REGION`) | region, e.g. `eu-central-1` (required; S3-compatible services often accept `us-east-1`) |
+//! | `SP_TASK_SYNC_S3_ENDPOINT` (else `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`) | optional `http(s)://host[:port]` of an S3-compatible service; requests then use path-style addressing (`<endpoint>/<bucket>/<key>`). Unset: AWS, `https://s3.<region>.amazonaws.com`, virtual-hosted style |
+//! | `SP_TASK_SYNC_S3_ADDRESSING` | `path` or `virtual` instead of that default |
+//! | `SP_TASK_SYNC_S3_SSE`, `_SSE_KMS_KEY_ID`, `_BUCKET_KEY`, `_STORAGE_CLASS` | encryption and class of every upload ([`crate::cloud::aws::S3Options`]): on PutObject and CreateMultipartUpload, never on UploadPart |
 //! | `SP_TASK_SYNC_SAVE_TO` | optional key prefix (as in the official connector) |
 //! | `SP_TASK_SYNC_S3_MULTIPART_THRESHOLD` | objects above this size go up as multipart uploads (default 8MiB, the part size) |
 //! | `SP_TASK_SYNC_S3_PART_SIZE` | size of one multipart part, 5MiB to 5GiB (default 8MiB) |
