@@ -19,8 +19,9 @@ pub enum Mode {
     Down = 1,
     /// Every request gets `403 Forbidden`.
     Forbid = 2,
-    /// PUT requests get `403 Forbidden` (S3 `AccessDenied`), everything else passes: a
-    /// credential that may read but not write. Needs [`TcpProxy::start_inspecting`].
+    /// Writes (PUT, and POST and DELETE: GCS uploads are POSTs) get `403 Forbidden`
+    /// (S3 `AccessDenied`), reads pass: a credential that may read but not write.
+    /// Needs [`TcpProxy::start_inspecting`].
     ForbidPut = 3,
     /// Every request gets S3's `404 NoSuchBucket` (s3s-fs creates a missing bucket
     /// instead of saying so).
@@ -324,7 +325,9 @@ fn inspect_pipe(
             }
             let request_line = head.lines().next().unwrap_or_default().to_string();
             if counters.mode.load(Ordering::SeqCst) == Mode::ForbidPut as u8
-                && request_line.starts_with("PUT ")
+                && ["PUT ", "POST ", "DELETE "]
+                    .iter()
+                    .any(|m| request_line.starts_with(m))
             {
                 let mut body = vec![0u8; len];
                 if reader.read_exact(&mut body).is_err() {
