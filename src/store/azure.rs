@@ -241,7 +241,7 @@ impl Protocol for AzureProtocol {
                 req.url = format!("{}{sep}{}", req.url, token.expose());
             }
             Credential::SharedKey(key) => {
-                let (path, query) = split_url(&req.url);
+                let SignedParts { path, query } = split_url(&req.url);
                 let mut signed: Vec<(&str, &str)> = req
                     .headers
                     .iter()
@@ -316,8 +316,15 @@ impl Protocol for AzureProtocol {
     }
 }
 
-/// The encoded path and the decoded query pairs of a URL, as Shared Key signs them.
-fn split_url(url: &str) -> (String, Vec<(String, String)>) {
+/// What Shared Key signs of a URL.
+struct SignedParts {
+    /// The encoded path.
+    path: String,
+    /// The query pairs, values decoded.
+    query: Vec<(String, String)>,
+}
+
+fn split_url(url: &str) -> SignedParts {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let path_and_query = rest.find('/').map_or("/", |i| &rest[i..]);
     let (path, query) = path_and_query
@@ -332,7 +339,10 @@ fn split_url(url: &str) -> (String, Vec<(String, String)>) {
             (n.to_string(), v)
         })
         .collect();
-    (path.to_string(), pairs)
+    SignedParts {
+        path: path.to_string(),
+        query: pairs,
+    }
 }
 
 pub struct AzureStore {

@@ -25,6 +25,14 @@
 //! offset, so there a chunk whose answer alone was lost would be stored twice; real
 //! GCS does not do that.)
 //!
+//! Requests go through the shared REST layer ([`super::client`]), which retries each
+//! under the store's budget. GCS answers the same 404 for a missing bucket and a
+//! missing object, so a 404 of an object request is followed by one bucket GET (until
+//! the bucket answered once). Integrity: the media upload and the last resumable chunk
+//! carry the object's CRC32C (`x-goog-hash`, computed while the chunks are read), which
+//! GCS checks before it makes the object; fake-gcs-server checks nothing, so the
+//! answer's `crc32c` is compared as well and a media upload that differs is sent again.
+//!
 //! Every upload names `SP_TASK_SYNC_GCS_KMS_KEY_NAME` (`kmsKeyName`) and carries the
 //! object resource with `SP_TASK_SYNC_GCS_STORAGE_CLASS` and the task's metadata
 //! (`task-id`, `data-type`): in a resumable session's start, or in a multipart upload

@@ -690,6 +690,7 @@ impl S3Store {
     ) -> Result<(), StoreError> {
         let xml = CompleteMultipartUploadData { parts }.to_string();
         let sha = sha256_hex(xml.as_bytes());
+        // Complete and Abort share the URL `<key>?uploadId=<id>` (POST and DELETE).
         let url = self.url(key, Command::AbortMultipartUpload { upload_id })?;
         let what = format!("S3 CompleteMultipartUpload of {}", self.location(key));
         let mut tries = 0;

@@ -19,9 +19,13 @@ pub enum Mode {
     Down = 1,
     /// Every request gets `403 Forbidden`.
     Forbid = 2,
-    /// PUT requests get `403 Forbidden` (S3 `AccessDenied`), everything else passes: a
-    /// credential that may read but not write. Needs [`TcpProxy::start_inspecting`].
+    /// Writes (PUT, and POST and DELETE: GCS uploads are POSTs) get `403 Forbidden`
+    /// (S3 `AccessDenied`), reads pass: a credential that may read but not write.
+    /// Needs [`TcpProxy::start_inspecting`].
     ForbidPut = 3,
+    /// Every request gets S3's `404 NoSuchBucket` (s3s-fs creates a missing bucket
+    /// instead of saying so).
+    NoSuchBucket = 4,
 }
 
 pub struct TcpProxy {
@@ -151,6 +155,17 @@ impl TcpProxy {
                         refused.fetch_add(1, Ordering::SeqCst);
                         let _ = client.shutdown(Shutdown::Both);
                     }
+                    4 => {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        thread::spawn(move || {
+                            answer_all(
+                                client,
+                                "404 Not Found",
+                                "application/xml",
+                                b"<?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>",
+                            )
+                        });
+                    }
                     _ => {
                         refused.fetch_add(1, Ordering::SeqCst);
                         thread::spawn(move || forbid(client));
@@ -196,6 +211,16 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 
 /// Reads requests (head and `Content-Length` body) and answers each with 403.
 fn forbid(client: TcpStream) {
+    answer_all(
+        client,
+        "403 Forbidden",
+        "application/json",
+        br#"{"error":{"code":403,"message":"Forbidden (test proxy)"}}"#,
+    )
+}
+
+/// Reads requests (head and `Content-Length` body) and answers each the same way.
+fn answer_all(client: TcpStream, status: &str, content_type: &str, msg: &[u8]) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(2)));
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut out = client;
@@ -225,9 +250,8 @@ fn forbid(client: TcpStream) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let msg = br#"{"error":{"code":403,"message":"Forbidden (test proxy)"}}"#;
         let head = format!(
-            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             msg.len()
         );
         if out.write_all(head.as_bytes()).is_err() || out.write_all(msg).is_err() {
@@ -301,7 +325,9 @@ fn inspect_pipe(
             }
             let request_line = head.lines().next().unwrap_or_default().to_string();
             if counters.mode.load(Ordering::SeqCst) == Mode::ForbidPut as u8
-                && request_line.starts_with("PUT ")
+                && ["PUT ", "POST ", "DELETE "]
+                    .iter()
+                    .any(|m| request_line.starts_with(m))
             {
                 let mut body = vec![0u8; len];
                 if reader.read_exact(&mut body).is_err() {
