@@ -594,6 +594,8 @@ fn azure_workload_and_managed_identity_tokens_into_azurite_with_oauth() {
     let out = run(&e, &["--once"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!entra.requests().is_empty());
+    // Neither the federated token nor the access token (a JWT: `eyJ0eXAi...`) is logged.
+    assert!(!text(&out).contains("eyJaks") && !text(&out).contains("eyJ0eXAi"), "{}", text(&out));
     let want = expected(&emu);
     assert!(!want.is_empty());
     for (name, path) in &want {

@@ -111,7 +111,7 @@ impl AzureIdentity {
             if let Err(problem) = super::check_token_file(std::path::Path::new(file)) {
                 errors.push(ConfigError::new("AZURE_FEDERATED_TOKEN_FILE", Some(file), problem));
             }
-            let authority = endpoint_var(env, "AZURE_AUTHORITY_HOST", DEFAULT_AUTHORITY_HOST, errors);
+            let authority = endpoint_var(env, "AZURE_AUTHORITY_HOST", DEFAULT_AUTHORITY_HOST, true, errors);
             return (errors.len() == before).then(|| AzureIdentity::Workload {
                 client_id: client_id.unwrap_or_default().to_string(),
                 tenant_id: tenant_id.unwrap_or_default().to_string(),
@@ -157,7 +157,8 @@ impl AzureIdentity {
                 None
             }
             _ => {
-                let host = endpoint_var(env, "AZURE_POD_IDENTITY_AUTHORITY_HOST", DEFAULT_IMDS_HOST, errors);
+                // The metadata service speaks plain http wherever it is.
+                let host = endpoint_var(env, "AZURE_POD_IDENTITY_AUTHORITY_HOST", DEFAULT_IMDS_HOST, false, errors);
                 (errors.len() == before).then(|| AzureIdentity::Imds {
                     host,
                     client_id: client_id.map(str::to_string),
@@ -277,19 +278,24 @@ fn managed_who(client_id: &Option<String>) -> String {
     }
 }
 
-/// `https://host[:port]` from `var` (default `default`), without the trailing slash;
-/// plain http only to the local host or the link-local metadata address.
-fn endpoint_var(env: &Env, var: &str, default: &str, errors: &mut Vec<ConfigError>) -> String {
+/// `http(s)://host[:port]` from `var` (default `default`), without the trailing slash;
+/// with `https_only`, plain http only to the local host (a test's token endpoint).
+fn endpoint_var(
+    env: &Env,
+    var: &str,
+    default: &str,
+    https_only: bool,
+    errors: &mut Vec<ConfigError>,
+) -> String {
     let raw = env.get(var).unwrap_or(default);
     match super::check_url(raw) {
         Ok(url) => {
             let authority = url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
-            let plain_ok = super::is_loopback_host(authority) || authority.starts_with("169.254.169.254");
-            if url.starts_with("http://") && !plain_ok {
+            if https_only && url.starts_with("http://") && !super::is_loopback_host(authority) {
                 errors.push(ConfigError::new(
                     var,
                     Some(raw),
-                    "must be https:// (plain http only to the local host or 169.254.169.254)",
+                    "must be https:// (the federated token is sent to it; plain http only to the local host)",
                 ));
             }
             url
