@@ -579,7 +579,10 @@ impl<'a> Engine<'a> {
                 Err(e) => return platform_try(e),
             };
             let size = download.expected_len();
-            match self.store.put_with(&job.name, &mut download, size, &job.info) {
+            match self
+                .store
+                .put_with(&job.name, &mut download, size, &job.info)
+            {
                 Ok(n) => Try::Ok(n),
                 Err(_) if shutdown::requested() => Try::Stopped,
                 Err(e) if e.kind == StoreErrorKind::Source => Try::Retry {

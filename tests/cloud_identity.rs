@@ -22,7 +22,8 @@ use spinoco_connector::store::StoreErrorKind;
 
 /// The fields of an `application/x-www-form-urlencoded` body, decoded.
 fn form(r: &Request) -> Vec<(String, String)> {
-    let decode = |s: &str| spinoco_connector::encoding::percent_decode(&s.replace('+', " ")).unwrap();
+    let decode =
+        |s: &str| spinoco_connector::encoding::percent_decode(&s.replace('+', " ")).unwrap();
     r.body
         .split('&')
         .filter(|p| !p.is_empty())
@@ -150,12 +151,22 @@ fn aws_web_identity_sends_the_current_token_file_to_sts() {
     assert_eq!(c.secret_access_key.expose(), "secret-eyJfirst");
     assert_eq!(c.session_token.expose(), "session-eyJfirst");
     let left = c.expires.duration_since(SystemTime::now()).unwrap();
-    assert!(left > Duration::from_secs(3000) && left <= Duration::from_secs(3600), "{left:?}");
+    assert!(
+        left > Duration::from_secs(3000) && left <= Duration::from_secs(3600),
+        "{left:?}"
+    );
 
     // The kubelet rotated the token: the next fetch sends the new one.
     std::fs::write(&file, "eyJsecond").unwrap();
-    assert_eq!(wi.fetch(&agent()).unwrap().access_key_id.expose(), "ASIA-eyJsecond");
-    let sent: Vec<String> = sts.requests().iter().filter_map(|r| field(r, "WebIdentityToken")).collect();
+    assert_eq!(
+        wi.fetch(&agent()).unwrap().access_key_id.expose(),
+        "ASIA-eyJsecond"
+    );
+    let sent: Vec<String> = sts
+        .requests()
+        .iter()
+        .filter_map(|r| field(r, "WebIdentityToken"))
+        .collect();
     assert_eq!(sent, ["eyJfirst", "eyJsecond"]);
 }
 
@@ -166,8 +177,16 @@ fn aws_web_identity_refusals_are_denied_or_transient_and_keep_the_token_secret()
     let file = dir.file("token", "not-a-jwt-but-secret");
     let err = web_identity(&file, &sts.url).fetch(&agent()).unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Denied, "{}", err.message);
-    assert!(err.message.contains("InvalidIdentityToken") && err.message.contains(ROLE), "{}", err.message);
-    assert!(!err.message.contains("not-a-jwt-but-secret"), "{}", err.message);
+    assert!(
+        err.message.contains("InvalidIdentityToken") && err.message.contains(ROLE),
+        "{}",
+        err.message
+    );
+    assert!(
+        !err.message.contains("not-a-jwt-but-secret"),
+        "{}",
+        err.message
+    );
 
     std::fs::write(&file, "throttled").unwrap();
     let err = web_identity(&file, &sts.url).fetch(&agent()).unwrap_err();
@@ -179,7 +198,11 @@ fn aws_web_identity_refusals_are_denied_or_transient_and_keep_the_token_secret()
     std::fs::remove_file(dir.0.join("token2")).unwrap();
     let err = err.fetch(&agent()).unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Denied);
-    assert!(err.message.contains("AWS_WEB_IDENTITY_TOKEN_FILE"), "{}", err.message);
+    assert!(
+        err.message.contains("AWS_WEB_IDENTITY_TOKEN_FILE"),
+        "{}",
+        err.message
+    );
 }
 
 // ---------------------------------------------------------------- Azure
@@ -199,7 +222,12 @@ fn entra() -> FakeServer {
                 == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
         let assertion = field(r, "client_assertion").unwrap_or_default();
         if well_formed && assertion.starts_with("eyJ") {
-            (200, format!(r#"{{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"at-{assertion}"}}"#))
+            (
+                200,
+                format!(
+                    r#"{{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"at-{assertion}"}}"#
+                ),
+            )
         } else {
             (400, r#"{"error":"invalid_client","error_description":"AADSTS700211: No matching federated identity record found for presented assertion issuer.","error_codes":[700211]}"#.into())
         }
@@ -238,8 +266,16 @@ fn azure_workload_identity_sends_the_current_federated_token() {
     std::fs::write(&file, "secret-but-not-federated").unwrap();
     let err = id.fetch(&agent()).unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Denied);
-    assert!(err.message.contains("AADSTS700211") && err.message.contains(CLIENT), "{}", err.message);
-    assert!(!err.message.contains("secret-but-not-federated"), "{}", err.message);
+    assert!(
+        err.message.contains("AADSTS700211") && err.message.contains(CLIENT),
+        "{}",
+        err.message
+    );
+    assert!(
+        !err.message.contains("secret-but-not-federated"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]
@@ -270,15 +306,24 @@ fn azure_managed_identity_from_imds_with_a_user_assigned_client_id() {
         assert!(errors.is_empty(), "{errors:?}");
         id
     };
-    let t = identity(&[("AZURE_CLIENT_ID", CLIENT)]).fetch(&agent()).unwrap();
+    let t = identity(&[("AZURE_CLIENT_ID", CLIENT)])
+        .fetch(&agent())
+        .unwrap();
     assert_eq!(t.token.expose(), "imds-token");
     let left = t.expires.duration_since(SystemTime::now()).unwrap();
-    assert!(left > Duration::from_secs(86000), "expires_in as a string: {left:?}");
+    assert!(
+        left > Duration::from_secs(86000),
+        "expires_in as a string: {left:?}"
+    );
 
     // No user-assigned identity on this machine: Denied, with a hint.
     let err = identity(&[]).fetch(&agent()).unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Denied);
-    assert!(err.message.contains("Identity not found") && err.message.contains("AZURE_CLIENT_ID"), "{}", err.message);
+    assert!(
+        err.message.contains("Identity not found") && err.message.contains("AZURE_CLIENT_ID"),
+        "{}",
+        err.message
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
@@ -297,16 +342,38 @@ fn azure_managed_identity_of_app_service_sends_the_identity_header() {
     }));
     let endpoint = format!("{}/msi/token", server.url);
     let mut errors = Vec::new();
-    let env = Env::from_pairs([("IDENTITY_ENDPOINT", endpoint.as_str()), ("IDENTITY_HEADER", "hdr-5ecret")]);
+    let env = Env::from_pairs([
+        ("IDENTITY_ENDPOINT", endpoint.as_str()),
+        ("IDENTITY_HEADER", "hdr-5ecret"),
+    ]);
     let id = AzureIdentity::from_env(&env, &mut errors).unwrap();
     let t = id.fetch(&agent()).unwrap();
     assert_eq!(t.token.expose(), "app-token");
-    assert_eq!(t.expires, SystemTime::UNIX_EPOCH + Duration::from_secs(1_999_999_999), "expires_on as epoch seconds");
+    assert_eq!(
+        t.expires,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_999_999_999),
+        "expires_on as epoch seconds"
+    );
 
-    let env = Env::from_pairs([("IDENTITY_ENDPOINT", endpoint.as_str()), ("IDENTITY_HEADER", "wrong")]);
-    let err = AzureIdentity::from_env(&env, &mut errors).unwrap().fetch(&agent()).unwrap_err();
-    assert_eq!(err.kind, StoreErrorKind::Transient, "a 500 may pass: {}", err.message);
-    assert!(!err.message.contains("wrong") && !err.message.contains("hdr-5ecret"), "{}", err.message);
+    let env = Env::from_pairs([
+        ("IDENTITY_ENDPOINT", endpoint.as_str()),
+        ("IDENTITY_HEADER", "wrong"),
+    ]);
+    let err = AzureIdentity::from_env(&env, &mut errors)
+        .unwrap()
+        .fetch(&agent())
+        .unwrap_err();
+    assert_eq!(
+        err.kind,
+        StoreErrorKind::Transient,
+        "a 500 may pass: {}",
+        err.message
+    );
+    assert!(
+        !err.message.contains("wrong") && !err.message.contains("hdr-5ecret"),
+        "{}",
+        err.message
+    );
 }
 
 // ---------------------------------------------------------------- Google
@@ -323,13 +390,20 @@ fn fake_google() -> FakeServer {
         if r.target == "/v1/token" {
             let mut ok = r.method == "POST"
                 && r.header("content-type") == Some("application/x-www-form-urlencoded")
-                && field(r, "grant_type").as_deref() == Some("urn:ietf:params:oauth:grant-type:token-exchange")
+                && field(r, "grant_type").as_deref()
+                    == Some("urn:ietf:params:oauth:grant-type:token-exchange")
                 && field(r, "audience").as_deref() == Some(AUDIENCE)
-                && field(r, "requested_token_type").as_deref() == Some("urn:ietf:params:oauth:token-type:access_token")
-                && field(r, "subject_token_type").as_deref() == Some("urn:ietf:params:oauth:token-type:jwt");
+                && field(r, "requested_token_type").as_deref()
+                    == Some("urn:ietf:params:oauth:token-type:access_token")
+                && field(r, "subject_token_type").as_deref()
+                    == Some("urn:ietf:params:oauth:token-type:jwt");
             // With client credentials, they must be Basic auth (cid:csecret).
             if let Some(auth) = r.header("authorization") {
-                ok &= auth == format!("Basic {}", spinoco_connector::encoding::base64(b"cid:csecret"));
+                ok &= auth
+                    == format!(
+                        "Basic {}",
+                        spinoco_connector::encoding::base64(b"cid:csecret")
+                    );
             }
             let subject = field(r, "subject_token").unwrap_or_default();
             return if ok && subject.starts_with("eyJ") {
@@ -346,11 +420,18 @@ fn fake_google() -> FakeServer {
         if r.target == format!("/v1/projects/-/serviceAccounts/{SA}:generateAccessToken") {
             let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
             let ok = r.method == "POST"
-                && r.header("authorization").is_some_and(|a| a.starts_with("Bearer federated-eyJ"))
+                && r.header("authorization")
+                    .is_some_and(|a| a.starts_with("Bearer federated-eyJ"))
                 && body["scope"] == serde_json::json!([GCS_SCOPE])
                 && body["lifetime"] == "1200s";
             return if ok {
-                (200, format!(r#"{{"accessToken":"sa-token","expireTime":"{}"}}"#, in_an_hour()))
+                (
+                    200,
+                    format!(
+                        r#"{{"accessToken":"sa-token","expireTime":"{}"}}"#,
+                        in_an_hour()
+                    ),
+                )
             } else {
                 (403, r#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).","status":"PERMISSION_DENIED"}}"#.into())
             };
@@ -388,9 +469,19 @@ fn gcs_external_account_file_sourced_with_impersonation() {
     assert!(t.expires > SystemTime::now() + Duration::from_secs(3000));
 
     // Impersonation: STS is asked for cloud-platform, the service account for storage.
-    let sts: Vec<Request> = google.requests().into_iter().filter(|r| r.target == "/v1/token").collect();
-    assert_eq!(field(&sts[0], "scope").as_deref(), Some("https://www.googleapis.com/auth/cloud-platform"));
-    assert_eq!(field(&sts[0], "subject_token").as_deref(), Some("eyJsubject1"));
+    let sts: Vec<Request> = google
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/v1/token")
+        .collect();
+    assert_eq!(
+        field(&sts[0], "scope").as_deref(),
+        Some("https://www.googleapis.com/auth/cloud-platform")
+    );
+    assert_eq!(
+        field(&sts[0], "subject_token").as_deref(),
+        Some("eyJsubject1")
+    );
 
     std::fs::write(&subject, "eyJsubject2").unwrap();
     account.fetch(&agent()).unwrap();
@@ -400,13 +491,21 @@ fn gcs_external_account_file_sourced_with_impersonation() {
         .filter(|r| r.target == "/v1/token")
         .filter_map(|r| field(r, "subject_token"))
         .collect();
-    assert_eq!(subjects, ["eyJsubject1", "eyJsubject2"], "the subject token file is read at every fetch");
+    assert_eq!(
+        subjects,
+        ["eyJsubject1", "eyJsubject2"],
+        "the subject token file is read at every fetch"
+    );
 
     // A subject token the pool refuses: Denied, with Google's reason, without the token.
     std::fs::write(&subject, "bad-subject-secret").unwrap();
     let err = account.fetch(&agent()).unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Denied);
-    assert!(err.message.contains("invalid_grant") && !err.message.contains("bad-subject-secret"), "{}", err.message);
+    assert!(
+        err.message.contains("invalid_grant") && !err.message.contains("bad-subject-secret"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]
@@ -414,7 +513,10 @@ fn gcs_external_account_url_sourced_json_with_client_auth_and_no_impersonation()
     let dir = Dir::new("gcp-wif-url");
     let google = fake_google();
     let subject_server = FakeServer::start(Box::new(|r| match r.header("metadata") {
-        Some("True") => (200, r#"{"access_token":"eyJfromurl","expires_in":"3599"}"#.into()),
+        Some("True") => (
+            200,
+            r#"{"access_token":"eyJfromurl","expires_in":"3599"}"#.into(),
+        ),
         _ => (400, r#"{"error":"missing Metadata header"}"#.into()),
     }));
     let creds = dir.file(
@@ -434,12 +536,22 @@ fn gcs_external_account_url_sourced_json_with_client_auth_and_no_impersonation()
         })
         .to_string(),
     );
-    let account = ExternalAccount::from_json(&std::fs::read_to_string(&creds).unwrap(), std::path::Path::new(&creds)).unwrap();
+    let account = ExternalAccount::from_json(
+        &std::fs::read_to_string(&creds).unwrap(),
+        std::path::Path::new(&creds),
+    )
+    .unwrap();
     let t = account.fetch(&agent()).unwrap();
     assert_eq!(t.token.expose(), "federated-eyJfromurl");
     let sts = &google.requests()[0];
     assert!(sts.header("authorization").is_some());
-    assert_eq!(field(sts, "scope").as_deref(), Some(GCS_SCOPE), "without impersonation the token is for storage");
+    assert_eq!(
+        field(sts, "scope").as_deref(),
+        Some(GCS_SCOPE),
+        "without impersonation the token is for storage"
+    );
     assert_eq!(subject_server.requests().len(), 1);
-    assert!(subject_server.requests()[0].target.contains("resource=api://gcp"));
+    assert!(subject_server.requests()[0]
+        .target
+        .contains("resource=api://gcp"));
 }

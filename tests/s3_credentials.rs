@@ -301,16 +301,26 @@ fn web_identity_comes_after_the_environment_and_before_file_container_and_imds()
     let dir = std::env::temp_dir().join(format!("spinoco-aws-wi-chain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("credentials");
-    std::fs::write(&file, "[default]\naws_access_key_id = AK_FILE\naws_secret_access_key = s\n").unwrap();
+    std::fs::write(
+        &file,
+        "[default]\naws_access_key_id = AK_FILE\naws_secret_access_key = s\n",
+    )
+    .unwrap();
     let token = dir.join("token");
     std::fs::write(&token, "one").unwrap();
-    let (file, token) = (file.to_str().unwrap().to_string(), token.to_str().unwrap().to_string());
+    let (file, token) = (
+        file.to_str().unwrap().to_string(),
+        token.to_str().unwrap().to_string(),
+    );
     let sts = fake_sts();
     let ecs = fake_ecs();
     let imds = fake_imds(vec![("AK_IMDS", Duration::from_secs(3600))]);
     let everything_else = [
         ("AWS_SHARED_CREDENTIALS_FILE", file.as_str()),
-        ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/task"),
+        (
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "/v2/credentials/task",
+        ),
         ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "ecs-auth-token"),
         ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url.as_str()),
     ];
@@ -319,7 +329,10 @@ fn web_identity_comes_after_the_environment_and_before_file_container_and_imds()
         ("AWS_WEB_IDENTITY_TOKEN_FILE", token.as_str()),
         ("AWS_ENDPOINT_URL_STS", sts.url.as_str()),
     ];
-    let keys = [("AWS_ACCESS_KEY_ID", "AK_ENV"), ("AWS_SECRET_ACCESS_KEY", "s")];
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", "AK_ENV"),
+        ("AWS_SECRET_ACCESS_KEY", "s"),
+    ];
 
     let all: Vec<(&str, &str)> = [&keys[..], &web, &everything_else].concat();
     let c = provider(&all, Some(&ecs.url)).current().unwrap();
@@ -329,12 +342,22 @@ fn web_identity_comes_after_the_environment_and_before_file_container_and_imds()
     let no_keys: Vec<(&str, &str)> = [&web[..], &everything_else].concat();
     let p = provider(&no_keys, Some(&ecs.url));
     let c = p.current().unwrap();
-    assert_eq!((c.source, c.access_key_id.expose()), (Source::WebIdentity, "AK_WI_one"));
+    assert_eq!(
+        (c.source, c.access_key_id.expose()),
+        (Source::WebIdentity, "AK_WI_one")
+    );
     assert_eq!(c.session_token.unwrap().expose(), "t");
-    assert!(ecs.requests().is_empty() && imds.requests().is_empty(), "nothing after it was asked");
+    assert!(
+        ecs.requests().is_empty() && imds.requests().is_empty(),
+        "nothing after it was asked"
+    );
     // A refusal drops the credentials: the next fetch reads the rotated token file.
     std::fs::write(&token, "two").unwrap();
-    assert_eq!(p.current().unwrap().access_key_id.expose(), "AK_WI_one", "cached");
+    assert_eq!(
+        p.current().unwrap().access_key_id.expose(),
+        "AK_WI_one",
+        "cached"
+    );
     assert!(p.invalidate());
     assert_eq!(p.current().unwrap().access_key_id.expose(), "AK_WI_two");
     std::fs::remove_dir_all(dir).unwrap();
@@ -354,21 +377,33 @@ fn eks_pod_identity_reads_its_token_file_at_every_fetch() {
         &[
             ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
             ("AWS_CONTAINER_CREDENTIALS_FULL_URI", full.as_str()),
-            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token.to_str().unwrap()),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                token.to_str().unwrap(),
+            ),
             // The file wins over a token in the variable, as in the SDKs.
             ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "stale-variable-token"),
         ],
         None,
     );
     let c = p.current().unwrap();
-    assert_eq!((c.source, c.access_key_id.expose()), (Source::Container, "AK_ECS"));
-    assert_eq!(ecs.requests()[0].header("authorization"), Some("ecs-auth-token"));
+    assert_eq!(
+        (c.source, c.access_key_id.expose()),
+        (Source::Container, "AK_ECS")
+    );
+    assert_eq!(
+        ecs.requests()[0].header("authorization"),
+        Some("ecs-auth-token")
+    );
     // Rotated to a token the agent refuses: the next fetch sends it (and is refused).
     std::fs::write(&token, "rotated-token").unwrap();
     p.invalidate();
     let err = p.current().unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Denied);
-    assert_eq!(ecs.requests()[1].header("authorization"), Some("rotated-token"));
+    assert_eq!(
+        ecs.requests()[1].header("authorization"),
+        Some("rotated-token")
+    );
     assert!(!err.message.contains("rotated-token"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -195,7 +195,10 @@ impl WebIdentity {
             ));
         }
         parse_sts_credentials(&answer.body).map_err(|problem| {
-            StoreError::transient(format!("{what} at {} answered {problem}", self.sts_endpoint))
+            StoreError::transient(format!(
+                "{what} at {} answered {problem}",
+                self.sts_endpoint
+            ))
         })
     }
 }
@@ -203,8 +206,7 @@ impl WebIdentity {
 /// The credentials of an `AssumeRoleWithWebIdentityResponse` (or any STS answer with a
 /// `<Credentials>` element).
 pub fn parse_sts_credentials(xml: &str) -> Result<StsCredentials, String> {
-    let credentials = xml_element(xml, "Credentials")
-        .ok_or("without a <Credentials> element")?;
+    let credentials = xml_element(xml, "Credentials").ok_or("without a <Credentials> element")?;
     let field = |name: &str| {
         xml_element(credentials, name)
             .map(xml_unescape)
@@ -269,7 +271,9 @@ fn xml_unescape(text: &str) -> String {
             "gt" => Some('>'),
             "quot" => Some('"'),
             "apos" => Some('\''),
-            e if e.starts_with("#x") => u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32),
+            e if e.starts_with("#x") => u32::from_str_radix(&e[2..], 16)
+                .ok()
+                .and_then(char::from_u32),
             e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
             _ => None,
         };
@@ -420,7 +424,11 @@ pub fn s3_addressing(
             Addressing::Virtual
         }
         _ => {
-            errors.push(ConfigError::new(VAR, Some(raw), "must be path, virtual or auto"));
+            errors.push(ConfigError::new(
+                VAR,
+                Some(raw),
+                "must be path, virtual or auto",
+            ));
             default
         }
     }
@@ -579,7 +587,10 @@ impl S3Options {
                     h.push(("x-amz-server-side-encryption-aws-kms-key-id", k.clone()));
                 }
                 if let Some(b) = bucket_key {
-                    h.push(("x-amz-server-side-encryption-bucket-key-enabled", b.to_string()));
+                    h.push((
+                        "x-amz-server-side-encryption-bucket-key-enabled",
+                        b.to_string(),
+                    ));
                 }
             }
         }
@@ -652,9 +663,14 @@ mod tests {
             UNIX_EPOCH + std::time::Duration::from_secs(1_893_456_000)
         );
         let shown = format!("{c:?}");
-        assert!(!shown.contains("ASIAEXAMPLE") && !shown.contains("wJalr"), "{shown}");
-        let err = parse_sts_credentials(&ANSWER.replace("<Expiration>2030-01-01T00:00:00Z</Expiration>", ""))
-            .unwrap_err();
+        assert!(
+            !shown.contains("ASIAEXAMPLE") && !shown.contains("wJalr"),
+            "{shown}"
+        );
+        let err = parse_sts_credentials(
+            &ANSWER.replace("<Expiration>2030-01-01T00:00:00Z</Expiration>", ""),
+        )
+        .unwrap_err();
         assert!(err.contains("Expiration"), "{err}");
         assert!(parse_sts_credentials("<html/>").is_err());
     }
@@ -665,7 +681,10 @@ mod tests {
                    <Message>No OpenIDConnect provider found &quot;x&quot;</Message></Error></ErrorResponse>";
         assert_eq!(
             sts_error(xml),
-            ("InvalidIdentityToken".into(), "No OpenIDConnect provider found \"x\"".into())
+            (
+                "InvalidIdentityToken".into(),
+                "No OpenIDConnect provider found \"x\"".into()
+            )
         );
         assert_eq!(xml_element("<A><AB>1</AB><A2>2</A2></A>", "AB"), Some("1"));
         assert_eq!(xml_element("<AB>1</AB><A>2</A>", "A"), Some("2"));
@@ -690,7 +709,11 @@ mod tests {
         assert!(errors.is_empty());
 
         let wi = WebIdentity::from_env(
-            &env(&[("AWS_ROLE_ARN", role), ("AWS_WEB_IDENTITY_TOKEN_FILE", token), ("AWS_REGION", "eu-central-1")]),
+            &env(&[
+                ("AWS_ROLE_ARN", role),
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", token),
+                ("AWS_REGION", "eu-central-1"),
+            ]),
             Some("us-east-1"),
             &mut errors,
         )
@@ -699,7 +722,10 @@ mod tests {
         assert_eq!(wi.sts_endpoint, "https://sts.eu-central-1.amazonaws.com");
         assert!(wi.session_name.starts_with("spinoco-connector-"));
         let wi = WebIdentity::from_env(
-            &env(&[("AWS_ROLE_ARN", role), ("AWS_WEB_IDENTITY_TOKEN_FILE", token)]),
+            &env(&[
+                ("AWS_ROLE_ARN", role),
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", token),
+            ]),
             Some("cn-north-1"),
             &mut errors,
         )
@@ -717,7 +743,10 @@ mod tests {
             &mut errors,
         )
         .unwrap();
-        assert_eq!((wi.sts_endpoint.as_str(), wi.session_name.as_str()), ("http://127.0.0.1:2", "pod-a"));
+        assert_eq!(
+            (wi.sts_endpoint.as_str(), wi.session_name.as_str()),
+            ("http://127.0.0.1:2", "pod-a")
+        );
 
         // Every mistake at once, each under its variable.
         let none = WebIdentity::from_env(
@@ -734,10 +763,19 @@ mod tests {
         let vars: Vec<&str> = errors.iter().map(|e| e.var.as_str()).collect();
         assert_eq!(
             vars,
-            ["AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_SESSION_NAME", "AWS_ENDPOINT_URL_STS"]
+            [
+                "AWS_ROLE_ARN",
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_ROLE_SESSION_NAME",
+                "AWS_ENDPOINT_URL_STS"
+            ]
         );
         errors.clear();
-        WebIdentity::from_env(&env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", token)]), None, &mut errors);
+        WebIdentity::from_env(
+            &env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", token)]),
+            None,
+            &mut errors,
+        );
         assert_eq!(errors[0].var, "AWS_ROLE_ARN");
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -745,11 +783,23 @@ mod tests {
     #[test]
     fn endpoint_and_region_follow_the_sdk_variables() {
         let mut errors = Vec::new();
-        let e = env(&[("AWS_ENDPOINT_URL", "https://minio.local:9000/"), ("AWS_ENDPOINT_URL_S3", "https://s3.local")]);
-        assert_eq!(s3_endpoint(&e, &mut errors), Some(("AWS_ENDPOINT_URL_S3", "https://s3.local".into())));
+        let e = env(&[
+            ("AWS_ENDPOINT_URL", "https://minio.local:9000/"),
+            ("AWS_ENDPOINT_URL_S3", "https://s3.local"),
+        ]);
+        assert_eq!(
+            s3_endpoint(&e, &mut errors),
+            Some(("AWS_ENDPOINT_URL_S3", "https://s3.local".into()))
+        );
         let e = env(&[("AWS_ENDPOINT_URL", "https://minio.local:9000/")]);
-        assert_eq!(s3_endpoint(&e, &mut errors), Some(("AWS_ENDPOINT_URL", "https://minio.local:9000".into())));
-        let e = env(&[("AWS_ENDPOINT_URL", "https://minio.local"), ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")]);
+        assert_eq!(
+            s3_endpoint(&e, &mut errors),
+            Some(("AWS_ENDPOINT_URL", "https://minio.local:9000".into()))
+        );
+        let e = env(&[
+            ("AWS_ENDPOINT_URL", "https://minio.local"),
+            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
+        ]);
         assert_eq!(s3_endpoint(&e, &mut errors), None);
         assert!(errors.is_empty());
         let e = env(&[("AWS_ENDPOINT_URL_S3", "https://key:secret@s3.local")]);
@@ -758,15 +808,33 @@ mod tests {
         assert_eq!(errors[0].value.as_deref(), Some("***"));
         errors.clear();
 
-        let e = env(&[("AWS_REGION", "eu-west-1"), ("AWS_DEFAULT_REGION", "us-east-1")]);
-        assert_eq!(s3_region(&e, &mut errors), Some(("AWS_REGION", "eu-west-1".into())));
+        let e = env(&[
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ]);
+        assert_eq!(
+            s3_region(&e, &mut errors),
+            Some(("AWS_REGION", "eu-west-1".into()))
+        );
         let e = env(&[("AWS_DEFAULT_REGION", "us-east-1")]);
-        assert_eq!(s3_region(&e, &mut errors), Some(("AWS_DEFAULT_REGION", "us-east-1".into())));
-        let e = env(&[("SP_TASK_SYNC_S3_REGION", "eu-central-1"), ("AWS_REGION", "eu-west-1")]);
-        assert_eq!(s3_region(&e, &mut errors), Some(("SP_TASK_SYNC_S3_REGION", "eu-central-1".into())));
+        assert_eq!(
+            s3_region(&e, &mut errors),
+            Some(("AWS_DEFAULT_REGION", "us-east-1".into()))
+        );
+        let e = env(&[
+            ("SP_TASK_SYNC_S3_REGION", "eu-central-1"),
+            ("AWS_REGION", "eu-west-1"),
+        ]);
+        assert_eq!(
+            s3_region(&e, &mut errors),
+            Some(("SP_TASK_SYNC_S3_REGION", "eu-central-1".into()))
+        );
         assert_eq!(s3_region(&env(&[]), &mut errors), None);
         assert!(errors.is_empty());
-        assert_eq!(s3_region(&env(&[("AWS_REGION", "eu central")]), &mut errors), None);
+        assert_eq!(
+            s3_region(&env(&[("AWS_REGION", "eu central")]), &mut errors),
+            None
+        );
         assert_eq!(errors[0].var, "AWS_REGION");
     }
 
@@ -777,15 +845,42 @@ mod tests {
             s3_addressing(&env(pairs), endpoint, bucket, errors)
         };
         assert_eq!(a(&[], None, "calls", &mut errors), Addressing::Virtual);
-        assert_eq!(a(&[], None, "calls.example.com", &mut errors), Addressing::Path);
-        assert_eq!(a(&[], Some("http://127.0.0.1:9000"), "calls", &mut errors), Addressing::Path);
+        assert_eq!(
+            a(&[], None, "calls.example.com", &mut errors),
+            Addressing::Path
+        );
+        assert_eq!(
+            a(&[], Some("http://127.0.0.1:9000"), "calls", &mut errors),
+            Addressing::Path
+        );
         let virt = [("SP_TASK_SYNC_S3_ADDRESSING", "virtual")];
-        assert_eq!(a(&virt, Some("https://minio.local:9000"), "calls", &mut errors), Addressing::Virtual);
-        assert_eq!(a(&[("SP_TASK_SYNC_S3_ADDRESSING", "PATH")], None, "calls", &mut errors), Addressing::Path);
+        assert_eq!(
+            a(
+                &virt,
+                Some("https://minio.local:9000"),
+                "calls",
+                &mut errors
+            ),
+            Addressing::Virtual
+        );
+        assert_eq!(
+            a(
+                &[("SP_TASK_SYNC_S3_ADDRESSING", "PATH")],
+                None,
+                "calls",
+                &mut errors
+            ),
+            Addressing::Path
+        );
         assert!(errors.is_empty(), "{errors:?}");
         a(&virt, Some("http://127.0.0.1:9000"), "calls", &mut errors);
         a(&virt, None, "calls.example.com", &mut errors);
-        a(&[("SP_TASK_SYNC_S3_ADDRESSING", "host")], None, "calls", &mut errors);
+        a(
+            &[("SP_TASK_SYNC_S3_ADDRESSING", "host")],
+            None,
+            "calls",
+            &mut errors,
+        );
         assert_eq!(errors.len(), 3);
         assert!(errors[0].problem.contains("IP address"), "{}", errors[0]);
         assert!(errors[1].problem.contains("dots"), "{}", errors[1]);
@@ -798,7 +893,10 @@ mod tests {
         let o = S3Options::from_env(
             &env(&[
                 ("SP_TASK_SYNC_S3_SSE", "aws:kms"),
-                ("SP_TASK_SYNC_S3_SSE_KMS_KEY_ID", "arn:aws:kms:eu-central-1:123456789012:key/1234abcd"),
+                (
+                    "SP_TASK_SYNC_S3_SSE_KMS_KEY_ID",
+                    "arn:aws:kms:eu-central-1:123456789012:key/1234abcd",
+                ),
                 ("SP_TASK_SYNC_S3_BUCKET_KEY", "true"),
                 ("SP_TASK_SYNC_S3_STORAGE_CLASS", "intelligent_tiering"),
             ]),
@@ -809,14 +907,25 @@ mod tests {
             o.headers(),
             [
                 ("x-amz-server-side-encryption", "aws:kms".to_string()),
-                ("x-amz-server-side-encryption-aws-kms-key-id", "arn:aws:kms:eu-central-1:123456789012:key/1234abcd".to_string()),
-                ("x-amz-server-side-encryption-bucket-key-enabled", "true".to_string()),
+                (
+                    "x-amz-server-side-encryption-aws-kms-key-id",
+                    "arn:aws:kms:eu-central-1:123456789012:key/1234abcd".to_string()
+                ),
+                (
+                    "x-amz-server-side-encryption-bucket-key-enabled",
+                    "true".to_string()
+                ),
                 ("x-amz-storage-class", "INTELLIGENT_TIERING".to_string()),
             ]
         );
         let o = S3Options::from_env(&env(&[("SP_TASK_SYNC_S3_SSE", "AES256")]), &mut errors);
-        assert_eq!(o.headers(), [("x-amz-server-side-encryption", "AES256".to_string())]);
-        assert!(S3Options::from_env(&env(&[]), &mut errors).headers().is_empty());
+        assert_eq!(
+            o.headers(),
+            [("x-amz-server-side-encryption", "AES256".to_string())]
+        );
+        assert!(S3Options::from_env(&env(&[]), &mut errors)
+            .headers()
+            .is_empty());
         assert!(errors.is_empty());
 
         S3Options::from_env(

@@ -99,7 +99,11 @@ impl AzureIdentity {
                     None,
                     "is required with AZURE_FEDERATED_TOKEN_FILE: the Entra ID tenant",
                 )),
-                Some(t) if !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') => {
+                Some(t)
+                    if !t
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+                {
                     errors.push(ConfigError::new(
                         "AZURE_TENANT_ID",
                         Some(t),
@@ -109,9 +113,19 @@ impl AzureIdentity {
                 Some(_) => {}
             }
             if let Err(problem) = super::check_token_file(std::path::Path::new(file)) {
-                errors.push(ConfigError::new("AZURE_FEDERATED_TOKEN_FILE", Some(file), problem));
+                errors.push(ConfigError::new(
+                    "AZURE_FEDERATED_TOKEN_FILE",
+                    Some(file),
+                    problem,
+                ));
             }
-            let authority = endpoint_var(env, "AZURE_AUTHORITY_HOST", DEFAULT_AUTHORITY_HOST, true, errors);
+            let authority = endpoint_var(
+                env,
+                "AZURE_AUTHORITY_HOST",
+                DEFAULT_AUTHORITY_HOST,
+                true,
+                errors,
+            );
             return (errors.len() == before).then(|| AzureIdentity::Workload {
                 client_id: client_id.unwrap_or_default().to_string(),
                 tenant_id: tenant_id.unwrap_or_default().to_string(),
@@ -158,7 +172,13 @@ impl AzureIdentity {
             }
             _ => {
                 // The metadata service speaks plain http wherever it is.
-                let host = endpoint_var(env, "AZURE_POD_IDENTITY_AUTHORITY_HOST", DEFAULT_IMDS_HOST, false, errors);
+                let host = endpoint_var(
+                    env,
+                    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+                    DEFAULT_IMDS_HOST,
+                    false,
+                    errors,
+                );
                 (errors.len() == before).then(|| AzureIdentity::Imds {
                     host,
                     client_id: client_id.map(str::to_string),
@@ -218,7 +238,8 @@ impl AzureIdentity {
                     &url,
                     "Entra ID",
                 )?;
-                let who = format!("workload identity {client_id} (token in AZURE_FEDERATED_TOKEN_FILE)");
+                let who =
+                    format!("workload identity {client_id} (token in AZURE_FEDERATED_TOKEN_FILE)");
                 read_token(answer, &url, &who)
             }
             AzureIdentity::Imds { host, client_id } => {
@@ -290,7 +311,13 @@ fn endpoint_var(
     let raw = env.get(var).unwrap_or(default);
     match super::check_url(raw) {
         Ok(url) => {
-            let authority = url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+            let authority = url
+                .split("://")
+                .nth(1)
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("");
             if https_only && url.starts_with("http://") && !super::is_loopback_host(authority) {
                 errors.push(ConfigError::new(
                     var,
@@ -321,17 +348,31 @@ fn read_token(answer: super::Answer, url: &str, who: &str) -> Result<AccessToken
         };
         return Err(StoreError::new(
             super::refusal_kind(answer.status),
-            format!("{shown} refused a storage token for {who}: HTTP {} {detail}{hint}", answer.status)
-                .replace("  ", " "),
+            format!(
+                "{shown} refused a storage token for {who}: HTTP {} {detail}{hint}",
+                answer.status
+            )
+            .replace("  ", " "),
         ));
     }
     let json: serde_json::Value = serde_json::from_str(&answer.body).map_err(|_| {
-        StoreError::transient(format!("{shown} answered for {who} with something that is not JSON"))
+        StoreError::transient(format!(
+            "{shown} answered for {who} with something that is not JSON"
+        ))
     })?;
-    let Some(token) = json.get("access_token").and_then(|t| t.as_str()).filter(|t| !t.is_empty()) else {
-        return Err(StoreError::transient(format!("{shown} answered for {who} without an access_token")));
+    let Some(token) = json
+        .get("access_token")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+    else {
+        return Err(StoreError::transient(format!(
+            "{shown} answered for {who} without an access_token"
+        )));
     };
-    let expires = match (super::seconds_field(&json, "expires_in"), super::seconds_field(&json, "expires_on")) {
+    let expires = match (
+        super::seconds_field(&json, "expires_in"),
+        super::seconds_field(&json, "expires_on"),
+    ) {
         (Some(secs), _) => SystemTime::now() + Duration::from_secs(secs),
         (None, Some(epoch)) => UNIX_EPOCH + Duration::from_secs(epoch),
         (None, None) => SystemTime::now() + DEFAULT_LIFETIME,
@@ -345,7 +386,10 @@ fn read_token(answer: super::Answer, url: &str, who: &str) -> Result<AccessToken
 fn is_guid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// `SP_TASK_SYNC_AZURE_ACCOUNT_URL`: the blob service of the account, used with a token
@@ -409,7 +453,9 @@ pub fn account_url(env: &Env, errors: &mut Vec<ConfigError>) -> Option<AccountUr
         host_name.split('.').next().unwrap_or("").to_string()
     };
     let valid = (3..=24).contains(&account.len())
-        && account.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        && account
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if !valid {
         errors.push(ConfigError::new(
             VAR,
@@ -469,7 +515,11 @@ pub fn access_tier(env: &Env, errors: &mut Vec<ConfigError>) -> Option<AccessTie
             None
         }
         _ => {
-            errors.push(ConfigError::new(VAR, Some(raw), "must be Hot, Cool or Cold"));
+            errors.push(ConfigError::new(
+                VAR,
+                Some(raw),
+                "must be Hot, Cool or Cold",
+            ));
             None
         }
     }
@@ -501,22 +551,48 @@ mod tests {
             ("IDENTITY_HEADER", "hdr-secret"),
         ];
         match AzureIdentity::from_env(&env(&all), &mut errors).unwrap() {
-            AzureIdentity::Workload { authority, tenant_id, .. } => {
+            AzureIdentity::Workload {
+                authority,
+                tenant_id,
+                ..
+            } => {
                 assert_eq!(authority, "https://login.microsoftonline.com");
                 assert_eq!(tenant_id, "contoso.onmicrosoft.com");
             }
             other => panic!("{other:?}"),
         }
-        let app = AzureIdentity::from_env(&env(&all[..1].iter().chain(&all[3..]).copied().collect::<Vec<_>>()), &mut errors)
-            .unwrap();
-        assert!(matches!(&app, AzureIdentity::AppService { client_id: Some(_), .. }), "{app:?}");
+        let app = AzureIdentity::from_env(
+            &env(&all[..1]
+                .iter()
+                .chain(&all[3..])
+                .copied()
+                .collect::<Vec<_>>()),
+            &mut errors,
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                &app,
+                AzureIdentity::AppService {
+                    client_id: Some(_),
+                    ..
+                }
+            ),
+            "{app:?}"
+        );
         assert!(!format!("{app:?} {}", app.describe()).contains("hdr-secret"));
         match AzureIdentity::from_env(&env(&[]), &mut errors).unwrap() {
-            AzureIdentity::Imds { host, client_id: None } => assert_eq!(host, DEFAULT_IMDS_HOST),
+            AzureIdentity::Imds {
+                host,
+                client_id: None,
+            } => assert_eq!(host, DEFAULT_IMDS_HOST),
             other => panic!("{other:?}"),
         }
-        match AzureIdentity::from_env(&env(&[("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9/")]), &mut errors)
-            .unwrap()
+        match AzureIdentity::from_env(
+            &env(&[("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9/")]),
+            &mut errors,
+        )
+        .unwrap()
         {
             AzureIdentity::Imds { host, .. } => assert_eq!(host, "http://127.0.0.1:9"),
             other => panic!("{other:?}"),
@@ -537,12 +613,26 @@ mod tests {
         );
         assert!(none.is_none());
         let vars: Vec<&str> = errors.iter().map(|e| e.var.as_str()).collect();
-        assert_eq!(vars, ["AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"]);
+        assert_eq!(
+            vars,
+            [
+                "AZURE_CLIENT_ID",
+                "AZURE_TENANT_ID",
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "AZURE_AUTHORITY_HOST"
+            ]
+        );
         errors.clear();
         AzureIdentity::from_env(&env(&[("AZURE_CLIENT_ID", "my-app")]), &mut errors);
         assert_eq!(errors[0].var, "AZURE_CLIENT_ID");
         errors.clear();
-        AzureIdentity::from_env(&env(&[("IDENTITY_ENDPOINT", "http://x"), ("IMDS_ENDPOINT", "http://y")]), &mut errors);
+        AzureIdentity::from_env(
+            &env(&[
+                ("IDENTITY_ENDPOINT", "http://x"),
+                ("IMDS_ENDPOINT", "http://y"),
+            ]),
+            &mut errors,
+        );
         assert!(errors[0].problem.contains("Arc"), "{}", errors[0]);
     }
 
@@ -554,19 +644,38 @@ mod tests {
         };
         assert_eq!(
             u("https://spinocorec.blob.core.windows.net/", &mut errors).unwrap(),
-            AccountUrl { endpoint: "https://spinocorec.blob.core.windows.net".into(), account: "spinocorec".into() }
+            AccountUrl {
+                endpoint: "https://spinocorec.blob.core.windows.net".into(),
+                account: "spinocorec".into()
+            }
         );
-        assert_eq!(u("https://127.0.0.1:10000/devstoreaccount1", &mut errors).unwrap().account, "devstoreaccount1");
+        assert_eq!(
+            u("https://127.0.0.1:10000/devstoreaccount1", &mut errors)
+                .unwrap()
+                .account,
+            "devstoreaccount1"
+        );
         assert!(errors.is_empty());
         assert!(u("http://acct.blob.core.windows.net", &mut errors).is_none());
-        assert!(u("https://acct.blob.core.windows.net/?sv=2022&sig=abc", &mut errors).is_none());
+        assert!(u(
+            "https://acct.blob.core.windows.net/?sv=2022&sig=abc",
+            &mut errors
+        )
+        .is_none());
         assert!(u("https://127.0.0.1:10000", &mut errors).is_none());
         assert_eq!(errors.len(), 3);
         assert!(errors[0].problem.contains("https"));
-        assert_eq!(errors[1].value.as_deref(), Some("***"), "a SAS is not shown");
+        assert_eq!(
+            errors[1].value.as_deref(),
+            Some("***"),
+            "a SAS is not shown"
+        );
         errors.clear();
         let both = env(&[
-            ("SP_TASK_SYNC_AZURE_ACCOUNT_URL", "https://a1b.blob.core.windows.net"),
+            (
+                "SP_TASK_SYNC_AZURE_ACCOUNT_URL",
+                "https://a1b.blob.core.windows.net",
+            ),
             ("SP_TASK_SYNC_AZURE_DSN", "UseDevelopmentStorage=true"),
         ]);
         assert!(account_url(&both, &mut errors).is_none());

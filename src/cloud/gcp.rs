@@ -123,7 +123,10 @@ impl ExternalAccount {
             return Err("is not an external_account credentials file".to_string());
         }
         let missing = |field: &str| format!("the external_account file has no {field:?}");
-        let audience = f.audience.filter(|a| !a.is_empty()).ok_or_else(|| missing("audience"))?;
+        let audience = f
+            .audience
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| missing("audience"))?;
         let subject_token_type = f
             .subject_token_type
             .filter(|t| !t.is_empty())
@@ -132,7 +135,10 @@ impl ExternalAccount {
             super::check_file_url(&raw).map_err(|problem| format!("its {name} {problem}"))?;
             Ok::<String, String>(raw)
         };
-        let token_url = url_field("token_url", f.token_url.unwrap_or_else(|| DEFAULT_STS_URL.to_string()))?;
+        let token_url = url_field(
+            "token_url",
+            f.token_url.unwrap_or_else(|| DEFAULT_STS_URL.to_string()),
+        )?;
         let impersonation_url = f
             .service_account_impersonation_url
             .filter(|u| !u.is_empty())
@@ -148,7 +154,9 @@ impl ExternalAccount {
                     .to_string(),
             );
         }
-        let source = f.credential_source.ok_or_else(|| missing("credential_source"))?;
+        let source = f
+            .credential_source
+            .ok_or_else(|| missing("credential_source"))?;
         if source.executable.is_some() {
             return Err(
                 "has an executable-sourced credential_source, which is not supported (the \
@@ -187,7 +195,9 @@ impl ExternalAccount {
                 Some("json") => SubjectFormat::Json(
                     fmt.subject_token_field_name
                         .filter(|n| !n.is_empty())
-                        .ok_or("its credential_source.format is json but has no subject_token_field_name")?,
+                        .ok_or(
+                        "its credential_source.format is json but has no subject_token_field_name",
+                    )?,
                 ),
                 Some(other) => {
                     return Err(format!(
@@ -223,7 +233,8 @@ impl ExternalAccount {
             #[serde(rename = "type")]
             kind: Option<String>,
         }
-        serde_json::from_str::<Kind>(text).is_ok_and(|k| k.kind.as_deref() == Some("external_account"))
+        serde_json::from_str::<Kind>(text)
+            .is_ok_and(|k| k.kind.as_deref() == Some("external_account"))
     }
 
     /// The service account impersonated, from the URL (`.../serviceAccounts/EMAIL:generateAccessToken`).
@@ -261,7 +272,9 @@ impl ExternalAccount {
             STORAGE_SCOPE
         };
         let options = match (&self.workforce_pool_user_project, &self.client) {
-            (Some(project), None) => Some(serde_json::json!({ "userProject": project }).to_string()),
+            (Some(project), None) => {
+                Some(serde_json::json!({ "userProject": project }).to_string())
+            }
             _ => None,
         };
         let mut fields = vec![
@@ -289,7 +302,11 @@ impl ExternalAccount {
             return Err(refused(&self.token_url, &who, answer.status, &answer.body));
         }
         let json = parse_json(&answer.body, &self.token_url, &who)?;
-        let Some(federated) = json.get("access_token").and_then(|t| t.as_str()).filter(|t| !t.is_empty()) else {
+        let Some(federated) = json
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+        else {
             return Err(StoreError::transient(format!(
                 "{} answered for {who} without an access_token",
                 self.token_url
@@ -297,7 +314,10 @@ impl ExternalAccount {
         };
         let Some(impersonation_url) = &self.impersonation_url else {
             let lifetime = super::seconds_field(&json, "expires_in").unwrap_or(3600);
-            return Ok(AccessToken::valid_for(federated.to_string(), Duration::from_secs(lifetime)));
+            return Ok(AccessToken::valid_for(
+                federated.to_string(),
+                Duration::from_secs(lifetime),
+            ));
         };
         let who = format!(
             "service account {} (impersonated by {who})",
@@ -318,10 +338,18 @@ impl ExternalAccount {
             "Google IAM credentials (generateAccessToken)",
         )?;
         if answer.status != 200 {
-            return Err(refused(impersonation_url, &who, answer.status, &answer.body));
+            return Err(refused(
+                impersonation_url,
+                &who,
+                answer.status,
+                &answer.body,
+            ));
         }
         let json = parse_json(&answer.body, impersonation_url, &who)?;
-        let token = json.get("accessToken").and_then(|t| t.as_str()).filter(|t| !t.is_empty());
+        let token = json
+            .get("accessToken")
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty());
         let expires = json
             .get("expireTime")
             .and_then(|t| t.as_str())
@@ -507,8 +535,13 @@ pub fn external_account_from_env(env: &Env) -> Result<Option<ExternalAccount>, C
     let Some(path) = env.get(VAR) else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(VAR, Some(path), format!("cannot read the credentials file: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            VAR,
+            Some(path),
+            format!("cannot read the credentials file: {e}"),
+        )
+    })?;
     if !ExternalAccount::is_external_account(&text) {
         return Ok(None);
     }
@@ -536,7 +569,9 @@ mod tests {
                "credential_source":{{"file":"/var/run/secrets/tokens/gcp-token"}}}}"#
         ))
         .unwrap();
-        assert!(matches!(&a.source, SubjectSource::File(p) if p == Path::new("/var/run/secrets/tokens/gcp-token")));
+        assert!(
+            matches!(&a.source, SubjectSource::File(p) if p == Path::new("/var/run/secrets/tokens/gcp-token"))
+        );
         assert_eq!(a.format, SubjectFormat::Text);
         assert_eq!(a.service_account(), Some("conn@p.iam.gserviceaccount.com"));
         assert!(a.describe().contains("conn@p.iam.gserviceaccount.com"));
@@ -556,22 +591,48 @@ mod tests {
 
     #[test]
     fn unsupported_and_broken_files_say_why() {
-        let base = format!(r#""type":"external_account","audience":"{AUDIENCE}","subject_token_type":"t""#);
+        let base = format!(
+            r#""type":"external_account","audience":"{AUDIENCE}","subject_token_type":"t""#
+        );
         let cases = [
-            (format!(r#"{{{base},"credential_source":{{"executable":{{"command":"x"}}}}}}"#), "executable"),
-            (format!(r#"{{{base},"credential_source":{{"environment_id":"aws1"}}}}"#), "aws1"),
-            (format!(r#"{{{base},"credential_source":{{}}}}"#), "neither a file nor a url"),
-            (format!(r#"{{{base},"credential_source":{{"file":"f","format":{{"type":"json"}}}}}}"#), "subject_token_field_name"),
+            (
+                format!(r#"{{{base},"credential_source":{{"executable":{{"command":"x"}}}}}}"#),
+                "executable",
+            ),
+            (
+                format!(r#"{{{base},"credential_source":{{"environment_id":"aws1"}}}}"#),
+                "aws1",
+            ),
+            (
+                format!(r#"{{{base},"credential_source":{{}}}}"#),
+                "neither a file nor a url",
+            ),
+            (
+                format!(
+                    r#"{{{base},"credential_source":{{"file":"f","format":{{"type":"json"}}}}}}"#
+                ),
+                "subject_token_field_name",
+            ),
             (format!(r#"{{{base}}}"#), "credential_source"),
-            (format!(r#"{{{base},"token_url":"sts","credential_source":{{"file":"f"}}}}"#), "token_url"),
-            (r#"{"type":"external_account","credential_source":{"file":"f"}}"#.to_string(), "audience"),
+            (
+                format!(r#"{{{base},"token_url":"sts","credential_source":{{"file":"f"}}}}"#),
+                "token_url",
+            ),
+            (
+                r#"{"type":"external_account","credential_source":{"file":"f"}}"#.to_string(),
+                "audience",
+            ),
         ];
         for (json, expected) in cases {
             let err = parse(&json).unwrap_err();
             assert!(err.contains(expected), "{json}: {err}");
         }
-        assert!(ExternalAccount::is_external_account(r#"{"type":"external_account"}"#));
-        assert!(!ExternalAccount::is_external_account(r#"{"type":"service_account"}"#));
+        assert!(ExternalAccount::is_external_account(
+            r#"{"type":"external_account"}"#
+        ));
+        assert!(!ExternalAccount::is_external_account(
+            r#"{"type":"service_account"}"#
+        ));
     }
 
     #[test]
@@ -579,7 +640,10 @@ mod tests {
         let mut errors = Vec::new();
         let o = GcsOptions::from_env(
             &Env::from_pairs([
-                ("SP_TASK_SYNC_GCS_KMS_KEY_NAME", "projects/p-1/locations/europe-west3/keyRings/r/cryptoKeys/k"),
+                (
+                    "SP_TASK_SYNC_GCS_KMS_KEY_NAME",
+                    "projects/p-1/locations/europe-west3/keyRings/r/cryptoKeys/k",
+                ),
                 ("SP_TASK_SYNC_GCS_STORAGE_CLASS", "nearline"),
             ]),
             &mut errors,
@@ -588,12 +652,21 @@ mod tests {
         assert_eq!(o.storage_class.as_deref(), Some("NEARLINE"));
         GcsOptions::from_env(
             &Env::from_pairs([
-                ("SP_TASK_SYNC_GCS_KMS_KEY_NAME", "projects/p/keyRings/r/cryptoKeys/k"),
+                (
+                    "SP_TASK_SYNC_GCS_KMS_KEY_NAME",
+                    "projects/p/keyRings/r/cryptoKeys/k",
+                ),
                 ("SP_TASK_SYNC_GCS_STORAGE_CLASS", "GLACIER"),
             ]),
             &mut errors,
         );
         let vars: Vec<&str> = errors.iter().map(|e| e.var.as_str()).collect();
-        assert_eq!(vars, ["SP_TASK_SYNC_GCS_KMS_KEY_NAME", "SP_TASK_SYNC_GCS_STORAGE_CLASS"]);
+        assert_eq!(
+            vars,
+            [
+                "SP_TASK_SYNC_GCS_KMS_KEY_NAME",
+                "SP_TASK_SYNC_GCS_STORAGE_CLASS"
+            ]
+        );
     }
 }

@@ -264,7 +264,9 @@ mod tests {
             "invalid_grant: AADSTS700024: Client assertion is not within its valid time range.  Trace ID: x"
         );
         assert_eq!(
-            oauth_error(r#"{"error":{"code":403,"status":"PERMISSION_DENIED","message":"Permission 'iam.serviceAccounts.getAccessToken' denied"}}"#),
+            oauth_error(
+                r#"{"error":{"code":403,"status":"PERMISSION_DENIED","message":"Permission 'iam.serviceAccounts.getAccessToken' denied"}}"#
+            ),
             "PERMISSION_DENIED: Permission 'iam.serviceAccounts.getAccessToken' denied"
         );
         assert_eq!(oauth_error("<html>"), "");
@@ -283,7 +285,10 @@ mod tests {
 
     #[test]
     fn urls_with_secrets_are_refused_and_not_shown() {
-        assert_eq!(check_url("https://sts.example/").unwrap(), "https://sts.example");
+        assert_eq!(
+            check_url("https://sts.example/").unwrap(),
+            "https://sts.example"
+        );
         assert!(check_url("https://user:pw@sts.example").is_err());
         assert!(check_url("https://sts.example/?sig=1").is_err());
         assert!(check_url("ftp://sts.example").is_err());
@@ -298,11 +303,18 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("token");
         std::fs::write(&file, "eyJ.token.sig\n").unwrap();
-        assert_eq!(read_token_file("X_FILE", &file).unwrap().expose(), "eyJ.token.sig");
+        assert_eq!(
+            read_token_file("X_FILE", &file).unwrap().expose(),
+            "eyJ.token.sig"
+        );
         assert!(check_token_file(&file).is_ok());
         std::fs::write(&file, " \n").unwrap();
         let err = read_token_file("X_FILE", &file).unwrap_err();
-        assert!(err.message.contains("X_FILE") && err.message.contains("empty"), "{}", err.message);
+        assert!(
+            err.message.contains("X_FILE") && err.message.contains("empty"),
+            "{}",
+            err.message
+        );
         assert!(check_token_file(&dir.join("missing")).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }

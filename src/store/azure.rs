@@ -23,15 +23,15 @@ use std::io::Read;
 use ureq::http::HeaderMap;
 
 use super::azure_auth::{self, AzureAccount, Credential};
-use super::client::token::{Fetched, TokenCache};
-use super::ObjectInfo;
-use crate::cloud::azure::{AccessTier, AzureIdentity};
 use super::client::parts::{PartPool, PartReader, Sums};
+use super::client::token::{Fetched, TokenCache};
 use super::client::{clip, xml_tag, Answer, Class, Client, Container, Protocol, Request};
+use super::ObjectInfo;
 use super::{
     content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
     StoreErrorKind, Versioned,
 };
+use crate::cloud::azure::{AccessTier, AzureIdentity};
 use crate::env::{ConfigError, Env, Secret};
 use crate::retry::{Reason, RetryBudget, Rng};
 
@@ -153,23 +153,22 @@ impl AzureSettings {
         };
         let before = errors.len();
         let access_tier = crate::cloud::azure::access_tier(env, errors);
-        let tier_ok = errors.len() == before;
+        if errors.len() > before {
+            return None;
+        }
         Some(AzureSettings {
             account: account?,
             container: container?,
             prefix,
             block_size: block_size?,
-            access_tier: if tier_ok { access_tier } else { return None },
+            access_tier,
         })
     }
 
     /// Lines for `check`: the connection string itself is never shown.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         let account = match &self.account.credential {
-            Credential::Identity(_) => (
-                "SP_TASK_SYNC_AZURE_ACCOUNT_URL",
-                self.account.summary(),
-            ),
+            Credential::Identity(_) => ("SP_TASK_SYNC_AZURE_ACCOUNT_URL", self.account.summary()),
             _ => (
                 "SP_TASK_SYNC_AZURE_DSN",
                 format!("*** ({})", self.account.summary()),
@@ -492,7 +491,12 @@ impl AzureStore {
         h
     }
 
-    fn put_block_list(&self, name: &str, ids: &[String], info: &ObjectInfo) -> Result<(), StoreError> {
+    fn put_block_list(
+        &self,
+        name: &str,
+        ids: &[String],
+        info: &ObjectInfo,
+    ) -> Result<(), StoreError> {
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
         for id in ids {
             xml.push_str(&format!("<Latest>{id}</Latest>"));

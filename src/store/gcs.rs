@@ -47,11 +47,11 @@ use ureq::http::HeaderMap;
 use super::client::parts::{PartPool, PartReader, Sums};
 use super::client::{clip, missing, Answer, Class, Client, Container, Protocol, Request};
 use super::gcs_auth::{Credentials, TokenSource};
+use super::ObjectInfo;
 use super::{
     content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
     StoreErrorKind, Versioned,
 };
-use super::ObjectInfo;
 use crate::cloud::gcp::GcsOptions;
 use crate::encoding::percent_encode;
 use crate::env::{ConfigError, Env};
@@ -370,7 +370,12 @@ impl GcsStore {
     }
 
     /// A `multipart/related` body: the resource, then the bytes. Returns the boundary.
-    fn multipart_body(&self, resource: &serde_json::Value, name: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    fn multipart_body(
+        &self,
+        resource: &serde_json::Value,
+        name: &str,
+        bytes: &[u8],
+    ) -> (String, Vec<u8>) {
         let boundary = format!("spinoco-{:016x}", crate::retry::Rng::seeded().next_u64());
         let mut body = format!(
             "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{resource}\r\n--{boundary}\r\ncontent-type: {}\r\n\r\n",
@@ -385,7 +390,13 @@ impl GcsStore {
     /// One upload with the resource (class, metadata) beside the bytes. Used instead of
     /// a media upload when there is a resource to send: it costs a copy of the bytes
     /// (at most one chunk) into the multipart body.
-    fn put_multipart(&self, name: &str, data: &[u8], crc: u32, info: &ObjectInfo) -> Result<(), StoreError> {
+    fn put_multipart(
+        &self,
+        name: &str,
+        data: &[u8],
+        crc: u32,
+        info: &ObjectInfo,
+    ) -> Result<(), StoreError> {
         let what = format!("GCS upload of {}", self.gs(name));
         let url = self.upload_url(name, "multipart");
         let mut resource = self.resource(name, info);
@@ -393,7 +404,10 @@ impl GcsStore {
         let (boundary, body) = self.multipart_body(&resource, name, data);
         let answer = self.send(&what, || {
             Ok(Request::new("POST", url.clone())
-                .header("content-type", format!("multipart/related; boundary={boundary}"))
+                .header(
+                    "content-type",
+                    format!("multipart/related; boundary={boundary}"),
+                )
                 .body(&body))
         })?;
         match answer.status {

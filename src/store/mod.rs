@@ -189,18 +189,27 @@ impl ObjectInfo {
     /// be C# identifiers. Empty values are left out; values are made printable ASCII
     /// (they travel as header values).
     pub fn metadata(&self, sep: char) -> Vec<(String, String)> {
-        [(["task", "id"], &self.task_id), (["data", "type"], &self.data_type)]
-            .into_iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|([a, b], v)| {
-                let clean: String = v
-                    .chars()
-                    .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })
-                    .take(256)
-                    .collect();
-                (format!("{a}{sep}{b}"), clean)
-            })
-            .collect()
+        [
+            (["task", "id"], &self.task_id),
+            (["data", "type"], &self.data_type),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|([a, b], v)| {
+            let clean: String = v
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .take(256)
+                .collect();
+            (format!("{a}{sep}{b}"), clean)
+        })
+        .collect()
     }
 }
 

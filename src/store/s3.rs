@@ -55,11 +55,11 @@ use ureq::http::HeaderMap;
 use super::client::parts::{sha256_hex, PartPool, PartReader, Sums};
 use super::client::{clip, missing, xml_tag, Answer, Class, Client, Container, Protocol, Request};
 use super::s3_credentials::{CredentialProvider, CredentialSettings};
+use super::ObjectInfo;
 use super::{
     content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
     StoreErrorKind, Versioned,
 };
-use super::ObjectInfo;
 use crate::cloud::aws::{s3_addressing, s3_endpoint, s3_region, Addressing, S3Options};
 use crate::env::{ConfigError, Env};
 use crate::retry::{Reason, RetryBudget};
@@ -209,7 +209,10 @@ impl S3Settings {
                 self.endpoint_from,
                 self.endpoint.clone().unwrap_or_else(|| "- (AWS)".into()),
             ),
-            ("SP_TASK_SYNC_S3_ADDRESSING", self.addressing.name().to_string()),
+            (
+                "SP_TASK_SYNC_S3_ADDRESSING",
+                self.addressing.name().to_string(),
+            ),
             (
                 "SP_TASK_SYNC_SAVE_TO",
                 if self.prefix.is_empty() {
@@ -959,7 +962,10 @@ mod tests {
     fn canonical_headers_sort_by_name_even_when_one_name_prefixes_another() {
         let mut headers = ureq::http::HeaderMap::new();
         for (n, v) in [
-            ("x-amz-server-side-encryption-aws-kms-key-id", "arn:aws:kms:k"),
+            (
+                "x-amz-server-side-encryption-aws-kms-key-id",
+                "arn:aws:kms:k",
+            ),
             ("x-amz-server-side-encryption", "aws:kms"),
             ("host", "s3.local"),
         ] {

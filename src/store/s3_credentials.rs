@@ -5,16 +5,17 @@
 //! credentials are refreshed before they expire instead of after a request failed:
 //!
 //! 1. `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`);
-//! 1b. web identity (EKS IRSA): `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` traded at
+//! 2. web identity (EKS IRSA): `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` traded at
 //!    STS ([`crate::cloud::aws::WebIdentity`]). Placed as the Java SDK v2 and botocore
 //!    place it, before the shared file (the Rust and Go SDKs look at the profile first;
 //!    this chain reads only static keys from the file, which a pod rarely has);
-//! 2. the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else
+//! 3. the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else
 //!    `~/.aws/credentials`), profile `AWS_PROFILE` or `default`;
-//! 3. the ECS/EKS container endpoint: `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` (against
-//!    `http://169.254.170.2`) or `AWS_CONTAINER_CREDENTIALS_FULL_URI`, with
-//!    `AWS_CONTAINER_AUTHORIZATION_TOKEN` (or `_TOKEN_FILE`) as `Authorization`;
-//! 4. EC2 instance metadata, IMDSv2 (a PUT for a session token, then the role and its
+//! 4. the ECS/EKS container endpoint: `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` (against
+//!    `http://169.254.170.2`) or `AWS_CONTAINER_CREDENTIALS_FULL_URI` (ECS on Fargate,
+//!    EKS Pod Identity), with `AWS_CONTAINER_AUTHORIZATION_TOKEN` (or `_TOKEN_FILE`,
+//!    read at every fetch) as `Authorization`;
+//! 5. EC2 instance metadata, IMDSv2 (a PUT for a session token, then the role and its
 //!    credentials), at `AWS_EC2_METADATA_SERVICE_ENDPOINT` (default
 //!    `http://169.254.169.254`) unless `AWS_EC2_METADATA_DISABLED=true`.
 //!

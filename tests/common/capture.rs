@@ -35,7 +35,8 @@ impl CaptureProxy {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
-                let (to_server, to_client) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+                let (to_server, to_client) =
+                    (server.try_clone().unwrap(), client.try_clone().unwrap());
                 let log = log.clone();
                 thread::spawn(move || forward_requests(client, to_server, log));
                 thread::spawn(move || {
@@ -83,7 +84,11 @@ fn forward_requests(client: TcpStream, mut server: TcpStream, log: Arc<Mutex<Vec
             }
             lines.push(line.trim_end().to_string());
         }
-        let mut parts = lines.first().map(|l| l.split_whitespace()).into_iter().flatten();
+        let mut parts = lines
+            .first()
+            .map(|l| l.split_whitespace())
+            .into_iter()
+            .flatten();
         let (method, target) = (
             parts.next().unwrap_or_default().to_string(),
             parts.next().unwrap_or_default().to_string(),
@@ -106,7 +111,12 @@ fn forward_requests(client: TcpStream, mut server: TcpStream, log: Arc<Mutex<Vec
             return;
         }
         if chunked {
-            log.lock().unwrap().push(Request { method, target, headers, body: String::new() });
+            log.lock().unwrap().push(Request {
+                method,
+                target,
+                headers,
+                body: String::new(),
+            });
             let _ = std::io::copy(&mut reader, &mut server);
             let _ = server.shutdown(Shutdown::Write);
             return;
@@ -129,6 +139,11 @@ fn forward_requests(client: TcpStream, mut server: TcpStream, log: Arc<Mutex<Vec
             left -= n as u64;
         }
         let body = String::from_utf8_lossy(&kept).into_owned();
-        log.lock().unwrap().push(Request { method, target, headers, body });
+        log.lock().unwrap().push(Request {
+            method,
+            target,
+            headers,
+            body,
+        });
     }
 }
