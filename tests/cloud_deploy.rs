@@ -756,6 +756,22 @@ fn entra_jwt(aud: &str) -> String {
     )
 }
 
+/// Like [`entra_jwt`], but expired a minute ago.
+fn expired_jwt(aud: &str) -> String {
+    let b64 =
+        |v: serde_json::Value| spinoco_connector::encoding::base64url(v.to_string().as_bytes());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    format!(
+        "{}.{}.{}",
+        b64(serde_json::json!({"typ": "JWT", "alg": "RS256"})),
+        b64(serde_json::json!({
+            "aud": aud, "iss": "https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/",
+            "iat": now - 3600, "nbf": now - 3600, "exp": now - 60,
+        })),
+        spinoco_connector::encoding::base64url(b"not-checked"),
+    )
+}
+
 /// A Shared Key store over https to `endpoint` that trusts `ca`: for creating the
 /// container and reading back what the connector stored.
 fn key_store(
@@ -907,6 +923,50 @@ fn azure_workload_and_managed_identity_tokens_into_azurite_with_oauth() {
     for (name, path) in &expected(&emu2) {
         assert!(
             admin.get(&format!("{prefix2}/{name}")).unwrap() == emu2.content(path),
+            "{name}"
+        );
+    }
+
+    // The first token Entra hands out has already expired (while its expires_in says an
+    // hour): Azurite refuses it, the token is dropped, a fresh one is fetched, and the
+    // sync goes on.
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = asked.clone();
+    let entra3 = FakeServer::start(Box::new(move |_| {
+        let jwt = if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            expired_jwt("https://storage.azure.com")
+        } else {
+            entra_jwt("https://storage.azure.com")
+        };
+        (
+            200,
+            format!(r#"{{"token_type":"Bearer","expires_in":3599,"access_token":"{jwt}"}}"#),
+        )
+    }));
+    let emu3 = emulator(EmulatorConfig {
+        seed: 44,
+        recording_size: (3_000, 60_000),
+        ..account()
+    });
+    let prefix3 = common::behaviour::unique("expired");
+    let mut e3 = env(&emu3, &scratch("unused"));
+    e3.extend(
+        e.clone()
+            .into_iter()
+            .filter(|(k, _)| k != "SP_TASK_SYNC_SAVE_TO" && !k.starts_with("SP_API")),
+    );
+    e3.insert("SP_TASK_SYNC_SAVE_TO".into(), prefix3.clone());
+    e3.insert("AZURE_AUTHORITY_HOST".into(), format!("{}/", entra3.url));
+    let out = run(&e3, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one refused token, one fresh"
+    );
+    for (name, path) in &expected(&emu3) {
+        assert!(
+            admin.get(&format!("{prefix3}/{name}")).unwrap() == emu3.content(path),
             "{name}"
         );
     }

@@ -38,6 +38,8 @@ use crate::retry::{Reason, RetryBudget, Rng};
 /// The REST API version every request names (bearer tokens need 2017-11-09 or later;
 /// the Cold tier 2021-12-02, which is then named instead).
 pub const API_VERSION: &str = "2021-08-06";
+/// The error code given to a 403 AuthenticationFailed for an expired bearer token.
+const EXPIRED_TOKEN: &str = "AuthenticationFailed (the token is expired)";
 /// An identity token is fetched again this long before it expires.
 const TOKEN_REFRESH_EARLY: std::time::Duration = std::time::Duration::from_secs(300);
 /// The block size of large uploads: also the one buffer a `put` holds.
@@ -266,12 +268,23 @@ impl Protocol for AzureProtocol {
         Ok(())
     }
 
-    fn error_code(&self, _status: u16, headers: &HeaderMap, _body: &[u8]) -> String {
-        headers
+    fn error_code(&self, _status: u16, headers: &HeaderMap, body: &[u8]) -> String {
+        let code = headers
             .get("x-ms-error-code")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
+            .unwrap_or("");
+        // An expired bearer token is a 401 InvalidAuthenticationInfo today, but the
+        // service (and Azurite) also answer 403 AuthenticationFailed with this detail:
+        // both mean "fetch a new token", not "refused".
+        let expired = code == "AuthenticationFailed"
+            && matches!(self.account.credential, Credential::Identity(_))
+            && String::from_utf8_lossy(&body[..body.len().min(4096)])
+                .contains("The token is expired");
+        if expired {
+            EXPIRED_TOKEN.to_string()
+        } else {
+            code.to_string()
+        }
     }
 
     fn error_message(&self, body: &[u8]) -> String {
@@ -286,6 +299,7 @@ impl Protocol for AzureProtocol {
             // The bytes changed on the way: the block is still in memory.
             "Md5Mismatch" | "Crc64Mismatch" => Class::Retry(Reason::BrokenBody),
             "ServerBusy" | "OperationTimedOut" => Class::Retry(Reason::Throttled),
+            EXPIRED_TOKEN => Class::Unauthorized,
             "ContainerBeingDeleted" | "ContainerBeingDisabled" => Class::Retry(Reason::ServerError),
             // 409 with If-None-Match: * on an existing blob: the caller's answer.
             "BlobAlreadyExists" | "ConditionNotMet" => Class::Answer,
