@@ -259,7 +259,7 @@ impl AzureIdentity {
                         .build()
                         .call(),
                     &url,
-                    "the Azure instance metadata service",
+                    "the Azure instance metadata service (for a managed identity; outside Azure VMs and nodes, use AKS workload identity or SP_TASK_SYNC_AZURE_DSN)",
                 )?;
                 read_token(answer, &url, &managed_who(client_id))
             }
