@@ -356,6 +356,7 @@ impl<'a> Engine<'a> {
         }
         let started = Instant::now();
         self.save_journal(&page)?;
+        crate::metrics::global().page_started();
         // A page journaled ahead (before a restart) needs no asking again.
         let prefetch = match page.ahead {
             Some(_) => None,
