@@ -252,6 +252,14 @@ fn build_image() -> Result<Built, String> {
         Ok(out) => return Err(format!("podman --version failed: {}", out_text(&out))),
         Err(e) => return Err(format!("podman is not installed ({e})")),
     }
+    // Rootless podman maps the image's user to a sub-uid of the host: the volume's
+    // owner could not be checked from here.
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    if uid != 0 {
+        return Err(format!(
+            "not root (uid {uid}): rootless podman maps user 10001 to a sub-uid, so the volume cannot be checked from the host"
+        ));
+    }
     let podman = Podman::new();
     let info = podman.run(&["info", "--format", "{{.Host.OCIRuntime.Name}}"]);
     if !info.status.success() {
