@@ -381,6 +381,7 @@ impl<'a> Engine<'a> {
         if self.journal.save(&page).is_err() {
             self.save_journal(&page)?;
         }
+        crate::metrics::global().page_started();
         // A page journaled ahead (before a restart) needs no asking again.
         let prefetch = match page.ahead {
             Some(_) => None,
