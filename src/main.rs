@@ -4,12 +4,13 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use log::{error, info, warn, LevelFilter};
+use log::{error, info, LevelFilter};
 
 use spinoco_connector::config::Config;
 use spinoco_connector::env::Env;
 use spinoco_connector::logging::{self, LogFormat};
 use spinoco_connector::platform::{Platform, PlatformError};
+use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::{self, BlobStore, StoreErrorKind};
 use spinoco_connector::sync::{Engine, Mode, SyncError};
 use spinoco_connector::{demo, http, metrics, shutdown};
@@ -118,12 +119,14 @@ fn run(mode: Mode) -> u8 {
     };
     init_logging(cfg.log_level, cfg.log_format);
     shutdown::install();
-    if cfg.storage.provider() == "s3" && !cfg.network.extra_ca_certs().is_empty() {
-        // rust-s3 talks through its own HTTP client, which trusts only the built-in roots.
-        warn!("the extra CA bundle ({}) is not used for S3: its endpoint must have a certificate from a public CA", cfg.network.ca_source());
-    }
     let agent = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network).agent;
-    let store: Arc<dyn BlobStore> = match store::open(&cfg.storage, &agent) {
+    // The storage client retries each of its requests itself: within the retry
+    // timeout in --once, forever in service mode (README "Retries").
+    let budget = match mode {
+        Mode::Once => RetryBudget::within(cfg.retry_timeout),
+        Mode::Service => RetryBudget::FOREVER,
+    };
+    let store: Arc<dyn BlobStore> = match store::open(&cfg.storage, &agent, budget) {
         Ok(s) => Arc::from(s),
         Err(e) => {
             error!("cannot open the storage: {e}");
@@ -206,7 +209,9 @@ fn check(connect: bool) -> u8 {
         }
     };
     let storage_code =
-        match store::open(&cfg.storage, &agent).and_then(|s| probe_storage(s.as_ref())) {
+        match store::open(&cfg.storage, &agent, RetryBudget::within(cfg.retry_timeout))
+            .and_then(|s| probe_storage(s.as_ref()))
+        {
             Ok(described) => {
                 let how = storage_endpoint(&cfg.storage)
                     .map(|url| format!(" ({})", connection(&http, &url, host_of(&url))))

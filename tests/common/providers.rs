@@ -108,6 +108,7 @@ pub fn azure_container(dsn: &str) {
     AzureStore::new(
         settings,
         spinoco_connector::http::agent(Duration::from_secs(10), 1),
+        spinoco_connector::retry::RetryBudget::tries(5),
     )
     .ensure_container()
     .unwrap();
@@ -167,6 +168,7 @@ pub fn open_store(e: &BTreeMap<String, String>) -> Box<dyn BlobStore> {
     store::open(
         &cfg.storage,
         &spinoco_connector::http::agent(Duration::from_secs(10), 2),
+        spinoco_connector::retry::RetryBudget::tries(5),
     )
     .unwrap()
 }
