@@ -50,7 +50,7 @@ fn sextet(c: u8) -> Option<u32> {
 /// not decode this way is a typo the user should hear about).
 pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let s = text.as_bytes();
-    if s.len() % 4 != 0 || s.iter().any(|c| matches!(c, b'-' | b'_')) {
+    if !s.len().is_multiple_of(4) || s.iter().any(|c| matches!(c, b'-' | b'_')) {
         return None;
     }
     let mut out = Vec::with_capacity(s.len() / 4 * 3);

@@ -4,12 +4,14 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use log::{error, info, warn, LevelFilter};
+use log::{error, info, LevelFilter};
 
 use spinoco_connector::config::Config;
 use spinoco_connector::env::Env;
+use spinoco_connector::lease::{self, Lease, LeaseError, WhenHeld};
 use spinoco_connector::logging::{self, LogFormat};
 use spinoco_connector::platform::{Platform, PlatformError};
+use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::{self, BlobStore, StoreErrorKind};
 use spinoco_connector::sync::{Engine, Mode, SyncError};
 use spinoco_connector::{demo, http, metrics, shutdown};
@@ -25,6 +27,8 @@ mod exit {
     pub const PLATFORM_AUTH: u8 = 4;
     /// The storage refused the credentials or permissions.
     pub const STORAGE_DENIED: u8 = 5;
+    /// `--once`: another connector works on this tag (it holds the journal lease).
+    pub const TAG_HELD: u8 = 7;
 }
 
 const USAGE: &str = "\
@@ -51,7 +55,8 @@ Usage:
   spinoco-connector --help | --version
 
 Exit codes: 0 ok, 1 not everything stored, 2 usage, 3 configuration error,
-4 platform refused the token, 5 storage refused access.
+4 platform refused the token, 5 storage refused access, 7 another connector
+works on this tag (--once).
 ";
 
 fn main() -> ExitCode {
@@ -118,12 +123,14 @@ fn run(mode: Mode) -> u8 {
     };
     init_logging(cfg.log_level, cfg.log_format);
     shutdown::install();
-    if cfg.storage.provider() == "s3" && !cfg.network.extra_ca_certs().is_empty() {
-        // rust-s3 talks through its own HTTP client, which trusts only the built-in roots.
-        warn!("the extra CA bundle ({}) is not used for S3: its endpoint must have a certificate from a public CA", cfg.network.ca_source());
-    }
     let agent = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network).agent;
-    let store: Arc<dyn BlobStore> = match store::open(&cfg.storage, &agent) {
+    // The storage client retries each of its requests itself: within the retry
+    // timeout in --once, forever in service mode (README "Retries").
+    let budget = match mode {
+        Mode::Once => RetryBudget::within(cfg.retry_timeout),
+        Mode::Service => RetryBudget::FOREVER,
+    };
+    let store: Arc<dyn BlobStore> = match store::open(&cfg.storage, &agent, budget) {
         Ok(s) => Arc::from(s),
         Err(e) => {
             error!("cannot open the storage: {e}");
@@ -144,8 +151,33 @@ fn run(mode: Mode) -> u8 {
             return exit::FAILURE;
         }
     }
+    // One connector per journal: wait for (service) or refuse (--once) a tag another
+    // connector works on, before the journal is touched.
+    let when_held = match mode {
+        Mode::Once => WhenHeld::GiveUp,
+        Mode::Service => WhenHeld::Wait,
+    };
+    let lease = match Lease::acquire(store.clone(), &cfg.tag, cfg.lease_ttl, when_held) {
+        Ok(lease) => lease,
+        Err(LeaseError::Stopped) => return exit::OK,
+        Err(e) => {
+            error!("{e}");
+            return match e {
+                LeaseError::Held { .. } => exit::TAG_HELD,
+                LeaseError::Store(s) if s.kind == StoreErrorKind::Denied => exit::STORAGE_DENIED,
+                _ => exit::FAILURE,
+            };
+        }
+    };
+    lease.keep_renewed();
     let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
-    match Engine::new(&cfg, platform, store.as_ref(), mode).run(mode) {
+    let outcome = Engine::new(&cfg, platform, store.as_ref(), mode).run(mode);
+    lease.release();
+    if lease.lost() {
+        error!("stopped because the journal lease was lost; the journal keeps what was done");
+        return exit::FAILURE;
+    }
+    match outcome {
         Ok(summary) => {
             info!("done: {summary}");
             exit::OK
@@ -206,12 +238,24 @@ fn check(connect: bool) -> u8 {
         }
     };
     let storage_code =
-        match store::open(&cfg.storage, &agent).and_then(|s| probe_storage(s.as_ref())) {
-            Ok(described) => {
+        match store::open(&cfg.storage, &agent, RetryBudget::within(cfg.retry_timeout))
+            .and_then(|s| probe_storage(s.as_ref()).map(|described| (described, s)))
+        {
+            Ok((described, store)) => {
                 let how = storage_endpoint(&cfg.storage)
                     .map(|url| format!(" ({})", connection(&http, &url, host_of(&url))))
                     .unwrap_or_default();
                 println!("storage: {described}: wrote, read back and removed a probe object{how}");
+                match lease::holder(store.as_ref(), &cfg.tag) {
+                    Ok(Some(h)) if !h.released => {
+                        println!("journal lease: held by {}", h.describe())
+                    }
+                    Ok(_) => println!(
+                        "journal lease: free (no connector works on tag {:?})",
+                        cfg.tag
+                    ),
+                    Err(e) => println!("journal lease: cannot be read: {e}"),
+                }
                 exit::OK
             }
             Err(e) => {

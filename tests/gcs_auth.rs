@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::fake_http::{FakeServer, Request};
 use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use spinoco_connector::env::Env;
+use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
 use spinoco_connector::store::gcs_auth::{pem_to_der, Credentials, TokenSource, SCOPE};
 use spinoco_connector::store::{BlobStore, StoreErrorKind};
@@ -315,9 +316,8 @@ fn store_sends_the_token_and_user_project_and_maps_403_to_denied() {
         endpoint: storage.url.clone(),
         credentials: service_account("gcs-test-key.pem", &format!("{}/token", endpoint.url)),
         chunk_size: 256 * 1024,
-        attempts: 3,
     };
-    let store = GcsStore::open(&settings, &agent()).unwrap();
+    let store = GcsStore::open(&settings, &agent(), RetryBudget::tries(4)).unwrap();
     assert_eq!(
         store.get("a b.json").unwrap().as_deref(),
         Some(&b"hello"[..])

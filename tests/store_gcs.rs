@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::behaviour::{self, FailingReader, PatternReader};
+use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
 use spinoco_connector::store::gcs_auth::Credentials;
 use spinoco_connector::store::{BlobStore, StoreErrorKind};
@@ -25,7 +26,6 @@ fn settings(endpoint: &str, bucket: &str) -> GcsSettings {
         endpoint: endpoint.trim_end_matches('/').to_string(),
         credentials: Credentials::Anonymous,
         chunk_size: CHUNK,
-        attempts: 4,
     }
 }
 
@@ -44,7 +44,12 @@ fn gcs_store_behaves() {
     let Some((endpoint, bucket)) = server() else {
         return;
     };
-    let store = GcsStore::open(&settings(&endpoint, &bucket), &agent()).unwrap();
+    let store = GcsStore::open(
+        &settings(&endpoint, &bucket),
+        &agent(),
+        RetryBudget::tries(4),
+    )
+    .unwrap();
     // Several chunks and a short last one.
     behaviour::run(&store, 3 * CHUNK as u64 + 12_345);
 }
@@ -54,7 +59,12 @@ fn broken_source_in_a_later_chunk_leaves_no_object() {
     let Some((endpoint, bucket)) = server() else {
         return;
     };
-    let store = GcsStore::open(&settings(&endpoint, &bucket), &agent()).unwrap();
+    let store = GcsStore::open(
+        &settings(&endpoint, &bucket),
+        &agent(),
+        RetryBudget::tries(4),
+    )
+    .unwrap();
     let err = store
         .put(
             "cut.ogg",
@@ -193,7 +203,7 @@ fn resumable_upload_survives_a_dropped_chunk() {
         prefix: via_proxy.prefix.clone(),
         ..settings(&endpoint, &bucket)
     };
-    let store = GcsStore::open(&via_proxy, &agent()).unwrap();
+    let store = GcsStore::open(&via_proxy, &agent(), RetryBudget::tries(4)).unwrap();
     let n = store
         .put("long.ogg", &mut PatternReader::new(size, 99), None)
         .unwrap();
@@ -203,7 +213,7 @@ fn resumable_upload_survives_a_dropped_chunk() {
         1,
         "the proxy never cut a connection: nothing was tested"
     );
-    let reader = GcsStore::open(&direct, &agent()).unwrap();
+    let reader = GcsStore::open(&direct, &agent(), RetryBudget::tries(4)).unwrap();
     let got = reader
         .get("long.ogg")
         .unwrap()

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::behaviour::{self, PatternReader};
 use spinoco_connector::env::Env;
+use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::s3::{S3Settings, S3Store};
 use spinoco_connector::store::{put_bytes, BlobStore, StoreErrorKind};
 
@@ -72,7 +73,7 @@ fn settings(
 
 fn open(s: &S3Settings) -> S3Store {
     let agent = spinoco_connector::http::agent(Duration::from_secs(10), 4);
-    S3Store::open(s, &agent).unwrap()
+    S3Store::open(s, &agent, RetryBudget::tries(3)).unwrap()
 }
 
 /// Multipart uploads still open in an s3s-fs data folder.

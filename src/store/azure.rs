@@ -5,21 +5,25 @@
 //! from one reusable block buffer and become a blob only with the final Put Block
 //! List: uncommitted blocks are never visible, so an upload that fails earlier leaves
 //! nothing new behind and an older blob under the same name untouched (Azure drops
-//! uncommitted blocks after a week). Each request is retried under the shared policy
-//! ([`crate::retry::with_retries`]) a bounded number of times; a refused key or SAS is a
-//! `Denied` error at once.
+//! uncommitted blocks after a week). Requests go through the shared REST layer
+//! ([`super::client`]): each is retried under the store's budget, a refused key or SAS
+//! is a `Denied` error at once, a missing container names SP_TASK_SYNC_AZURE_CLIENT_NAME.
+//! Every Put Blob, Put Block and Put Block List carries `x-ms-content-crc64` (computed
+//! while the block is read), which Azure and Azurite check before they take the bytes.
 
 use std::io::Read;
 
-use ureq::http::Response;
-use ureq::Body;
+use ureq::http::HeaderMap;
 
 use super::azure_auth::{self, AzureAccount, Credential};
+use super::client::parts::{PartPool, PartReader, Sums};
+use super::client::{clip, xml_tag, Answer, Class, Client, Container, Protocol, Request};
 use super::{
-    content_type, fill_buffer, prefixed, BlobStore, FirstPart, StoreError, StoreErrorKind,
+    content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
+    StoreErrorKind, Versioned,
 };
 use crate::env::{ConfigError, Env, Secret};
-use crate::retry::{with_retries, Reason, RetryBudget, Rng, Side, Step};
+use crate::retry::{Reason, RetryBudget, Rng};
 
 /// The REST API version every request names.
 pub const API_VERSION: &str = "2021-08-06";
@@ -30,8 +34,6 @@ pub const MIN_BLOCK_SIZE: usize = 64 * 1024;
 pub const MAX_BLOCK_SIZE: usize = 1024 * 1024 * 1024;
 /// A blob is committed from at most this many blocks.
 const MAX_BLOCKS: usize = 50_000;
-/// Attempts per request before a transient failure is handed to the caller.
-pub const DEFAULT_ATTEMPTS: RetryBudget = RetryBudget::tries(5);
 /// Longest blob name the service accepts.
 const MAX_NAME_LEN: usize = 1024;
 
@@ -154,59 +156,147 @@ pub fn valid_container_name(name: &str) -> bool {
         && !name.contains("--")
 }
 
-pub struct AzureStore {
-    agent: ureq::Agent,
-    settings: AzureSettings,
-    attempts: RetryBudget,
+/// What Azure adds to the shared REST layer: Shared Key signing or the SAS, the
+/// `x-ms-error-code` header, and the codes that differ from their status.
+struct AzureProtocol {
+    account: AzureAccount,
+    container: String,
 }
 
-/// One request before signing: the blob name is not yet encoded, query values not yet.
-struct Request<'a> {
-    method: &'static str,
-    blob: Option<&'a str>,
-    query: Vec<(&'static str, String)>,
-    headers: Vec<(&'static str, String)>,
-    body: &'a [u8],
-}
+impl Protocol for AzureProtocol {
+    fn authorize(&self, req: &mut Request) -> Result<(), StoreError> {
+        req.headers.push(("x-ms-date".into(), http_date()));
+        req.headers
+            .push(("x-ms-version".into(), API_VERSION.into()));
+        match &self.account.credential {
+            Credential::Sas(token) => {
+                let sep = if req.url.contains('?') { '&' } else { '?' };
+                req.url = format!("{}{sep}{}", req.url, token.expose());
+            }
+            Credential::SharedKey(key) => {
+                let (path, query) = split_url(&req.url);
+                let mut signed: Vec<(&str, &str)> = req
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let length = req.body.len().to_string();
+                if req.method == "PUT" {
+                    signed.push(("Content-Length", &length));
+                }
+                let query: Vec<(&str, &str)> = query
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let name = self.account.account.as_deref().unwrap_or_default();
+                let to_sign = azure_auth::string_to_sign(req.method, &signed, name, &path, &query);
+                let signature = azure_auth::sign(key, &to_sign);
+                req.headers.push((
+                    "authorization".into(),
+                    format!("SharedKey {name}:{signature}"),
+                ));
+            }
+        }
+        Ok(())
+    }
 
-impl<'a> Request<'a> {
-    fn new(method: &'static str, blob: Option<&'a str>) -> Request<'a> {
-        Request {
-            method,
-            blob,
-            query: Vec::new(),
-            headers: Vec::new(),
-            body: &[],
+    fn error_code(&self, _status: u16, headers: &HeaderMap, _body: &[u8]) -> String {
+        headers
+            .get("x-ms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    }
+
+    fn error_message(&self, body: &[u8]) -> String {
+        let text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]);
+        let message = xml_tag(&text, "Message").unwrap_or_default();
+        clip(message.lines().next().unwrap_or_default(), 300)
+    }
+
+    fn special(&self, _status: u16, code: &str) -> Option<Class> {
+        Some(match code {
+            "ContainerNotFound" => Class::MissingContainer,
+            // The bytes changed on the way: the block is still in memory.
+            "Md5Mismatch" | "Crc64Mismatch" => Class::Retry(Reason::BrokenBody),
+            "ServerBusy" | "OperationTimedOut" => Class::Retry(Reason::Throttled),
+            "ContainerBeingDeleted" | "ContainerBeingDisabled" => Class::Retry(Reason::ServerError),
+            // 409 with If-None-Match: * on an existing blob: the caller's answer.
+            "BlobAlreadyExists" | "ConditionNotMet" => Class::Answer,
+            _ => return None,
+        })
+    }
+
+    fn redact(&self, text: &str) -> String {
+        match &self.account.credential {
+            Credential::Sas(token) if !token.expose().is_empty() => {
+                text.replace(token.expose(), "***")
+            }
+            _ => text.to_string(),
         }
     }
+
+    fn container(&self) -> Container<'_> {
+        Container {
+            var: "SP_TASK_SYNC_AZURE_CLIENT_NAME",
+            value: &self.container,
+            noun: "container",
+        }
+    }
+}
+
+/// The encoded path and the decoded query pairs of a URL, as Shared Key signs them.
+fn split_url(url: &str) -> (String, Vec<(String, String)>) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path_and_query = rest.find('/').map_or("/", |i| &rest[i..]);
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let pairs = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (n, v) = p.split_once('=').unwrap_or((p, ""));
+            let v = crate::encoding::percent_decode(v).unwrap_or_else(|| v.to_string());
+            (n.to_string(), v)
+        })
+        .collect();
+    (path.to_string(), pairs)
+}
+
+pub struct AzureStore {
+    settings: AzureSettings,
+    client: Client,
+    proto: AzureProtocol,
+    pool: PartPool,
 }
 
 impl AzureStore {
-    pub fn new(settings: AzureSettings, agent: ureq::Agent) -> AzureStore {
+    /// Every request is retried under `budget` (see [`crate::store::client`]).
+    pub fn new(settings: AzureSettings, agent: ureq::Agent, budget: RetryBudget) -> AzureStore {
         AzureStore {
-            agent,
+            client: Client::new(&agent, budget),
+            proto: AzureProtocol {
+                account: settings.account.clone(),
+                container: settings.container.clone(),
+            },
+            pool: PartPool::new(settings.block_size.max(1)),
             settings,
-            attempts: DEFAULT_ATTEMPTS,
         }
-    }
-
-    /// Changes how many attempts each request gets (default [`DEFAULT_ATTEMPTS`]).
-    pub fn with_attempts(mut self, attempts: RetryBudget) -> AzureStore {
-        self.attempts = attempts;
-        self
     }
 
     /// Creates the container when it does not exist (for `check --connect` and the
     /// tests). Returns whether it was created.
     pub fn ensure_container(&self) -> Result<bool, StoreError> {
-        let mut req = Request::new("PUT", None);
-        req.query.push(("restype", "container".into()));
+        let url = format!("{}?restype=container", self.container_url());
         let what = format!("creating container {}", self.where_());
-        let (status, code, _) = self.execute(&req, &what)?;
-        match (status, code.as_str()) {
+        let answer = self
+            .client
+            .send(&self.proto, &what, || Ok(Request::new("PUT", url.clone())))?;
+        match (answer.status, answer.code.as_str()) {
             (201, _) => Ok(true),
             (409, "ContainerAlreadyExists") => Ok(false),
-            _ => Err(self.status_error(status, &code, &what)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
     }
 
@@ -220,6 +310,25 @@ impl AzureStore {
         }
     }
 
+    fn container_url(&self) -> String {
+        format!(
+            "{}/{}",
+            self.settings.account.endpoint.trim_end_matches('/'),
+            self.settings.container
+        )
+    }
+
+    fn blob_url(&self, name: &str, query: &[(&str, &str)]) -> String {
+        let mut url = format!("{}/{}", self.container_url(), azure_auth::encode_path(name));
+        for (i, (n, v)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(n);
+            url.push('=');
+            url.push_str(&azure_auth::encode_query_value(v));
+        }
+        url
+    }
+
     fn blob_name(&self, key: &str) -> Result<String, StoreError> {
         let name = prefixed(&self.settings.prefix, key);
         if key.is_empty() || name.len() > MAX_NAME_LEN || name.ends_with('/') {
@@ -231,177 +340,27 @@ impl AzureStore {
         Ok(name)
     }
 
-    /// Sends `req` once: builds the URL, adds date and version, signs or appends the SAS.
-    fn send_once(&self, req: &Request) -> Result<Response<Body>, ureq::Error> {
-        let account = &self.settings.account;
-        let mut path = format!("{}/{}", account.endpoint_path(), self.settings.container);
-        if let Some(blob) = req.blob {
-            path.push('/');
-            path.push_str(&azure_auth::encode_path(blob));
-        }
-        let mut query: Vec<String> = req
-            .query
-            .iter()
-            .map(|(n, v)| format!("{n}={}", azure_auth::encode_query_value(v)))
-            .collect();
-        if let Credential::Sas(token) = &account.credential {
-            query.push(token.expose().to_string());
-        }
-        let base = account
-            .endpoint
-            .strip_suffix(account.endpoint_path())
-            .unwrap_or(&account.endpoint);
-        let url = if query.is_empty() {
-            format!("{base}{path}")
-        } else {
-            format!("{base}{path}?{}", query.join("&"))
-        };
-
-        let mut headers: Vec<(&str, String)> = vec![
-            ("x-ms-date", http_date()),
-            ("x-ms-version", API_VERSION.into()),
-        ];
-        headers.extend(req.headers.iter().cloned());
-        if let Credential::SharedKey(key) = &account.credential {
-            let mut signed: Vec<(&str, &str)> =
-                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            let length = req.body.len().to_string();
-            if req.method == "PUT" {
-                signed.push(("Content-Length", &length));
-            }
-            let query: Vec<(&str, &str)> =
-                req.query.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            let name = account.account.as_deref().unwrap_or_default();
-            let to_sign = azure_auth::string_to_sign(req.method, &signed, name, &path, &query);
-            let signature = azure_auth::sign(key, &to_sign);
-            headers.push(("Authorization", format!("SharedKey {name}:{signature}")));
-        }
-
-        match req.method {
-            "PUT" => {
-                let mut builder = self.agent.put(&url);
-                for (n, v) in &headers {
-                    builder = builder.header(*n, v);
-                }
-                builder.send(req.body)
-            }
-            "GET" | "DELETE" => {
-                let mut builder = if req.method == "GET" {
-                    self.agent.get(&url)
-                } else {
-                    self.agent.delete(&url)
-                };
-                for (n, v) in &headers {
-                    builder = builder.header(*n, v);
-                }
-                builder.call()
-            }
-            other => unreachable!("no {other} requests are made"),
-        }
-    }
-
-    /// Sends with retries. Returns the status, the `x-ms-error-code` (or "") and the
-    /// response of the first answer that is not worth retrying; a refused credential
-    /// is a `Denied` error straight away.
-    fn execute(
+    /// Put Blob with `extra` headers (conditions); the answer for the caller to judge.
+    fn put_blob(
         &self,
-        req: &Request,
-        what: &str,
-    ) -> Result<(u16, String, Response<Body>), StoreError> {
-        let outcome = with_retries(self.attempts, Side::Storage, what, || {
-            match self.send_once(req) {
-                Ok(mut response) => {
-                    let status = response.status().as_u16();
-                    let code = response
-                        .headers()
-                        .get("x-ms-error-code")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    if !retryable(status) {
-                        if status == 401 || status == 403 {
-                            drain(&mut response);
-                            return Step::Fail(self.status_error(status, &code, what));
-                        }
-                        return Step::Done((status, code, response));
-                    }
-                    let wait = crate::http::retry_after(&response);
-                    drain(&mut response);
-                    Step::Retry {
-                        error: StoreError::transient(format!("{what}: HTTP {status} {code}")),
-                        reason: Reason::of_status(status),
-                        after: wait,
-                    }
-                }
-                Err(e) => {
-                    let failure = super::transport_error(&self.settings.account.endpoint, &e);
-                    let failure = StoreError::new(
-                        failure.kind,
-                        format!("{what}: {}", self.scrub(&failure.message)),
-                    );
-                    match failure.kind {
-                        StoreErrorKind::Denied => Step::Fail(failure),
-                        _ => Step::Retry {
-                            error: failure,
-                            reason: Reason::Transport,
-                            after: None,
-                        },
-                    }
-                }
-            }
-        });
-        outcome.map_err(|e| match e.tries {
-            Some(n) => StoreError::transient(format!("{} (after {n} attempts)", e.error)),
-            None => e.error,
-        })
-    }
-
-    /// Removes the SAS from a message, should a network error quote the URL.
-    fn scrub(&self, message: &str) -> String {
-        match &self.settings.account.credential {
-            Credential::Sas(token) if !token.expose().is_empty() => {
-                message.replace(token.expose(), "***")
-            }
-            _ => message.to_string(),
-        }
-    }
-
-    fn status_error(&self, status: u16, code: &str, what: &str) -> StoreError {
-        let code = if code.is_empty() {
-            String::new()
-        } else {
-            format!(" {code}")
-        };
-        match status {
-            401 | 403 => StoreError::new(
-                StoreErrorKind::Denied,
-                format!("{what}: the storage account key or SAS was refused (HTTP {status}{code})"),
-            ),
-            // Every object would fail the same way: stop the process like a refusal.
-            404 if code.trim() == "ContainerNotFound" => StoreError::new(
-                StoreErrorKind::Denied,
-                format!(
-                    "{what}: container {} does not exist (HTTP 404 ContainerNotFound)",
-                    self.where_()
-                ),
-            ),
-            s if retryable(s) => StoreError::transient(format!("{what}: HTTP {s}{code}")),
-            s => StoreError::new(StoreErrorKind::Rejected, format!("{what}: HTTP {s}{code}")),
-        }
-    }
-
-    fn put_blob(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let mut req = Request::new("PUT", Some(name));
-        req.headers.push(("x-ms-blob-type", "BlockBlob".into()));
-        req.headers
-            .push(("Content-Type", content_type(name).into()));
-        req.body = bytes;
+        name: &str,
+        bytes: &[u8],
+        crc: u64,
+        extra: &[(&str, String)],
+    ) -> Result<Answer, StoreError> {
+        let url = self.blob_url(name, &[]);
         let what = format!("uploading blob {name} to container {}", self.where_());
-        let (status, code, _) = self.execute(&req, &what)?;
-        match status {
-            201 => Ok(()),
-            _ => Err(self.status_error(status, &code, &what)),
-        }
+        self.client.send(&self.proto, &what, || {
+            let mut r = Request::new("PUT", url.clone())
+                .header("x-ms-blob-type", "BlockBlob")
+                .header("content-type", content_type(name))
+                .header("x-ms-content-crc64", crc64_b64(crc))
+                .body(bytes);
+            for (n, v) in extra {
+                r = r.header(n, v.clone());
+            }
+            Ok(r)
+        })
     }
 
     fn put_block(
@@ -409,20 +368,22 @@ impl AzureStore {
         name: &str,
         id: &str,
         bytes: &[u8],
+        crc: u64,
         index: usize,
     ) -> Result<(), StoreError> {
-        let mut req = Request::new("PUT", Some(name));
-        req.query.push(("comp", "block".into()));
-        req.query.push(("blockid", id.into()));
-        req.body = bytes;
+        let url = self.blob_url(name, &[("comp", "block"), ("blockid", id)]);
         let what = format!(
             "uploading block {index} of blob {name} to container {}",
             self.where_()
         );
-        let (status, code, _) = self.execute(&req, &what)?;
-        match status {
+        let answer = self.client.send(&self.proto, &what, || {
+            Ok(Request::new("PUT", url.clone())
+                .header("x-ms-content-crc64", crc64_b64(crc))
+                .body(bytes))
+        })?;
+        match answer.status {
             201 => Ok(()),
-            _ => Err(self.status_error(status, &code, &what)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
     }
 
@@ -432,23 +393,30 @@ impl AzureStore {
             xml.push_str(&format!("<Latest>{id}</Latest>"));
         }
         xml.push_str("</BlockList>");
-        let mut req = Request::new("PUT", Some(name));
-        req.query.push(("comp", "blocklist".into()));
-        req.headers
-            .push(("x-ms-blob-content-type", content_type(name).into()));
-        req.headers.push(("Content-Type", "application/xml".into()));
-        req.body = xml.as_bytes();
+        let url = self.blob_url(name, &[("comp", "blocklist")]);
         let what = format!(
             "committing the {} blocks of blob {name} in container {}",
             ids.len(),
             self.where_()
         );
-        let (status, code, _) = self.execute(&req, &what)?;
-        match status {
+        let crc = super::client::parts::crc64(xml.as_bytes());
+        let answer = self.client.send(&self.proto, &what, || {
+            Ok(Request::new("PUT", url.clone())
+                .header("x-ms-blob-content-type", content_type(name))
+                .header("content-type", "application/xml")
+                .header("x-ms-content-crc64", crc64_b64(crc))
+                .body(xml.as_bytes()))
+        })?;
+        match answer.status {
             201 => Ok(()),
-            _ => Err(self.status_error(status, &code, &what)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
     }
+}
+
+/// Azure's `x-ms-content-crc64`: base64 of the CRC-64/NVME's eight little-endian bytes.
+fn crc64_b64(crc: u64) -> String {
+    crate::encoding::base64(&crc.to_le_bytes())
 }
 
 impl BlobStore for AzureStore {
@@ -467,84 +435,104 @@ impl BlobStore for AzureStore {
 
     fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError> {
         let name = self.blob_name(key)?;
-        let block_size = self.settings.block_size.max(1);
-        let first = FirstPart::read(src, size, block_size)?;
-        if first.is_whole() {
-            self.put_blob(&name, first.bytes())?;
-            return Ok(first.len as u64);
+        let sums = Sums {
+            crc64: true,
+            ..Sums::default()
+        };
+        let mut reader = PartReader::new(&self.pool, size, sums);
+        let first = reader.next_part(src)?.expect("a first part");
+        if first.last {
+            let (len, crc) = (first.bytes.len(), first.crc64.unwrap_or_default());
+            let what = format!("uploading blob {name} to container {}", self.where_());
+            let answer = self.put_blob(&name, reader.current(), crc, &[])?;
+            return match answer.status {
+                201 => Ok(len as u64),
+                _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+            };
         }
-        let (mut buf, mut n) = (first.buf, first.len);
-
         // Fixed-width ids, unique per upload so that two uploads of the same name
         // cannot mix their uncommitted blocks.
         let nonce = Rng::seeded().next_u64();
         let mut ids: Vec<String> = Vec::new();
         let mut total = 0u64;
-        while n > 0 {
+        let mut part = Some(first);
+        while let Some(p) = part {
             if ids.len() == MAX_BLOCKS {
                 return Err(StoreError::new(
                     StoreErrorKind::Rejected,
-                    format!("blob {name} is larger than {MAX_BLOCKS} blocks of {block_size} bytes"),
+                    format!(
+                        "blob {name} is larger than {MAX_BLOCKS} blocks of {} bytes",
+                        self.settings.block_size
+                    ),
                 ));
             }
             let id = crate::encoding::base64(format!("{nonce:016x}-{:06}", ids.len()).as_bytes());
-            self.put_block(&name, &id, &buf[..n], ids.len())?;
+            self.put_block(&name, &id, p.bytes, p.crc64.unwrap_or_default(), ids.len())?;
             ids.push(id);
-            total += n as u64;
-            if n < block_size {
-                break;
-            }
-            n = fill_buffer(src, &mut buf)?;
+            total += p.bytes.len() as u64;
+            part = reader.next_part(src)?;
         }
         self.put_block_list(&name, &ids)?;
         Ok(total)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let name = self.blob_name(key)?;
-        let req = Request::new("GET", Some(&name));
-        let what = format!("reading blob {name} from container {}", self.where_());
-        let (status, code, mut response) = self.execute(&req, &what)?;
-        match status {
-            200 => response
-                .body_mut()
-                .with_config()
-                .limit(u64::MAX)
-                .read_to_vec()
-                .map(Some)
-                .map_err(|e| {
-                    StoreError::transient(format!("{what}: {}", self.scrub(&e.to_string())))
-                }),
-            404 if code == "BlobNotFound" || code.is_empty() => Ok(None),
-            _ => Err(self.status_error(status, &code, &what)),
-        }
+        self.get_versioned(key).map(|v| v.map(|v| v.bytes))
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         let name = self.blob_name(key)?;
-        let req = Request::new("DELETE", Some(&name));
+        let url = self.blob_url(&name, &[]);
         let what = format!("deleting blob {name} from container {}", self.where_());
-        let (status, code, mut response) = self.execute(&req, &what)?;
-        drain(&mut response);
-        match status {
+        let answer = self.client.send(&self.proto, &what, || {
+            Ok(Request::new("DELETE", url.clone()))
+        })?;
+        match answer.status {
             202 | 200 => Ok(()),
-            404 if code == "BlobNotFound" || code.is_empty() => Ok(()),
-            _ => Err(self.status_error(status, &code, &what)),
+            404 if answer.code == "BlobNotFound" || answer.code.is_empty() => Ok(()),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
     }
-}
 
-fn retryable(status: u16) -> bool {
-    status == 408 || status == 429 || status >= 500
-}
+    fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let name = self.blob_name(key)?;
+        let url = self.blob_url(&name, &[]);
+        let what = format!("reading blob {name} from container {}", self.where_());
+        let answer = self
+            .client
+            .send(&self.proto, &what, || Ok(Request::new("GET", url.clone())))?;
+        match answer.status {
+            200 => Ok(Some(Versioned {
+                version: ObjectVersion(answer.header("etag").unwrap_or_default().to_string()),
+                bytes: answer.body,
+            })),
+            404 if answer.code == "BlobNotFound" || answer.code.is_empty() => Ok(None),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
+    }
 
-/// Reads a (small) error body so the connection can be reused.
-fn drain(response: &mut Response<Body>) {
-    let _ = response
-        .body_mut()
-        .with_config()
-        .limit(64 * 1024)
-        .read_to_vec();
+    fn put_if(&self, key: &str, bytes: &[u8], cond: PutCondition) -> Result<PutIf, StoreError> {
+        let name = self.blob_name(key)?;
+        let header = match &cond {
+            PutCondition::IfAbsent => ("if-none-match", "*".to_string()),
+            PutCondition::IfMatch(v) => ("if-match", v.0.clone()),
+        };
+        let what = format!(
+            "conditional upload of blob {name} to container {}",
+            self.where_()
+        );
+        let crc = super::client::parts::crc64(bytes);
+        let answer = self.put_blob(&name, bytes, crc, &[header])?;
+        match answer.status {
+            201 => Ok(PutIf::Written(ObjectVersion(
+                answer.header("etag").unwrap_or_default().to_string(),
+            ))),
+            409 | 412 => Ok(PutIf::ConditionFailed),
+            // If-Match on a blob that is gone.
+            404 if answer.code == "BlobNotFound" => Ok(PutIf::ConditionFailed),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
+    }
 }
 
 /// `Sun, 11 Oct 2009 21:49:13 GMT` for now.
@@ -714,6 +702,10 @@ mod tests {
     }
 
     fn sas_store(endpoint: &str) -> AzureStore {
+        sas_store_with(endpoint, RetryBudget::tries(3))
+    }
+
+    fn sas_store_with(endpoint: &str, budget: RetryBudget) -> AzureStore {
         let dsn = format!(
             "BlobEndpoint={endpoint}/acct;SharedAccessSignature=sv=2021-08-06&sig=TopSecretSig"
         );
@@ -724,7 +716,7 @@ mod tests {
             block_size: 1024,
         };
         let agent = crate::http::agent(std::time::Duration::from_secs(5), 1);
-        AzureStore::new(settings, agent).with_attempts(RetryBudget::tries(3))
+        AzureStore::new(settings, agent, budget)
     }
 
     #[test]
@@ -749,7 +741,7 @@ mod tests {
         let err = sas_store(&url).get("x").unwrap_err();
         assert_eq!(err.kind, StoreErrorKind::Transient, "{err}");
         assert!(
-            err.message.contains("after 3 attempts") && err.message.contains("503"),
+            err.message.contains("after 3 tries") && err.message.contains("503"),
             "{err}"
         );
         assert_eq!(seen.lock().unwrap().len(), 3);
@@ -758,8 +750,7 @@ mod tests {
         let err = crate::store::put_bytes(&sas_store(&url), "x", b"x").unwrap_err();
         assert_eq!(err.kind, StoreErrorKind::Denied, "{err}");
         assert!(
-            err.message
-                .contains("the storage account key or SAS was refused"),
+            err.message.contains("the storage refused the credentials"),
             "{err}"
         );
         assert!(!err.message.contains("TopSecret"), "{err}");
@@ -773,8 +764,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let store =
-            sas_store(&format!("http://127.0.0.1:{port}")).with_attempts(RetryBudget::tries(1));
+        let store = sas_store_with(&format!("http://127.0.0.1:{port}"), RetryBudget::tries(1));
         let err = store.delete("x").unwrap_err();
         assert_eq!(err.kind, StoreErrorKind::Transient, "{err}");
         assert!(

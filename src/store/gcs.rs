@@ -26,16 +26,21 @@
 //! GCS does not do that.)
 
 use std::io::Read;
-use std::thread::sleep;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ureq::http::HeaderMap;
+
+use super::client::parts::{PartPool, PartReader, Sums};
+use super::client::{clip, missing, Answer, Class, Client, Container, Protocol, Request};
 use super::gcs_auth::{Credentials, TokenSource};
 use super::{
-    content_type, fill_buffer, prefixed, BlobStore, FirstPart, StoreError, StoreErrorKind,
+    content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
+    StoreErrorKind, Versioned,
 };
 use crate::encoding::percent_encode;
 use crate::env::{ConfigError, Env};
-use crate::retry::{with_retries, Backoff, Reason, RetryBudget, Side, Step};
+use crate::retry::{Reason, RetryBudget};
 
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 /// Resumable chunks (except the last) must be a multiple of this.
@@ -43,10 +48,6 @@ pub const CHUNK_GRANULARITY: usize = 256 * 1024;
 pub const DEFAULT_CHUNK_SIZE: usize = 8 * 1024 * 1024;
 /// The largest `SP_TASK_SYNC_GCS_CHUNK_SIZE` accepted (one chunk is held in memory).
 pub const MAX_CHUNK_SIZE: usize = 1024 * 1024 * 1024;
-/// Attempts per request inside the store; the engine retries whole puts beyond that.
-pub const DEFAULT_ATTEMPTS: u32 = 4;
-/// The largest object `get` reads (it is meant for the journal).
-const MAX_GET: u64 = 1 << 30;
 
 /// The checked `SP_TASK_SYNC_GCS_*` settings.
 #[derive(Debug, Clone)]
@@ -61,8 +62,6 @@ pub struct GcsSettings {
     pub credentials: Credentials,
     /// Resumable chunk size; a multiple of [`CHUNK_GRANULARITY`].
     pub chunk_size: usize,
-    /// Attempts per request (the shared [`Backoff`] between them).
-    pub attempts: u32,
 }
 
 impl GcsSettings {
@@ -169,7 +168,6 @@ impl GcsSettings {
             endpoint,
             credentials,
             chunk_size,
-            attempts: DEFAULT_ATTEMPTS,
         })
     }
 
@@ -203,25 +201,81 @@ fn valid_bucket(name: &str) -> bool {
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
 
-pub struct GcsStore {
+/// What GCS adds to the shared REST layer: a bearer token, the JSON error body, and
+/// the codes whose status does not say it all.
+struct GcsProtocol {
     agent: ureq::Agent,
-    settings: GcsSettings,
     tokens: TokenSource,
+    bucket: String,
 }
 
-/// What a request brought back (the body read whole: GCS answers are small, and
-/// `get` is for small objects).
-struct Answer {
-    status: u16,
-    location: Option<String>,
-    range: Option<String>,
-    retry_after: Option<Duration>,
-    body: Vec<u8>,
+impl Protocol for GcsProtocol {
+    fn authorize(&self, req: &mut Request) -> Result<(), StoreError> {
+        if let Some(auth) = self.tokens.authorization(&self.agent)? {
+            req.headers.push(("authorization".into(), auth));
+        }
+        Ok(())
+    }
+
+    fn error_code(&self, _status: u16, _headers: &HeaderMap, body: &[u8]) -> String {
+        let v = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        // GCS refuses an x-goog-hash that does not match with a 400 "invalid"; say so.
+        if message.contains("match calculated") || message.contains("hash mismatch") {
+            return CHECKSUM_MISMATCH.to_string();
+        }
+        v["error"]["errors"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn error_message(&self, body: &[u8]) -> String {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(|m| clip(m, 300)))
+            .unwrap_or_default()
+    }
+
+    fn special(&self, _status: u16, code: &str) -> Option<Class> {
+        match code {
+            // The bytes changed on the way: the chunk is still in memory, send it again.
+            CHECKSUM_MISMATCH => Some(Class::Retry(Reason::BrokenBody)),
+            "rateLimitExceeded" | "userRateLimitExceeded" => Some(Class::Retry(Reason::Throttled)),
+            _ => None,
+        }
+    }
+
+    fn drop_credentials(&self) -> bool {
+        self.tokens.invalidate()
+    }
+
+    fn container(&self) -> Container<'_> {
+        Container {
+            var: "SP_TASK_SYNC_GCS_BUCKET",
+            value: &self.bucket,
+            noun: "bucket",
+        }
+    }
+}
+
+pub struct GcsStore {
+    settings: GcsSettings,
+    client: Client,
+    proto: GcsProtocol,
+    pool: PartPool,
+    /// The bucket answered once: a 404 is then about the object (GCS and
+    /// fake-gcs-server answer both with the same 404).
+    bucket_seen: AtomicBool,
 }
 
 impl GcsStore {
-    pub fn open(settings: &GcsSettings, agent: &ureq::Agent) -> Result<GcsStore, StoreError> {
-        if settings.chunk_size == 0 || settings.chunk_size % CHUNK_GRANULARITY != 0 {
+    pub fn open(
+        settings: &GcsSettings,
+        agent: &ureq::Agent,
+        budget: RetryBudget,
+    ) -> Result<GcsStore, StoreError> {
+        if settings.chunk_size == 0 || !settings.chunk_size.is_multiple_of(CHUNK_GRANULARITY) {
             return Err(StoreError::new(
                 StoreErrorKind::Rejected,
                 format!(
@@ -231,9 +285,15 @@ impl GcsStore {
             ));
         }
         Ok(GcsStore {
-            agent: agent.clone(),
             settings: settings.clone(),
-            tokens: TokenSource::new(settings.credentials.clone()),
+            client: Client::new(agent, budget),
+            proto: GcsProtocol {
+                agent: agent.clone(),
+                tokens: TokenSource::new(settings.credentials.clone()),
+                bucket: settings.bucket.clone(),
+            },
+            pool: PartPool::new(settings.chunk_size),
+            bucket_seen: AtomicBool::new(false),
         })
     }
 
@@ -266,155 +326,103 @@ impl GcsStore {
         )
     }
 
-    /// One HTTP exchange with the current token. Network trouble is `Transient`.
-    fn once(
-        &self,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> Result<Answer, StoreError> {
-        let mut request = ureq::http::Request::builder().method(method).uri(url);
-        if let Some(auth) = self.tokens.authorization(&self.agent)? {
-            request = request.header("authorization", auth);
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let bad = |e: ureq::http::Error| {
-            StoreError::new(
-                StoreErrorKind::Rejected,
-                format!("cannot build the request: {e}"),
-            )
-        };
-        let sent = match body {
-            Some(bytes) => self.agent.run(request.body(bytes).map_err(bad)?),
-            None => self.agent.run(request.body(()).map_err(bad)?),
-        };
-        let mut response = sent.map_err(|e| super::transport_error(url, &e))?;
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let (location, range) = (header("location"), header("range"));
-        let retry_after = crate::http::retry_after(&response);
-        let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_GET)
-            .read_to_vec()
-            .map_err(|e| StoreError::transient(format!("reading the answer: {e}")))?;
-        Ok(Answer {
-            status,
-            location,
-            range,
-            retry_after,
-            body,
-        })
-    }
-
-    /// A request with the shared back-off between attempts: network errors, 408, 429
-    /// and 5xx are tried again (at most `attempts` times in all); any other answer is
-    /// returned for the caller to judge. `what` names the operation for messages.
-    fn call(
+    fn send<'a>(
         &self,
         what: &str,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
+        build: impl FnMut() -> Result<Request<'a>, StoreError>,
     ) -> Result<Answer, StoreError> {
-        let attempts = RetryBudget::tries(self.settings.attempts.max(1));
-        with_retries(attempts, Side::Storage, what, || {
-            match self.once(method, url, headers, body) {
-                Ok(answer) if !matches!(answer.status, 408 | 429 | 500..=599) => Step::Done(answer),
-                Ok(answer) => Step::Retry {
-                    error: self.status_error(what, &answer),
-                    reason: Reason::of_status(answer.status),
-                    after: answer.retry_after,
-                },
-                Err(e) if e.kind == StoreErrorKind::Transient => Step::Retry {
-                    error: StoreError::transient(format!("{what} failed: {}", e.message)),
-                    reason: Reason::Transport,
-                    after: None,
-                },
-                Err(e) => Step::Fail(StoreError::new(e.kind, format!("{what}: {}", e.message))),
-            }
-        })
-        .map_err(|e| e.error)
+        let answer = self.client.send(&self.proto, what, build)?;
+        if answer.status < 300 {
+            self.bucket_seen.store(true, Ordering::Relaxed);
+        }
+        Ok(answer)
     }
 
-    /// The error for an answer the caller did not expect.
-    fn status_error(&self, what: &str, answer: &Answer) -> StoreError {
-        let kind = match answer.status {
-            401 | 403 => StoreErrorKind::Denied,
-            408 | 429 | 500..=599 => StoreErrorKind::Transient,
-            _ => StoreErrorKind::Rejected,
-        };
-        let message = serde_json::from_slice::<serde_json::Value>(&answer.body)
-            .ok()
-            .and_then(|v| {
-                v["error"]["message"]
-                    .as_str()
-                    .map(|m| m.chars().take(300).collect::<String>())
-            })
-            .unwrap_or_default();
-        StoreError::new(
-            kind,
-            format!("{what}: HTTP {} {message}", answer.status)
-                .trim_end()
-                .to_string(),
-        )
-    }
-
-    fn put_media(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-        let what = format!("GCS upload of {}", self.gs(name));
-        let url = self.upload_url(name, "media");
-        let answer = self.call(
-            &what,
-            "POST",
-            &url,
-            &[("content-type", content_type(name))],
-            Some(data),
-        )?;
+    /// A 404 of an object request: a missing object, or a missing bucket (asked once).
+    fn not_found(&self) -> Result<(), StoreError> {
+        if self.bucket_seen.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let url = format!(
+            "{}/storage/v1/b/{}?userProject={}",
+            self.settings.endpoint,
+            self.settings.bucket,
+            percent_encode(&self.settings.project, false)
+        );
+        let what = format!("GCS bucket {}", self.gs(""));
+        let answer = self.send(&what, || Ok(Request::new("GET", url.clone())))?;
         match answer.status {
-            200 | 201 => Ok(()),
-            _ => Err(self.status_error(&what, &answer)),
+            200 => Ok(()),
+            404 => Err(missing(&self.proto)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
     }
 
-    /// Streams `first` (one full chunk) and the rest of `src` through a resumable
-    /// session; returns the number of bytes stored.
+    /// The object's crc32c in an upload's answer, checked against ours: GCS refuses a
+    /// mismatch itself (`x-goog-hash`); fake-gcs-server does not, so the answer is
+    /// checked too, and a mismatch is an upload that must be done again.
+    fn check_crc(&self, what: &str, answer: &Answer, crc: u32) -> Result<(), StoreError> {
+        let stored = serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|v| v["crc32c"].as_str().map(str::to_string));
+        match stored {
+            Some(s) if s != crc32c_b64(crc) => Err(StoreError::transient(format!(
+                "{what}: the stored object's CRC32C {s} is not the uploaded bytes' {}",
+                crc32c_b64(crc)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn put_media(&self, name: &str, data: &[u8], crc: u32) -> Result<(), StoreError> {
+        let what = format!("GCS upload of {}", self.gs(name));
+        let url = self.upload_url(name, "media");
+        let hash = format!("crc32c={}", crc32c_b64(crc));
+        let answer = self.send(&what, || {
+            Ok(Request::new("POST", url.clone())
+                .header("content-type", content_type(name))
+                .header("x-goog-hash", hash.clone())
+                .body(data))
+        })?;
+        match answer.status {
+            200 | 201 => self.check_crc(&what, &answer, crc),
+            404 => Err(missing(&self.proto)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
+    }
+
+    /// Streams the reader's parts through a resumable session; returns the bytes stored.
     fn put_resumable(
         &self,
         name: &str,
-        mut chunk: Vec<u8>,
+        reader: &mut PartReader,
         src: &mut dyn Read,
     ) -> Result<u64, StoreError> {
         let what = format!("GCS resumable upload of {}", self.gs(name));
         let url = self.upload_url(name, "resumable");
-        let headers = [
-            ("content-type", "application/json"),
-            ("x-upload-content-type", content_type(name)),
-        ];
-        let answer = self.call(&what, "POST", &url, &headers, Some(b"{}"))?;
-        let session = match (answer.status, &answer.location) {
-            (200 | 201, Some(location)) => location.clone(),
+        let answer = self.send(&what, || {
+            Ok(Request::new("POST", url.clone())
+                .header("content-type", "application/json")
+                .header("x-upload-content-type", content_type(name))
+                .body(b"{}"))
+        })?;
+        let session = match (answer.status, answer.header("location")) {
+            (200 | 201, Some(location)) => location.to_string(),
             (200 | 201, None) => {
                 return Err(StoreError::transient(format!(
                     "{what}: the server gave no session (Location)"
                 )))
             }
-            _ => return Err(self.status_error(&what, &answer)),
+            (404, _) => return Err(missing(&self.proto)),
+            _ => return Err(self.client.unexpected(&self.proto, &what, &answer)),
         };
-        let result = self.send_chunks(&what, &session, &mut chunk, src);
+        let result = self.send_chunks(&what, &session, reader, src);
         if result.is_err() {
             // Best effort: an unfinished session is never visible and expires anyway.
-            let _ = self.once("DELETE", &session, &[], None);
+            let once = Client::new(&self.client.agent, RetryBudget::tries(1));
+            let _ = once.send(&self.proto, &what, || {
+                Ok(Request::new("DELETE", session.clone()))
+            });
         }
         result
     }
@@ -423,42 +431,48 @@ impl GcsStore {
         &self,
         what: &str,
         session: &str,
-        buf: &mut [u8],
+        reader: &mut PartReader,
         src: &mut dyn Read,
     ) -> Result<u64, StoreError> {
+        // The first chunk was read before the session began: send it from the buffer.
         let mut start = 0u64;
-        let mut len = buf.len();
+        let mut len = reader.current().len();
+        let mut last = reader.is_last();
         loop {
-            let mut next = [0u8; 1];
-            let more = len == buf.len() && fill_buffer(src, &mut next)? == 1;
-            self.send_chunk(what, session, &buf[..len], start, !more)?;
-            if !more {
+            let crc = last.then(|| reader.crc32c());
+            self.send_chunk(what, session, reader.current(), start, crc)?;
+            if last {
                 return Ok(start + len as u64);
             }
-            start += len as u64;
-            buf[0] = next[0];
-            len = 1 + fill_buffer(src, &mut buf[1..])?;
+            match reader.next_part(src)? {
+                Some(p) => {
+                    start = p.offset;
+                    len = p.bytes.len();
+                    last = p.last;
+                }
+                None => return Ok(start + len as u64),
+            }
         }
     }
 
     /// Sends `data`, the chunk at offset `start`, until the server has all of it,
-    /// resending what it did not confirm (see the module comment).
+    /// resending what it did not confirm (see the module comment). `crc` is the whole
+    /// object's CRC32C when this is the last chunk.
     fn send_chunk(
         &self,
         what: &str,
         session: &str,
         data: &[u8],
         start: u64,
-        last: bool,
+        crc: Option<u32>,
     ) -> Result<(), StoreError> {
         let end = start + data.len() as u64;
-        let total = if last {
-            end.to_string()
-        } else {
-            "*".to_string()
+        let total = match crc {
+            Some(_) => end.to_string(),
+            None => "*".to_string(),
         };
+        let hash = crc.map(|c| format!("crc32c={}", crc32c_b64(c)));
         let mut from = start;
-        let mut backoff = Backoff::new();
         let mut stalls = 0;
         loop {
             let part = &data[(from - start) as usize..];
@@ -467,39 +481,43 @@ impl GcsStore {
             } else {
                 format!("bytes {from}-{}/{total}", end - 1)
             };
-            let answer = self.call(
-                what,
-                "PUT",
-                session,
-                &[("content-range", &range)],
-                Some(part),
-            )?;
+            let answer = self.send(what, || {
+                let mut r = Request::new("PUT", session.to_string())
+                    .header("content-range", range.clone())
+                    .body(part);
+                if let Some(h) = &hash {
+                    r = r.header("x-goog-hash", h.clone());
+                }
+                Ok(r)
+            })?;
             match answer.status {
-                200 | 201 if last => return Ok(()),
+                200 | 201 if crc.is_some() => {
+                    return self.check_crc(what, &answer, crc.unwrap_or_default())
+                }
                 200 | 201 => {
                     return Err(StoreError::transient(format!(
                     "{what}: the server finished the upload at byte {end}, before the source's end"
                 )))
                 }
                 308 => {
-                    let committed = committed_offset(answer.range.as_deref());
+                    let committed = committed_offset(answer.header("range"));
                     if committed < start || committed > end {
                         return Err(StoreError::transient(format!(
                             "{what}: the server holds {committed} bytes where {start} to {end} were expected; \
                              the upload must start over"
                         )));
                     }
-                    if committed == end && !last {
+                    if committed == end && crc.is_none() {
                         return Ok(());
                     }
                     if committed <= from {
                         stalls += 1;
-                        if stalls >= self.settings.attempts.max(1) {
+                        if stalls >= STALLS {
                             return Err(StoreError::transient(format!(
                                 "{what}: the server keeps confirming only {committed} bytes"
                             )));
                         }
-                        sleep(backoff.next_delay(None));
+                        crate::shutdown::sleep(Duration::from_millis(100 * stalls as u64));
                     }
                     from = committed;
                 }
@@ -509,10 +527,42 @@ impl GcsStore {
                         answer.status
                     )))
                 }
-                _ => return Err(self.status_error(what, &answer)),
+                _ => return Err(self.client.unexpected(&self.proto, what, &answer)),
             }
         }
     }
+
+    /// The object's generation from its metadata, `None` when there is none.
+    fn generation(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let what = format!("GCS metadata of {}", self.gs(name));
+        let url = self.object_url(name);
+        let answer = self.send(&what, || Ok(Request::new("GET", url.clone())))?;
+        match answer.status {
+            200 => Ok(generation_of(&answer.body)),
+            404 => self.not_found().map(|_| None),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
+    }
+}
+
+/// The code given to a refused `x-goog-hash` (GCS's own is the generic "invalid").
+const CHECKSUM_MISMATCH: &str = "checksumMismatch";
+
+/// Consecutive 308s confirming nothing new before a chunk gives up.
+const STALLS: u32 = 4;
+
+fn generation_of(body: &[u8]) -> Option<String> {
+    let v = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    match &v["generation"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// GCS writes a CRC32C as base64 of its four big-endian bytes.
+fn crc32c_b64(crc: u32) -> String {
+    crate::encoding::base64(&crc.to_be_bytes())
 }
 
 impl BlobStore for GcsStore {
@@ -533,35 +583,123 @@ impl BlobStore for GcsStore {
 
     fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError> {
         let name = self.object_name(key);
-        let chunk = self.settings.chunk_size;
-        let first = FirstPart::read(src, size, chunk)?;
-        if first.is_whole() {
-            self.put_media(&name, first.bytes())?;
-            return Ok(first.len as u64);
+        let sums = Sums {
+            crc32c_whole: true,
+            ..Sums::default()
+        };
+        let mut reader = PartReader::new(&self.pool, size, sums);
+        let first = reader.next_part(src)?.expect("a first part");
+        let (len, last) = (first.bytes.len(), first.last);
+        if last {
+            let crc = reader.crc32c();
+            self.put_media(&name, reader.current(), crc)?;
+            return Ok(len as u64);
         }
-        let buf = first.buf;
-        self.put_resumable(&name, buf, src)
+        self.put_resumable(&name, &mut reader, src)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let name = self.object_name(key);
         let what = format!("GCS read of {}", self.gs(&name));
         let url = format!("{}&alt=media", self.object_url(&name));
-        let answer = self.call(&what, "GET", &url, &[], None)?;
+        let answer = self.send(&what, || Ok(Request::new("GET", url.clone())))?;
         match answer.status {
             200 => Ok(Some(answer.body)),
-            404 => Ok(None),
-            _ => Err(self.status_error(&what, &answer)),
+            404 => self.not_found().map(|_| None),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         let name = self.object_name(key);
         let what = format!("GCS delete of {}", self.gs(&name));
-        let answer = self.call(&what, "DELETE", &self.object_url(&name), &[], None)?;
+        let url = self.object_url(&name);
+        let answer = self.send(&what, || Ok(Request::new("DELETE", url.clone())))?;
         match answer.status {
-            200 | 204 | 404 => Ok(()),
-            _ => Err(self.status_error(&what, &answer)),
+            200 | 204 => Ok(()),
+            404 => self.not_found(),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
+    }
+
+    /// The generation is read first and the bytes then asked for with
+    /// `ifGenerationMatch`, so bytes and version belong together.
+    fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let name = self.object_name(key);
+        let what = format!("GCS read of {}", self.gs(&name));
+        for _ in 0..10 {
+            let Some(generation) = self.generation(&name)? else {
+                return Ok(None);
+            };
+            let url = format!(
+                "{}&alt=media&ifGenerationMatch={generation}",
+                self.object_url(&name)
+            );
+            let answer = self.send(&what, || Ok(Request::new("GET", url.clone())))?;
+            match answer.status {
+                200 => {
+                    let version = answer
+                        .header("x-goog-generation")
+                        .map(str::to_string)
+                        .unwrap_or(generation);
+                    return Ok(Some(Versioned {
+                        bytes: answer.body,
+                        version: ObjectVersion(version),
+                    }));
+                }
+                // Replaced or removed between the two reads: read again.
+                404 | 412 => continue,
+                _ => return Err(self.client.unexpected(&self.proto, &what, &answer)),
+            }
+        }
+        Err(StoreError::transient(format!(
+            "{what}: the object keeps changing between reading its generation and its bytes"
+        )))
+    }
+
+    /// A multipart upload (metadata and bytes in one request) with `ifGenerationMatch`:
+    /// `0` for "absent", the generation for "unchanged".
+    fn put_if(&self, key: &str, bytes: &[u8], cond: PutCondition) -> Result<PutIf, StoreError> {
+        let name = self.object_name(key);
+        let what = format!("GCS conditional upload of {}", self.gs(&name));
+        let generation = match &cond {
+            PutCondition::IfAbsent => "0".to_string(),
+            PutCondition::IfMatch(v) => v.0.clone(),
+        };
+        let url = format!(
+            "{}&ifGenerationMatch={}",
+            self.upload_url(&name, "multipart"),
+            percent_encode(&generation, false)
+        );
+        let crc = crc32c_b64(super::client::parts::crc32c(bytes));
+        let boundary = format!("spinoco-{:016x}", crate::retry::Rng::seeded().next_u64());
+        let meta =
+            serde_json::json!({ "name": name, "contentType": content_type(&name), "crc32c": crc });
+        let mut body = format!(
+            "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{meta}\r\n--{boundary}\r\ncontent-type: {}\r\n\r\n",
+            content_type(&name)
+        )
+        .into_bytes();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let answer = self.send(&what, || {
+            Ok(Request::new("POST", url.clone())
+                .header(
+                    "content-type",
+                    format!("multipart/related; boundary={boundary}"),
+                )
+                .body(&body))
+        })?;
+        match answer.status {
+            200 | 201 => match generation_of(&answer.body) {
+                Some(g) => Ok(PutIf::Written(ObjectVersion(g))),
+                None => Err(StoreError::transient(format!(
+                    "{what}: the answer names no generation"
+                ))),
+            },
+            412 => Ok(PutIf::ConditionFailed),
+            404 => Err(missing(&self.proto)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
     }
 }

@@ -18,13 +18,14 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde::Deserialize;
 
+use super::client::token::{Fetched, TokenCache};
 use super::{StoreError, StoreErrorKind};
 use crate::encoding::{base64_decode_loose, base64url, percent_encode};
 use crate::env::{ConfigError, Env, Secret};
@@ -249,23 +250,20 @@ impl ServiceAccount {
     }
 }
 
-struct CachedToken {
-    header: Secret,
-    refresh_at: Instant,
-}
-
-/// Hands out the `Authorization` header value, fetching a token when the cached one
-/// is missing or about to expire. Shared by all workers; one fetch at a time.
+/// Hands out the `Authorization` header value through the shared token cache
+/// ([`super::client::token`]): fetched when missing or within [`REFRESH_EARLY`] of its
+/// expiry, the old one served while still valid when a refresh fails, and dropped when
+/// the storage answers 401. Shared by all workers; one fetch at a time.
 pub struct TokenSource {
     credentials: Credentials,
-    cached: Mutex<Option<CachedToken>>,
+    cache: TokenCache<Secret>,
 }
 
 impl TokenSource {
     pub fn new(credentials: Credentials) -> TokenSource {
         TokenSource {
             credentials,
-            cached: Mutex::new(None),
+            cache: TokenCache::new(REFRESH_EARLY),
         }
     }
 
@@ -279,20 +277,21 @@ impl TokenSource {
         if let Credentials::Anonymous = self.credentials {
             return Ok(None);
         }
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(token) = cached.as_ref() {
-            if Instant::now() < token.refresh_at {
-                return Ok(Some(token.header.expose().to_string()));
-            }
-        }
-        let (token, lifetime) = self.fetch(agent)?;
-        let header = format!("Bearer {token}");
-        let refresh_at = Instant::now() + lifetime.saturating_sub(REFRESH_EARLY);
-        *cached = Some(CachedToken {
-            header: Secret::new(header.clone()),
-            refresh_at,
-        });
-        Ok(Some(header))
+        let header = self.cache.get(|| {
+            let (token, lifetime) = self.fetch(agent)?;
+            Ok(Fetched {
+                value: Secret::new(format!("Bearer {token}")),
+                expires: Some(SystemTime::now() + lifetime),
+            })
+        })?;
+        Ok(Some(header.expose().to_string()))
+    }
+
+    /// Forgets the cached token (the storage refused it); `true` when a new one can be
+    /// fetched.
+    pub fn invalidate(&self) -> bool {
+        self.cache.invalidate();
+        !matches!(self.credentials, Credentials::Anonymous)
     }
 
     fn fetch(&self, agent: &ureq::Agent) -> Result<(String, Duration), StoreError> {

@@ -4,6 +4,17 @@
 //! into place and its directory flushed, so a reader never sees a partial file and a
 //! power cut never loses one that was reported stored. Temp files left by a killed
 //! process are swept when the store is opened.
+//!
+//! Retries: a transient file-system error (a full disk, `Reason::Io`) is retried where
+//! it happened, under the store's budget: a failed write is done again from the chunk
+//! in memory at the same offset, and the steps that read no source (folders, the
+//! temp file, the rename, the flushes, reads and deletes) are repeated whole. So a full
+//! disk that drains costs no download. Permission and name errors are final.
+//!
+//! Conditional writes (the journal lease): `IfAbsent` is a hard link of the finished
+//! temp file to the target, which fails when the target exists; `IfMatch` compares the
+//! SHA-256 of the stored bytes (the version) under an exclusive lock on
+//! `.spinoco-connector/cas.lock`, so two connectors on one folder cannot both win.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -11,7 +22,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use super::{BlobStore, StoreError, StoreErrorKind};
+use super::client::parts::sha256_hex;
+use super::{BlobStore, ObjectVersion, PutCondition, PutIf, StoreError, StoreErrorKind, Versioned};
+use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 
 /// Folder (below the root) that holds the connector's own state and temp files.
 pub const STATE_DIR: &str = ".spinoco-connector";
@@ -24,6 +37,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub struct LocalStore {
     root: PathBuf,
     temp: PathBuf,
+    budget: RetryBudget,
 }
 
 impl LocalStore {
@@ -41,13 +55,47 @@ impl LocalStore {
         fs::create_dir_all(&temp).map_err(|e| {
             StoreError::from_io(&format!("cannot create folder {}", temp.display()), &e)
         })?;
-        let store = LocalStore { root, temp };
+        let store = LocalStore {
+            root,
+            temp,
+            budget: RetryBudget::tries(1),
+        };
         store.sweep_stale_temps();
         Ok(store)
     }
 
+    /// Retries transient file-system errors under `budget` (default: one try).
+    pub fn with_budget(mut self, budget: RetryBudget) -> LocalStore {
+        self.budget = budget;
+        self
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Runs `op` until it works, fails for good, or the budget is spent.
+    fn retried<T>(
+        &self,
+        what: &str,
+        mut op: impl FnMut() -> io::Result<T>,
+    ) -> Result<T, StoreError> {
+        with_retries(self.budget, Side::Storage, what, || match op() {
+            Ok(v) => Step::Done(v),
+            Err(e) => {
+                let err = StoreError::from_io(what, &e);
+                if err.kind == StoreErrorKind::Transient {
+                    Step::Retry {
+                        error: err,
+                        reason: Reason::Io,
+                        after: None,
+                    }
+                } else {
+                    Step::Fail(err)
+                }
+            }
+        })
+        .map_err(|e| e.error)
     }
 
     /// Removes temp files of processes that are gone: ours from an earlier life with
@@ -117,8 +165,10 @@ impl LocalStore {
     }
 
     fn write_temp(&self, temp: &Path, src: &mut dyn Read) -> Result<u64, StoreError> {
-        let mut file = File::create(temp)
-            .map_err(|e| StoreError::from_io(&format!("cannot create {}", temp.display()), &e))?;
+        use std::io::{Seek, SeekFrom};
+        let mut file = self.retried(&format!("cannot create {}", temp.display()), || {
+            File::create(temp)
+        })?;
         let mut buf = vec![0u8; 64 * 1024];
         let mut total = 0u64;
         loop {
@@ -128,14 +178,41 @@ impl LocalStore {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(StoreError::new(StoreErrorKind::Source, e.to_string())),
             };
-            file.write_all(&buf[..n]).map_err(|e| {
-                StoreError::from_io(&format!("cannot write {}", temp.display()), &e)
+            // A failed write is done again from this chunk, at its offset.
+            self.retried(&format!("cannot write {}", temp.display()), || {
+                file.seek(SeekFrom::Start(total))?;
+                file.write_all(&buf[..n])
             })?;
             total += n as u64;
         }
-        file.sync_all()
-            .map_err(|e| StoreError::from_io(&format!("cannot flush {}", temp.display()), &e))?;
+        self.retried(&format!("cannot flush {}", temp.display()), || {
+            file.set_len(total)?;
+            file.sync_all()
+        })?;
         Ok(total)
+    }
+
+    /// Writes `bytes` to a new temp file, flushed; the caller moves it.
+    fn temp_with(&self, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let temp = self.temp_path();
+        match self.write_temp(&temp, &mut &bytes[..]) {
+            Ok(_) => Ok(temp),
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                Err(e)
+            }
+        }
+    }
+
+    fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+        self.retried(
+            &format!("cannot read {}", path.display()),
+            || match fs::read(path) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
+        )
     }
 }
 
@@ -147,14 +224,16 @@ impl BlobStore for LocalStore {
     fn put(&self, key: &str, src: &mut dyn Read, _size: Option<u64>) -> Result<u64, StoreError> {
         let target = self.path_of(key)?;
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
-        self.create_dirs(&dir).map_err(|e| {
-            StoreError::from_io(&format!("cannot create folder {}", dir.display()), &e)
+        self.retried(&format!("cannot create folder {}", dir.display()), || {
+            self.create_dirs(&dir)
         })?;
         let temp = self.temp_path();
         let result = self.write_temp(&temp, src).and_then(|n| {
-            rename_into_place(&temp, &target)?;
-            sync_dir(&dir).map_err(|e| {
-                StoreError::from_io(&format!("cannot flush folder {}", dir.display()), &e)
+            self.retried(&format!("cannot move into {}", target.display()), || {
+                rename_into_place(&temp, &target)
+            })?;
+            self.retried(&format!("cannot flush folder {}", dir.display()), || {
+                sync_dir(&dir)
             })?;
             Ok(n)
         });
@@ -166,40 +245,85 @@ impl BlobStore for LocalStore {
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.path_of(key)?;
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::from_io(
-                &format!("cannot read {}", path.display()),
-                &e,
-            )),
-        }
+        self.read(&path)
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                let dir = path.parent().unwrap_or(&self.root);
-                sync_dir(dir).map_err(|e| {
-                    StoreError::from_io(&format!("cannot flush folder {}", dir.display()), &e)
-                })
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        self.retried(
+            &format!("cannot remove {}", path.display()),
+            || match fs::remove_file(&path) {
+                Ok(()) => sync_dir(&dir),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            },
+        )
+    }
+
+    fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let path = self.path_of(key)?;
+        Ok(self.read(&path)?.map(|bytes| Versioned {
+            version: ObjectVersion(sha256_hex(&bytes)),
+            bytes,
+        }))
+    }
+
+    fn put_if(&self, key: &str, bytes: &[u8], cond: PutCondition) -> Result<PutIf, StoreError> {
+        let target = self.path_of(key)?;
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        self.retried(&format!("cannot create folder {}", dir.display()), || {
+            self.create_dirs(&dir)
+        })?;
+        let lock_path = self.root.join(STATE_DIR).join("cas.lock");
+        let lock = self.retried(&format!("cannot open {}", lock_path.display()), || {
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            f.lock()?;
+            Ok(f)
+        })?;
+        let temp = self.temp_with(bytes)?;
+        let outcome = (|| {
+            let current = self.read(&target)?;
+            let allowed = match (&cond, &current) {
+                (PutCondition::IfAbsent, None) => true,
+                (PutCondition::IfMatch(v), Some(now)) => sha256_hex(now) == v.0,
+                _ => false,
+            };
+            if !allowed {
+                return Ok(PutIf::ConditionFailed);
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::from_io(
-                &format!("cannot remove {}", path.display()),
-                &e,
-            )),
-        }
+            let what = format!("cannot move into {}", target.display());
+            match cond {
+                // A link fails when the target exists, whoever made it.
+                PutCondition::IfAbsent => match fs::hard_link(&temp, &target) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Ok(PutIf::ConditionFailed)
+                    }
+                    Err(e) => return Err(StoreError::from_io(&what, &e)),
+                },
+                PutCondition::IfMatch(_) => self.retried(&what, || fs::rename(&temp, &target))?,
+            }
+            self.retried(&format!("cannot flush folder {}", dir.display()), || {
+                sync_dir(&dir)
+            })?;
+            Ok(PutIf::Written(ObjectVersion(sha256_hex(bytes))))
+        })();
+        let _ = fs::remove_file(&temp);
+        drop(lock);
+        outcome
     }
 }
 
 /// Renames a finished temp file over the target. Where the target folder is on
 /// another file system than the root (a mount below the root), the file is copied
 /// next to the target first, so the final step is still an atomic rename.
-fn rename_into_place(temp: &Path, target: &Path) -> Result<(), StoreError> {
+fn rename_into_place(temp: &Path, target: &Path) -> io::Result<()> {
     match fs::rename(temp, target) {
-        Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
             let dir = target.parent().unwrap_or(Path::new("."));
             let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -207,16 +331,14 @@ fn rename_into_place(temp: &Path, target: &Path) -> Result<(), StoreError> {
             let copied = fs::copy(temp, &near)
                 .and_then(|_| File::open(&near)?.sync_all())
                 .and_then(|_| fs::rename(&near, target));
-            let _ = fs::remove_file(temp);
-            copied.map_err(|e| {
+            if copied.is_err() {
                 let _ = fs::remove_file(&near);
-                StoreError::from_io(&format!("cannot move into {}", target.display()), &e)
-            })
+            } else {
+                let _ = fs::remove_file(temp);
+            }
+            copied
         }
-        Err(e) => Err(StoreError::from_io(
-            &format!("cannot move into {}", target.display()),
-            &e,
-        )),
+        other => other,
     }
 }
 

@@ -4,12 +4,19 @@
 //! [`BlobStore::put`], keeps its page journal with small puts, gets and deletes, and
 //! never knows which provider is behind it. Each provider lives in its own module and
 //! promises the same thing: an object becomes visible only when it is complete.
+//!
+//! Retries: the store retries each of its own requests (or file operations) under the
+//! [`RetryBudget`] it was opened with, so an error that reaches the engine is final:
+//! `Denied`, `Rejected`, `Source`, or `Transient` meaning the budget is spent. The three
+//! cloud providers share one REST layer ([`client`]) for that; local storage retries
+//! transient file-system errors (a full disk) itself.
 
 use std::fmt;
 use std::io::{self, Read};
 
 pub mod azure;
 pub mod azure_auth;
+pub mod client;
 pub mod gcs;
 pub mod gcs_auth;
 pub mod local;
@@ -17,6 +24,8 @@ pub mod s3;
 pub mod s3_credentials;
 
 use std::path::PathBuf;
+
+use crate::retry::RetryBudget;
 
 /// Which storage provider, with its own settings.
 #[derive(Debug, Clone)]
@@ -39,17 +48,69 @@ impl StorageSettings {
 }
 
 /// Opens the configured provider. `agent` is the shared HTTP agent for the providers
-/// that speak REST through it.
+/// that speak REST through it; `budget` bounds the retries of each request
+/// (`--once`: `RetryBudget::within(SP_TASK_SYNC_RETRY_TIMEOUT)`, service mode: forever).
 pub fn open(
     settings: &StorageSettings,
     agent: &ureq::Agent,
+    budget: RetryBudget,
 ) -> Result<Box<dyn BlobStore>, StoreError> {
     match settings {
-        StorageSettings::Local { root } => Ok(Box::new(local::LocalStore::open(root)?)),
-        StorageSettings::Gcs(gcs) => Ok(Box::new(gcs::GcsStore::open(gcs, agent)?)),
-        StorageSettings::Azure(s) => Ok(Box::new(azure::AzureStore::new(s.clone(), agent.clone()))),
-        StorageSettings::S3(s) => Ok(Box::new(s3::S3Store::open(s, agent)?)),
+        StorageSettings::Local { root } => {
+            Ok(Box::new(local::LocalStore::open(root)?.with_budget(budget)))
+        }
+        StorageSettings::Gcs(gcs) => Ok(Box::new(gcs::GcsStore::open(gcs, agent, budget)?)),
+        StorageSettings::Azure(s) => Ok(Box::new(azure::AzureStore::new(
+            s.clone(),
+            agent.clone(),
+            budget,
+        ))),
+        StorageSettings::S3(s) => Ok(Box::new(s3::S3Store::open(s, agent, budget)?)),
     }
+}
+
+/// The provider's version of a stored object, for conditional writes: the S3 or Azure
+/// ETag, the GCS generation, a content hash for local files. Opaque to callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion(pub String);
+
+/// A small object read with its version.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub bytes: Vec<u8>,
+    pub version: ObjectVersion,
+}
+
+/// When a conditional write may happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Only if nothing is stored under the key.
+    IfAbsent,
+    /// Only if the stored object still has this version.
+    IfMatch(ObjectVersion),
+}
+
+/// What a conditional write came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutIf {
+    Written(ObjectVersion),
+    /// Someone else's object is there (or the version moved on): nothing was written.
+    ConditionFailed,
+}
+
+/// Whether the store honours conditional writes: writes `probe` with `IfAbsent` twice;
+/// the second must be refused. `Ok(false)` means the store ignores the conditions (some
+/// S3-compatible servers do), so a lease on it cannot exclude a second writer. The
+/// probe object is removed afterwards.
+pub fn honours_conditions(store: &dyn BlobStore, probe: &str) -> Result<bool, StoreError> {
+    store.delete(probe)?;
+    let first = store.put_if(probe, b"probe 1", PutCondition::IfAbsent)?;
+    let second = store.put_if(probe, b"probe 2", PutCondition::IfAbsent)?;
+    let kept = store.get(probe)?;
+    store.delete(probe)?;
+    Ok(matches!(first, PutIf::Written(_))
+        && second == PutIf::ConditionFailed
+        && kept.as_deref() == Some(&b"probe 1"[..]))
 }
 
 /// What a storage provider offers the connector.
@@ -73,6 +134,26 @@ pub trait BlobStore: Send + Sync {
 
     /// Removes an object; a missing object is not an error.
     fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Reads a small object with its version; `Ok(None)` when there is none.
+    fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let _ = key;
+        Err(StoreError::new(
+            StoreErrorKind::Rejected,
+            format!("{} has no versioned reads", self.describe()),
+        ))
+    }
+
+    /// Writes a small object only when `cond` holds, atomically at the store (S3
+    /// `If-None-Match: *` / `If-Match`, GCS `ifGenerationMatch`, Azure `If-None-Match`
+    /// / `If-Match`, local an exclusive create or a compare under a lock).
+    fn put_if(&self, key: &str, bytes: &[u8], cond: PutCondition) -> Result<PutIf, StoreError> {
+        let _ = (key, bytes, cond);
+        Err(StoreError::new(
+            StoreErrorKind::Rejected,
+            format!("{} has no conditional writes", self.describe()),
+        ))
+    }
 }
 
 /// Stores a small in-memory value (journal entries, probes).
@@ -136,69 +217,6 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// A transport failure of a provider that speaks REST through the shared agent. A
-/// refused TLS certificate will not verify on the next try either, so it stops the run
-/// like refused credentials; anything else (a reset, a timeout) may be retried.
-pub fn transport_error(url: &str, e: &ureq::Error) -> StoreError {
-    let message = crate::http::error_message(url, e);
-    match crate::tls::verification_failure(e) {
-        Some(_) => StoreError::new(StoreErrorKind::Denied, message),
-        None => StoreError::transient(message),
-    }
-}
-
-/// Reads from `src` into `buf` until it is full or `src` ends; returns how many bytes
-/// were read. Providers that upload in parts use it to fill one part at a time.
-/// A read error is reported as [`StoreErrorKind::Source`].
-pub fn fill_buffer(src: &mut dyn Read, buf: &mut [u8]) -> Result<usize, StoreError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match src.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StoreError::new(StoreErrorKind::Source, e.to_string())),
-        }
-    }
-    Ok(filled)
-}
-
-/// The first part of an upload, read before choosing between one simple request and
-/// a multi-part upload. A size hint below `part` sizes the buffer (journal entries and
-/// metadata stay small in memory); one byte past the hint tells a source that is longer
-/// than announced, which then gets a whole part.
-pub struct FirstPart {
-    pub buf: Vec<u8>,
-    pub len: usize,
-}
-
-impl FirstPart {
-    pub fn read(
-        src: &mut dyn Read,
-        size: Option<u64>,
-        part: usize,
-    ) -> Result<FirstPart, StoreError> {
-        let part = part.max(1);
-        let first = size.map_or(part, |s| s.saturating_add(1).min(part as u64) as usize);
-        let mut buf = vec![0u8; first];
-        let mut len = fill_buffer(src, &mut buf)?;
-        if len == buf.len() && buf.len() < part {
-            buf.resize(part, 0);
-            len += fill_buffer(src, &mut buf[len..])?;
-        }
-        Ok(FirstPart { buf, len })
-    }
-
-    /// The source ended within the part: one simple upload carries it all.
-    pub fn is_whole(&self) -> bool {
-        self.len < self.buf.len()
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
 /// The `Content-Type` stored with an object, from its suffix.
 pub fn content_type(key: &str) -> &'static str {
     let ext = key
@@ -234,37 +252,9 @@ mod tests {
     }
 
     #[test]
-    fn first_part_is_sized_by_the_hint_and_grows_for_a_longer_source() {
-        let whole = FirstPart::read(&mut &[7u8; 10][..], Some(10), 64).unwrap();
-        assert!(whole.is_whole() && whole.bytes() == [7u8; 10] && whole.buf.len() == 11);
-        let lied = FirstPart::read(&mut &[7u8; 100][..], Some(10), 64).unwrap();
-        assert!(!lied.is_whole() && lied.len == 64);
-        let unknown = FirstPart::read(&mut &[7u8; 30][..], None, 64).unwrap();
-        assert!(unknown.is_whole() && unknown.len == 30);
-        let exact = FirstPart::read(&mut &[7u8; 64][..], None, 64).unwrap();
-        assert!(!exact.is_whole(), "a source that fills the part may go on");
+    fn content_types() {
         assert_eq!(content_type("a/b.TRANS.JSON"), "application/json");
         assert_eq!(content_type("a/b-2.ogg"), "audio/ogg");
         assert_eq!(content_type("noext"), "application/octet-stream");
-    }
-
-    #[test]
-    fn fill_buffer_reads_across_short_reads() {
-        struct Trickle(Vec<u8>);
-        impl Read for Trickle {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                if self.0.is_empty() || buf.is_empty() {
-                    return Ok(0);
-                }
-                buf[0] = self.0.remove(0);
-                Ok(1)
-            }
-        }
-        let mut src = Trickle(b"hello world".to_vec());
-        let mut buf = [0u8; 5];
-        assert_eq!(fill_buffer(&mut src, &mut buf).unwrap(), 5);
-        assert_eq!(&buf, b"hello");
-        let mut big = [0u8; 64];
-        assert_eq!(fill_buffer(&mut src, &mut big).unwrap(), 6);
     }
 }

@@ -14,31 +14,51 @@
 //! Sizes are bytes, or a number with `K`, `M`, `G` (`KB`/`KiB`, ...: all powers of 1024).
 //! Credentials come from the usual AWS chain, see [`super::s3_credentials`].
 //!
-//! How an object is written: an object of known size up to the threshold, or of unknown
-//! size whose stream ends within the first part buffer, is one PUT. Anything larger is a
-//! multipart upload fed from the stream one part buffer at a time, so memory stays near
-//! one part (or one threshold-sized PUT). S3 makes an object visible only when the PUT
-//! or CompleteMultipartUpload finishes, so no temporary key is needed. A multipart upload
-//! that fails (source or storage) is aborted; an abort that fails too (the storage is
-//! unreachable) is remembered and retried before the next upload. As a safety net for a
-//! killed process, give the bucket a lifecycle rule `AbortIncompleteMultipartUpload`.
+//! How an object is written: an object of known size up to the threshold, or one whose
+//! stream ends within the first part, is one PUT. Anything larger is a multipart upload
+//! fed from the stream one part at a time through the shared part reader
+//! ([`super::client::parts`]), so memory stays at one part buffer per worker, reused.
+//! S3 makes an object visible only when the PUT or CompleteMultipartUpload finishes, so
+//! no temporary key is needed. A multipart upload that fails (source or storage) is
+//! aborted; an abort that fails too is remembered and retried before the next upload.
+//! As a safety net for a killed process, give the bucket a lifecycle rule
+//! `AbortIncompleteMultipartUpload`.
 //!
-//! rust-s3 runs in its blocking mode (attohttpc), so no async runtime is involved; its
-//! own retries are switched off and the shared [`crate::retry`] policy is used instead.
+//! Transport: rust-s3 only builds the URLs (`AttoRequest::url`), the multipart XML and
+//! the SigV4 signature (`s3::signing`); every request goes through the shared REST layer
+//! ([`super::client`]) on the shared ureq agent, so the CA bundle, proxies, `NO_PROXY`,
+//! timeouts, keep-alive and retries are those of the other providers. Nothing calls
+//! rust-s3's own client (clippy.toml forbids its sending methods).
+//!
+//! Integrity: every PUT and UploadPart is signed with the SHA-256 of its payload
+//! (`x-amz-content-sha256`), computed while the part is read from the source. S3 (and
+//! s3s-fs) recompute it and refuse a body that changed on the way (`XAmzContentSHA256Mismatch`
+//! or `BadDigest`), which the layer retries from the part in memory. `UNSIGNED-PAYLOAD`
+//! is not used, even over HTTPS: it would save that one SHA-256 pass (about 0.5 s per GB
+//! on this machine, ring with SHA extensions) but leave the part without a checksum the
+//! store checks, since s3s-fs verifies neither `Content-MD5` nor `x-amz-checksum-*` on
+//! UploadPart.
 
 use std::io::Read;
 use std::sync::Mutex;
-use std::time::Duration;
 
+use s3::command::{Command, Multipart};
 use s3::creds::Credentials;
-use s3::error::S3Error;
-use s3::serde_types::Part;
+use s3::request::blocking::AttoRequest;
+use s3::request::Request as _;
+use s3::serde_types::CompleteMultipartUploadData;
 use s3::{Bucket, Region};
+use ureq::http::HeaderMap;
 
+use super::client::parts::{sha256_hex, PartPool, PartReader, Sums};
+use super::client::{clip, missing, xml_tag, Answer, Class, Client, Container, Protocol, Request};
 use super::s3_credentials::{CredentialProvider, CredentialSettings};
-use super::{content_type, fill_buffer, prefixed, BlobStore, StoreError, StoreErrorKind};
+use super::{
+    content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
+    StoreErrorKind, Versioned,
+};
 use crate::env::{ConfigError, Env};
-use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
+use crate::retry::{Reason, RetryBudget};
 
 const MIB: u64 = 1024 * 1024;
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 * MIB;
@@ -48,12 +68,6 @@ pub const MIN_PART_SIZE: u64 = 5 * MIB;
 /// S3's largest part, and largest single PUT.
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 const MAX_PARTS: u32 = 10_000;
-/// The whole of one request, a part included: 8 MiB in 5 minutes still works on a
-/// 30 kB/s uplink, and a dead server is noticed.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-/// Attempts of one request inside an upload before the upload gives up; the engine
-/// retries the whole object on a transient error after that.
-const REQUEST_ATTEMPTS: RetryBudget = RetryBudget::tries(3);
 
 /// The S3 settings from the environment.
 #[derive(Debug, Clone)]
@@ -192,78 +206,203 @@ struct PendingAbort {
     upload_id: String,
 }
 
+/// What S3 adds to the shared REST layer: SigV4 by rust-s3's signing functions, the
+/// error code from the XML document, and the codes that differ from their status.
+struct S3Protocol {
+    region: Region,
+    bucket: String,
+    credentials: CredentialProvider,
+}
+
+/// `x-amz-date`'s format (also what rust-s3's string to sign uses).
+const LONG_DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+/// The SHA-256 of an empty payload.
+pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Signs `req` for `region` with SigV4 at `now`: the payload hash comes from the
+/// request's own `x-amz-content-sha256` (computed while the part was read), the
+/// canonical request, string to sign, signing key and `Authorization` header from
+/// rust-s3's `s3::signing`, the HMAC from ring.
+pub fn sign(
+    req: &mut Request,
+    region: &Region,
+    access_key: &str,
+    secret_key: &str,
+    session_token: Option<&str>,
+    now: time::OffsetDateTime,
+) -> Result<(), StoreError> {
+    use ureq::http::{HeaderName, HeaderValue};
+    let bad = |what: &str| {
+        StoreError::new(
+            StoreErrorKind::Rejected,
+            format!("cannot sign the S3 request: {what}"),
+        )
+    };
+    let url = url::Url::parse(&req.url).map_err(|_| bad("the URL does not parse"))?;
+    let host = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        (None, _) => return Err(bad("the URL has no host")),
+    };
+    let date = now.format(LONG_DATE).map_err(|_| bad("the date"))?;
+    if !req.headers.iter().any(|(n, _)| n == "x-amz-content-sha256") {
+        req.headers
+            .push(("x-amz-content-sha256".into(), EMPTY_SHA256.into()));
+    }
+    req.headers
+        .retain(|(n, _)| n != "host" && n != "x-amz-date");
+    req.headers.push(("host".into(), host));
+    req.headers.push(("x-amz-date".into(), date));
+    if let Some(token) = session_token {
+        req.headers
+            .push(("x-amz-security-token".into(), token.to_string()));
+    }
+    let mut headers = ureq::http::HeaderMap::new();
+    for (n, v) in &req.headers {
+        let name = HeaderName::from_bytes(n.as_bytes()).map_err(|_| bad("a header name"))?;
+        let value = HeaderValue::from_str(v).map_err(|_| bad("a header value"))?;
+        headers.insert(name, value);
+    }
+    let payload = req
+        .headers
+        .iter()
+        .find(|(n, _)| n == "x-amz-content-sha256")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let fail = |e: s3::error::S3Error| bad(&e.to_string());
+    let canonical =
+        s3::signing::canonical_request(req.method, &url, &headers, &payload).map_err(fail)?;
+    let to_sign = s3::signing::string_to_sign(&now, region, &canonical).map_err(fail)?;
+    let key = s3::signing::signing_key(&now, secret_key, region, "s3").map_err(fail)?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let signature = super::client::parts::hex(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
+    let signed = s3::signing::signed_header_string(&headers);
+    let authorization =
+        s3::signing::authorization_header(access_key, &now, region, &signed, &signature)
+            .map_err(fail)?;
+    req.headers.push(("authorization".into(), authorization));
+    Ok(())
+}
+
+impl Protocol for S3Protocol {
+    fn authorize(&self, req: &mut Request) -> Result<(), StoreError> {
+        let c = self.credentials.current()?;
+        sign(
+            req,
+            &self.region,
+            c.access_key_id.expose(),
+            c.secret_access_key.expose(),
+            c.session_token.as_ref().map(|t| t.expose()),
+            time::OffsetDateTime::now_utc(),
+        )
+    }
+
+    fn error_code(&self, _status: u16, _headers: &HeaderMap, body: &[u8]) -> String {
+        let text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]);
+        if !text.contains("<Error>") {
+            return String::new();
+        }
+        xml_tag(&text, "Code").unwrap_or_default()
+    }
+
+    fn error_message(&self, body: &[u8]) -> String {
+        // Only Code and Message: AWS error documents can carry the provided signature.
+        let text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]);
+        clip(&xml_tag(&text, "Message").unwrap_or_default(), 300)
+    }
+
+    fn special(&self, status: u16, code: &str) -> Option<Class> {
+        Some(match code {
+            "NoSuchBucket" => Class::MissingContainer,
+            "ExpiredToken" | "TokenRefreshRequired" | "RequestExpired" => Class::Unauthorized,
+            // The bytes arrived changed: the part is still in memory, send it again.
+            "BadDigest" | "XAmzContentSHA256Mismatch" | "InvalidDigest" => {
+                Class::Retry(Reason::BrokenBody)
+            }
+            "SlowDown" => Class::Retry(Reason::Throttled),
+            "RequestTimeout" | "InternalError" | "OperationAborted" => {
+                Class::Retry(Reason::ServerError)
+            }
+            // CompleteMultipartUpload may answer 200 with an error document.
+            _ if status == 200 && !code.is_empty() => Class::Rejected,
+            _ => return None,
+        })
+    }
+
+    fn drop_credentials(&self) -> bool {
+        self.credentials.invalidate()
+    }
+
+    fn container(&self) -> Container<'_> {
+        Container {
+            var: "SP_TASK_SYNC_S3_BUCKET",
+            value: &self.bucket,
+            noun: "bucket",
+        }
+    }
+}
+
 pub struct S3Store {
     settings: S3Settings,
-    region: Region,
-    path_style: bool,
-    credentials: CredentialProvider,
+    client: Client,
+    proto: S3Protocol,
+    /// rust-s3's bucket, for URLs only: its credentials are empty and it never sends.
+    urls: Box<Bucket>,
+    pool: PartPool,
+    /// Buffers of the threshold size, for single PUTs larger than a part.
+    single: PartPool,
     pending_aborts: Mutex<Vec<PendingAbort>>,
 }
 
 impl S3Store {
     /// Checks nothing on the network yet: the first request finds the credentials.
-    pub fn open(settings: &S3Settings, agent: &ureq::Agent) -> Result<S3Store, StoreError> {
-        // Retries are ours (the shared policy); rust-s3's are a process-wide setting.
-        s3::set_retries(0);
-        // rust-s3's transport (attohttpc) builds rustls configs with the process's default
-        // crypto provider. Its TLS feature enables aws-lc beside the ring that ureq uses,
-        // and with two candidates rustls refuses to guess and panics at the first HTTPS
-        // request: name ring, as everywhere else. (Err: already named, which is fine.)
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let (region, path_style) = match &settings.endpoint {
-            Some(endpoint) => (
-                Region::Custom {
-                    region: settings.region.clone(),
-                    endpoint: endpoint.clone(),
-                },
-                true,
-            ),
-            None => (
-                Region::Custom {
-                    region: settings.region.clone(),
-                    endpoint: format!("https://s3.{}.amazonaws.com", settings.region),
-                },
-                // A dotted bucket name breaks the TLS wildcard of virtual hosts.
-                settings.bucket.contains('.'),
-            ),
+    /// Every request is retried under `budget` (see [`crate::store::client`]).
+    pub fn open(
+        settings: &S3Settings,
+        agent: &ureq::Agent,
+        budget: RetryBudget,
+    ) -> Result<S3Store, StoreError> {
+        let endpoint = match &settings.endpoint {
+            Some(e) => e.clone(),
+            None => format!("https://s3.{}.amazonaws.com", settings.region),
         };
-        Ok(S3Store {
-            settings: settings.clone(),
-            region,
-            path_style,
-            credentials: CredentialProvider::new(settings.credentials.clone(), agent.clone()),
-            pending_aborts: Mutex::new(Vec::new()),
-        })
-    }
-
-    /// A bucket handle with the current credentials (refreshed when near expiry).
-    fn bucket(&self) -> Result<Box<Bucket>, StoreError> {
-        let c = self.credentials.current()?;
-        let creds = Credentials::new(
-            Some(c.access_key_id.expose()),
-            Some(c.secret_access_key.expose()),
-            None,
-            c.session_token.as_ref().map(|t| t.expose()),
-            None,
-        )
-        .map_err(|_| {
+        let region = Region::Custom {
+            region: settings.region.clone(),
+            endpoint,
+        };
+        // A dotted bucket name breaks the TLS wildcard of virtual hosts.
+        let path_style = settings.endpoint.is_some() || settings.bucket.contains('.');
+        let anonymous = Credentials::anonymous().map_err(|e| {
             StoreError::new(
-                StoreErrorKind::Denied,
-                "the AWS credentials were refused by rust-s3",
+                StoreErrorKind::Rejected,
+                format!("rust-s3 credentials: {e}"),
             )
         })?;
-        let mut bucket =
-            Bucket::new(&self.settings.bucket, self.region.clone(), creds).map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Denied,
-                    format!("S3 bucket {}: {e}", self.settings.bucket),
-                )
-            })?;
-        if self.path_style {
-            bucket.set_path_style();
+        let mut urls = Bucket::new(&settings.bucket, region.clone(), anonymous).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Rejected,
+                format!("S3 bucket {}: {e}", settings.bucket),
+            )
+        })?;
+        if path_style {
+            urls.set_path_style();
         }
-        bucket.set_request_timeout(Some(REQUEST_TIMEOUT));
-        Ok(bucket)
+        Ok(S3Store {
+            settings: settings.clone(),
+            client: Client::new(agent, budget),
+            proto: S3Protocol {
+                region,
+                bucket: settings.bucket.clone(),
+                credentials: CredentialProvider::new(settings.credentials.clone(), agent.clone()),
+            },
+            urls,
+            pool: PartPool::new(settings.part_size as usize),
+            single: PartPool::new(
+                settings.multipart_threshold.max(settings.part_size) as usize + 1,
+            ),
+            pending_aborts: Mutex::new(Vec::new()),
+        })
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -274,83 +413,89 @@ impl S3Store {
         format!("s3://{}/{}", self.settings.bucket, key)
     }
 
-    /// Turns a rust-s3 error into ours. Server messages are reduced to their `Code`
-    /// and `Message`: AWS error documents can carry the provided signature.
-    fn error(&self, op: &str, key: &str, err: S3Error) -> StoreError {
-        let place = self.location(key);
-        match err {
-            S3Error::HttpFailWithBody(status, body) => {
-                let code = xml_tag(&body, "Code").unwrap_or_default();
-                let message = xml_tag(&body, "Message").unwrap_or_default();
-                let mut message: String = message.chars().take(300).collect();
-                if !message.is_empty() {
-                    message.insert_str(0, ": ");
-                }
-                let text = format!("S3 {op} of {place} failed: HTTP {status} {code}{message}");
-                let kind = match (status, code.as_str()) {
-                    (_, "ExpiredToken" | "TokenRefreshRequired" | "RequestExpired") => {
-                        self.credentials.invalidate();
-                        StoreErrorKind::Transient
-                    }
-                    (_, "NoSuchBucket") => StoreErrorKind::Denied,
-                    (401 | 403, _) => StoreErrorKind::Denied,
-                    (408 | 429, _) | (500..=599, _) => StoreErrorKind::Transient,
-                    (_, "RequestTimeout" | "SlowDown") => StoreErrorKind::Transient,
-                    _ => StoreErrorKind::Rejected,
-                };
-                StoreError::new(kind, text)
-            }
-            // A certificate that does not verify will not verify on the next try either.
-            other if other.to_string().contains("invalid peer certificate") => StoreError::new(
-                StoreErrorKind::Denied,
-                format!("S3 {op} of {place} failed: the endpoint's TLS certificate was refused: {other}"),
-            ),
-            other => StoreError::transient(format!("S3 {op} of {place} failed: {other}")),
+    /// The request URL rust-s3 builds for `command` on `key`.
+    fn url(&self, key: &str, command: Command) -> Result<String, StoreError> {
+        let request = AttoRequest::new(&self.urls, key, command)
+            .map_err(|e| StoreError::new(StoreErrorKind::Rejected, e.to_string()))?;
+        request
+            .url()
+            .map(|u| u.to_string())
+            .map_err(|e| StoreError::new(StoreErrorKind::Rejected, e.to_string()))
+    }
+
+    fn put_command<'a>(multipart: Option<Multipart<'a>>) -> Command<'a> {
+        Command::PutObject {
+            content: &[],
+            content_type: "",
+            custom_headers: None,
+            multipart,
         }
     }
 
-    /// Runs one request with the shared back-off for transient failures.
-    fn retried<T>(&self, mut op: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        with_retries(REQUEST_ATTEMPTS, Side::Storage, "S3", || match op() {
-            Ok(v) => Step::Done(v),
-            Err(e) if e.kind == StoreErrorKind::Transient => Step::Retry {
-                error: e,
-                reason: Reason::Transport,
-                after: None,
-            },
-            Err(e) => Step::Fail(e),
+    /// One PUT of a whole object, with `extra` headers (conditions). Returns the answer
+    /// for the caller to judge (200, 412, ...).
+    fn put_object(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        sha256: &str,
+        extra: &[(&str, String)],
+    ) -> Result<Answer, StoreError> {
+        let url = self.url(key, Self::put_command(None))?;
+        let what = format!("S3 PUT of {}", self.location(key));
+        self.client.send(&self.proto, &what, || {
+            let mut r = Request::new("PUT", url.clone())
+                .header("content-type", content_type(key))
+                .header("x-amz-content-sha256", sha256)
+                .body(bytes);
+            for (n, v) in extra {
+                r = r.header(n, v.clone());
+            }
+            Ok(r)
         })
-        .map_err(|e| e.error)
     }
 
-    fn put_single(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let content_type = content_type(key);
-        self.retried(|| {
-            self.bucket()?
-                .put_object_with_content_type(key, bytes, content_type)
-                .map(|_| ())
-                .map_err(|e| self.error("PUT", key, e))
-        })
+    fn put_single(&self, key: &str, bytes: &[u8], sha256: &str) -> Result<(), StoreError> {
+        let what = format!("S3 PUT of {}", self.location(key));
+        let answer = self.put_object(key, bytes, sha256, &[])?;
+        match answer.status {
+            200 | 201 | 204 => Ok(()),
+            404 => Err(missing(&self.proto)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
     }
 
-    /// Streams `src` as a multipart upload whose first part is already in `buf`.
+    /// Streams the rest of `parts` as a multipart upload whose first part was read.
     fn put_multipart(
         &self,
         key: &str,
         src: &mut dyn Read,
-        mut buf: Vec<u8>,
-        first: usize,
+        parts: &mut PartReader,
+        first_sha: String,
+        first_len: usize,
     ) -> Result<u64, StoreError> {
-        let content_type = content_type(key);
-        let upload_id = self.retried(|| {
-            self.bucket()?
-                .initiate_multipart_upload(key, content_type)
-                .map(|r| r.upload_id)
-                .map_err(|e| self.error("CreateMultipartUpload", key, e))
+        let url = self.url(
+            key,
+            Command::InitiateMultipartUpload {
+                content_type: content_type(key),
+            },
+        )?;
+        let what = format!("S3 CreateMultipartUpload of {}", self.location(key));
+        let answer = self.client.send(&self.proto, &what, || {
+            Ok(Request::new("POST", url.clone()).header("content-type", content_type(key)))
         })?;
+        let started = answer.header("date").and_then(http_date);
+        let upload_id = match answer.status {
+            200 => xml_tag(&String::from_utf8_lossy(&answer.body), "UploadId")
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| {
+                    StoreError::transient(format!("{what}: the answer names no UploadId"))
+                })?,
+            404 => return Err(missing(&self.proto)),
+            _ => return Err(self.client.unexpected(&self.proto, &what, &answer)),
+        };
         log::debug!("multipart upload to {} started", self.location(key));
-        let result = self.upload_parts(key, &upload_id, src, &mut buf, first);
-        drop(buf);
+        let result = self.upload_parts(key, &upload_id, src, parts, first_sha, first_len, started);
         match result {
             Ok(total) => Ok(total),
             Err(e) => {
@@ -360,59 +505,153 @@ impl S3Store {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn upload_parts(
         &self,
         key: &str,
         upload_id: &str,
         src: &mut dyn Read,
-        buf: &mut Vec<u8>,
-        first: usize,
+        reader: &mut PartReader,
+        first_sha: String,
+        first_len: usize,
+        started: Option<i64>,
     ) -> Result<u64, StoreError> {
-        let content_type = content_type(key);
-        let part_size = self.settings.part_size as usize;
-        let mut parts: Vec<Part> = Vec::new();
-        let mut filled = first;
+        // The first part was read (and hashed) before the upload began; it is still in
+        // the reader's buffer, which the next `next_part` refills.
+        let mut done: Vec<s3::serde_types::Part> = Vec::new();
         let mut total = 0u64;
-        loop {
-            let number = parts.len() as u32 + 1;
-            if number > MAX_PARTS {
+        let first = reader.current();
+        let etag = self.upload_part(key, upload_id, 1, first, &first_sha)?;
+        done.push(s3::serde_types::Part {
+            part_number: 1,
+            etag,
+        });
+        total += first_len as u64;
+        while let Some(part) = reader.next_part(src)? {
+            if part.number > MAX_PARTS {
                 return Err(StoreError::new(
                     StoreErrorKind::Rejected,
                     format!(
-                        "{} is larger than {MAX_PARTS} parts of {part_size} bytes",
-                        self.location(key)
+                        "{} is larger than {MAX_PARTS} parts of {} bytes",
+                        self.location(key),
+                        self.settings.part_size
                     ),
                 ));
             }
-            let chunk = &buf[..filled];
-            let part = self.retried(|| {
-                self.bucket()?
-                    .put_multipart_chunk(chunk, key, number, upload_id, content_type)
-                    .map_err(|e| self.error(&format!("UploadPart {number}"), key, e))
-            })?;
-            parts.push(part);
-            total += filled as u64;
-            if filled < buf.len() {
-                break; // the source ended within this part
-            }
-            if buf.len() != part_size {
-                // The first buffer may have been sized for a single PUT.
-                buf.truncate(part_size);
-                buf.shrink_to_fit();
-                buf.resize(part_size, 0);
-            }
-            filled = fill_buffer(src, buf)?;
-            if filled == 0 {
-                break;
+            let sha = part.sha256.clone().unwrap_or_default();
+            let etag = self.upload_part(key, upload_id, part.number, part.bytes, &sha)?;
+            done.push(s3::serde_types::Part {
+                part_number: part.number,
+                etag,
+            });
+            total += part.bytes.len() as u64;
+        }
+        self.complete(key, upload_id, done, total, started)?;
+        Ok(total)
+    }
+
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<String, StoreError> {
+        let url = self.url(
+            key,
+            Self::put_command(Some(Multipart::new(number, upload_id))),
+        )?;
+        let what = format!("S3 UploadPart {number} of {}", self.location(key));
+        let answer = self.client.send(&self.proto, &what, || {
+            Ok(Request::new("PUT", url.clone())
+                .header("x-amz-content-sha256", sha256)
+                .body(bytes))
+        })?;
+        match (answer.status, answer.header("etag")) {
+            (200, Some(etag)) => Ok(etag.to_string()),
+            (200, None) => Err(StoreError::transient(format!(
+                "{what}: the answer has no ETag"
+            ))),
+            (404, _) if answer.code == "NoSuchUpload" => Err(StoreError::transient(format!(
+                "{what}: the upload is gone (NoSuchUpload); the object starts over"
+            ))),
+            (404, _) => Err(missing(&self.proto)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
+    }
+
+    /// CompleteMultipartUpload. When its answer was lost and the retry finds the upload
+    /// gone (AWS: 404 `NoSuchUpload`; s3s-fs: 403 `AccessDenied`), a HEAD decides: an
+    /// object of the uploaded size written since the upload began is ours.
+    fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<s3::serde_types::Part>,
+        total: u64,
+        started: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let xml = CompleteMultipartUploadData { parts }.to_string();
+        let sha = sha256_hex(xml.as_bytes());
+        let url = self.url(key, Command::AbortMultipartUpload { upload_id })?;
+        let what = format!("S3 CompleteMultipartUpload of {}", self.location(key));
+        let mut tries = 0;
+        let answer = self.client.send(&self.proto, &what, || {
+            tries += 1;
+            Ok(Request::new("POST", url.clone())
+                .header("content-type", "application/xml")
+                .header("x-amz-content-sha256", sha.clone())
+                .body(xml.as_bytes()))
+        });
+        let gone = match &answer {
+            Ok(a) => a.status == 404 && a.code == "NoSuchUpload",
+            Err(e) => e.kind == StoreErrorKind::Denied && e.message.contains("AccessDenied"),
+        };
+        if gone && tries > 1 {
+            match self.head(key)? {
+                Some(h) if h.size == total && started.is_none_or(|s| h.modified >= s) => {
+                    log::info!(
+                        "{what}: the answer was lost; the object is there with its {total} bytes"
+                    );
+                    return Ok(());
+                }
+                _ => {}
             }
         }
-        self.retried(|| {
-            self.bucket()?
-                .complete_multipart_upload(key, upload_id, parts.clone())
-                .map(|_| ())
-                .map_err(|e| self.error("CompleteMultipartUpload", key, e))
-        })?;
-        Ok(total)
+        let answer = answer?;
+        match answer.status {
+            200 => Ok(()),
+            404 if answer.code == "NoSuchUpload" => Err(StoreError::transient(format!(
+                "{what}: the upload is gone (NoSuchUpload) and no complete object is there"
+            ))),
+            404 => Err(missing(&self.proto)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
+    }
+
+    /// Size and Last-Modified (UNIX seconds) of an object, `None` when there is none.
+    fn head(&self, key: &str) -> Result<Option<Head>, StoreError> {
+        let url = self.url(key, Command::HeadObject)?;
+        let what = format!("S3 HEAD of {}", self.location(key));
+        let answer = self
+            .client
+            .send(&self.proto, &what, || Ok(Request::new("HEAD", url.clone())))?;
+        match answer.status {
+            200 => Ok(Some(Head {
+                size: answer
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                modified: answer
+                    .header("last-modified")
+                    .and_then(http_date)
+                    .unwrap_or(0),
+                etag: answer.header("etag").map(str::to_string),
+            })),
+            404 => Ok(None),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
     }
 
     /// Aborts an upload; if that fails it is kept for a later try.
@@ -421,25 +660,30 @@ impl S3Store {
             Ok(()) => log::debug!("multipart upload to {} aborted", self.location(key)),
             Err(e) => {
                 log::warn!("{e}; will try again before the next upload");
-                let pending = PendingAbort {
-                    key: key.to_string(),
-                    upload_id: upload_id.to_string(),
-                };
                 self.pending_aborts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(pending);
+                    .push(PendingAbort {
+                        key: key.to_string(),
+                        upload_id: upload_id.to_string(),
+                    });
             }
         }
     }
 
     fn try_abort(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.retried(|| match self.bucket()?.abort_upload(key, upload_id) {
-            Ok(()) => Ok(()),
-            // Already gone (aborted or never completed): nothing is left to clean.
-            Err(S3Error::HttpFailWithBody(404, _)) => Ok(()),
-            Err(e) => Err(self.error("AbortMultipartUpload", key, e)),
-        })
+        let url = self.url(key, Command::AbortMultipartUpload { upload_id })?;
+        let what = format!("S3 AbortMultipartUpload of {}", self.location(key));
+        // One try here: a failed abort is kept and tried again before the next upload.
+        let once = Client::new(&self.client.agent, RetryBudget::tries(1));
+        let answer = once.send(&self.proto, &what, || {
+            Ok(Request::new("DELETE", url.clone()))
+        })?;
+        match answer.status {
+            // 404: already gone (aborted or never completed): nothing is left to clean.
+            200 | 204 | 404 => Ok(()),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
     }
 
     /// Retries the aborts that failed earlier (one attempt each).
@@ -464,6 +708,24 @@ impl S3Store {
     }
 }
 
+/// What a HEAD says about an object.
+struct Head {
+    size: u64,
+    /// UNIX seconds.
+    modified: i64,
+    etag: Option<String>,
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as UNIX seconds.
+fn http_date(text: &str) -> Option<i64> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::PrimitiveDateTime::parse(text.trim(), &format)
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
+}
+
 impl BlobStore for S3Store {
     fn describe(&self) -> String {
         let mut s = format!(
@@ -480,57 +742,99 @@ impl BlobStore for S3Store {
     fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError> {
         self.retry_pending_aborts();
         let key = self.full_key(key);
-        let threshold = self.settings.multipart_threshold;
-        // One extra byte tells a source that ends exactly at the size from a longer one.
-        let first_len = match size {
-            Some(n) if n <= threshold => n + 1,
-            _ => self.settings.part_size,
+        let sums = Sums {
+            sha256: true,
+            ..Sums::default()
         };
-        let mut buf = vec![0u8; first_len as usize];
-        let filled = fill_buffer(src, &mut buf)?;
-        if filled < buf.len() {
-            self.put_single(&key, &buf[..filled])?;
-            return Ok(filled as u64);
+        // Objects up to the threshold go up in one PUT: a second pool holds buffers of
+        // that size, used only for objects announced between one part and the threshold.
+        let part = self.settings.part_size;
+        let pool = match size {
+            Some(n) if n > part && n <= self.settings.multipart_threshold => &self.single,
+            _ => &self.pool,
+        };
+        let mut parts = PartReader::new(pool, size, sums);
+        let first = parts.next_part(src)?.expect("the first part always exists");
+        let (len, last, sha) = (
+            first.bytes.len(),
+            first.last,
+            first.sha256.clone().unwrap_or_default(),
+        );
+        if last {
+            self.put_single(&key, parts.current(), &sha)?;
+            return Ok(len as u64);
         }
-        if (filled as u64) < MIN_PART_SIZE {
-            // The size hint was too small: grow the first part to a legal size.
-            buf.resize(self.settings.part_size as usize, 0);
-            let more = fill_buffer(src, &mut buf[filled..])?;
-            if filled + more < buf.len() {
-                self.put_single(&key, &buf[..filled + more])?;
-                return Ok((filled + more) as u64);
-            }
-            return self.put_multipart(&key, src, buf, filled + more);
-        }
-        self.put_multipart(&key, src, buf, filled)
+        self.put_multipart(&key, src, &mut parts, sha, len)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = self.full_key(key);
-        self.retried(|| match self.bucket()?.get_object(&key) {
-            Ok(response) => Ok(Some(response.to_vec())),
-            Err(S3Error::HttpFailWithBody(404, body)) if !body.contains("NoSuchBucket") => Ok(None),
-            Err(e) => Err(self.error("GET", &key, e)),
-        })
+        self.get_versioned(key).map(|v| v.map(|v| v.bytes))
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         let key = self.full_key(key);
-        self.retried(|| match self.bucket()?.delete_object(&key) {
-            Ok(_) => Ok(()),
-            Err(S3Error::HttpFailWithBody(404, body)) if !body.contains("NoSuchBucket") => Ok(()),
-            Err(e) => Err(self.error("DELETE", &key, e)),
-        })
+        let url = self.url(&key, Command::DeleteObject)?;
+        let what = format!("S3 DELETE of {}", self.location(&key));
+        let answer = self.client.send(&self.proto, &what, || {
+            Ok(Request::new("DELETE", url.clone()))
+        })?;
+        match answer.status {
+            200 | 204 => Ok(()),
+            404 if !answer.code.is_empty() && answer.code != "NoSuchKey" => {
+                Err(missing(&self.proto))
+            }
+            404 => Ok(()),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
+    }
+
+    fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let key = self.full_key(key);
+        let url = self.url(&key, Command::GetObject)?;
+        let what = format!("S3 GET of {}", self.location(&key));
+        let answer = self
+            .client
+            .send(&self.proto, &what, || Ok(Request::new("GET", url.clone())))?;
+        match answer.status {
+            200 => {
+                let version = ObjectVersion(answer.header("etag").unwrap_or_default().to_string());
+                Ok(Some(Versioned {
+                    bytes: answer.body,
+                    version,
+                }))
+            }
+            404 if answer.code == "NoSuchKey" || answer.code.is_empty() => Ok(None),
+            404 => Err(missing(&self.proto)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
+    }
+
+    fn put_if(&self, key: &str, bytes: &[u8], cond: PutCondition) -> Result<PutIf, StoreError> {
+        let key = self.full_key(key);
+        let header = match &cond {
+            PutCondition::IfAbsent => ("if-none-match", "*".to_string()),
+            PutCondition::IfMatch(v) => ("if-match", v.0.clone()),
+        };
+        let what = format!("S3 conditional PUT of {}", self.location(&key));
+        let answer = self.put_object(&key, bytes, &sha256_hex(bytes), &[header])?;
+        match answer.status {
+            200 | 201 | 204 => {
+                let version = match answer.header("etag") {
+                    Some(e) => e.to_string(),
+                    None => self.head(&key)?.and_then(|h| h.etag).unwrap_or_default(),
+                };
+                Ok(PutIf::Written(ObjectVersion(version)))
+            }
+            // 409: a conditional write raced with another one on the same key.
+            412 | 409 => Ok(PutIf::ConditionFailed),
+            404 if matches!(cond, PutCondition::IfMatch(_)) && answer.code == "NoSuchKey" => {
+                Ok(PutIf::ConditionFailed)
+            }
+            404 => Err(missing(&self.proto)),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
     }
 }
-
-/// The text of the first `<tag>` in an XML error document.
-fn xml_tag(body: &str, tag: &str) -> Option<String> {
-    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
-    let end = body[start..].find(&format!("</{tag}>"))? + start;
-    Some(body[start..end].trim().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,54 +903,111 @@ mod tests {
         assert!(!format!("{errors:?}").contains("pw@"));
     }
 
+    fn proto() -> S3Protocol {
+        let mut errors = Vec::new();
+        let credentials = CredentialSettings::from_env(&env(&[]), &mut errors);
+        S3Protocol {
+            region: Region::Custom {
+                region: "us-east-1".into(),
+                endpoint: "http://127.0.0.1:1".into(),
+            },
+            bucket: "typo".into(),
+            credentials: CredentialProvider::new(
+                credentials,
+                crate::http::agent(std::time::Duration::from_secs(1), 1),
+            ),
+        }
+    }
+
     #[test]
-    fn error_documents_are_reduced() {
+    fn error_documents_are_reduced_and_codes_mapped() {
         let body = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request \
                     signature we calculated does not match</Message><SignatureProvided>abcdef0123</SignatureProvided></Error>";
-        assert_eq!(
-            xml_tag(body, "Code").as_deref(),
-            Some("SignatureDoesNotMatch")
+        let p = proto();
+        let code = p.error_code(403, &HeaderMap::new(), body.as_bytes());
+        assert_eq!(code, "SignatureDoesNotMatch");
+        let message = p.error_message(body.as_bytes());
+        assert!(
+            message.contains("does not match") && !message.contains("abcdef0123"),
+            "{message}"
         );
-        let mut errors = Vec::new();
-        let settings = S3Settings::from_env(
-            &env(&[
-                ("SP_TASK_SYNC_S3_BUCKET", "b"),
-                ("SP_TASK_SYNC_S3_REGION", "us-east-1"),
-                ("AWS_ACCESS_KEY_ID", "a"),
-                ("AWS_SECRET_ACCESS_KEY", "s"),
-            ]),
-            &mut errors,
+        use super::super::client::classify;
+        let table: &[(u16, &str, Class)] = &[
+            (403, "SignatureDoesNotMatch", Class::Denied),
+            (403, "AccessDenied", Class::Denied),
+            (401, "", Class::Unauthorized),
+            (400, "ExpiredToken", Class::Unauthorized),
+            (404, "NoSuchBucket", Class::MissingContainer),
+            (404, "NoSuchKey", Class::Answer),
+            (404, "NoSuchUpload", Class::Answer),
+            (409, "OperationAborted", Class::Retry(Reason::ServerError)),
+            (412, "PreconditionFailed", Class::Answer),
+            (400, "BadDigest", Class::Retry(Reason::BrokenBody)),
+            (
+                400,
+                "XAmzContentSHA256Mismatch",
+                Class::Retry(Reason::BrokenBody),
+            ),
+            (503, "SlowDown", Class::Retry(Reason::Throttled)),
+            (507, "", Class::Retry(Reason::ServerError)),
+            (200, "InternalError", Class::Retry(Reason::ServerError)),
+            (200, "", Class::Answer),
+            (400, "InvalidArgument", Class::Rejected),
+        ];
+        for (status, code, class) in table {
+            assert_eq!(classify(&p, *status, code), *class, "{status} {code}");
+        }
+        let missing = super::super::client::missing(&p);
+        assert_eq!(missing.kind, StoreErrorKind::Denied);
+        assert!(
+            missing
+                .message
+                .starts_with("SP_TASK_SYNC_S3_BUCKET=\"typo\": the bucket does not exist"),
+            "{missing}"
+        );
+    }
+
+    /// AWS's published SigV4 example "GET Object" (S3 API reference, "Signature
+    /// Calculations for the Authorization Header: Transferring Payload in a Single
+    /// Chunk"): the first 10 bytes of examplebucket/test.txt, 2013-05-24.
+    #[test]
+    fn signature_matches_the_aws_test_vector() {
+        let mut req = Request::new(
+            "GET",
+            "https://examplebucket.s3.amazonaws.com/test.txt".into(),
+        )
+        .header("range", "bytes=0-9");
+        let now = time::macros::datetime!(2013-05-24 0:00 UTC);
+        let region = Region::Custom {
+            region: "us-east-1".into(),
+            endpoint: "https://s3.amazonaws.com".into(),
+        };
+        sign(
+            &mut req,
+            &region,
+            "AKIAIOSFODNN7EXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            None,
+            now,
         )
         .unwrap();
-        let store =
-            S3Store::open(&settings, &crate::http::agent(Duration::from_secs(1), 1)).unwrap();
-        let err = store.error("PUT", "k", S3Error::HttpFailWithBody(403, body.to_string()));
-        assert_eq!(err.kind, StoreErrorKind::Denied);
-        assert!(
-            err.message.contains("SignatureDoesNotMatch") && !err.message.contains("abcdef0123"),
-            "{err}"
-        );
-        let err = store.error(
-            "PUT",
-            "k",
-            S3Error::HttpFailWithBody(503, "<Code>SlowDown</Code>".into()),
-        );
-        assert_eq!(err.kind, StoreErrorKind::Transient);
-        let err = store.error(
-            "PUT",
-            "k",
-            S3Error::HttpFailWithBody(404, "<Code>NoSuchBucket</Code>".into()),
-        );
+        let auth = &req
+            .headers
+            .iter()
+            .find(|(n, _)| n == "authorization")
+            .unwrap()
+            .1;
         assert_eq!(
-            err.kind,
-            StoreErrorKind::Denied,
-            "a missing bucket stops the connector"
+            auth,
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,\
+             SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,\
+             Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
         );
-        let err = store.error(
-            "PUT",
-            "k",
-            S3Error::HttpFailWithBody(400, "<Code>InvalidArgument</Code>".into()),
-        );
-        assert_eq!(err.kind, StoreErrorKind::Rejected);
+    }
+
+    #[test]
+    fn http_dates_parse() {
+        assert_eq!(http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784111777));
+        assert_eq!(http_date("yesterday"), None);
     }
 }

@@ -17,11 +17,11 @@
 //! Every value is kept in a [`Secret`]; errors and logs name the source, never a value.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
+use super::client::token::{Fetched, TokenCache};
 use super::{StoreError, StoreErrorKind};
 use crate::env::{ConfigError, Env, Secret};
 
@@ -67,10 +67,12 @@ pub struct AwsCredentials {
 }
 
 impl AwsCredentials {
+    #[cfg(test)]
     fn needs_refresh(&self, now: SystemTime) -> bool {
         self.expires.is_some_and(|t| now + REFRESH_MARGIN >= t)
     }
 
+    #[cfg(test)]
     fn expired(&self, now: SystemTime) -> bool {
         self.expires.is_some_and(|t| now >= t)
     }
@@ -212,12 +214,14 @@ fn check_full_uri(uri: &str) -> Result<(), &'static str> {
     }
 }
 
-/// Finds credentials once, keeps them, and replaces temporary ones before they expire.
+/// Finds credentials once, keeps them, and replaces temporary ones before they expire,
+/// through the shared token cache ([`super::client::token`]): a failed refresh keeps
+/// serving the current ones until they expire, and a refusal drops them.
 /// Parallel workers share it; one of them refreshes while the others wait.
 pub struct CredentialProvider {
     settings: CredentialSettings,
     agent: ureq::Agent,
-    cached: Mutex<Option<AwsCredentials>>,
+    cache: TokenCache<AwsCredentials>,
 }
 
 impl CredentialProvider {
@@ -225,42 +229,26 @@ impl CredentialProvider {
         CredentialProvider {
             settings,
             agent,
-            cached: Mutex::new(None),
+            cache: TokenCache::new(REFRESH_MARGIN),
         }
     }
 
     /// Valid credentials, fetched anew when the kept ones are near their expiry.
     pub fn current(&self) -> Result<AwsCredentials, StoreError> {
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        let now = SystemTime::now();
-        if let Some(c) = cached.as_ref() {
-            if !c.needs_refresh(now) {
-                return Ok(c.clone());
-            }
-        }
-        match self.resolve() {
-            Ok(fresh) => {
-                if cached.as_ref().map(|c| c.source) != Some(fresh.source) {
-                    log::info!("S3 credentials from the {}", fresh.source.name());
-                } else {
-                    log::debug!("S3 credentials refreshed from the {}", fresh.source.name());
-                }
-                *cached = Some(fresh.clone());
-                Ok(fresh)
-            }
-            Err(e) => match cached.as_ref() {
-                Some(old) if !old.expired(now) => {
-                    log::warn!("{e}; using the current credentials until they expire");
-                    Ok(old.clone())
-                }
-                _ => Err(e),
-            },
-        }
+        self.cache.get(|| {
+            let fresh = self.resolve()?;
+            log::info!("S3 credentials from the {}", fresh.source.name());
+            Ok(Fetched {
+                expires: fresh.expires,
+                value: fresh,
+            })
+        })
     }
 
-    /// Forgets the kept credentials (the server said they expired).
-    pub fn invalidate(&self) {
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    /// Forgets the kept credentials (the server refused them or said they expired).
+    /// Returns whether there were any.
+    pub fn invalidate(&self) -> bool {
+        self.cache.invalidate()
     }
 
     fn resolve(&self) -> Result<AwsCredentials, StoreError> {

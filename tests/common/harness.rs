@@ -168,6 +168,10 @@ pub fn verify_complete(emu: &Emulator, dir: &Path) -> usize {
         .map(|d| {
             d.flatten()
                 .filter(|e| e.path().is_file())
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    !name.ends_with(".lease.json") && name != "cas.lock"
+                })
                 .map(|e| e.path())
                 .collect()
         })

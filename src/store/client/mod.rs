@@ -1,0 +1,433 @@
+//! The one REST layer under S3, GCS and Azure.
+//!
+//! Why: the three cloud providers differ in how they sign a request and in a few error
+//! codes, and in nothing else that matters to "no data lost". So one place builds the
+//! exchange (a request, the provider's signature, the shared ureq agent), classifies
+//! every answer once, and decides about retries: each request is retried on its own
+//! under the [`RetryBudget`] the store was opened with (a part, block or chunk is resent,
+//! never a whole recording), and what reaches the engine is final: success, `Denied`,
+//! `Rejected`, a missing bucket or container (a `Denied` naming the variable), or
+//! `Transient` meaning the budget is spent. A provider only says what differs through
+//! [`Protocol`]: its signature, where its error code lives, the codes whose meaning is
+//! not their status (`NoSuchBucket`, `ContainerNotFound`, `ExpiredToken`, digest
+//! mismatches), and how to forget a refused token.
+//!
+//! The status table (every answer on the journal path, deliberately):
+//!
+//! | answer | meaning |
+//! |---|---|
+//! | 2xx, 3xx, 404 of an object, 409, 412 | handed to the caller, which expects some of them (a `get` of nothing, a failed condition, a resumable 308) and calls the rest [`Client::unexpected`] (`Rejected`) |
+//! | 404 of the bucket or container | `Denied`: `SP_TASK_SYNC_..._BUCKET="x": the bucket does not exist` |
+//! | 401, or a provider's expired-token code | the cached token is dropped and the request sent once more with a fresh one; refused again: `Denied` |
+//! | 403 | `Denied` (the key, SAS, token or policy is refused) |
+//! | 408, 429, 5xx (507 included: a quota may free), a digest mismatch, network trouble, a broken answer | retried within the budget, then `Transient` |
+//! | a certificate that does not verify | `Denied` at once: retrying cannot help |
+//! | any other 4xx | `Rejected`: this object cannot be stored as sent |
+
+pub mod parts;
+pub mod token;
+
+use std::time::Duration;
+
+use ureq::http::HeaderMap;
+
+use super::{StoreError, StoreErrorKind};
+use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
+
+/// The largest answer body read (a `get` is for journal-sized objects).
+pub const MAX_ANSWER: u64 = 1 << 30;
+
+/// One request before the provider signs it. Header names are lower case.
+pub struct Request<'a> {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// Sent as it is: the part buffer itself, never a copy.
+    pub body: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    pub fn new(method: &'static str, url: String) -> Request<'a> {
+        Request {
+            method,
+            url,
+            headers: Vec::new(),
+            body: &[],
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: &'a [u8]) -> Self {
+        self.body = body;
+        self
+    }
+}
+
+/// An answer the layer did not decide about: the caller judges it.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The provider's error code (`NoSuchKey`, `BlobNotFound`, ...), or "".
+    pub code: String,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// How the layer treats an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Handed to the caller.
+    Answer,
+    /// Worth another try within the budget.
+    Retry(Reason),
+    /// The credentials were refused: drop the cached token and try once more.
+    Unauthorized,
+    Denied,
+    /// The bucket or container does not exist.
+    MissingContainer,
+    Rejected,
+}
+
+/// What differs between the providers.
+pub trait Protocol: Send + Sync {
+    /// Signs or authorizes `req` (adds headers; a SAS goes into the URL). A token
+    /// endpoint that cannot be reached is `Transient`, a refused credential `Denied`.
+    fn authorize(&self, req: &mut Request) -> Result<(), StoreError>;
+
+    /// The provider's error code in an answer ("" when there is none).
+    fn error_code(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> String;
+
+    /// A short, secret-free message from an error body.
+    fn error_message(&self, body: &[u8]) -> String;
+
+    /// The codes whose meaning is not their status (`None`: the status decides).
+    fn special(&self, status: u16, code: &str) -> Option<Class>;
+
+    /// Forgets a refused token; `true` when a fresh one may be fetched.
+    fn drop_credentials(&self) -> bool {
+        false
+    }
+
+    /// Removes secrets (a SAS) from a message.
+    fn redact(&self, text: &str) -> String {
+        text.to_string()
+    }
+
+    /// The variable and value naming the bucket or container, and what it is called.
+    fn container(&self) -> Container<'_>;
+}
+
+/// The bucket or container of a store, for the "does not exist" message.
+pub struct Container<'a> {
+    pub var: &'static str,
+    pub value: &'a str,
+    /// "bucket" or "container".
+    pub noun: &'static str,
+}
+
+/// The status table of the module comment, with the provider's exceptions first.
+pub fn classify(proto: &dyn Protocol, status: u16, code: &str) -> Class {
+    if let Some(class) = proto.special(status, code) {
+        return class;
+    }
+    match status {
+        200..=399 | 404 | 409 | 412 => Class::Answer,
+        401 => Class::Unauthorized,
+        403 => Class::Denied,
+        408 | 429 | 500..=599 => Class::Retry(Reason::of_status(status)),
+        _ => Class::Rejected,
+    }
+}
+
+/// The shared agent and the retry budget of one store.
+#[derive(Clone)]
+pub struct Client {
+    pub agent: ureq::Agent,
+    pub budget: RetryBudget,
+}
+
+/// One try's outcome before the retry decision.
+enum Try {
+    Answer(Answer),
+    Transport(ureq::Error),
+}
+
+impl Client {
+    pub fn new(agent: &ureq::Agent, budget: RetryBudget) -> Client {
+        Client {
+            agent: agent.clone(),
+            budget,
+        }
+    }
+
+    /// Sends the request `build` makes (again for every try: a signature is dated)
+    /// until an answer the caller judges, a final error, or the budget is spent.
+    /// `what` names the operation in messages ("S3 PUT of s3://b/k").
+    pub fn send<'a>(
+        &self,
+        proto: &dyn Protocol,
+        what: &str,
+        mut build: impl FnMut() -> Result<Request<'a>, StoreError>,
+    ) -> Result<Answer, StoreError> {
+        let outcome = with_retries(self.budget, Side::Storage, what, || {
+            let mut refreshed = false;
+            loop {
+                let step = self.try_once(proto, what, &mut build);
+                match step {
+                    Err(e) if e.kind == StoreErrorKind::Transient => {
+                        return Step::Retry {
+                            error: e,
+                            reason: Reason::Transport,
+                            after: None,
+                        }
+                    }
+                    Err(e) => return Step::Fail(e),
+                    Ok(Try::Transport(e)) => {
+                        let message = proto.redact(&crate::http::error_message(what, &e));
+                        let message = format!("{what}: {message}");
+                        if crate::tls::verification_failure(&e).is_some() {
+                            return Step::Fail(StoreError::new(
+                                StoreErrorKind::Denied,
+                                format!("{message} (nothing was stored, and retrying cannot help)"),
+                            ));
+                        }
+                        return Step::Retry {
+                            error: StoreError::transient(message),
+                            reason: crate::http::retry_reason(&e),
+                            after: None,
+                        };
+                    }
+                    Ok(Try::Answer(answer)) => match classify(proto, answer.status, &answer.code) {
+                        Class::Answer => return Step::Done(answer),
+                        Class::Retry(reason) => {
+                            let after = retry_after_of(&answer.headers);
+                            return Step::Retry {
+                                error: self.error(proto, what, &answer, StoreErrorKind::Transient),
+                                reason,
+                                after,
+                            };
+                        }
+                        Class::Unauthorized if !refreshed && proto.drop_credentials() => {
+                            log::info!(
+                                "{what}: HTTP {} {}: fetching a new token once",
+                                answer.status,
+                                answer.code
+                            );
+                            refreshed = true;
+                            continue;
+                        }
+                        Class::Unauthorized | Class::Denied => {
+                            return Step::Fail(self.error(
+                                proto,
+                                what,
+                                &answer,
+                                StoreErrorKind::Denied,
+                            ))
+                        }
+                        Class::MissingContainer => return Step::Fail(missing(proto)),
+                        Class::Rejected => {
+                            return Step::Fail(self.error(
+                                proto,
+                                what,
+                                &answer,
+                                StoreErrorKind::Rejected,
+                            ))
+                        }
+                    },
+                }
+            }
+        });
+        outcome.map_err(|e| match e.tries {
+            Some(n) => StoreError::transient(format!(
+                "{} (gave up after {n} tries: the retry budget is spent)",
+                e.error
+            )),
+            None => e.error,
+        })
+    }
+
+    fn try_once<'a>(
+        &self,
+        proto: &dyn Protocol,
+        what: &str,
+        build: &mut impl FnMut() -> Result<Request<'a>, StoreError>,
+    ) -> Result<Try, StoreError> {
+        let mut req = build()?;
+        proto.authorize(&mut req)?;
+        let mut http = ureq::http::Request::builder()
+            .method(req.method)
+            .uri(req.url.as_str());
+        for (name, value) in &req.headers {
+            http = http.header(name.as_str(), value.as_str());
+        }
+        let bad = |e: ureq::http::Error| {
+            StoreError::new(
+                StoreErrorKind::Rejected,
+                format!(
+                    "{what}: cannot build the request: {}",
+                    proto.redact(&e.to_string())
+                ),
+            )
+        };
+        let sent = if req.method == "GET" || req.method == "HEAD" || req.method == "DELETE" {
+            self.agent.run(http.body(()).map_err(bad)?)
+        } else {
+            self.agent.run(http.body(req.body).map_err(bad)?)
+        };
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => return Ok(Try::Transport(e)),
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = if req.method == "HEAD" {
+            Vec::new()
+        } else {
+            match response
+                .body_mut()
+                .with_config()
+                .limit(MAX_ANSWER)
+                .read_to_vec()
+            {
+                Ok(b) => b,
+                Err(e) => return Ok(Try::Transport(e)),
+            }
+        };
+        let code = proto.error_code(status, &headers, &body);
+        Ok(Try::Answer(Answer {
+            status,
+            headers,
+            code,
+            body,
+        }))
+    }
+
+    /// The error for an answer, of `kind`, with the provider's code and message.
+    pub fn error(
+        &self,
+        proto: &dyn Protocol,
+        what: &str,
+        answer: &Answer,
+        kind: StoreErrorKind,
+    ) -> StoreError {
+        let mut text = format!("{what}: HTTP {}", answer.status);
+        if !answer.code.is_empty() {
+            text.push(' ');
+            text.push_str(&answer.code);
+        }
+        let message = proto.error_message(&answer.body);
+        if !message.is_empty() {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        if kind == StoreErrorKind::Denied {
+            text.push_str(" (the storage refused the credentials or the permission)");
+        }
+        StoreError::new(kind, proto.redact(&text))
+    }
+
+    /// An answer the caller did not expect: this object cannot be stored as sent.
+    pub fn unexpected(&self, proto: &dyn Protocol, what: &str, answer: &Answer) -> StoreError {
+        self.error(proto, what, answer, StoreErrorKind::Rejected)
+    }
+}
+
+/// `SP_TASK_SYNC_S3_BUCKET="typo": the bucket does not exist`, which stops the run like
+/// a refused credential (exit 5): every object would fail the same way.
+pub fn missing(proto: &dyn Protocol) -> StoreError {
+    let c = proto.container();
+    StoreError::new(
+        StoreErrorKind::Denied,
+        format!(
+            "{}={:?}: the {} does not exist (create it, or fix the name)",
+            c.var, c.value, c.noun
+        ),
+    )
+}
+
+fn retry_after_of(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// The text of the first `<tag>` in an XML document (S3 and Azure error bodies).
+pub fn xml_tag(body: &str, tag: &str) -> Option<String> {
+    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = body[start..].find(&format!("</{tag}>"))? + start;
+    Some(body[start..end].trim().to_string())
+}
+
+/// At most `n` characters of `s`.
+pub fn clip(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Plain;
+    impl Protocol for Plain {
+        fn authorize(&self, _: &mut Request) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn error_code(&self, _: u16, _: &HeaderMap, _: &[u8]) -> String {
+            String::new()
+        }
+        fn error_message(&self, _: &[u8]) -> String {
+            String::new()
+        }
+        fn special(&self, status: u16, code: &str) -> Option<Class> {
+            (status == 404 && code == "NoSuchBucket").then_some(Class::MissingContainer)
+        }
+        fn container(&self) -> Container<'_> {
+            Container {
+                var: "SP_TASK_SYNC_S3_BUCKET",
+                value: "typo",
+                noun: "bucket",
+            }
+        }
+    }
+
+    #[test]
+    fn status_table() {
+        let table: &[(u16, &str, Class)] = &[
+            (200, "", Class::Answer),
+            (308, "", Class::Answer),
+            (401, "", Class::Unauthorized),
+            (403, "", Class::Denied),
+            (404, "", Class::Answer),
+            (404, "NoSuchBucket", Class::MissingContainer),
+            (408, "", Class::Retry(Reason::Timeout)),
+            (409, "", Class::Answer),
+            (412, "", Class::Answer),
+            (429, "", Class::Retry(Reason::Throttled)),
+            (400, "", Class::Rejected),
+            (500, "", Class::Retry(Reason::ServerError)),
+            (503, "", Class::Retry(Reason::ServerError)),
+            (507, "", Class::Retry(Reason::ServerError)),
+        ];
+        for (status, code, class) in table {
+            assert_eq!(classify(&Plain, *status, code), *class, "{status} {code}");
+        }
+        let e = missing(&Plain);
+        assert_eq!(e.kind, StoreErrorKind::Denied);
+        assert!(
+            e.message
+                .starts_with("SP_TASK_SYNC_S3_BUCKET=\"typo\": the bucket does not exist"),
+            "{e}"
+        );
+    }
+}
