@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{BlobStore, ObjectVersion, PutCondition, PutIf, StoreError};
+use crate::store::{BlobStore, ObjectVersion, PutCondition, PutIf, StoreError, StoreErrorKind};
 use crate::template::RESERVED_PREFIX;
 
 /// What the lease object holds.
@@ -81,6 +81,12 @@ impl fmt::Display for LeaseError {
                  until it stops)",
                 holder.describe()
             ),
+            LeaseError::Store(e) if e.kind == StoreErrorKind::Denied => {
+                write!(
+                    f,
+                    "the storage refused access (taking the journal lease): {e}"
+                )
+            }
             LeaseError::Store(e) => write!(f, "the journal lease: {e}"),
             LeaseError::Stopped => f.write_str("stopped while waiting for the journal lease"),
         }

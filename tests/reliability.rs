@@ -147,8 +147,9 @@ fn storage_down_when_the_service_starts_is_waited_out() {
     stop(child);
     verify(&emu, &t, &BTreeSet::new());
     let logs = std::fs::read_to_string(&log).unwrap();
+    // The first storage request of a start is the journal lease's, then the journal's.
     assert!(
-        logs.contains("reading the page journal"),
+        logs.contains("; retrying in ") && logs.contains(".spinoco-connector/it."),
         "no retry line: {logs}"
     );
 }
@@ -1085,4 +1086,137 @@ fn soak() {
         "open files grew: {start:?} → {end:?}"
     );
     let _ = unique("soak");
+}
+
+/// A first start with a cloud storage that cannot take the journal (a bucket name with
+/// a typo, a container that does not exist): exit 5 with the variable and value named,
+/// and the feed is asked nothing, so the platform's cursor has not moved; a second
+/// start after the fix stores every task.
+fn journal_refused_at_round_start_cloud(p: Provider, var: &str, kind: &str) {
+    let Some(t) = target(p, "journal-refused") else {
+        return;
+    };
+    let tasks = 8;
+    let emu = emulator(EmulatorConfig {
+        tasks,
+        seed: 5,
+        recording_size: (1_000, 20_000),
+        ..Default::default()
+    });
+    guard_via_store(&emu, &t);
+    let mut broken = t.clone();
+    let typo = format!("{}-typo", &t[var]);
+    broken.insert(var.into(), typo.clone());
+    let out = run(&env_for(&emu, &broken), &["--once"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(5), "{log}");
+    assert!(
+        log.contains(&format!("{var}={typo:?}: the {kind} does not exist")),
+        "{log}"
+    );
+    let feed_requests = emu
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/task/sync"))
+        .count();
+    assert_eq!(feed_requests, 0, "the feed was asked: {log}");
+    assert!(emu.handed_out().is_empty());
+    let out = run(&env_for(&emu, &t), &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        emu.handed_out().len(),
+        tasks,
+        "every task came after the fix"
+    );
+    let v = verify(&emu, &t, &BTreeSet::new());
+    tally(&format!(
+        "test=journal-refused-at-round-start provider={} faults_injected=1 exit=5 feed_requests_while_refused=0 files={} deletes={} files_lost=0 premature_deletes=0",
+        p.name(),
+        v.files,
+        v.deletes
+    ));
+}
+
+#[test]
+fn journal_refused_at_round_start_asks_the_feed_nothing_gcs_missing_bucket() {
+    journal_refused_at_round_start_cloud(Provider::Gcs, "SP_TASK_SYNC_GCS_BUCKET", "bucket");
+}
+
+#[test]
+fn journal_refused_at_round_start_asks_the_feed_nothing_azure_missing_container() {
+    journal_refused_at_round_start_cloud(
+        Provider::Azure,
+        "SP_TASK_SYNC_AZURE_CLIENT_NAME",
+        "container",
+    );
+}
+
+/// The storage stops taking writes while a service waits between rounds (a credential
+/// rotated to read-only, a mount gone read-only), after it took the journal lease: the
+/// next round's proof fails (exit 5) before the feed is asked again, so the tasks added
+/// meanwhile stay with the platform; a restart after the fix stores them. This is the
+/// test that fails when the proof is moved after the first feed request of a round
+/// (at the first start, the journal lease already refuses such a storage).
+#[test]
+fn storage_refusing_writes_between_rounds_stops_before_the_feed_is_asked() {
+    let Some(fs) = Tmpfs::mount("journal-later-ro", "size=32m") else {
+        return;
+    };
+    let root = fs.0.join("root");
+    let tasks = 6;
+    let emu = emulator(EmulatorConfig {
+        tasks,
+        seed: 6,
+        recording_size: (1_000, 20_000),
+        ..Default::default()
+    });
+    let t = vars(&[("SP_TASK_SYNC_SAVE_TO", root.display().to_string())]);
+    guard_via_store(&emu, &t);
+    let mut e = env_for(&emu, &t);
+    e.insert("SP_TASK_SYNC_POLL_INTERVAL".into(), "3s".into());
+    e.insert("SP_LOG_LEVEL".into(), "debug".into());
+    let log = scratch("journal-later-ro-log").join("connector.log");
+    let mut child = spawn(&e, &[], &log);
+    let idle = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("feed drained; next round in")
+            .count()
+    };
+    wait_until("the first round done", Duration::from_secs(60), || {
+        idle() >= 1
+    });
+    remount(&fs, "ro");
+    let feed_requests = |emu: &Emulator| {
+        emu.requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/task/sync"))
+            .count()
+    };
+    let asked_before = feed_requests(&emu);
+    let later = "b808d74e-84b2-11ef-b864-0242ac120009";
+    let meta = format!("/task/{later}/meta");
+    emu.inject_task(
+        serde_json::json!({"taskId": later,
+            "get": [{"dataType": "CallMetadata", "path": meta, "fileName": "x.meta.json"}], "delete": []}),
+        vec![(meta.clone(), b"{}".to_vec())],
+    );
+    let status = child.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(5), "{said}");
+    assert!(said.contains("the storage refused access"), "{said}");
+    assert_eq!(
+        feed_requests(&emu),
+        asked_before,
+        "the feed was asked while the storage refused the journal: {said}"
+    );
+    remount(&fs, "rw");
+    let out = run(&e, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        emu.handed_out().len(),
+        tasks + 1,
+        "the later task came after the fix"
+    );
+    verify(&emu, &t, &BTreeSet::new());
 }
