@@ -89,23 +89,6 @@ fn which(name: &str) -> Option<PathBuf> {
     found
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET `url`: the status and the body (any status; `None` when nothing answers).
-fn get(url: &str) -> Option<(u16, String)> {
-    let agent = spinoco_connector::http::agent(Duration::from_secs(5), 1);
-    let mut response = agent.get(url).call().ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.body_mut().read_to_string().unwrap()))
-}
-
 fn unique(what: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     format!(

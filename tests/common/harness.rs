@@ -233,3 +233,20 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `url`: the status and the body (any status; `None` when nothing answers).
+pub fn get(url: &str) -> Option<(u16, String)> {
+    let agent = spinoco_connector::http::agent(Duration::from_secs(5), 1);
+    let mut response = agent.get(url).call().ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.body_mut().read_to_string().unwrap()))
+}
