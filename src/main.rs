@@ -146,7 +146,14 @@ fn run(mode: Mode) -> u8 {
         // intervals, plus one HTTP timeout for the request that may be under way.
         let window = 3 * cfg.poll_interval + cfg.http_timeout;
         let probe_every = std::time::Duration::from_secs(10);
-        if let Err(e) = metrics::serve(addr, store.clone(), window, probe_every) {
+        // The probe tries once: the run's store retries each request for as long as
+        // the mode allows (forever in service mode), which would hide an outage.
+        let probe: Arc<dyn BlobStore> =
+            match store::open(&cfg.storage, &agent, RetryBudget::tries(1)) {
+                Ok(s) => Arc::from(s),
+                Err(_) => store.clone(),
+            };
+        if let Err(e) = metrics::serve(addr, probe, window, probe_every) {
             error!("cannot serve metrics on SP_METRICS_ADDR={addr}: {e}");
             return exit::FAILURE;
         }
@@ -238,7 +245,8 @@ fn check(connect: bool) -> u8 {
         }
     };
     let storage_code =
-        match store::open(&cfg.storage, &agent, RetryBudget::within(cfg.retry_timeout))
+        // A few tries, not the run's budget: `check` answers within seconds.
+        match store::open(&cfg.storage, &agent, RetryBudget::tries(3))
             .and_then(|s| probe_storage(s.as_ref()).map(|described| (described, s)))
         {
             Ok((described, store)) => {

@@ -333,3 +333,44 @@ fn store_sends_the_token_and_user_project_and_maps_403_to_denied() {
     assert_eq!(storage.requests().len(), 3, "403 is not retried");
     assert_eq!(endpoint.requests().len(), 1, "the token is reused");
 }
+
+/// Issue 12: a 401 with a cached token drops it and fetches a new one once; a second
+/// 401 with the fresh token is a refusal (exit 5), not a loop.
+#[test]
+fn a_401_fetches_a_new_token_once() {
+    let endpoint = token_endpoint(3600);
+    // The storage takes only the second token: the first was revoked.
+    let storage = FakeServer::start(Box::new(|r: &Request| {
+        match (r.header("authorization"), r.target.as_str()) {
+            (Some("Bearer tok-2"), t) if t.contains("/o/ok?") => (200, "fresh".into()),
+            _ => (
+                401,
+                r#"{"error":{"code":401,"message":"Invalid Credentials"}}"#.into(),
+            ),
+        }
+    }));
+    let settings = GcsSettings {
+        bucket: "bkt".into(),
+        project: "p".into(),
+        prefix: String::new(),
+        endpoint: storage.url.clone(),
+        credentials: service_account("gcs-test-key.pem", &format!("{}/token", endpoint.url)),
+        chunk_size: 256 * 1024,
+    };
+    let store = GcsStore::open(&settings, &agent(), RetryBudget::tries(4)).unwrap();
+    assert_eq!(store.get("ok").unwrap().as_deref(), Some(&b"fresh"[..]));
+    assert_eq!(endpoint.requests().len(), 2, "a new token after the 401");
+    assert_eq!(storage.requests().len(), 2);
+    let err = store.get("refused").unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Denied, "{err}");
+    assert!(
+        err.message.contains("401") && !err.message.contains("tok-"),
+        "{err}"
+    );
+    assert_eq!(
+        storage.requests().len(),
+        4,
+        "one more try with a fresh token, no loop"
+    );
+    assert_eq!(endpoint.requests().len(), 3);
+}

@@ -113,3 +113,51 @@ fn azure_missing_container_is_named() {
         "container",
     );
 }
+
+/// s3s-fs creates a missing bucket, so the test's proxy answers like AWS does.
+#[test]
+fn s3_missing_bucket_is_named() {
+    use common::providers::{endpoint, with_endpoint};
+    use common::proxy::{Mode, TcpProxy};
+    let Some(t) = target(Provider::S3, "missing") else {
+        return;
+    };
+    let proxy = TcpProxy::start(endpoint(&t).unwrap().trim_start_matches("http://"));
+    proxy.set(Mode::NoSuchBucket);
+    let mut e = with_endpoint(&t, &proxy.url());
+    e.insert("SP_TASK_SYNC_S3_BUCKET".into(), "bucket-typo".into());
+    let s = open_store(&e);
+    let expected = "SP_TASK_SYNC_S3_BUCKET=\"bucket-typo\": the bucket does not exist";
+    for err in [
+        s.get(".spinoco-connector/x.page.json").unwrap_err(),
+        put_bytes(s.as_ref(), ".spinoco-connector/x.page.json", b"{}").unwrap_err(),
+        s.delete("x").unwrap_err(),
+    ] {
+        assert_eq!(err.kind, StoreErrorKind::Denied, "{err}");
+        assert!(err.message.starts_with(expected), "{err}");
+    }
+}
+
+/// The proxy mode the engine's "storage cannot take the journal" tests use: reads
+/// pass, writes are refused (a credential that may read but not write) on every cloud
+/// provider, and the refusal is Denied (exit 5).
+#[test]
+fn reads_pass_and_writes_are_denied_behind_forbid_put() {
+    use common::providers::{endpoint, with_endpoint};
+    use common::proxy::{Mode, TcpProxy};
+    for p in [Provider::S3, Provider::Gcs, Provider::Azure] {
+        let Some(t) = target(p, "forbid-put") else {
+            continue;
+        };
+        let proxy = TcpProxy::start_inspecting(endpoint(&t).unwrap().trim_start_matches("http://"));
+        proxy.set(Mode::ForbidPut);
+        let s = open_store(&with_endpoint(&t, &proxy.url()));
+        assert_eq!(
+            s.get(".spinoco-connector/x.page.json").unwrap(),
+            None,
+            "{p:?}"
+        );
+        let err = put_bytes(s.as_ref(), ".spinoco-connector/x.page.json", b"{}").unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Denied, "{p:?}: {err}");
+    }
+}

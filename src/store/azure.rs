@@ -174,7 +174,7 @@ impl Protocol for AzureProtocol {
                 req.url = format!("{}{sep}{}", req.url, token.expose());
             }
             Credential::SharedKey(key) => {
-                let (path, query) = split_url(&req.url);
+                let SignedParts { path, query } = split_url(&req.url);
                 let mut signed: Vec<(&str, &str)> = req
                     .headers
                     .iter()
@@ -245,8 +245,15 @@ impl Protocol for AzureProtocol {
     }
 }
 
-/// The encoded path and the decoded query pairs of a URL, as Shared Key signs them.
-fn split_url(url: &str) -> (String, Vec<(String, String)>) {
+/// What Shared Key signs of a URL.
+struct SignedParts {
+    /// The encoded path.
+    path: String,
+    /// The query pairs, values decoded.
+    query: Vec<(String, String)>,
+}
+
+fn split_url(url: &str) -> SignedParts {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let path_and_query = rest.find('/').map_or("/", |i| &rest[i..]);
     let (path, query) = path_and_query
@@ -261,7 +268,10 @@ fn split_url(url: &str) -> (String, Vec<(String, String)>) {
             (n.to_string(), v)
         })
         .collect();
-    (path.to_string(), pairs)
+    SignedParts {
+        path: path.to_string(),
+        query: pairs,
+    }
 }
 
 pub struct AzureStore {
@@ -777,5 +787,52 @@ mod tests {
     fn date_is_rfc1123() {
         let d = http_date();
         assert!(d.ends_with(" GMT") && d.len() == 29, "{d}");
+    }
+
+    /// Every status Azure can answer on the journal path, mapped deliberately.
+    #[test]
+    fn status_table() {
+        use super::super::client::classify;
+        let p = AzureProtocol {
+            account: azure_auth::parse_connection_string("UseDevelopmentStorage=true").unwrap(),
+            container: "container-typo".into(),
+        };
+        let table: &[(u16, &str, Class)] = &[
+            (201, "", Class::Answer),
+            (401, "", Class::Unauthorized),
+            (403, "AuthenticationFailed", Class::Denied),
+            (403, "AuthorizationPermissionMismatch", Class::Denied),
+            (404, "ContainerNotFound", Class::MissingContainer),
+            (404, "BlobNotFound", Class::Answer),
+            (409, "BlobAlreadyExists", Class::Answer),
+            (
+                409,
+                "ContainerBeingDeleted",
+                Class::Retry(Reason::ServerError),
+            ),
+            (409, "LeaseIdMissing", Class::Answer),
+            (412, "ConditionNotMet", Class::Answer),
+            (400, "Crc64Mismatch", Class::Retry(Reason::BrokenBody)),
+            (400, "Md5Mismatch", Class::Retry(Reason::BrokenBody)),
+            (400, "InvalidHeaderValue", Class::Rejected),
+            (503, "ServerBusy", Class::Retry(Reason::Throttled)),
+            (500, "InternalError", Class::Retry(Reason::ServerError)),
+            (507, "", Class::Retry(Reason::ServerError)),
+        ];
+        for (status, code, class) in table {
+            assert_eq!(classify(&p, *status, code), *class, "{status} {code}");
+        }
+        let e = super::super::client::missing(&p);
+        assert!(
+            e.message.starts_with(
+                "SP_TASK_SYNC_AZURE_CLIENT_NAME=\"container-typo\": the container does not exist"
+            ),
+            "{e}"
+        );
+        // The crc64 goes out as its eight little-endian bytes in base64.
+        assert_eq!(
+            crc64_b64(super::super::client::parts::crc64(b"123456789")),
+            crate::encoding::base64(&0xAE8B_1486_0A79_9888u64.to_le_bytes())
+        );
     }
 }

@@ -24,6 +24,14 @@
 //! and the caller starts over. (fake-gcs appends a resent body without checking its
 //! offset, so there a chunk whose answer alone was lost would be stored twice; real
 //! GCS does not do that.)
+//!
+//! Requests go through the shared REST layer ([`super::client`]), which retries each
+//! under the store's budget. GCS answers the same 404 for a missing bucket and a
+//! missing object, so a 404 of an object request is followed by one bucket GET (until
+//! the bucket answered once). Integrity: the media upload and the last resumable chunk
+//! carry the object's CRC32C (`x-goog-hash`, computed while the chunks are read), which
+//! GCS checks before it makes the object; fake-gcs-server checks nothing, so the
+//! answer's `crc32c` is compared as well and a media upload that differs is sent again.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -378,14 +386,26 @@ impl GcsStore {
         let what = format!("GCS upload of {}", self.gs(name));
         let url = self.upload_url(name, "media");
         let hash = format!("crc32c={}", crc32c_b64(crc));
-        let answer = self.send(&what, || {
-            Ok(Request::new("POST", url.clone())
-                .header("content-type", content_type(name))
-                .header("x-goog-hash", hash.clone())
-                .body(data))
-        })?;
+        // A stored object whose CRC32C is not ours is uploaded again (see check_crc).
+        let answer = self.client.send_verified(
+            &self.proto,
+            &what,
+            || {
+                Ok(Request::new("POST", url.clone())
+                    .header("content-type", content_type(name))
+                    .header("x-goog-hash", hash.clone())
+                    .body(data))
+            },
+            |a| match a.status {
+                200 | 201 => self.check_crc(&what, a, crc),
+                _ => Ok(()),
+            },
+        )?;
         match answer.status {
-            200 | 201 => self.check_crc(&what, &answer, crc),
+            200 | 201 => {
+                self.bucket_seen.store(true, Ordering::Relaxed);
+                Ok(())
+            }
             404 => Err(missing(&self.proto)),
             _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
@@ -810,6 +830,50 @@ mod tests {
                 && !valid_bucket("-ab")
                 && !valid_bucket("ABC")
                 && !valid_bucket("a/b")
+        );
+    }
+
+    /// Every status GCS can answer on the journal path, mapped deliberately. A 404
+    /// is the caller's (object or bucket: a bucket GET tells, see `not_found`).
+    #[test]
+    fn status_table() {
+        use super::super::client::classify;
+        let p = GcsProtocol {
+            agent: crate::http::agent(Duration::from_secs(1), 1),
+            tokens: TokenSource::new(Credentials::Anonymous),
+            bucket: "bucket-typo".into(),
+        };
+        let mismatch = br#"{"error":{"code":400,"message":"Provided CRC32C \"AAAAAA==\" doesn't match calculated CRC32C \"mnG7TA==\".","errors":[{"reason":"invalid"}]}}"#;
+        assert_eq!(
+            p.error_code(400, &HeaderMap::new(), mismatch),
+            CHECKSUM_MISMATCH
+        );
+        let table: &[(u16, &str, Class)] = &[
+            (200, "", Class::Answer),
+            (308, "", Class::Answer),
+            (401, "authError", Class::Unauthorized),
+            (403, "forbidden", Class::Denied),
+            (404, "notFound", Class::Answer),
+            (409, "conflict", Class::Answer),
+            (412, "conditionNotMet", Class::Answer),
+            (429, "rateLimitExceeded", Class::Retry(Reason::Throttled)),
+            (400, CHECKSUM_MISMATCH, Class::Retry(Reason::BrokenBody)),
+            (400, "invalid", Class::Rejected),
+            (503, "backendError", Class::Retry(Reason::ServerError)),
+            (507, "", Class::Retry(Reason::ServerError)),
+        ];
+        for (status, code, class) in table {
+            assert_eq!(classify(&p, *status, code), *class, "{status} {code}");
+        }
+        assert!(
+            !p.drop_credentials(),
+            "no token to refresh for anonymous access"
+        );
+        let e = missing(&p);
+        assert!(
+            e.message
+                .starts_with("SP_TASK_SYNC_GCS_BUCKET=\"bucket-typo\": the bucket does not exist"),
+            "{e}"
         );
     }
 }

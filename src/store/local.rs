@@ -11,6 +11,13 @@
 //! temp file, the rename, the flushes, reads and deletes) are repeated whole. So a full
 //! disk that drains costs no download. Permission and name errors are final.
 //!
+//! A target folder on another file system (a mount below the root): the rename from
+//! the root's temp folder cannot cross it, so the file is copied into that file
+//! system's own `<mount>/.spinoco-connector/tmp/`, flushed and renamed into place from
+//! there; nothing partial ever appears beside the user's files. Each such temp folder
+//! is listed in `<root>/.spinoco-connector/temp-dirs`, and all of them are swept of a
+//! killed process's leftovers when the store is opened.
+//!
 //! Conditional writes (the journal lease): `IfAbsent` is a hard link of the finished
 //! temp file to the target, which fails when the target exists; `IfMatch` compares the
 //! SHA-256 of the stored bytes (the version) under an exclusive lock on
@@ -29,6 +36,8 @@ use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 /// Folder (below the root) that holds the connector's own state and temp files.
 pub const STATE_DIR: &str = ".spinoco-connector";
 const TEMP_DIR: &str = "tmp";
+/// Lists the temp folders on other file systems (one path a line).
+const TEMP_DIRS: &str = "temp-dirs";
 /// A temp file untouched for this long belongs to a process that is gone.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
 
@@ -60,7 +69,10 @@ impl LocalStore {
             temp,
             budget: RetryBudget::tries(1),
         };
-        store.sweep_stale_temps();
+        store.sweep_stale_temps(&store.temp);
+        for dir in store.other_temp_dirs() {
+            store.sweep_stale_temps(&dir);
+        }
         Ok(store)
     }
 
@@ -101,8 +113,8 @@ impl LocalStore {
     /// Removes temp files of processes that are gone: ours from an earlier life with
     /// the same pid (containers restart as pid 1), those whose pid no longer runs, and
     /// any untouched for ten minutes.
-    fn sweep_stale_temps(&self) {
-        let Ok(entries) = fs::read_dir(&self.temp) else {
+    fn sweep_stale_temps(&self, temp: &Path) {
+        let Ok(entries) = fs::read_dir(temp) else {
             return;
         };
         let now = SystemTime::now();
@@ -122,6 +134,73 @@ impl LocalStore {
             if dead || old {
                 let _ = fs::remove_file(entry.path());
             }
+        }
+    }
+
+    /// The temp folders on other file systems used so far (see the module comment).
+    fn other_temp_dirs(&self) -> Vec<PathBuf> {
+        let list = self.root.join(STATE_DIR).join(TEMP_DIRS);
+        fs::read_to_string(list)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    /// The temp folder on the file system of `dir` (another than the root's): below
+    /// the highest folder of that file system under the root, listed for the sweep.
+    fn temp_dir_near(&self, dir: &Path) -> io::Result<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = fs::metadata(dir)?.dev();
+        let mut top = dir.to_path_buf();
+        while let Some(parent) = top.parent() {
+            if !parent.starts_with(&self.root) || fs::metadata(parent)?.dev() != dev {
+                break;
+            }
+            top = parent.to_path_buf();
+        }
+        let temp = top.join(STATE_DIR).join(TEMP_DIR);
+        if !temp.is_dir() {
+            fs::create_dir_all(&temp)?;
+            sync_dir(&top)?;
+        }
+        if !self.other_temp_dirs().contains(&temp) {
+            let list = self.root.join(STATE_DIR).join(TEMP_DIRS);
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&list)?;
+            writeln!(f, "{}", temp.display())?;
+            f.sync_all()?;
+        }
+        Ok(temp)
+    }
+
+    /// Renames a finished temp file over the target. Where the target folder is on
+    /// another file system (a mount below the root), the file is copied into that
+    /// file system's temp folder first, so the final step is still an atomic rename
+    /// and nothing partial is ever beside the user's files.
+    fn rename_into_place(&self, temp: &Path, target: &Path) -> io::Result<()> {
+        match fs::rename(temp, target) {
+            Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+                let dir = target.parent().unwrap_or(&self.root);
+                let near = self.temp_dir_near(dir)?.join(
+                    temp.file_name()
+                        .map(|n| n.to_os_string())
+                        .unwrap_or_else(|| "copy.part".into()),
+                );
+                let copied = fs::copy(temp, &near)
+                    .and_then(|_| File::open(&near)?.sync_all())
+                    .and_then(|_| fs::rename(&near, target));
+                if copied.is_err() {
+                    let _ = fs::remove_file(&near);
+                } else {
+                    let _ = fs::remove_file(temp);
+                }
+                copied
+            }
+            other => other,
         }
     }
 
@@ -230,7 +309,7 @@ impl BlobStore for LocalStore {
         let temp = self.temp_path();
         let result = self.write_temp(&temp, src).and_then(|n| {
             self.retried(&format!("cannot move into {}", target.display()), || {
-                rename_into_place(&temp, &target)
+                self.rename_into_place(&temp, &target)
             })?;
             self.retried(&format!("cannot flush folder {}", dir.display()), || {
                 sync_dir(&dir)
@@ -316,29 +395,6 @@ impl BlobStore for LocalStore {
         let _ = fs::remove_file(&temp);
         drop(lock);
         outcome
-    }
-}
-
-/// Renames a finished temp file over the target. Where the target folder is on
-/// another file system than the root (a mount below the root), the file is copied
-/// next to the target first, so the final step is still an atomic rename.
-fn rename_into_place(temp: &Path, target: &Path) -> io::Result<()> {
-    match fs::rename(temp, target) {
-        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
-            let dir = target.parent().unwrap_or(Path::new("."));
-            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let near = dir.join(format!(".{}-{n}.spinoco-part", std::process::id()));
-            let copied = fs::copy(temp, &near)
-                .and_then(|_| File::open(&near)?.sync_all())
-                .and_then(|_| fs::rename(&near, target));
-            if copied.is_err() {
-                let _ = fs::remove_file(&near);
-            } else {
-                let _ = fs::remove_file(temp);
-            }
-            copied
-        }
-        other => other,
     }
 }
 

@@ -11,6 +11,9 @@
 //! cloud providers share one REST layer ([`client`]) for that; local storage retries
 //! transient file-system errors (a full disk) itself.
 
+// rust-s3's own client must never send (clippy.toml lists its sending methods).
+#![deny(clippy::disallowed_methods)]
+
 use std::fmt;
 use std::io::{self, Read};
 

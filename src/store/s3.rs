@@ -8,7 +8,7 @@
 //! | `SP_TASK_SYNC_S3_REGION` | region, e.g. `eu-central-1` (required; S3-compatible services often accept `us-east-1`) |
 //! | `SP_TASK_SYNC_S3_ENDPOINT` | optional `http(s)://host[:port]` of an S3-compatible service; requests then use path-style addressing (`<endpoint>/<bucket>/<key>`). Unset: AWS, `https://s3.<region>.amazonaws.com`, virtual-hosted style |
 //! | `SP_TASK_SYNC_SAVE_TO` | optional key prefix (as in the official connector) |
-//! | `SP_TASK_SYNC_S3_MULTIPART_THRESHOLD` | objects above this size go up as multipart uploads (default 16MiB) |
+//! | `SP_TASK_SYNC_S3_MULTIPART_THRESHOLD` | objects above this size go up as multipart uploads (default 8MiB, the part size) |
 //! | `SP_TASK_SYNC_S3_PART_SIZE` | size of one multipart part, 5MiB to 5GiB (default 8MiB) |
 //!
 //! Sizes are bytes, or a number with `K`, `M`, `G` (`KB`/`KiB`, ...: all powers of 1024).
@@ -61,7 +61,9 @@ use crate::env::{ConfigError, Env};
 use crate::retry::{Reason, RetryBudget};
 
 const MIB: u64 = 1024 * 1024;
-pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 * MIB;
+/// The part size: every upload then holds at most one part buffer (a larger threshold
+/// holds one buffer of the threshold size for objects between the two).
+pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 8 * MIB;
 pub const DEFAULT_PART_SIZE: u64 = 8 * MIB;
 /// S3's smallest part (all but the last).
 pub const MIN_PART_SIZE: u64 = 5 * MIB;
@@ -594,6 +596,7 @@ impl S3Store {
     ) -> Result<(), StoreError> {
         let xml = CompleteMultipartUploadData { parts }.to_string();
         let sha = sha256_hex(xml.as_bytes());
+        // Complete and Abort share the URL `<key>?uploadId=<id>` (POST and DELETE).
         let url = self.url(key, Command::AbortMultipartUpload { upload_id })?;
         let what = format!("S3 CompleteMultipartUpload of {}", self.location(key));
         let mut tries = 0;

@@ -153,6 +153,11 @@ pub fn with_endpoint(e: &BTreeMap<String, String>, url: &str) -> BTreeMap<String
 }
 
 pub fn open_store(e: &BTreeMap<String, String>) -> Box<dyn BlobStore> {
+    open_store_with(e, 2)
+}
+
+/// [`open_store`] with an agent sized for `concurrency` workers.
+pub fn open_store_with(e: &BTreeMap<String, String>, concurrency: usize) -> Box<dyn BlobStore> {
     let mut e = e.clone();
     for (k, v) in [
         ("SP_API_TOKEN", "unused"),
@@ -167,7 +172,7 @@ pub fn open_store(e: &BTreeMap<String, String>) -> Box<dyn BlobStore> {
     .unwrap();
     store::open(
         &cfg.storage,
-        &spinoco_connector::http::agent(Duration::from_secs(10), 2),
+        &spinoco_connector::http::agent(Duration::from_secs(10), concurrency),
         spinoco_connector::retry::RetryBudget::tries(5),
     )
     .unwrap()

@@ -19,6 +19,13 @@ pub enum Mode {
     Down = 1,
     /// Every request gets `403 Forbidden`.
     Forbid = 2,
+    /// Writes (PUT, and POST and DELETE: GCS uploads are POSTs) get `403 Forbidden`
+    /// (S3 `AccessDenied`), reads pass: a credential that may read but not write.
+    /// Needs [`TcpProxy::start_inspecting`].
+    ForbidPut = 3,
+    /// Every request gets S3's `404 NoSuchBucket` (s3s-fs creates a missing bucket
+    /// instead of saying so).
+    NoSuchBucket = 4,
 }
 
 pub struct TcpProxy {
@@ -28,11 +35,56 @@ pub struct TcpProxy {
     stop: Arc<AtomicBool>,
     /// Connections refused or cut while down, and requests answered 403.
     pub refused: Arc<AtomicUsize>,
+    /// Connections accepted and forwarded (keep-alive shows as few of them).
+    pub accepted: Arc<AtomicUsize>,
+    /// Request bodies with one byte flipped ([`TcpProxy::corrupt_next_body`]).
+    pub corrupted: Arc<AtomicUsize>,
+    /// Connections cut after a matching request ([`TcpProxy::cut_after`]).
+    pub cut: Arc<AtomicUsize>,
+    rules: Arc<Rules>,
+}
+
+/// What an inspecting proxy does to requests (see [`TcpProxy::start_inspecting`]).
+#[derive(Default)]
+struct Rules {
+    inspect: bool,
+    /// Flip one byte in the middle of the next request body at least this long.
+    corrupt_min: Mutex<Option<usize>>,
+    /// Forward the next request whose line starts with the method and contains the
+    /// text, then cut the connection without its answer.
+    cut_after: Mutex<Option<(String, String)>>,
 }
 
 impl TcpProxy {
     /// Listens on a free port of 127.0.0.1 and forwards to `upstream` (`host:port`).
     pub fn start(upstream: &str) -> TcpProxy {
+        Self::start_with(upstream, false)
+    }
+
+    /// Like [`TcpProxy::start`], but reads each request (head and `Content-Length`
+    /// body) on its way to the server, so that it can answer PUTs with 403
+    /// ([`Mode::ForbidPut`]), flip a byte of a body, or cut a connection after a
+    /// given request was forwarded.
+    pub fn start_inspecting(upstream: &str) -> TcpProxy {
+        Self::start_with(upstream, true)
+    }
+
+    /// Flips one byte in the middle of the next request body of at least `min_len`
+    /// bytes (once).
+    pub fn corrupt_next_body(&self, min_len: usize) {
+        assert!(self.rules.inspect, "start_inspecting is needed");
+        *self.rules.corrupt_min.lock().unwrap() = Some(min_len);
+    }
+
+    /// Forwards the next request whose request line starts with `method` and contains
+    /// `text`, lets the server handle it, and cuts the connection before its answer
+    /// reaches the client (once): an answer lost in flight.
+    pub fn cut_after(&self, method: &str, text: &str) {
+        assert!(self.rules.inspect, "start_inspecting is needed");
+        *self.rules.cut_after.lock().unwrap() = Some((method.to_string(), text.to_string()));
+    }
+
+    fn start_with(upstream: &str, inspect: bool) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let proxy = TcpProxy {
@@ -41,12 +93,25 @@ impl TcpProxy {
             open: Arc::default(),
             stop: Arc::default(),
             refused: Arc::default(),
+            accepted: Arc::default(),
+            corrupted: Arc::default(),
+            cut: Arc::default(),
+            rules: Arc::new(Rules {
+                inspect,
+                ..Default::default()
+            }),
         };
         let (mode, open, stop, refused) = (
             proxy.mode.clone(),
             proxy.open.clone(),
             proxy.stop.clone(),
             proxy.refused.clone(),
+        );
+        let (accepted, corrupted, cut, rules) = (
+            proxy.accepted.clone(),
+            proxy.corrupted.clone(),
+            proxy.cut.clone(),
+            proxy.rules.clone(),
         );
         let upstream = upstream.to_string();
         thread::spawn(move || {
@@ -56,20 +121,50 @@ impl TcpProxy {
                 }
                 let Ok(client) = client else { continue };
                 match mode.load(Ordering::SeqCst) {
-                    0 => {
+                    m @ (0 | 3) if m == 0 || rules.inspect => {
                         let Ok(server) = TcpStream::connect(&upstream) else {
                             continue;
                         };
+                        accepted.fetch_add(1, Ordering::SeqCst);
                         let mut o = open.lock().unwrap();
                         o.push(client.try_clone().unwrap());
                         o.push(server.try_clone().unwrap());
                         drop(o);
-                        pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                        pipe(server, client);
+                        if rules.inspect {
+                            let muted = Arc::new(AtomicBool::new(false));
+                            let counters = Counters {
+                                mode: mode.clone(),
+                                refused: refused.clone(),
+                                corrupted: corrupted.clone(),
+                                cut: cut.clone(),
+                            };
+                            inspect_pipe(
+                                client.try_clone().unwrap(),
+                                server.try_clone().unwrap(),
+                                muted.clone(),
+                                rules.clone(),
+                                counters,
+                            );
+                            muted_pipe(server, client, muted);
+                        } else {
+                            pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                            pipe(server, client);
+                        }
                     }
                     1 => {
                         refused.fetch_add(1, Ordering::SeqCst);
                         let _ = client.shutdown(Shutdown::Both);
+                    }
+                    4 => {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        thread::spawn(move || {
+                            answer_all(
+                                client,
+                                "404 Not Found",
+                                "application/xml",
+                                b"<?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>",
+                            )
+                        });
                     }
                     _ => {
                         refused.fetch_add(1, Ordering::SeqCst);
@@ -87,7 +182,7 @@ impl TcpProxy {
 
     pub fn set(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);
-        if mode != Mode::Pass {
+        if mode != Mode::Pass && mode != Mode::ForbidPut {
             for c in self.open.lock().unwrap().drain(..) {
                 if c.shutdown(Shutdown::Both).is_ok() {
                     self.refused.fetch_add(1, Ordering::SeqCst);
@@ -116,6 +211,16 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 
 /// Reads requests (head and `Content-Length` body) and answers each with 403.
 fn forbid(client: TcpStream) {
+    answer_all(
+        client,
+        "403 Forbidden",
+        "application/json",
+        br#"{"error":{"code":403,"message":"Forbidden (test proxy)"}}"#,
+    )
+}
+
+/// Reads requests (head and `Content-Length` body) and answers each the same way.
+fn answer_all(client: TcpStream, status: &str, content_type: &str, msg: &[u8]) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(2)));
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut out = client;
@@ -145,13 +250,155 @@ fn forbid(client: TcpStream) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let msg = br#"{"error":{"code":403,"message":"Forbidden (test proxy)"}}"#;
         let head = format!(
-            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             msg.len()
         );
         if out.write_all(head.as_bytes()).is_err() || out.write_all(msg).is_err() {
             return;
         }
     }
+}
+
+/// The shared counters an inspecting pipe updates.
+struct Counters {
+    mode: Arc<AtomicU8>,
+    refused: Arc<AtomicUsize>,
+    corrupted: Arc<AtomicUsize>,
+    cut: Arc<AtomicUsize>,
+}
+
+/// Server to client, dropping everything once `muted` is set.
+fn muted_pipe(mut from: TcpStream, mut to: TcpStream, muted: Arc<AtomicBool>) {
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if muted.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+/// Client to server, one request at a time (the connector never pipelines).
+fn inspect_pipe(
+    client: TcpStream,
+    server: TcpStream,
+    muted: Arc<AtomicBool>,
+    rules: Arc<Rules>,
+    counters: Counters,
+) {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(client.try_clone().unwrap());
+        let mut back = client;
+        let mut to = server;
+        loop {
+            let mut head = String::new();
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => {
+                        let _ = to.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+                if let Some((n, v)) = line.split_once(':') {
+                    if n.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let end = line == "\r\n" || line == "\n";
+                head.push_str(&line);
+                if end {
+                    break;
+                }
+            }
+            let request_line = head.lines().next().unwrap_or_default().to_string();
+            if counters.mode.load(Ordering::SeqCst) == Mode::ForbidPut as u8
+                && ["PUT ", "POST ", "DELETE "]
+                    .iter()
+                    .any(|m| request_line.starts_with(m))
+            {
+                let mut body = vec![0u8; len];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                counters.refused.fetch_add(1, Ordering::SeqCst);
+                let msg = b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Forbidden (test proxy)</Message></Error>";
+                let answer = format!(
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nx-ms-error-code: AuthorizationPermissionMismatch\r\nContent-Length: {}\r\n\r\n",
+                    msg.len()
+                );
+                if back.write_all(answer.as_bytes()).is_err() || back.write_all(msg).is_err() {
+                    return;
+                }
+                continue;
+            }
+            let cut = {
+                let mut rule = rules.cut_after.lock().unwrap();
+                let hit = rule.as_ref().is_some_and(|(m, t)| {
+                    request_line.starts_with(m.as_str()) && request_line.contains(t.as_str())
+                });
+                if hit {
+                    *rule = None;
+                }
+                hit
+            };
+            if cut {
+                muted.store(true, Ordering::SeqCst);
+            }
+            let flip_at = {
+                let mut min = rules.corrupt_min.lock().unwrap();
+                match *min {
+                    Some(m) if len >= m && len > 0 => {
+                        *min = None;
+                        counters.corrupted.fetch_add(1, Ordering::SeqCst);
+                        Some(len / 2)
+                    }
+                    _ => None,
+                }
+            };
+            if to.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let mut left = len;
+            let mut offset = 0usize;
+            let mut buf = vec![0u8; 64 * 1024];
+            while left > 0 {
+                let n = left.min(buf.len());
+                if reader.read_exact(&mut buf[..n]).is_err() {
+                    let _ = to.shutdown(Shutdown::Write);
+                    return;
+                }
+                if let Some(at) = flip_at {
+                    if (offset..offset + n).contains(&at) {
+                        buf[at - offset] ^= 0x01;
+                    }
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+                offset += n;
+                left -= n;
+            }
+            if cut {
+                // Let the server act on it, then lose its answer.
+                thread::sleep(Duration::from_millis(500));
+                counters.cut.fetch_add(1, Ordering::SeqCst);
+                let _ = back.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    });
 }

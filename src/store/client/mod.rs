@@ -158,7 +158,8 @@ pub struct Client {
 /// One try's outcome before the retry decision.
 enum Try {
     Answer(Answer),
-    Transport(ureq::Error),
+    /// The request's URL without its query (it may hold a SAS).
+    Transport(ureq::Error, String),
 }
 
 impl Client {
@@ -176,7 +177,20 @@ impl Client {
         &self,
         proto: &dyn Protocol,
         what: &str,
+        build: impl FnMut() -> Result<Request<'a>, StoreError>,
+    ) -> Result<Answer, StoreError> {
+        self.send_verified(proto, what, build, |_| Ok(()))
+    }
+
+    /// [`Client::send`], with `verify` judging an answer the caller would get: a
+    /// `Transient` error from it (the stored bytes are not what was sent) is retried
+    /// like a refused checksum.
+    pub fn send_verified<'a>(
+        &self,
+        proto: &dyn Protocol,
+        what: &str,
         mut build: impl FnMut() -> Result<Request<'a>, StoreError>,
+        verify: impl Fn(&Answer) -> Result<(), StoreError>,
     ) -> Result<Answer, StoreError> {
         let outcome = with_retries(self.budget, Side::Storage, what, || {
             let mut refreshed = false;
@@ -191,8 +205,8 @@ impl Client {
                         }
                     }
                     Err(e) => return Step::Fail(e),
-                    Ok(Try::Transport(e)) => {
-                        let message = proto.redact(&crate::http::error_message(what, &e));
+                    Ok(Try::Transport(e, url)) => {
+                        let message = proto.redact(&crate::http::error_message(&url, &e));
                         let message = format!("{what}: {message}");
                         if crate::tls::verification_failure(&e).is_some() {
                             return Step::Fail(StoreError::new(
@@ -207,7 +221,17 @@ impl Client {
                         };
                     }
                     Ok(Try::Answer(answer)) => match classify(proto, answer.status, &answer.code) {
-                        Class::Answer => return Step::Done(answer),
+                        Class::Answer => {
+                            return match verify(&answer) {
+                                Ok(()) => Step::Done(answer),
+                                Err(e) if e.kind == StoreErrorKind::Transient => Step::Retry {
+                                    error: e,
+                                    reason: Reason::BrokenBody,
+                                    after: None,
+                                },
+                                Err(e) => Step::Fail(e),
+                            }
+                        }
                         Class::Retry(reason) => {
                             let after = retry_after_of(&answer.headers);
                             return Step::Retry {
@@ -283,9 +307,10 @@ impl Client {
         } else {
             self.agent.run(http.body(req.body).map_err(bad)?)
         };
+        let bare = || req.url.split('?').next().unwrap_or_default().to_string();
         let mut response = match sent {
             Ok(r) => r,
-            Err(e) => return Ok(Try::Transport(e)),
+            Err(e) => return Ok(Try::Transport(e, bare())),
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -299,7 +324,7 @@ impl Client {
                 .read_to_vec()
             {
                 Ok(b) => b,
-                Err(e) => return Ok(Try::Transport(e)),
+                Err(e) => return Ok(Try::Transport(e, bare())),
             }
         };
         let code = proto.error_code(status, &headers, &body);
