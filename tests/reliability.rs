@@ -41,6 +41,14 @@ fn caught_up(emu: &Emulator, e: &BTreeMap<String, String>, tasks: usize) -> bool
         && emu.deletes().len() >= recording_deletes(emu).len()
 }
 
+/// How often the sync feed was asked (each ask may move the platform's cursor).
+fn feed_requests(emu: &Emulator) -> usize {
+    emu.requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/task/sync"))
+        .count()
+}
+
 fn stop(mut child: Child) {
     signal(child.id(), "TERM");
     let status = child.wait().unwrap();
@@ -385,12 +393,6 @@ fn journal_refused_at_round_start_asks_the_feed_nothing_local() {
     let log = text(&out);
     assert_eq!(out.status.code(), Some(5), "{log}");
     assert!(log.contains("the storage refused access"), "{log}");
-    let feed_requests = |emu: &Emulator| {
-        emu.requests()
-            .iter()
-            .filter(|r| r.path.starts_with("/task/sync"))
-            .count()
-    };
     assert_eq!(
         feed_requests(&emu),
         0,
@@ -1088,11 +1090,22 @@ fn soak() {
     let _ = unique("soak");
 }
 
+/// How a cloud storage cannot take the journal at a first start.
+enum Broken {
+    /// A name with a typo in `var`: the `kind` (bucket, container) does not exist.
+    Typo {
+        var: &'static str,
+        kind: &'static str,
+    },
+    /// A credential that may read but not write (the test's proxy refuses writes).
+    ReadOnly,
+}
+
 /// A first start with a cloud storage that cannot take the journal (a bucket name with
-/// a typo, a container that does not exist): exit 5 with the variable and value named,
+/// a typo, a container that does not exist, a read-only credential): exit 5 saying so,
 /// and the feed is asked nothing, so the platform's cursor has not moved; a second
 /// start after the fix stores every task.
-fn journal_refused_at_round_start_cloud(p: Provider, var: &str, kind: &str) {
+fn journal_refused_at_round_start_cloud(p: Provider, broken: Broken) {
     let Some(t) = target(p, "journal-refused") else {
         return;
     };
@@ -1104,22 +1117,28 @@ fn journal_refused_at_round_start_cloud(p: Provider, var: &str, kind: &str) {
         ..Default::default()
     });
     guard_via_store(&emu, &t);
-    let mut broken = t.clone();
-    let typo = format!("{}-typo", &t[var]);
-    broken.insert(var.into(), typo.clone());
-    let out = run(&env_for(&emu, &broken), &["--once"]);
+    let proxy = TcpProxy::start_inspecting(endpoint(&t).unwrap().trim_start_matches("http://"));
+    let (bad, said) = match broken {
+        Broken::Typo { var, kind } => {
+            let typo = format!("{}-typo", &t[var]);
+            let said = format!("{var}={typo:?}: the {kind} does not exist");
+            let mut bad = t.clone();
+            bad.insert(var.into(), typo);
+            (bad, said)
+        }
+        Broken::ReadOnly => {
+            proxy.set(Mode::ForbidPut);
+            (
+                with_endpoint(&t, &proxy.url()),
+                "the storage refused access".into(),
+            )
+        }
+    };
+    let out = run(&env_for(&emu, &bad), &["--once"]);
     let log = text(&out);
     assert_eq!(out.status.code(), Some(5), "{log}");
-    assert!(
-        log.contains(&format!("{var}={typo:?}: the {kind} does not exist")),
-        "{log}"
-    );
-    let feed_requests = emu
-        .requests()
-        .iter()
-        .filter(|r| r.path.starts_with("/task/sync"))
-        .count();
-    assert_eq!(feed_requests, 0, "the feed was asked: {log}");
+    assert!(log.contains(&said), "{said:?} not in {log}");
+    assert_eq!(feed_requests(&emu), 0, "the feed was asked: {log}");
     assert!(emu.handed_out().is_empty());
     let out = run(&env_for(&emu, &t), &["--once"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -1138,16 +1157,29 @@ fn journal_refused_at_round_start_cloud(p: Provider, var: &str, kind: &str) {
 }
 
 #[test]
+fn journal_refused_at_round_start_asks_the_feed_nothing_s3_read_only_credential() {
+    journal_refused_at_round_start_cloud(Provider::S3, Broken::ReadOnly);
+}
+
+#[test]
 fn journal_refused_at_round_start_asks_the_feed_nothing_gcs_missing_bucket() {
-    journal_refused_at_round_start_cloud(Provider::Gcs, "SP_TASK_SYNC_GCS_BUCKET", "bucket");
+    journal_refused_at_round_start_cloud(
+        Provider::Gcs,
+        Broken::Typo {
+            var: "SP_TASK_SYNC_GCS_BUCKET",
+            kind: "bucket",
+        },
+    );
 }
 
 #[test]
 fn journal_refused_at_round_start_asks_the_feed_nothing_azure_missing_container() {
     journal_refused_at_round_start_cloud(
         Provider::Azure,
-        "SP_TASK_SYNC_AZURE_CLIENT_NAME",
-        "container",
+        Broken::Typo {
+            var: "SP_TASK_SYNC_AZURE_CLIENT_NAME",
+            kind: "container",
+        },
     );
 }
 
@@ -1187,12 +1219,6 @@ fn storage_refusing_writes_between_rounds_stops_before_the_feed_is_asked() {
         idle() >= 1
     });
     remount(&fs, "ro");
-    let feed_requests = |emu: &Emulator| {
-        emu.requests()
-            .iter()
-            .filter(|r| r.path.starts_with("/task/sync"))
-            .count()
-    };
     let asked_before = feed_requests(&emu);
     let later = "b808d74e-84b2-11ef-b864-0242ac120009";
     let meta = format!("/task/{later}/meta");
