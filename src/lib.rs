@@ -13,6 +13,7 @@ pub mod encoding;
 pub mod env;
 pub mod http;
 pub mod journal;
+pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod net;

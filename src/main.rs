@@ -8,6 +8,7 @@ use log::{error, info, LevelFilter};
 
 use spinoco_connector::config::Config;
 use spinoco_connector::env::Env;
+use spinoco_connector::lease::{self, Lease, LeaseError, WhenHeld};
 use spinoco_connector::logging::{self, LogFormat};
 use spinoco_connector::platform::{Platform, PlatformError};
 use spinoco_connector::retry::RetryBudget;
@@ -26,6 +27,8 @@ mod exit {
     pub const PLATFORM_AUTH: u8 = 4;
     /// The storage refused the credentials or permissions.
     pub const STORAGE_DENIED: u8 = 5;
+    /// `--once`: another connector works on this tag (it holds the journal lease).
+    pub const TAG_HELD: u8 = 7;
 }
 
 const USAGE: &str = "\
@@ -52,7 +55,8 @@ Usage:
   spinoco-connector --help | --version
 
 Exit codes: 0 ok, 1 not everything stored, 2 usage, 3 configuration error,
-4 platform refused the token, 5 storage refused access.
+4 platform refused the token, 5 storage refused access, 7 another connector
+works on this tag (--once).
 ";
 
 fn main() -> ExitCode {
@@ -154,8 +158,33 @@ fn run(mode: Mode) -> u8 {
             return exit::FAILURE;
         }
     }
+    // One connector per journal: wait for (service) or refuse (--once) a tag another
+    // connector works on, before the journal is touched.
+    let when_held = match mode {
+        Mode::Once => WhenHeld::GiveUp,
+        Mode::Service => WhenHeld::Wait,
+    };
+    let lease = match Lease::acquire(store.clone(), &cfg.tag, cfg.lease_ttl, when_held) {
+        Ok(lease) => lease,
+        Err(LeaseError::Stopped) => return exit::OK,
+        Err(e) => {
+            error!("{e}");
+            return match e {
+                LeaseError::Held { .. } => exit::TAG_HELD,
+                LeaseError::Store(s) if s.kind == StoreErrorKind::Denied => exit::STORAGE_DENIED,
+                _ => exit::FAILURE,
+            };
+        }
+    };
+    lease.keep_renewed();
     let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
-    match Engine::new(&cfg, platform, store.as_ref(), mode).run(mode) {
+    let outcome = Engine::new(&cfg, platform, store.as_ref(), mode).run(mode);
+    lease.release();
+    if lease.lost() {
+        error!("stopped because the journal lease was lost; the journal keeps what was done");
+        return exit::FAILURE;
+    }
+    match outcome {
         Ok(summary) => {
             info!("done: {summary}");
             exit::OK
@@ -218,13 +247,23 @@ fn check(connect: bool) -> u8 {
     let storage_code =
         // A few tries, not the run's budget: `check` answers within seconds.
         match store::open(&cfg.storage, &agent, RetryBudget::tries(3))
-            .and_then(|s| probe_storage(s.as_ref()))
+            .and_then(|s| probe_storage(s.as_ref()).map(|described| (described, s)))
         {
-            Ok(described) => {
+            Ok((described, store)) => {
                 let how = storage_endpoint(&cfg.storage)
                     .map(|url| format!(" ({})", connection(&http, &url, host_of(&url))))
                     .unwrap_or_default();
                 println!("storage: {described}: wrote, read back and removed a probe object{how}");
+                match lease::holder(store.as_ref(), &cfg.tag) {
+                    Ok(Some(h)) if !h.released => {
+                        println!("journal lease: held by {}", h.describe())
+                    }
+                    Ok(_) => println!(
+                        "journal lease: free (no connector works on tag {:?})",
+                        cfg.tag
+                    ),
+                    Err(e) => println!("journal lease: cannot be read: {e}"),
+                }
                 exit::OK
             }
             Err(e) => {

@@ -44,6 +44,14 @@ pub struct Metrics {
     /// Unix milliseconds of the last sign of progress (a round finished, a file stored,
     /// a recording deleted); 0 = none yet.
     last_progress_ms: AtomicU64,
+    /// Unix milliseconds of the last file stored; 0 = none yet.
+    last_file_ms: AtomicU64,
+    /// Unix milliseconds this process took up the page in progress; 0 = no page in
+    /// progress. A page stays journaled until every task of it is done, so an old value
+    /// means a page that does not finish (the storage or the platform keeps failing).
+    page_started_ms: AtomicU64,
+    /// How recent progress must be for /readyz, in milliseconds (0 until [`serve`]).
+    ready_window_ms: AtomicU64,
     /// The last storage probe of the metrics endpoint worked.
     storage_ok: AtomicBool,
     started_ms: AtomicU64,
@@ -88,6 +96,9 @@ impl Metrics {
             in_flight: AtomicI64::new(0),
             last_success_ms: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),
+            last_file_ms: AtomicU64::new(0),
+            page_started_ms: AtomicU64::new(0),
+            ready_window_ms: AtomicU64::new(0),
             storage_ok: AtomicBool::new(true),
             started_ms: AtomicU64::new(0),
         }
@@ -101,8 +112,14 @@ impl Metrics {
         self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// The engine took up a journaled page with tasks (new, or left by an earlier run).
+    pub fn page_started(&self) {
+        self.page_started_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
     /// A page was worked through (or stopped): its counts, as in the run's summary.
     pub fn page_done(&self, tasks: u64, deletes: u64, missing: u64, rejected: u64, failed: u64) {
+        self.page_started_ms.store(0, Ordering::Relaxed);
         Self::add(&self.tasks, tasks);
         Self::add(&self.deletes, deletes);
         Self::add(&self.missing, missing);
@@ -116,6 +133,7 @@ impl Metrics {
     pub fn file_stored(&self, bytes: u64) {
         Self::add(&self.files, 1);
         Self::add(&self.bytes, bytes);
+        self.last_file_ms.store(now_ms(), Ordering::Relaxed);
         self.progress();
     }
 
@@ -256,6 +274,30 @@ impl Metrics {
             &[("", seconds(get(&self.last_success_ms)))],
         );
         metric(
+            "spinoco_last_progress_timestamp_seconds",
+            "gauge",
+            "Unix time of the last sign of progress: a clean round, a file stored or a recording deleted (0: none yet). /readyz wants it within spinoco_ready_window_seconds.",
+            &[("", seconds(get(&self.last_progress_ms)))],
+        );
+        metric(
+            "spinoco_last_file_timestamp_seconds",
+            "gauge",
+            "Unix time of the last file stored (0: none yet).",
+            &[("", seconds(get(&self.last_file_ms)))],
+        );
+        metric(
+            "spinoco_journaled_page_timestamp_seconds",
+            "gauge",
+            "Unix time this process took up the page in progress, which stays journaled until every task of it is done (0: no page in progress).",
+            &[("", seconds(get(&self.page_started_ms)))],
+        );
+        metric(
+            "spinoco_ready_window_seconds",
+            "gauge",
+            "How recent the last progress must be for /readyz: three poll intervals plus one HTTP timeout.",
+            &[("", seconds(get(&self.ready_window_ms)))],
+        );
+        metric(
             "spinoco_storage_reachable",
             "gauge",
             "1 when the storage answered the last probe.",
@@ -308,6 +350,9 @@ pub fn serve(
     let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
     let metrics = global();
     metrics.started_ms.store(now_ms(), Ordering::Relaxed);
+    metrics
+        .ready_window_ms
+        .store(ready_window.as_millis() as u64, Ordering::Relaxed);
     info!("metrics on http://{addr}/metrics (also /healthz, /readyz)");
     std::thread::Builder::new()
         .name("storage-probe".into())
@@ -423,6 +468,32 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
         }
         assert!(!text.contains("spinoco_last_success_timestamp_seconds 0.000"));
+        assert!(!text.contains("spinoco_last_file_timestamp_seconds 0.000"));
+        assert!(!text.contains("spinoco_last_progress_timestamp_seconds 0.000"));
+        assert!(text.contains("spinoco_journaled_page_timestamp_seconds 0.000\n"));
+    }
+
+    #[test]
+    fn the_page_in_progress_is_timed_until_done() {
+        let m = Metrics::new();
+        let page = |m: &Metrics| {
+            let text = m.render();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("spinoco_journaled_page_timestamp_seconds "))
+                .unwrap()
+                .to_string();
+            line.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap()
+        };
+        assert_eq!(page(&m), 0.0);
+        let before = now_ms() as f64 / 1000.0;
+        m.page_started();
+        let started = page(&m);
+        assert!(started >= before - 0.001 && started <= now_ms() as f64 / 1000.0);
+        m.file_stored(1);
+        assert_eq!(page(&m), started, "a stored file does not finish the page");
+        m.page_done(1, 0, 0, 0, 0);
+        assert_eq!(page(&m), 0.0);
     }
 
     #[test]

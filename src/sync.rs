@@ -376,7 +376,12 @@ impl<'a> Engine<'a> {
             return self.close_page(page.next).map(|()| (0, None));
         }
         let started = Instant::now();
-        self.save_journal(&page)?;
+        // The page may be one the platform just handed out: it is written down even when a
+        // stop was asked for meanwhile (once; the retries after a failure end on a stop).
+        if self.journal.save(&page).is_err() {
+            self.save_journal(&page)?;
+        }
+        crate::metrics::global().page_started();
         // A page journaled ahead (before a restart) needs no asking again.
         let prefetch = match page.ahead {
             Some(_) => None,

@@ -10,23 +10,6 @@ use common::harness::*;
 use serde_json::Value;
 use spinoco_connector::emulator::{EmulatorConfig, Faults};
 
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET `url`: the status and the body (any status; `None` when nothing answers).
-fn get(url: &str) -> Option<(u16, String)> {
-    let agent = spinoco_connector::http::agent(Duration::from_secs(5), 1);
-    let mut response = agent.get(url).call().ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.body_mut().read_to_string().unwrap()))
-}
-
 /// Polls `url` until it answers `status`, or fails after a minute.
 fn wait_for(url: &str, status: u16, child: &mut Child, log: &std::path::Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -41,6 +41,14 @@ fn caught_up(emu: &Emulator, e: &BTreeMap<String, String>, tasks: usize) -> bool
         && emu.deletes().len() >= recording_deletes(emu).len()
 }
 
+/// How often the sync feed was asked (each ask may move the platform's cursor).
+fn feed_requests(emu: &Emulator) -> usize {
+    emu.requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/task/sync"))
+        .count()
+}
+
 fn stop(mut child: Child) {
     signal(child.id(), "TERM");
     let status = child.wait().unwrap();
@@ -147,9 +155,9 @@ fn storage_down_when_the_service_starts_is_waited_out() {
     stop(child);
     verify(&emu, &t, &BTreeSet::new());
     let logs = std::fs::read_to_string(&log).unwrap();
+    // The first storage request of a start is the journal lease's, then the journal's.
     assert!(
-        // The storage client retries its own requests (README "Retries").
-        logs.contains("reading the page journal") || logs.contains("page.json"),
+        logs.contains("; retrying in ") && logs.contains(".spinoco-connector/it."),
         "no retry line: {logs}"
     );
 }
@@ -385,12 +393,6 @@ fn journal_refused_at_round_start_asks_the_feed_nothing_local() {
     let log = text(&out);
     assert_eq!(out.status.code(), Some(5), "{log}");
     assert!(log.contains("the storage refused access"), "{log}");
-    let feed_requests = |emu: &Emulator| {
-        emu.requests()
-            .iter()
-            .filter(|r| r.path.starts_with("/task/sync"))
-            .count()
-    };
     assert_eq!(
         feed_requests(&emu),
         0,
@@ -1086,4 +1088,161 @@ fn soak() {
         "open files grew: {start:?} → {end:?}"
     );
     let _ = unique("soak");
+}
+
+/// How a cloud storage cannot take the journal at a first start.
+enum Broken {
+    /// A name with a typo in `var`: the `kind` (bucket, container) does not exist.
+    Typo {
+        var: &'static str,
+        kind: &'static str,
+    },
+    /// A credential that may read but not write (the test's proxy refuses writes).
+    ReadOnly,
+}
+
+/// A first start with a cloud storage that cannot take the journal (a bucket name with
+/// a typo, a container that does not exist, a read-only credential): exit 5 saying so,
+/// and the feed is asked nothing, so the platform's cursor has not moved; a second
+/// start after the fix stores every task.
+fn journal_refused_at_round_start_cloud(p: Provider, broken: Broken) {
+    let Some(t) = target(p, "journal-refused") else {
+        return;
+    };
+    let tasks = 8;
+    let emu = emulator(EmulatorConfig {
+        tasks,
+        seed: 5,
+        recording_size: (1_000, 20_000),
+        ..Default::default()
+    });
+    guard_via_store(&emu, &t);
+    let proxy = TcpProxy::start_inspecting(endpoint(&t).unwrap().trim_start_matches("http://"));
+    let (bad, said) = match broken {
+        Broken::Typo { var, kind } => {
+            let typo = format!("{}-typo", &t[var]);
+            let said = format!("{var}={typo:?}: the {kind} does not exist");
+            let mut bad = t.clone();
+            bad.insert(var.into(), typo);
+            (bad, said)
+        }
+        Broken::ReadOnly => {
+            proxy.set(Mode::ForbidPut);
+            (
+                with_endpoint(&t, &proxy.url()),
+                "the storage refused access".into(),
+            )
+        }
+    };
+    let out = run(&env_for(&emu, &bad), &["--once"]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(5), "{log}");
+    assert!(log.contains(&said), "{said:?} not in {log}");
+    assert_eq!(feed_requests(&emu), 0, "the feed was asked: {log}");
+    assert!(emu.handed_out().is_empty());
+    let out = run(&env_for(&emu, &t), &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        emu.handed_out().len(),
+        tasks,
+        "every task came after the fix"
+    );
+    let v = verify(&emu, &t, &BTreeSet::new());
+    tally(&format!(
+        "test=journal-refused-at-round-start provider={} faults_injected=1 exit=5 feed_requests_while_refused=0 files={} deletes={} files_lost=0 premature_deletes=0",
+        p.name(),
+        v.files,
+        v.deletes
+    ));
+}
+
+#[test]
+fn journal_refused_at_round_start_asks_the_feed_nothing_s3_read_only_credential() {
+    journal_refused_at_round_start_cloud(Provider::S3, Broken::ReadOnly);
+}
+
+#[test]
+fn journal_refused_at_round_start_asks_the_feed_nothing_gcs_missing_bucket() {
+    journal_refused_at_round_start_cloud(
+        Provider::Gcs,
+        Broken::Typo {
+            var: "SP_TASK_SYNC_GCS_BUCKET",
+            kind: "bucket",
+        },
+    );
+}
+
+#[test]
+fn journal_refused_at_round_start_asks_the_feed_nothing_azure_missing_container() {
+    journal_refused_at_round_start_cloud(
+        Provider::Azure,
+        Broken::Typo {
+            var: "SP_TASK_SYNC_AZURE_CLIENT_NAME",
+            kind: "container",
+        },
+    );
+}
+
+/// The storage stops taking writes while a service waits between rounds (a credential
+/// rotated to read-only, a mount gone read-only), after it took the journal lease: the
+/// next round's proof fails (exit 5) before the feed is asked again, so the tasks added
+/// meanwhile stay with the platform; a restart after the fix stores them. This is the
+/// test that fails when the proof is moved after the first feed request of a round
+/// (at the first start, the journal lease already refuses such a storage).
+#[test]
+fn storage_refusing_writes_between_rounds_stops_before_the_feed_is_asked() {
+    let Some(fs) = Tmpfs::mount("journal-later-ro", "size=32m") else {
+        return;
+    };
+    let root = fs.0.join("root");
+    let tasks = 6;
+    let emu = emulator(EmulatorConfig {
+        tasks,
+        seed: 6,
+        recording_size: (1_000, 20_000),
+        ..Default::default()
+    });
+    let t = vars(&[("SP_TASK_SYNC_SAVE_TO", root.display().to_string())]);
+    guard_via_store(&emu, &t);
+    let mut e = env_for(&emu, &t);
+    e.insert("SP_TASK_SYNC_POLL_INTERVAL".into(), "3s".into());
+    e.insert("SP_LOG_LEVEL".into(), "debug".into());
+    let log = scratch("journal-later-ro-log").join("connector.log");
+    let mut child = spawn(&e, &[], &log);
+    let idle = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("feed drained; next round in")
+            .count()
+    };
+    wait_until("the first round done", Duration::from_secs(60), || {
+        idle() >= 1
+    });
+    remount(&fs, "ro");
+    let asked_before = feed_requests(&emu);
+    let later = "b808d74e-84b2-11ef-b864-0242ac120009";
+    let meta = format!("/task/{later}/meta");
+    emu.inject_task(
+        serde_json::json!({"taskId": later,
+            "get": [{"dataType": "CallMetadata", "path": meta, "fileName": "x.meta.json"}], "delete": []}),
+        vec![(meta.clone(), b"{}".to_vec())],
+    );
+    let status = child.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(5), "{said}");
+    assert!(said.contains("the storage refused access"), "{said}");
+    assert_eq!(
+        feed_requests(&emu),
+        asked_before,
+        "the feed was asked while the storage refused the journal: {said}"
+    );
+    remount(&fs, "rw");
+    let out = run(&e, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        emu.handed_out().len(),
+        tasks + 1,
+        "the later task came after the fix"
+    );
+    verify(&emu, &t, &BTreeSet::new());
 }

@@ -8,6 +8,35 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 mkdir -p .cache
 
+# The tools of tests/image.rs (the image, compose, Kubernetes manifests, Prometheus
+# rules): podman with runc (crun fails on hybrid cgroups), podman-compose, promtool (the
+# prometheus package) from apt, and kubernetes-validate from PyPI in a venv. Installed
+# only when missing; without them that test fails here (SPINOCO_TEST_REQUIRE_SERVERS=1).
+missing=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+have podman || missing+=(podman)
+have runc || missing+=(runc)
+have podman-compose || missing+=(podman-compose)
+have promtool || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && have apt-get; then
+    echo "== installing ${missing[*]}"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+      echo "warning: apt-get install ${missing[*]} failed; tests/image.rs will fail" >&2
+    fi
+  else
+    echo "warning: ${missing[*]} missing (installing needs root and apt-get); tests/image.rs will fail" >&2
+  fi
+fi
+kv=.cache/kubernetes-validate/venv
+if [ ! -x "$kv/bin/kubernetes-validate" ]; then
+  echo "== installing kubernetes-validate into $kv"
+  rm -rf "$kv"
+  if ! { python3 -m venv "$kv" && "$kv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate; }; then
+    echo "warning: installing kubernetes-validate failed; tests/image.rs will fail" >&2
+  fi
+fi
+
 pids=()
 cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -23,6 +52,13 @@ for script in tests/servers/*.sh; do
   pids+=("${SERVER_PID:-}")
   unset SERVER_PID
 done
+
+if [ $# -eq 0 ]; then
+  # clippy.toml forbids rust-s3's own sending methods: every S3 request must go through
+  # the shared agent (src/store/client). Only on the full run.
+  echo "== clippy"
+  cargo clippy --locked --all-targets -- -D warnings
+fi
 
 export SPINOCO_TEST_REQUIRE_SERVERS=1
 echo "== testing"

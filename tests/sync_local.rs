@@ -335,18 +335,20 @@ fn check_render_help_and_version() {
     assert!(!t.contains(TOKEN) && t.contains("***"), "{t}");
     assert!(emu.handed_out().is_empty(), "check must not consume tasks");
 
-    let out = run(
-        &e,
-        &[
+    let render = |more: &[&str]| {
+        let mut args = vec![
             "render",
             "--due-date",
             "2004-12-01T12:00:00Z",
             "--task-id",
             "b808d74e-84b2-11ef-b864-0242ac120002",
-        ],
-    );
-    let t = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{t}");
+        ];
+        args.extend_from_slice(more);
+        let out = run(&e, &args);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let t = render(&[]);
     assert!(
         t.contains("2004/12/01/20041201120000-b808d74e-84b2-11ef-b864-0242ac120002.ogg"),
         "{t}"
@@ -356,24 +358,8 @@ fn check_render_help_and_version() {
         "{t}"
     );
     let compare = |file_name: &str| {
-        let out = run(
-            &e,
-            &[
-                "render",
-                "--due-date",
-                "2004-12-01T12:00:00Z",
-                "--task-id",
-                "b808d74e-84b2-11ef-b864-0242ac120002",
-                "--file-name",
-                file_name,
-            ],
-        );
-        assert!(out.status.success(), "{}", text(&out));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .to_string()
+        let t = render(&["--file-name", file_name]);
+        t.lines().last().unwrap().to_string()
     };
     let same = compare("2004/12/01/20041201120000-b808d74e-84b2-11ef-b864-0242ac120002-2.ogg");
     assert!(same.contains("the same as the template's name"), "{same}");

@@ -168,6 +168,10 @@ pub fn verify_complete(emu: &Emulator, dir: &Path) -> usize {
         .map(|d| {
             d.flatten()
                 .filter(|e| e.path().is_file())
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    !name.ends_with(".lease.json") && name != "cas.lock"
+                })
                 .map(|e| e.path())
                 .collect()
         })
@@ -228,4 +232,21 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `url`: the status and the body (any status; `None` when nothing answers).
+pub fn get(url: &str) -> Option<(u16, String)> {
+    let agent = spinoco_connector::http::agent(Duration::from_secs(5), 1);
+    let mut response = agent.get(url).call().ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.body_mut().read_to_string().unwrap()))
 }

@@ -7,3 +7,4 @@ pub mod fake_http;
 pub mod harness;
 pub mod providers;
 pub mod proxy;
+pub mod static_build;

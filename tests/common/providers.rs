@@ -187,8 +187,23 @@ pub fn guard_via_store(emu: &Emulator, e: &BTreeMap<String, String>) {
 }
 
 /// Every object the server holds under the prefix, relative to it, the connector's own
-/// `.spinoco-connector/` objects included. Listed from the server itself.
+/// `.spinoco-connector/` objects included, except the journal lease and its lock (a
+/// connector that stopped leaves them behind by design: the lease marked released, the
+/// local store's empty lock file). Listed from the server itself.
 pub fn list_objects(e: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let mut all = list_all_objects(e);
+    all.retain(|n| !is_lease(n));
+    all
+}
+
+/// A journal lease object (`.spinoco-connector/<tag>.lease.json`) or the local store's
+/// lock for conditional writes.
+pub fn is_lease(name: &str) -> bool {
+    name.starts_with(".spinoco-connector/")
+        && (name.ends_with(".lease.json") || name == ".spinoco-connector/cas.lock")
+}
+
+fn list_all_objects(e: &BTreeMap<String, String>) -> BTreeSet<String> {
     let prefix = e
         .get("SP_TASK_SYNC_SAVE_TO")
         .cloned()

@@ -1,0 +1,545 @@
+//! One connector per journal: a lease object next to the page journal.
+//!
+//! Two connectors on one tag would share one platform cursor and one journal and
+//! corrupt each other's state; Kubernetes starts the new pod of a rolling update before
+//! it stops the old one, and `replicas: 2` by mistake is common. So before it touches
+//! the journal a connector takes a lease: `.spinoco-connector/<tag>.lease.json` in the
+//! storage, created only if absent and replaced only if unchanged (conditional writes:
+//! S3 `If-None-Match`/`If-Match`, GCS `ifGenerationMatch`, Azure `If-None-Match`/
+//! `If-Match`, local an exclusive create under a file lock). The owner renews it every
+//! quarter of its time to live, releases it on a clean stop, and stops working itself
+//! when it could not renew for three quarters of it, so a successor that takes over
+//! an expired lease never works beside it.
+//!
+//! Expiry is judged on the successor's own clock, as Kubernetes' leader election does:
+//! a lease whose version has not changed for a whole time to live is expired, whatever
+//! the clocks of the two hosts say. Two shortcuts avoid that wait: a released lease,
+//! and one whose owner ran on this host under a process id that is gone or is now
+//! ours (a container restarted in place).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{BlobStore, ObjectVersion, PutCondition, PutIf, StoreError, StoreErrorKind};
+use crate::template::RESERVED_PREFIX;
+
+/// What the lease object holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeaseRecord {
+    /// `host/pid/nonce`: unique per process, so a restarted process is another owner.
+    pub owner: String,
+    pub host: String,
+    pub pid: u32,
+    /// Unix milliseconds the owner took the lease and last renewed it (its own clock;
+    /// shown to people, never used to judge expiry across hosts).
+    pub since_ms: u64,
+    pub renewed_ms: u64,
+    pub ttl_ms: u64,
+    /// Set on a clean stop: a successor may take over at once.
+    #[serde(default)]
+    pub released: bool,
+}
+
+impl LeaseRecord {
+    /// `host pid 123, renewed 4s ago` for logs and `check`.
+    pub fn describe(&self) -> String {
+        let ago = now_ms().saturating_sub(self.renewed_ms) as f64 / 1000.0;
+        let state = if self.released { "released" } else { "renewed" };
+        format!(
+            "{} (pid {}), {state} {ago:.0}s ago, holding since {}",
+            self.host,
+            self.pid,
+            crate::template::iso_millis(self.since_ms as i64)
+        )
+    }
+}
+
+#[derive(Debug)]
+pub enum LeaseError {
+    /// `--once`: another connector holds the journal of this tag and is alive.
+    Held {
+        tag: String,
+        holder: LeaseRecord,
+    },
+    Store(StoreError),
+    /// Asked to stop while waiting for the lease.
+    Stopped,
+}
+
+impl fmt::Display for LeaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseError::Held { tag, holder } => write!(
+                f,
+                "another connector works on tag {tag:?}: {}; two on one tag would corrupt each \
+                 other's journal, so this one does nothing (run one instance per tag, or wait \
+                 until it stops)",
+                holder.describe()
+            ),
+            LeaseError::Store(e) if e.kind == StoreErrorKind::Denied => {
+                write!(
+                    f,
+                    "the storage refused access (taking the journal lease): {e}"
+                )
+            }
+            LeaseError::Store(e) => write!(f, "the journal lease: {e}"),
+            LeaseError::Stopped => f.write_str("stopped while waiting for the journal lease"),
+        }
+    }
+}
+
+impl std::error::Error for LeaseError {}
+
+impl From<StoreError> for LeaseError {
+    fn from(e: StoreError) -> Self {
+        LeaseError::Store(e)
+    }
+}
+
+/// The key of the lease of `tag`, beside its page journal.
+pub fn lease_key(tag: &str) -> String {
+    format!(
+        "{RESERVED_PREFIX}/{}.lease.json",
+        crate::journal::escape_tag(tag)
+    )
+}
+
+/// Reads who holds the lease of `tag`, for `check`.
+pub fn holder(store: &dyn BlobStore, tag: &str) -> Result<Option<LeaseRecord>, StoreError> {
+    Ok(store
+        .get_versioned(&lease_key(tag))?
+        .and_then(|v| serde_json::from_slice(&v.bytes).ok()))
+}
+
+/// Whether to wait for a lease another connector holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenHeld {
+    /// Service mode: wait, logging the owner now and then.
+    Wait,
+    /// `--once`: give up at once with [`LeaseError::Held`].
+    GiveUp,
+}
+
+/// A lease this process holds. Dropping it does not release it: call [`Lease::release`].
+pub struct Lease {
+    store: Arc<dyn BlobStore>,
+    key: String,
+    ttl: Duration,
+    state: Mutex<Held>,
+    /// Signalled to end the renewal thread.
+    done: Condvar,
+    lost: AtomicBool,
+}
+
+struct Held {
+    record: LeaseRecord,
+    version: ObjectVersion,
+    renewed_at: Instant,
+    released: bool,
+}
+
+impl Lease {
+    /// Takes the lease of `tag`, waiting for another owner to stop or expire (`Wait`)
+    /// or giving up at once when it is alive (`GiveUp`).
+    pub fn acquire(
+        store: Arc<dyn BlobStore>,
+        tag: &str,
+        ttl: Duration,
+        when_held: WhenHeld,
+    ) -> Result<Arc<Lease>, LeaseError> {
+        let key = lease_key(tag);
+        warn_if_conditions_ignored(store.as_ref(), &key);
+        let me = Owner::of_this_process();
+        // The version of the other owner's lease we are watching, since when.
+        let mut watched: Option<(ObjectVersion, Instant)> = None;
+        let mut last_said: Option<Instant> = None;
+        loop {
+            if crate::shutdown::requested() {
+                return Err(LeaseError::Stopped);
+            }
+            let current = store.get_versioned(&key)?;
+            let record = me.record(ttl);
+            let bytes = serde_json::to_vec(&record).expect("a lease serialises");
+            let condition = match &current {
+                None => PutCondition::IfAbsent,
+                Some(found) => {
+                    let theirs: Option<LeaseRecord> = serde_json::from_slice(&found.bytes).ok();
+                    let seen_since = match &watched {
+                        Some((v, since)) if *v == found.version => *since,
+                        _ => {
+                            let now = Instant::now();
+                            watched = Some((found.version.clone(), now));
+                            now
+                        }
+                    };
+                    let free = match &theirs {
+                        Some(t) => t.released || me.outlived(t) || seen_since.elapsed() >= ttl,
+                        // Unreadable: treat as held until it has not changed for a ttl.
+                        None => seen_since.elapsed() >= ttl,
+                    };
+                    if !free {
+                        let holder = theirs.unwrap_or_else(|| unknown_holder(ttl));
+                        if when_held == WhenHeld::GiveUp {
+                            return Err(LeaseError::Held {
+                                tag: tag.to_string(),
+                                holder,
+                            });
+                        }
+                        if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                            warn!(
+                                "another connector works on tag {tag:?}: {}; waiting until it stops or its lease expires ({}s without renewal)",
+                                holder.describe(),
+                                ttl.as_secs()
+                            );
+                            last_said = Some(Instant::now());
+                        }
+                        if !crate::shutdown::sleep(poll_interval(ttl)) {
+                            return Err(LeaseError::Stopped);
+                        }
+                        continue;
+                    }
+                    if let Some(t) = &theirs {
+                        if !t.released {
+                            warn!(
+                                "taking over the journal lease of tag {tag:?} from {}: it was not renewed",
+                                t.describe()
+                            );
+                        }
+                    }
+                    PutCondition::IfMatch(found.version.clone())
+                }
+            };
+            match store.put_if(&key, &bytes, condition)? {
+                PutIf::Written(version) => {
+                    info!(
+                        "holding the journal lease of tag {tag:?} ({key}, renewed every {}s)",
+                        poll_interval(ttl).as_secs()
+                    );
+                    return Ok(Arc::new(Lease {
+                        store,
+                        key,
+                        ttl,
+                        state: Mutex::new(Held {
+                            record,
+                            version,
+                            renewed_at: Instant::now(),
+                            released: false,
+                        }),
+                        done: Condvar::new(),
+                        lost: AtomicBool::new(false),
+                    }));
+                }
+                // Someone else wrote in between: look again.
+                PutIf::ConditionFailed => continue,
+            }
+        }
+    }
+
+    /// Renews the lease every quarter of its time to live until it is released. When
+    /// another owner took it over, or it was not renewed for three quarters of its time
+    /// to live (the storage is unreachable, or a renewal hangs in its retries), the
+    /// process is asked to stop (see [`Lease::lost`]) before a successor may take over.
+    pub fn keep_renewed(self: &Arc<Self>) {
+        let renewer = Arc::clone(self);
+        let watcher = Arc::clone(self);
+        for (name, run) in [
+            (
+                "lease-renew",
+                Box::new(move || renewer.renew_loop()) as Box<dyn FnOnce() + Send>,
+            ),
+            ("lease-watch", Box::new(move || watcher.watch_loop())),
+        ] {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(run)
+                .expect("a thread starts");
+        }
+    }
+
+    fn renew_loop(&self) {
+        let every = poll_interval(self.ttl);
+        loop {
+            let version = {
+                let state = self.state.lock().unwrap();
+                let (state, _) = self.done.wait_timeout(state, every).unwrap();
+                if state.released || self.lost() {
+                    return;
+                }
+                state.version.clone()
+            };
+            let mut record = self.state.lock().unwrap().record.clone();
+            record.renewed_ms = now_ms();
+            let bytes = serde_json::to_vec(&record).expect("a lease serialises");
+            match self
+                .store
+                .put_if(&self.key, &bytes, PutCondition::IfMatch(version))
+            {
+                Ok(PutIf::Written(version)) => {
+                    let mut state = self.state.lock().unwrap();
+                    state.record = record;
+                    state.version = version;
+                    state.renewed_at = Instant::now();
+                }
+                Ok(PutIf::ConditionFailed) => {
+                    return self.lose(format!(
+                        "the journal lease {} was taken over by another connector",
+                        self.key
+                    ))
+                }
+                Err(e) => warn!(
+                    "renewing the journal lease {}: {e}; trying again in {}s",
+                    self.key,
+                    every.as_secs()
+                ),
+            }
+        }
+    }
+
+    fn watch_loop(&self) {
+        let limit = self.ttl * 3 / 4;
+        let mut state = self.state.lock().unwrap();
+        loop {
+            let (s, _) = self.done.wait_timeout(state, self.ttl / 8).unwrap();
+            state = s;
+            if state.released || self.lost() {
+                return;
+            }
+            if state.renewed_at.elapsed() >= limit {
+                drop(state);
+                return self.lose(format!(
+                    "the journal lease {} could not be renewed for {}s",
+                    self.key,
+                    limit.as_secs()
+                ));
+            }
+        }
+    }
+
+    fn lose(&self, why: String) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            log::error!("{why}; stopping, so that two connectors never work on one journal");
+            crate::shutdown::request();
+        }
+    }
+
+    /// Whether the lease was lost while working: the run was stopped because of it.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Marks the lease released, so a successor takes over at once, and ends renewal.
+    pub fn release(&self) {
+        let mut state = self.state.lock().unwrap();
+        if state.released {
+            return;
+        }
+        state.released = true;
+        self.done.notify_all();
+        if self.lost() {
+            return;
+        }
+        let mut record = state.record.clone();
+        record.released = true;
+        record.renewed_ms = now_ms();
+        let bytes = serde_json::to_vec(&record).expect("a lease serialises");
+        match self.store.put_if(
+            &self.key,
+            &bytes,
+            PutCondition::IfMatch(state.version.clone()),
+        ) {
+            Ok(PutIf::Written(_)) => info!("released the journal lease {}", self.key),
+            Ok(PutIf::ConditionFailed) => {
+                warn!(
+                    "the journal lease {} was taken over before it was released",
+                    self.key
+                )
+            }
+            Err(e) => warn!(
+                "could not release the journal lease {} ({e}); a successor takes over after {}s",
+                self.key,
+                self.ttl.as_secs()
+            ),
+        }
+    }
+}
+
+fn poll_interval(ttl: Duration) -> Duration {
+    (ttl / 4).max(Duration::from_millis(250))
+}
+
+fn unknown_holder(ttl: Duration) -> LeaseRecord {
+    LeaseRecord {
+        owner: "?".into(),
+        host: "an unknown host (the lease object cannot be read)".into(),
+        pid: 0,
+        since_ms: 0,
+        renewed_ms: 0,
+        ttl_ms: ttl.as_millis() as u64,
+        released: false,
+    }
+}
+
+/// A store that ignores conditional headers (some S3-compatible ones do) cannot keep
+/// a second connector out: say so once, and go on as the README describes.
+fn warn_if_conditions_ignored(store: &dyn BlobStore, lease_key: &str) {
+    let probe = format!("{lease_key}.probe-{}", std::process::id());
+    match crate::store::honours_conditions(store, &probe) {
+        Ok(true) => {}
+        Ok(false) => warn!(
+            "{} ignores conditional writes (If-None-Match): the journal lease cannot keep a \
+             second connector on this tag out; make sure only one runs per tag",
+            store.describe()
+        ),
+        Err(e) => warn!("could not check that the storage honours conditional writes: {e}"),
+    }
+}
+
+/// Who this process is.
+struct Owner {
+    host: String,
+    pid: u32,
+    nonce: u64,
+}
+
+impl Owner {
+    fn of_this_process() -> Owner {
+        Owner {
+            host: host_name(),
+            pid: std::process::id(),
+            nonce: crate::retry::Rng::seeded().next_u64(),
+        }
+    }
+
+    fn id(&self) -> String {
+        format!("{}/{}/{:016x}", self.host, self.pid, self.nonce)
+    }
+
+    fn record(&self, ttl: Duration) -> LeaseRecord {
+        let now = now_ms();
+        LeaseRecord {
+            owner: self.id(),
+            host: self.host.clone(),
+            pid: self.pid,
+            since_ms: now,
+            renewed_ms: now,
+            ttl_ms: ttl.as_millis() as u64,
+            released: false,
+        }
+    }
+
+    /// The other owner ran on this host, and its process is gone (or its pid is ours
+    /// now: a container restarted in place), so it cannot be renewing.
+    fn outlived(&self, theirs: &LeaseRecord) -> bool {
+        theirs.host == self.host
+            && theirs.owner != self.id()
+            && (theirs.pid == self.pid || !process_runs(theirs.pid))
+    }
+}
+
+fn process_runs(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+    use crate::store::put_bytes;
+
+    fn store(name: &str) -> Arc<dyn BlobStore> {
+        let root =
+            std::env::temp_dir().join(format!("spinoco-lease-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        Arc::new(LocalStore::open(&root).unwrap())
+    }
+
+    fn foreign(host: &str, pid: u32, released: bool) -> Vec<u8> {
+        let now = now_ms();
+        serde_json::to_vec(&LeaseRecord {
+            owner: format!("{host}/{pid}/1"),
+            host: host.into(),
+            pid,
+            since_ms: now,
+            renewed_ms: now,
+            ttl_ms: 60_000,
+            released,
+        })
+        .unwrap()
+    }
+
+    const TTL: Duration = Duration::from_millis(600);
+
+    #[test]
+    fn a_lease_names_its_owner_and_a_release_frees_it() {
+        let s = store("turns");
+        let first = Lease::acquire(s.clone(), "t/1", TTL, WhenHeld::GiveUp).unwrap();
+        let h = holder(s.as_ref(), "t/1").unwrap().unwrap();
+        assert!(!h.released && h.pid == std::process::id(), "{h:?}");
+        assert!(
+            h.describe().contains(&format!("(pid {})", h.pid)),
+            "{}",
+            h.describe()
+        );
+        first.release();
+        assert!(holder(s.as_ref(), "t/1").unwrap().unwrap().released);
+        let second = Lease::acquire(s.clone(), "t/1", TTL, WhenHeld::GiveUp).unwrap();
+        assert!(!second.lost());
+        // Another tag has its own lease.
+        Lease::acquire(s, "t/2", TTL, WhenHeld::GiveUp).unwrap();
+    }
+
+    #[test]
+    fn a_lease_of_another_host_expires_only_after_a_ttl_without_change() {
+        let s = store("expiry");
+        put_bytes(s.as_ref(), &lease_key("t"), &foreign("elsewhere", 1, false)).unwrap();
+        assert!(matches!(
+            Lease::acquire(s.clone(), "t", TTL, WhenHeld::GiveUp),
+            Err(LeaseError::Held { .. })
+        ));
+        let started = Instant::now();
+        Lease::acquire(s.clone(), "t", TTL, WhenHeld::Wait).unwrap();
+        assert!(
+            started.elapsed() >= TTL,
+            "taken over before the lease expired"
+        );
+        let h = holder(s.as_ref(), "t").unwrap().unwrap();
+        assert_eq!(h.pid, std::process::id());
+    }
+
+    #[test]
+    fn a_dead_owner_on_this_host_or_a_released_lease_is_taken_over_at_once() {
+        let s = store("dead");
+        let me = Owner::of_this_process();
+        // A pid that is not running: above the kernel's pid_max.
+        put_bytes(
+            s.as_ref(),
+            &lease_key("t"),
+            &foreign(&me.host, 4_194_305, false),
+        )
+        .unwrap();
+        Lease::acquire(s.clone(), "t", Duration::from_secs(3600), WhenHeld::GiveUp).unwrap();
+        put_bytes(s.as_ref(), &lease_key("u"), &foreign("elsewhere", 1, true)).unwrap();
+        Lease::acquire(s, "u", Duration::from_secs(3600), WhenHeld::GiveUp).unwrap();
+    }
+}
