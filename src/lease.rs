@@ -216,6 +216,21 @@ impl Lease {
             };
             match store.put_if(&key, &bytes, condition)? {
                 PutIf::Written(version) => {
+                    // A store whose conditional create is not atomic (s3s-fs checks, then
+                    // writes) may let two writers both "win": after a moment, the lease
+                    // must still be ours, or the other writer has it.
+                    if !crate::shutdown::sleep(SETTLE) {
+                        return Err(LeaseError::Stopped);
+                    }
+                    let still_ours = store.get_versioned(&key)?.is_some_and(|now| {
+                        now.version == version
+                            && serde_json::from_slice::<LeaseRecord>(&now.bytes)
+                                .is_ok_and(|r| r.owner == record.owner)
+                    });
+                    if !still_ours {
+                        warn!("another connector wrote the journal lease of tag {tag:?} at the same moment; looking again");
+                        continue;
+                    }
                     info!(
                         "holding the journal lease of tag {tag:?} ({key}, renewed every {}s)",
                         poll_interval(ttl).as_secs()
@@ -367,6 +382,9 @@ impl Lease {
         }
     }
 }
+
+/// How long a new owner waits before it reads its lease back (see [`Lease::acquire`]).
+const SETTLE: Duration = Duration::from_millis(300);
 
 fn poll_interval(ttl: Duration) -> Duration {
     (ttl / 4).max(Duration::from_millis(250))
