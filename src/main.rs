@@ -25,6 +25,9 @@ mod exit {
     pub const PLATFORM_AUTH: u8 = 4;
     /// The storage refused the credentials or permissions.
     pub const STORAGE_DENIED: u8 = 5;
+    /// Stopped while a page the platform handed out was not yet journaled: its tasks
+    /// (logged at error) may exist nowhere else.
+    pub const DATA_AT_RISK: u8 = 6;
 }
 
 const USAGE: &str = "\
@@ -159,6 +162,7 @@ fn code_of(e: &SyncError) -> u8 {
     match e {
         SyncError::Auth(_) => exit::PLATFORM_AUTH,
         SyncError::StorageDenied(_) => exit::STORAGE_DENIED,
+        SyncError::DataAtRisk { .. } => exit::DATA_AT_RISK,
         _ => exit::FAILURE,
     }
 }

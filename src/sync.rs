@@ -12,6 +12,10 @@
 //! says so. A page leaves the journal only when every task of it is done. Nothing here
 //! knows which storage provider is behind the [`BlobStore`].
 //!
+//! A page the feed handed out exists only in memory until it is journaled, so that
+//! write never gives up (whatever the budget or the error); only a stop request ends
+//! the wait, as [`SyncError::DataAtRisk`] naming its tasks.
+//!
 //! While a page's files transfer, the next page is already asked for (one try). When it
 //! comes it is journaled at once, inside the current page's entry, because the platform
 //! may have moved its cursor past it and its token may expire before a restart; after a
@@ -60,6 +64,12 @@ pub enum SyncError {
     /// The process was asked to stop while the journal was being written: not a
     /// failure; the journal keeps what it had and the next start goes on from there.
     Stopped,
+    /// Stopped on request while a page the platform handed out could not be journaled
+    /// (the storage kept refusing or failing the write): the platform may have moved its
+    /// cursor past these tasks, so they may exist nowhere else.
+    DataAtRisk {
+        tasks: Vec<String>,
+    },
     /// `--once`: some files could not be stored or deleted. Failures keep their page
     /// journaled for the next run; rejected tasks were reported and cannot be stored.
     Incomplete {
@@ -78,6 +88,14 @@ impl fmt::Display for SyncError {
             SyncError::Unavailable(m) => write!(f, "gave up when the retry budget (SP_TASK_SYNC_RETRY_TIMEOUT) was spent: {m}"),
             SyncError::Journal(e) => e.fmt(f),
             SyncError::Stopped => f.write_str("stopped on request"),
+            SyncError::DataAtRisk { tasks } => write!(
+                f,
+                "stopped on request before a page the platform handed out could be journaled: its {} task(s) \
+                 may not be handed out again; copy them from the platform by hand (or re-sync them with a new \
+                 tag and SP_TASK_SYNC_START_FROM): {}",
+                tasks.len(),
+                tasks.join(", ")
+            ),
             SyncError::Incomplete { failed, rejected } => write!(
                 f,
                 "not everything was stored: {failed} transfer(s) or delete(s) failed (their page stays \
@@ -286,7 +304,8 @@ impl<'a> Engine<'a> {
                 );
             }
             let next = page.next.clone();
-            let (failed, fetched) = self.work_page(page)?;
+            // Already journaled (and just rewritten by the proof).
+            let (failed, fetched) = self.work_page(page, false)?;
             if failed > 0 || self.summary.stopped {
                 return Ok(failed);
             }
@@ -321,11 +340,14 @@ impl<'a> Engine<'a> {
                 }
             };
             let FeedPage { tasks, next } = page;
-            let (failed, fetched) = self.work_page(JournaledPage {
-                tasks,
-                next: next.clone(),
-                ..Default::default()
-            })?;
+            let (failed, fetched) = self.work_page(
+                JournaledPage {
+                    tasks,
+                    next: next.clone(),
+                    ..Default::default()
+                },
+                true,
+            )?;
             if failed > 0 || self.summary.stopped {
                 return Ok(failed);
             }
@@ -365,13 +387,19 @@ impl<'a> Engine<'a> {
     ///
     /// When the next page came, the finished page stays journaled with that next page
     /// inside it, until the caller journals the returned page in its place.
-    fn work_page(&mut self, page: JournaledPage) -> Result<(u64, Option<FeedPage>), SyncError> {
+    fn work_page(
+        &mut self,
+        page: JournaledPage,
+        fresh: bool,
+    ) -> Result<(u64, Option<FeedPage>), SyncError> {
         if page.tasks.is_empty() {
             // Nothing to do; remember where the feed goes on, or forget the page.
             return self.close_page(page.next).map(|()| (0, None));
         }
         let started = Instant::now();
-        self.save_journal(&page)?;
+        if fresh {
+            self.save_received(&page, &page.tasks)?;
+        }
         // A page journaled ahead (before a restart) needs no asking again.
         let prefetch = match page.ahead {
             Some(_) => None,
@@ -384,31 +412,29 @@ impl<'a> Engine<'a> {
                 s.spawn(|| work.worker(self));
             }
             // One try only: on any trouble the caller asks again the usual way.
-            let next = match prefetch.map(|r| feed_try(&self.platform, &r))? {
-                Try::Ok(next) => next?,
-                Try::Retry { message: m, .. } | Try::Reject(m) => {
+            let next = match prefetch.map(|r| feed_try(&self.platform, &r)) {
+                None => return Ok(None),
+                Some(Try::Ok(next)) => next,
+                Some(Try::Retry { message: m, .. } | Try::Reject(m)) => {
                     warn!("the sync feed (asked ahead): {m}; asking again when this page is done");
-                    return None;
+                    return Ok(None);
                 }
-                Try::Fatal(e) => {
+                Some(Try::Fatal(e)) => {
                     warn!("the sync feed (asked ahead): {e}");
-                    return None;
+                    return Ok(None);
                 }
-                Try::Missing | Try::Stopped => return None,
+                Some(Try::Missing | Try::Stopped) => return Ok(None),
             };
-            // Durable before anything relies on it (see the module comment).
+            let Some(next) = next else { return Ok(None) };
+            // Received, so it exists nowhere else: durable before anything else happens
+            // to it (see the module comment), and never given up.
             let mut journal_page = work.journal_page.lock().unwrap();
             journal_page.ahead = Some(next);
-            match self.journal.save(&journal_page) {
-                Ok(()) => journal_page.ahead.clone(),
-                Err(e) => {
-                    debug!("the next page could not be journaled ahead ({e}); it will be asked for again");
-                    journal_page.ahead = None;
-                    None
-                }
-            }
+            let saved =
+                self.save_received(&journal_page, &journal_page.ahead.as_ref().unwrap().tasks);
+            saved.map(|()| journal_page.ahead.clone())
         });
-        let fetched = fetched.or_else(|| work.journal_page.lock().unwrap().ahead.clone());
+        let fetched = fetched?.or_else(|| work.journal_page.lock().unwrap().ahead.clone());
         let PageWork {
             counters: c,
             fatal,
@@ -509,6 +535,52 @@ impl<'a> Engine<'a> {
                 None => SyncError::Unavailable(format!("reading the page journal: {m}")),
             }),
             Outcome::Missing => Ok(None),
+        }
+    }
+
+    /// Journals `page`, which holds `received`, tasks the feed just handed out: the
+    /// platform may have moved its cursor past them, so until this write works they
+    /// exist only in memory. So it never gives up, whatever the budget or the error (a
+    /// refusal may be fixed while we wait); only a stop request ends the wait, and then
+    /// the run ends with [`SyncError::DataAtRisk`] naming them.
+    fn save_received(&self, page: &JournaledPage, received: &[Value]) -> Result<(), SyncError> {
+        let what = "journaling a page the platform handed out";
+        let mut told = false;
+        let saved = with_retries(RetryBudget::FOREVER, Side::Storage, what, || {
+            match self.journal.save(page) {
+                Ok(()) => Step::Done(()),
+                Err(e) => {
+                    if e.kind != StoreErrorKind::Transient && !std::mem::replace(&mut told, true) {
+                        error!(
+                            "{what}: {e}; {} task(s) exist only in memory now, so the write is retried \
+                             until the storage takes it (a stop now puts them at risk)",
+                            received.len()
+                        );
+                    }
+                    let reason = match e.kind {
+                        StoreErrorKind::Transient | StoreErrorKind::Source => Reason::Transport,
+                        // Refused, yet retried: the label says the storage answered no.
+                        StoreErrorKind::Denied | StoreErrorKind::Rejected => Reason::ServerError,
+                    };
+                    Step::Retry {
+                        error: e.message,
+                        reason,
+                        after: None,
+                    }
+                }
+            }
+        });
+        match saved {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let tasks: Vec<String> = received.iter().map(|t| excerpt(t)).collect();
+                error!(
+                    "stopped before {} task(s) the platform handed out were journaled; they may exist nowhere else: {}",
+                    tasks.len(),
+                    tasks.join(", ")
+                );
+                Err(SyncError::DataAtRisk { tasks })
+            }
         }
     }
 
