@@ -580,7 +580,19 @@ fn kill_9_at_random_instants(p: Provider) {
     // Tasks that may be lost in the contract's window: those of the last page handed
     // out before each kill (the first page of a round, if not yet journaled).
     let mut tolerated = BTreeSet::new();
-    for _ in 0..kills {
+    // Pages the journal held at each kill (read straight from the server).
+    let store = open_store(&t);
+    let pages_journaled = || {
+        store
+            .get(".spinoco-connector/it.page.json")
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|j| j["pages"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    let mut pages_at_kills = Vec::new();
+    for kill in 0..kills {
         let before = emu.handed_out().len();
         let mut child = spawn(&e, &[], &log);
         // Somewhere in the work on a page: from the instant it was handed out (the
@@ -588,9 +600,19 @@ fn kill_9_at_random_instants(p: Provider) {
         wait_until("a page handed out", Duration::from_secs(60), || {
             emu.handed_out().len() > before
         });
-        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        if kill % 2 == 1 {
+            // Every other kill once several pages are in work at once (the window).
+            let start = Instant::now();
+            while pages_journaled() < 2 && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(rng.below(100)));
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.below(400)));
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        pages_at_kills.push(pages_journaled());
         let handed = emu.handed_out();
         for task in &handed[handed.len().saturating_sub(page_size)..] {
             tolerated.insert(task["taskId"].as_str().unwrap_or("").to_string());
@@ -598,6 +620,11 @@ fn kill_9_at_random_instants(p: Provider) {
         // New work keeps arriving, so that every kill finds some.
         emu.add_tasks(3);
     }
+    let several = pages_at_kills.iter().filter(|&&n| n >= 2).count();
+    assert!(
+        several > 0,
+        "seed {seed}: no kill found several pages journaled ({pages_at_kills:?})"
+    );
     let out = run(&e, &["--once"]);
     assert!(out.status.success(), "seed {seed}: {}", text(&out));
     let v = verify(&emu, &t, &tolerated);
@@ -630,7 +657,7 @@ fn kill_9_at_random_instants(p: Provider) {
         );
     }
     tally(&format!(
-        "test=kill-9 provider={} seed={seed} crashes={kills} resumed_journaled_pages={resumed} files={} deletes={} files_lost=0 window_lost={} abandoned_invisible_uploads={abandoned} premature_deletes=0",
+        "test=kill-9 provider={} seed={seed} crashes={kills} kills_with_several_pages_journaled={several} resumed_journaled_pages={resumed} files={} deletes={} files_lost=0 window_lost={} abandoned_invisible_uploads={abandoned} premature_deletes=0",
         p.name(),
         v.files,
         v.deletes,
