@@ -58,7 +58,7 @@ pub const WINDOW_PAGES: usize = 3;
 pub const WINDOW_BYTES: usize = 2 << 20;
 /// How long the journal writer lets more tasks join a write that only records tasks
 /// as stored (their deletes wait that long at most; no worker waits).
-const GROUP_LINGER: Duration = Duration::from_millis(40);
+const GROUP_LINGER: Duration = Duration::from_millis(100);
 /// A write goes without lingering once this many tasks wait for it.
 const GROUP_MAX: usize = 32;
 

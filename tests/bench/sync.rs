@@ -482,7 +482,19 @@ fn run_connector(
                 .filter(|r| r.path.starts_with("/task/sync"))
                 .count(),
             storage_requests: storage.proxy.as_ref().map(|p| p.requests().len()),
-            journal_writes,
+            // Through a proxy, counted on the wire (any version of the connector).
+            journal_writes: storage
+                .proxy
+                .as_ref()
+                .map(|p| {
+                    p.requests()
+                        .iter()
+                        .filter(|(m, t)| {
+                            m != "GET" && m != "HEAD" && t.contains("spinoco-connector")
+                        })
+                        .count() as u64
+                })
+                .or(journal_writes),
             cpu,
             rss_kib,
             first_request_ms,
