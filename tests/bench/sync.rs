@@ -398,13 +398,16 @@ impl Storage {
     }
 }
 
+/// A connector run's figures, the files it was handed (name → path) and its deletes.
+type ConnectorRun = (Figures, BTreeMap<String, String>, Vec<String>);
+
 /// The connector: `--once` from a fresh emulator into a fresh folder or prefix.
 fn run_connector(
     s: &Scenario,
     o: &Options,
     c: usize,
     storage: &Storage,
-) -> Result<(Figures, BTreeMap<String, String>, Vec<String>), String> {
+) -> Result<ConnectorRun, String> {
     let emu = Emulator::start(s.emulator.clone()).map_err(|e| e.to_string())?;
     let log = o
         .dir
