@@ -639,7 +639,6 @@ struct State {
     asked: u64,
     /// Deletes waiting for the write of their generation.
     waiting: Vec<(u64, Arc<Page>, usize)>,
-    pages: u64,
     over: bool,
     totals: Summary,
 }
@@ -658,6 +657,8 @@ struct Round<'e> {
     abort: AtomicBool,
     fatal: Mutex<Option<SyncError>>,
     failed: AtomicU64,
+    /// Pages planned so far (their numbers in the log).
+    planned: AtomicU64,
 }
 
 /// How often a waiting thread looks at the stop flag.
@@ -674,6 +675,7 @@ impl<'e> Round<'e> {
             abort: AtomicBool::new(false),
             fatal: Mutex::new(None),
             failed: AtomicU64::new(0),
+            planned: AtomicU64::new(0),
         }
     }
 
@@ -705,19 +707,18 @@ impl<'e> Round<'e> {
     fn feed(&self, journaled: Journal, mut request: Value) {
         let engine = self.engine;
         let Journal { pages, next, .. } = journaled;
-        {
+        self.lock().next = next;
+        for p in pages {
+            info!(
+                "finishing the journaled page ({} tasks, {} already stored)",
+                p.tasks.len(),
+                p.stored.len()
+            );
+            // Planned outside the lock (names are rendered here); durable already.
+            let (page, jobs) = self.plan(&p.tasks, &p.stored);
             let mut st = self.lock();
-            st.next = next;
-            for p in pages {
-                info!(
-                    "finishing the journaled page ({} tasks, {} already stored)",
-                    p.tasks.len(),
-                    p.stored.len()
-                );
-                let (page, jobs) = self.plan(&mut st, &p.tasks, &p.stored);
-                st.jobs.extend(jobs);
-                self.admit(&mut st, page, p.stored, 0, Vec::new());
-            }
+            st.jobs.extend(jobs);
+            self.admit(&mut st, page, p.stored, 0, Vec::new());
             self.work.notify_all();
         }
         let query = engine.query();
@@ -759,17 +760,17 @@ impl<'e> Round<'e> {
             if let Some(token) = &next {
                 request = engine.page_request(token);
             }
+            let planned = (!tasks.is_empty()).then(|| self.plan(&tasks, &BTreeSet::new()));
+            drop(tasks);
             let mut st = self.lock();
             st.next = next.clone();
             st.changed += 1;
             let gen = st.changed;
             st.asked = gen;
-            if !tasks.is_empty() {
+            if let Some((page, jobs)) = planned {
                 st.received = gen;
-                let (page, jobs) = self.plan(&mut st, &tasks, &BTreeSet::new());
                 self.admit(&mut st, page, BTreeSet::new(), gen, jobs);
             }
-            drop(tasks);
             self.changes.notify_one();
             if next.is_none() {
                 return;
@@ -780,12 +781,7 @@ impl<'e> Round<'e> {
     /// Plans the work of a page: every task checked and named, its jobs listed (only
     /// deletes for a task recorded as stored). Tasks that cannot be stored as sent are
     /// reported and counted here.
-    fn plan(
-        &self,
-        st: &mut State,
-        raw: &[Value],
-        stored: &BTreeSet<String>,
-    ) -> (Arc<Page>, Vec<Job>) {
+    fn plan(&self, raw: &[Value], stored: &BTreeSet<String>) -> (Arc<Page>, Vec<Job>) {
         let engine = self.engine;
         let counters = Counters::default();
         let mut tasks = Vec::with_capacity(raw.len());
@@ -823,9 +819,8 @@ impl<'e> Round<'e> {
                 incomplete: AtomicBool::new(false),
             });
         }
-        st.pages += 1;
         let mut page = Page {
-            number: st.pages,
+            number: self.planned.fetch_add(1, Ordering::Relaxed) + 1,
             tasks_json: journal::tasks_json(raw),
             sent: raw.iter().map(excerpt).collect(),
             tasks,
