@@ -1,13 +1,32 @@
 //! The page journal: what the connector keeps durable so a crash loses nothing.
 //!
-//! The platform may move its cursor as soon as it returns a page, so the page is
+//! The platform may move its cursor as soon as it returns a page, so every page is
 //! stored before any work on it, and each task is recorded as stored before its first
 //! delete (see "What the connector keeps durable, and why" in the contract). It lives
 //! in the storage itself, through the same trait as the data, under the connector's
 //! own folder, one entry per sync tag.
+//!
+//! One entry holds every page not finished yet (the engine works a small window of
+//! pages at once), each with the tasks exactly as the platform sent them and the ids of
+//! the tasks recorded as stored, plus the token of the page after the last one
+//! received:
+//!
+//! ```json
+//! {"pages":[{"tasks":[...],"stored":["id",...]}],"next":"token","round":"nonce"}
+//! ```
+//!
+//! The entry written by the released version (one page at the top level, the page
+//! received ahead inside it: `{"tasks":[...],"stored":[...],"next":..,"ahead":{..}}`)
+//! is still read, so an upgrade in the middle of a page loses nothing. That version
+//! cannot read this format: it stops with "cannot be read" instead of losing pages.
+//!
+//! Writing is hot (every group of tasks recorded as stored rewrites the entry), so the
+//! engine keeps each page's tasks as JSON text, serialised once, and [`encode`] only
+//! copies it and writes the ids; nothing is parsed or serialised again per write.
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,7 +35,7 @@ use crate::platform::FeedPage;
 use crate::store::{put_bytes, BlobStore, StoreError};
 use crate::template::RESERVED_PREFIX;
 
-/// A page being worked on.
+/// A page not finished yet, as the journal holds it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct JournaledPage {
     /// The task objects exactly as the platform sent them.
@@ -24,19 +43,110 @@ pub struct JournaledPage {
     /// Tasks whose files are all durably stored: on replay they go straight to deletes.
     #[serde(default)]
     pub stored: BTreeSet<String>,
-    /// The token of the page after this one. Kept when the page is done, so that a
-    /// crash between asking for that page and journaling it is recovered by replaying
-    /// the token (the platform may already have moved its cursor past it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+}
+
+/// What the journal holds: the pages not finished, oldest first, and where the feed
+/// goes on.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Journal {
+    pub pages: Vec<JournaledPage>,
+    /// The token of the page after the last one received. Kept while pages are worked
+    /// and when they are done, so that a crash between asking for that page and
+    /// journaling it is recovered by replaying the token (the platform may already
+    /// have moved its cursor past it).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
-    /// The page after this one, already received while this one was worked on: after a
-    /// restart it is worked next, so it is not lost when its token has expired.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ahead: Option<FeedPage>,
     /// The nonce of the round that last proved the journal writable (see
     /// [`PageJournal::prove`]); only a witness, never read for decisions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub round: Option<String>,
+}
+
+/// Either format on disk.
+#[derive(Deserialize)]
+struct OnDisk {
+    #[serde(default)]
+    pages: Option<Vec<JournaledPage>>,
+    #[serde(default)]
+    next: Option<String>,
+    #[serde(default)]
+    round: Option<String>,
+    // The released version's single page, and the page it received ahead.
+    #[serde(default)]
+    tasks: Option<Vec<Value>>,
+    #[serde(default)]
+    stored: BTreeSet<String>,
+    #[serde(default)]
+    ahead: Option<FeedPage>,
+}
+
+impl OnDisk {
+    fn into_journal(self) -> Result<Journal, String> {
+        match (self.pages, self.tasks) {
+            (Some(pages), None) => Ok(Journal {
+                pages,
+                next: self.next,
+                round: self.round,
+            }),
+            (None, Some(tasks)) => {
+                let mut pages = vec![JournaledPage {
+                    tasks,
+                    stored: self.stored,
+                }];
+                let mut next = self.next;
+                if let Some(ahead) = self.ahead {
+                    // `next` was the token that fetched it; its own `next` goes on.
+                    pages.push(JournaledPage {
+                        tasks: ahead.tasks,
+                        stored: BTreeSet::new(),
+                    });
+                    next = ahead.next;
+                }
+                pages.retain(|p| !p.tasks.is_empty());
+                Ok(Journal {
+                    pages,
+                    next,
+                    round: self.round,
+                })
+            }
+            (Some(_), Some(_)) => Err("both \"pages\" and \"tasks\"".into()),
+            (None, None) => Err("neither \"pages\" nor \"tasks\"".into()),
+        }
+    }
+}
+
+/// One page as [`encode`] writes it: its tasks as a JSON array already serialised.
+pub struct EncodedPage<'p> {
+    pub tasks_json: &'p str,
+    pub stored: &'p BTreeSet<String>,
+}
+
+/// Serialises the tasks of a page once, as the JSON array the journal holds.
+pub fn tasks_json(tasks: &[Value]) -> String {
+    serde_json::to_string(tasks).expect("JSON values serialise")
+}
+
+/// The journal entry for `pages` and `next`, written by copying each page's tasks.
+pub fn encode<'p>(pages: impl Iterator<Item = EncodedPage<'p>>, next: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{\"pages\":[");
+    for (i, page) in pages.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"tasks\":");
+        out.extend_from_slice(page.tasks_json.as_bytes());
+        out.extend_from_slice(b",\"stored\":");
+        serde_json::to_writer(&mut out, page.stored).expect("strings serialise");
+        out.push(b'}');
+    }
+    out.push(b']');
+    if let Some(next) = next {
+        out.extend_from_slice(b",\"next\":");
+        serde_json::to_writer(&mut out, next).expect("strings serialise");
+    }
+    out.push(b'}');
+    out
 }
 
 #[derive(Debug)]
@@ -69,6 +179,7 @@ impl From<StoreError> for JournalError {
 pub struct PageJournal<'a> {
     store: &'a dyn BlobStore,
     key: String,
+    writes: AtomicU64,
 }
 
 impl<'a> PageJournal<'a> {
@@ -76,6 +187,7 @@ impl<'a> PageJournal<'a> {
         PageJournal {
             store,
             key: format!("{RESERVED_PREFIX}/{}.page.json", escape_tag(tag)),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -83,35 +195,45 @@ impl<'a> PageJournal<'a> {
         &self.key
     }
 
-    pub fn load(&self) -> Result<Option<JournaledPage>, JournalError> {
+    /// Writes (and removals) of the entry so far, tried or done.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    pub fn load(&self) -> Result<Option<Journal>, JournalError> {
         let Some(bytes) = self.store.get(&self.key)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| JournalError::Damaged {
-                key: self.key.clone(),
-                reason: e.to_string(),
-            })
+        let damaged = |reason: String| JournalError::Damaged {
+            key: self.key.clone(),
+            reason,
+        };
+        let on_disk: OnDisk = serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+        on_disk.into_journal().map(Some).map_err(damaged)
     }
 
-    pub fn save(&self, page: &JournaledPage) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(page).expect("a page serialises");
-        put_bytes(self.store, &self.key, &bytes).map(|_| ())
+    /// Stores an entry made by [`encode`].
+    pub fn save_bytes(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        put_bytes(self.store, &self.key, bytes).map(|_| ())
+    }
+
+    pub fn save(&self, journal: &Journal) -> Result<(), StoreError> {
+        self.save_bytes(&serde_json::to_vec(journal).expect("a journal serialises"))
     }
 
     /// Proves that the storage takes the journal before the feed is asked for a page
-    /// nobody has written down yet: writes `page` (what the journal holds now, or an
-    /// empty entry) marked with a fresh round nonce, reads it back and compares. A
-    /// storage that refuses the write, or hands back something else, fails here, while
-    /// the platform's cursor has not moved.
-    pub fn prove(&self, page: &JournaledPage) -> Result<(), StoreError> {
-        let marked = JournaledPage {
+    /// nobody has written down yet: writes `journal` (what it holds now, or an empty
+    /// entry) marked with a fresh round nonce, reads it back and compares. A storage
+    /// that refuses the write, or hands back something else, fails here, while the
+    /// platform's cursor has not moved.
+    pub fn prove(&self, journal: &Journal) -> Result<(), StoreError> {
+        let marked = Journal {
             round: Some(round_nonce()),
-            ..page.clone()
+            ..journal.clone()
         };
-        let bytes = serde_json::to_vec(&marked).expect("a page serialises");
-        put_bytes(self.store, &self.key, &bytes)?;
+        let bytes = serde_json::to_vec(&marked).expect("a journal serialises");
+        self.save_bytes(&bytes)?;
         match self.store.get(&self.key)? {
             Some(back) if back == bytes => Ok(()),
             back => Err(StoreError::transient(format!(
@@ -131,6 +253,7 @@ impl<'a> PageJournal<'a> {
     }
 
     pub fn clear(&self) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         self.store.delete(&self.key)
     }
 }
@@ -162,6 +285,7 @@ pub fn escape_tag(tag: &str) -> String {
 mod tests {
     use super::*;
     use crate::store::local::LocalStore;
+    use serde_json::json;
 
     #[test]
     fn tags_escape_to_distinct_safe_names() {
@@ -171,34 +295,83 @@ mod tests {
         assert_eq!(escape_tag("ž"), "~c5~be");
     }
 
-    #[test]
-    fn round_trip_and_damage() {
-        let root = std::env::temp_dir().join(format!("spinoco-journal-{}", std::process::id()));
+    fn temp_store(name: &str) -> (std::path::PathBuf, LocalStore) {
+        let root =
+            std::env::temp_dir().join(format!("spinoco-journal-{name}-{}", std::process::id()));
         let store = LocalStore::open(&root).unwrap();
+        (root, store)
+    }
+
+    #[test]
+    fn round_trip_proof_and_damage() {
+        let (root, store) = temp_store("rt");
         let journal = PageJournal::new(&store, "t/1");
         assert!(journal.load().unwrap().is_none());
-        let mut page = JournaledPage {
-            tasks: vec![serde_json::json!({"taskId": "x"})],
-            ..Default::default()
+        let page = JournaledPage {
+            tasks: vec![json!({"taskId": "x"}), json!({"taskId": "y\"z"})],
+            stored: ["y\"z".to_string()].into(),
         };
-        page.stored.insert("x".into());
-        journal.save(&page).unwrap();
-        assert_eq!(journal.load().unwrap(), Some(page.clone()));
-        put_bytes(&store, journal.key(), b"{\"tasks\": [").unwrap();
-        assert!(matches!(journal.load(), Err(JournalError::Damaged { .. })));
-        journal.prove(&page).unwrap();
+        let bytes = encode(
+            [EncodedPage {
+                tasks_json: &tasks_json(&page.tasks),
+                stored: &page.stored,
+            }]
+            .into_iter(),
+            Some("tok\\1"),
+        );
+        journal.save_bytes(&bytes).unwrap();
+        let want = Journal {
+            pages: vec![page],
+            next: Some("tok\\1".into()),
+            round: None,
+        };
+        assert_eq!(journal.load().unwrap().as_ref(), Some(&want));
+        journal.prove(&want).unwrap();
         let proven = journal.load().unwrap().unwrap();
         assert!(proven.round.is_some());
         assert_eq!(
-            JournaledPage {
+            Journal {
                 round: None,
                 ..proven
             },
-            page,
-            "the proof keeps the page"
+            want,
+            "the proof keeps the pages"
         );
+        journal.prove(&Journal::default()).unwrap();
+        assert_eq!(journal.load().unwrap().unwrap().pages, vec![]);
+        put_bytes(&store, journal.key(), b"{\"pages\": [").unwrap();
+        assert!(matches!(journal.load(), Err(JournalError::Damaged { .. })));
+        put_bytes(&store, journal.key(), b"{\"next\": \"t\"}").unwrap();
+        assert!(matches!(journal.load(), Err(JournalError::Damaged { .. })));
         journal.clear().unwrap();
         assert!(journal.load().unwrap().is_none());
+        assert_eq!(journal.writes(), 4, "three puts and one removal");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// The released version's entry: the current page at the top level, the page
+    /// received ahead inside it; both are finished after an upgrade.
+    #[test]
+    fn the_released_versions_entry_is_read() {
+        let (root, store) = temp_store("v1");
+        let journal = PageJournal::new(&store, "t");
+        let v1 = json!({
+            "tasks": [{"taskId": "a"}, {"taskId": "b"}],
+            "stored": ["a"],
+            "next": "token-of-ahead",
+            "ahead": {"tasks": [{"taskId": "c"}], "next": "token-after-ahead"}
+        });
+        put_bytes(&store, journal.key(), v1.to_string().as_bytes()).unwrap();
+        let j = journal.load().unwrap().unwrap();
+        assert_eq!(j.pages.len(), 2);
+        assert_eq!(j.pages[0].stored, ["a".to_string()].into());
+        assert_eq!(j.pages[1].tasks, vec![json!({"taskId": "c"})]);
+        assert_eq!(j.next.as_deref(), Some("token-after-ahead"));
+        let v1 = json!({"tasks": [], "next": "t2"});
+        put_bytes(&store, journal.key(), v1.to_string().as_bytes()).unwrap();
+        let j = journal.load().unwrap().unwrap();
+        assert!(j.pages.is_empty());
+        assert_eq!(j.next.as_deref(), Some("t2"));
         std::fs::remove_dir_all(root).unwrap();
     }
 }

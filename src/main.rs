@@ -27,6 +27,9 @@ mod exit {
     pub const PLATFORM_AUTH: u8 = 4;
     /// The storage refused the credentials or permissions.
     pub const STORAGE_DENIED: u8 = 5;
+    /// Stopped while a page the platform handed out was not yet journaled: its tasks
+    /// (logged at error) may exist nowhere else.
+    pub const DATA_AT_RISK: u8 = 6;
     /// `--once`: another connector works on this tag (it holds the journal lease).
     pub const TAG_HELD: u8 = 7;
 }
@@ -55,8 +58,8 @@ Usage:
   spinoco-connector --help | --version
 
 Exit codes: 0 ok, 1 not everything stored, 2 usage, 3 configuration error,
-4 platform refused the token, 5 storage refused access, 7 another connector
-works on this tag (--once).
+4 platform refused the token, 5 storage refused access, 6 stopped with a received
+page not journaled (data at risk), 7 another connector works on this tag (--once).
 ";
 
 fn main() -> ExitCode {
@@ -200,6 +203,7 @@ fn code_of(e: &SyncError) -> u8 {
     match e {
         SyncError::Auth(_) => exit::PLATFORM_AUTH,
         SyncError::StorageDenied(_) => exit::STORAGE_DENIED,
+        SyncError::DataAtRisk { .. } => exit::DATA_AT_RISK,
         _ => exit::FAILURE,
     }
 }

@@ -112,14 +112,17 @@ impl Metrics {
         self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// The engine took up a journaled page with tasks (new, or left by an earlier run).
-    pub fn page_started(&self) {
-        self.page_started_ms.store(now_ms(), Ordering::Relaxed);
+    /// When the oldest page of the engine's window was taken up (`None`: no page is
+    /// journaled). Several pages may be in work at once; the gauge shows the oldest.
+    pub fn oldest_page(&self, since: Option<std::time::Instant>) {
+        let ms = since.map_or(0, |t| {
+            now_ms().saturating_sub(t.elapsed().as_millis() as u64)
+        });
+        self.page_started_ms.store(ms, Ordering::Relaxed);
     }
 
     /// A page was worked through (or stopped): its counts, as in the run's summary.
     pub fn page_done(&self, tasks: u64, deletes: u64, missing: u64, rejected: u64, failed: u64) {
-        self.page_started_ms.store(0, Ordering::Relaxed);
         Self::add(&self.tasks, tasks);
         Self::add(&self.deletes, deletes);
         Self::add(&self.missing, missing);
@@ -288,7 +291,7 @@ impl Metrics {
         metric(
             "spinoco_journaled_page_timestamp_seconds",
             "gauge",
-            "Unix time this process took up the page in progress, which stays journaled until every task of it is done (0: no page in progress).",
+            "Unix time this process took up the oldest page of its window (up to 3 pages in work at once; each stays journaled until every task of it is done; 0: no page in progress).",
             &[("", seconds(get(&self.page_started_ms)))],
         );
         metric(
@@ -487,12 +490,13 @@ mod tests {
         };
         assert_eq!(page(&m), 0.0);
         let before = now_ms() as f64 / 1000.0;
-        m.page_started();
+        m.oldest_page(Some(std::time::Instant::now()));
         let started = page(&m);
-        assert!(started >= before - 0.001 && started <= now_ms() as f64 / 1000.0);
+        assert!(started >= before - 0.002 && started <= now_ms() as f64 / 1000.0 + 0.001);
         m.file_stored(1);
-        assert_eq!(page(&m), started, "a stored file does not finish the page");
         m.page_done(1, 0, 0, 0, 0);
+        assert_eq!(page(&m), started, "only the engine's window moves it");
+        m.oldest_page(None);
         assert_eq!(page(&m), 0.0);
     }
 

@@ -1,4 +1,4 @@
-//! The sync engine: rounds of the feed, pages of tasks, files in parallel.
+//! The sync engine: rounds of the feed, a window of pages, files in parallel.
 //!
 //! A round begins by proving that the storage takes the journal: the journal entry (or
 //! an empty one) is written with a fresh round nonce, read back and compared
@@ -6,34 +6,61 @@
 //! refuses the journal (a typo in the bucket, a read-only credential, a full quota)
 //! stops the run while the platform's cursor has not moved.
 //!
-//! A round asks the feed for pages until it is drained. Each page is journaled before
-//! any work, its files are transferred by a small pool of threads sharing one HTTP
-//! agent, and a task's deletes run only after all its files are stored and the journal
-//! says so. A page leaves the journal only when every task of it is done. Nothing here
-//! knows which storage provider is behind the [`BlobStore`].
+//! A round then asks the feed for pages until it is drained, keeping a small window of
+//! pages in work at once ([`WINDOW_PAGES`], and at most [`WINDOW_BYTES`] of task JSON):
+//! one pool of threads takes the files of every page in the window from one queue, so
+//! the pool never drains between pages, and the next page is asked for as soon as one
+//! leaves the window. The journal holds every page of the window; a page leaves it
+//! only when every task of it is done, and a restart finishes all of them first.
 //!
-//! While a page's files transfer, the next page is already asked for (one try). When it
-//! comes it is journaled at once, inside the current page's entry, because the platform
-//! may have moved its cursor past it and its token may expire before a restart; after a
-//! crash it is worked right after the current page. This hides a feed round trip per
-//! page.
+//! Three kinds of thread share a [`Round`]: this one asks the feed, the workers transfer
+//! and delete, and one journal writer owns every write of the journal entry. The feed
+//! thread asks for a page only after everything it received before is durable (so the
+//! journal's `next` token is never behind the platform's cursor by more than the page
+//! in flight), and hands a new page to the workers only after the write that holds it.
+//! A page the feed handed out exists only in memory until then, so that write never
+//! gives up (whatever the budget or the error); only a stop request ends the wait, as
+//! [`SyncError::DataAtRisk`] naming its tasks.
+//!
+//! Group commit. When the last file of a task with deletes is stored, the worker adds
+//! the task's id to its page's `stored` set and raises the journal's generation; the
+//! task's deletes wait, tagged with that generation, and the worker goes on with other
+//! files. The writer takes everything changed so far (after a short linger that lets a
+//! few more tasks join, cut short when a new page waits), writes it in one request, and
+//! when it is durable queues the deletes of every task whose generation it covers, at
+//! the front of the queue. So no worker waits for a journal write, one write records
+//! every task that became stored while the previous write was in flight, and "recorded
+//! as stored before the first DELETE" holds by construction: a delete is queued only by
+//! the writer, only after a durable write whose snapshot was taken after that task's
+//! id was added.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
+use log::{debug, error, info, log_enabled, warn};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::journal::{JournalError, JournaledPage, PageJournal};
+use crate::journal::{self, EncodedPage, Journal, JournalError, PageJournal};
 use crate::platform::{FeedPage, Platform, PlatformError};
 use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 use crate::shutdown;
 use crate::store::{BlobStore, StoreError, StoreErrorKind};
 use crate::task::join_types;
 use crate::task::{excerpt, FileJob, NameDifferences, Task};
+
+/// Pages in work at once (the journal holds them all).
+pub const WINDOW_PAGES: usize = 3;
+/// The task JSON of the pages in work at once, at most (one page is always admitted).
+pub const WINDOW_BYTES: usize = 2 << 20;
+/// How long the journal writer lets more tasks join a write that only records tasks
+/// as stored (their deletes wait that long at most; no worker waits).
+const GROUP_LINGER: Duration = Duration::from_millis(100);
+/// A write goes without lingering once this many tasks wait for it.
+const GROUP_MAX: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -60,6 +87,12 @@ pub enum SyncError {
     /// The process was asked to stop while the journal was being written: not a
     /// failure; the journal keeps what it had and the next start goes on from there.
     Stopped,
+    /// Stopped on request while a page the platform handed out could not be journaled
+    /// (the storage kept refusing or failing the write): the platform may have moved its
+    /// cursor past these tasks, so they may exist nowhere else.
+    DataAtRisk {
+        tasks: Vec<String>,
+    },
     /// `--once`: some files could not be stored or deleted. Failures keep their page
     /// journaled for the next run; rejected tasks were reported and cannot be stored.
     Incomplete {
@@ -78,6 +111,14 @@ impl fmt::Display for SyncError {
             SyncError::Unavailable(m) => write!(f, "gave up when the retry budget (SP_TASK_SYNC_RETRY_TIMEOUT) was spent: {m}"),
             SyncError::Journal(e) => e.fmt(f),
             SyncError::Stopped => f.write_str("stopped on request"),
+            SyncError::DataAtRisk { tasks } => write!(
+                f,
+                "stopped on request before a page the platform handed out could be journaled: its {} task(s) \
+                 may not be handed out again; copy them from the platform by hand (or re-sync them with a new \
+                 tag and SP_TASK_SYNC_START_FROM): {}",
+                tasks.len(),
+                tasks.join(", ")
+            ),
             SyncError::Incomplete { failed, rejected } => write!(
                 f,
                 "not everything was stored: {failed} transfer(s) or delete(s) failed (their page stays \
@@ -115,20 +156,23 @@ pub struct Summary {
     pub rejected: u64,
     /// The run stopped on SIGTERM/SIGINT.
     pub stopped: bool,
+    /// Writes (and removals) of the page journal.
+    pub journal_writes: u64,
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} tasks, {} files, {} in {} page(s); {} deleted on the platform, {} missing (404), {} rejected",
+            "{} tasks, {} files, {} in {} page(s); {} deleted on the platform, {} missing (404), {} rejected; {} journal writes",
             self.tasks,
             self.files,
             megabytes(self.bytes),
             self.pages,
             self.deletes,
             self.missing,
-            self.rejected
+            self.rejected,
+            self.journal_writes
         )
     }
 }
@@ -173,6 +217,9 @@ enum Try<T> {
     Reject(String),
     Fatal(SyncError),
     Stopped,
+    /// Final for this item: a storage error after the storage client spent its own
+    /// retry budget (the layer that made the request decides; see `crate::retry`).
+    GaveUp(String),
 }
 
 impl<'a> Engine<'a> {
@@ -198,7 +245,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Runs rounds until the feed is drained (`--once`) or forever (service), stopping
-    /// early on SIGTERM/SIGINT with the current page journaled.
+    /// early on SIGTERM/SIGINT with the pages in progress journaled.
     pub fn run(mut self, mode: Mode) -> Result<Summary, SyncError> {
         info!(
             "syncing tag {:?} from {} into {} (get {}, delete {}, {} parallel transfers)",
@@ -217,7 +264,9 @@ impl<'a> Engine<'a> {
         loop {
             let started = Instant::now();
             let before = self.summary.clone();
-            failed += match self.round() {
+            let outcome = self.round();
+            self.summary.journal_writes = self.journal.writes();
+            failed += match outcome {
                 Err(SyncError::Stopped) => {
                     self.summary.stopped = true;
                     0
@@ -231,7 +280,7 @@ impl<'a> Engine<'a> {
             crate::metrics::global().round_done(failed == 0 && !self.summary.stopped);
             if self.summary.stopped || shutdown::requested() {
                 self.summary.stopped = true;
-                info!("stopped on request; the page in progress stays journaled and is finished on the next start");
+                info!("stopped on request; the pages in progress stay journaled and are finished on the next start");
                 break;
             }
             let s = &self.summary;
@@ -269,79 +318,39 @@ impl<'a> Engine<'a> {
         Ok(self.summary)
     }
 
-    /// One round: the journaled page first, then the feed until drained. Returns how
-    /// many items failed for good (only possible in `--once`).
+    /// One round: the journaled pages first (with the feed already asked for more
+    /// beside them), then the feed until drained. Returns how many items failed for
+    /// good (only possible in `--once`).
     fn round(&mut self) -> Result<u64, SyncError> {
-        let query = self.query();
-        let mut request = query.clone();
-        // The next page, fetched while the previous one was worked on.
-        let mut ahead: Option<FeedPage> = None;
-        let journaled = self.load_journal()?;
+        let journaled = self.load_journal()?.unwrap_or_default();
         // No feed request before the storage has taken (and given back) the journal.
-        let held = journaled.clone().unwrap_or_default();
         self.retried_store("proving the storage takes the page journal", || {
-            self.journal.prove(&held)
+            self.journal.prove(&journaled)
         })?;
-        if let Some(page) = journaled {
-            if !page.tasks.is_empty() {
-                info!(
-                    "finishing the journaled page ({} tasks, {} already stored)",
-                    page.tasks.len(),
-                    page.stored.len()
-                );
+        let request = match &journaled.next {
+            Some(token) => self.page_request(token),
+            None => self.query(),
+        };
+        let round = Round::new(self);
+        std::thread::scope(|s| {
+            s.spawn(|| round.journal_writer());
+            for _ in 0..self.cfg.concurrency.max(1) {
+                s.spawn(|| round.worker());
             }
-            let next = page.next.clone();
-            let (failed, fetched) = self.work_page(page)?;
-            if failed > 0 || self.summary.stopped {
-                return Ok(failed);
-            }
-            if let Some(token) = next {
-                request = self.page_request(&token);
-                ahead = fetched;
-            }
-        }
-        loop {
-            let fetched = match ahead.take() {
-                Some(page) => Outcome::Done(Some(page)),
-                None => self.retried(Side::Platform, "the sync feed", || {
-                    feed_try(&self.platform, &request)
-                }),
-            };
-            let page = match fetched {
-                Outcome::Done(Some(page)) => page,
-                Outcome::Done(None) => {
-                    info!("the page token expired; starting the round again");
-                    request = query.clone();
-                    continue;
-                }
-                Outcome::Stopped => {
-                    self.summary.stopped = true;
-                    return Ok(0);
-                }
-                Outcome::GaveUp(m) => return Err(SyncError::Unavailable(m)),
-                Outcome::Rejected(m) => return Err(SyncError::Refused(m)),
-                Outcome::Fatal(e) => return Err(e),
-                Outcome::Missing => {
-                    return Err(SyncError::Refused("the sync feed answered 404".into()))
-                }
-            };
-            let FeedPage { tasks, next } = page;
-            let (failed, fetched) = self.work_page(JournaledPage {
-                tasks,
-                next: next.clone(),
-                ..Default::default()
-            })?;
-            if failed > 0 || self.summary.stopped {
-                return Ok(failed);
-            }
-            match next {
-                Some(token) => {
-                    request = self.page_request(&token);
-                    ahead = fetched;
-                }
-                None => return Ok(0),
-            }
-        }
+            round.feed(journaled, request);
+            round.finish();
+        });
+        let (totals, failed) = round.close()?;
+        let s = &mut self.summary;
+        s.pages += totals.pages;
+        s.tasks += totals.tasks;
+        s.files += totals.files;
+        s.bytes += totals.bytes;
+        s.missing += totals.missing;
+        s.deletes += totals.deletes;
+        s.rejected += totals.rejected;
+        s.stopped |= totals.stopped;
+        Ok(failed)
     }
 
     fn page_request(&self, token: &str) -> Value {
@@ -364,140 +373,10 @@ impl<'a> Engine<'a> {
         json!({ "query": query, "count": self.cfg.page_size })
     }
 
-    /// Journals the page (when it is new), does all its work, and clears the journal
-    /// when nothing is left to do. Meanwhile it asks once for the next page; returns how
-    /// many items failed for good, and that next page when it came.
-    ///
-    /// When the next page came, the finished page stays journaled with that next page
-    /// inside it, until the caller journals the returned page in its place.
-    fn work_page(&mut self, page: JournaledPage) -> Result<(u64, Option<FeedPage>), SyncError> {
-        if page.tasks.is_empty() {
-            // Nothing to do; remember where the feed goes on, or forget the page.
-            return self.close_page(page.next).map(|()| (0, None));
-        }
-        let started = Instant::now();
-        // The page may be one the platform just handed out: it is written down even when a
-        // stop was asked for meanwhile (once; the retries after a failure end on a stop).
-        if self.journal.save(&page).is_err() {
-            self.save_journal(&page)?;
-        }
-        crate::metrics::global().page_started();
-        // A page journaled ahead (before a restart) needs no asking again.
-        let prefetch = match page.ahead {
-            Some(_) => None,
-            None => page.next.as_ref().map(|token| self.page_request(token)),
-        };
-        let work = PageWork::plan(page, self);
-        let pool = self.cfg.concurrency.min(work.jobs.len()).max(1);
-        let fetched = std::thread::scope(|s| {
-            for _ in 0..pool {
-                s.spawn(|| work.worker(self));
-            }
-            // One try only: on any trouble the caller asks again the usual way.
-            let next = match prefetch.map(|r| feed_try(&self.platform, &r))? {
-                Try::Ok(next) => next?,
-                Try::Retry { message: m, .. } | Try::Reject(m) => {
-                    warn!("the sync feed (asked ahead): {m}; asking again when this page is done");
-                    return None;
-                }
-                Try::Fatal(e) => {
-                    warn!("the sync feed (asked ahead): {e}");
-                    return None;
-                }
-                Try::Missing | Try::Stopped => return None,
-            };
-            // Durable before anything relies on it (see the module comment).
-            let mut journal_page = work.journal_page.lock().unwrap();
-            journal_page.ahead = Some(next);
-            match self.journal.save(&journal_page) {
-                Ok(()) => journal_page.ahead.clone(),
-                Err(e) => {
-                    debug!("the next page could not be journaled ahead ({e}); it will be asked for again");
-                    journal_page.ahead = None;
-                    None
-                }
-            }
-        });
-        let fetched = fetched.or_else(|| work.journal_page.lock().unwrap().ahead.clone());
-        let PageWork {
-            counters: c,
-            fatal,
-            journal_page,
-            ..
-        } = work;
-        if let Some(e) = fatal.into_inner().unwrap() {
-            return Err(e);
-        }
-        let failed = c.failed.load(Ordering::Relaxed);
-        let stopped = c.stopped.load(Ordering::Relaxed);
-        let (files, bytes) = (
-            c.files.load(Ordering::Relaxed),
-            c.bytes.load(Ordering::Relaxed),
-        );
-        let tasks = journal_page.lock().unwrap().tasks.len() as u64;
-        self.summary.pages += 1;
-        self.summary.tasks += tasks;
-        self.summary.files += files;
-        self.summary.bytes += bytes;
-        self.summary.missing += c.missing.load(Ordering::Relaxed);
-        self.summary.deletes += c.deletes.load(Ordering::Relaxed);
-        self.summary.rejected += c.rejected.load(Ordering::Relaxed);
-        crate::metrics::global().page_done(
-            tasks,
-            c.deletes.load(Ordering::Relaxed),
-            c.missing.load(Ordering::Relaxed),
-            c.rejected.load(Ordering::Relaxed),
-            failed,
-        );
-        let secs = started.elapsed().as_secs_f64();
-        info!(
-            "page {}: {tasks} tasks, {files} files, {} in {secs:.2}s ({:.1} MB/s), {} deleted{}{}",
-            self.summary.pages,
-            megabytes(bytes),
-            bytes as f64 / 1_000_000.0 / secs.max(1e-6),
-            c.deletes.load(Ordering::Relaxed),
-            match c.missing.load(Ordering::Relaxed) {
-                0 => String::new(),
-                n => format!(", {n} missing"),
-            },
-            if failed > 0 {
-                format!(", {failed} FAILED")
-            } else {
-                String::new()
-            },
-        );
-        if stopped || shutdown::requested() {
-            self.summary.stopped = true;
-            return Ok((0, None));
-        }
-        if failed > 0 {
-            return Ok((failed, None));
-        }
-        if fetched.is_none() {
-            let next = journal_page.into_inner().unwrap().next;
-            self.close_page(next)?;
-        }
-        Ok((0, fetched))
-    }
-
-    /// The page is done: keep only the token of the next one, if any.
-    fn close_page(&self, next: Option<String>) -> Result<(), SyncError> {
-        match next {
-            Some(token) => {
-                let rest = JournaledPage {
-                    next: Some(token),
-                    ..Default::default()
-                };
-                self.save_journal(&rest)
-            }
-            None => self.retried_store("clearing the page journal", || self.journal.clear()),
-        }
-    }
-
     /// Reads the journal, waiting out a storage that is briefly unreachable (each round
     /// starts here, so a short outage must not end a service). A damaged entry stops the
     /// run: it may hold tasks the platform will not hand out again.
-    fn load_journal(&self) -> Result<Option<JournaledPage>, SyncError> {
+    fn load_journal(&self) -> Result<Option<Journal>, SyncError> {
         let mut damaged = None;
         let outcome = self.retried(Side::Storage, "reading the page journal", || {
             match self.journal.load() {
@@ -522,8 +401,54 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn save_journal(&self, page: &JournaledPage) -> Result<(), SyncError> {
-        self.retried_store("writing the page journal", || self.journal.save(page))
+    /// Writes a journal entry that holds tasks the feed just handed out: the platform
+    /// may have moved its cursor past them, so until this write works they exist only
+    /// in memory. So it never gives up, whatever the budget or the error (a refusal may
+    /// be fixed while we wait); only a stop request ends the wait, and then the run
+    /// ends with [`SyncError::DataAtRisk`] naming them (`at_risk`).
+    fn save_received(
+        &self,
+        bytes: &[u8],
+        at_risk: impl Fn() -> Vec<String>,
+    ) -> Result<(), SyncError> {
+        let what = "journaling a page the platform handed out";
+        let mut told = false;
+        let saved = with_retries(RetryBudget::FOREVER, Side::Storage, what, || {
+            match self.journal.save_bytes(bytes) {
+                Ok(()) => Step::Done(()),
+                Err(e) => {
+                    if e.kind != StoreErrorKind::Transient && !std::mem::replace(&mut told, true) {
+                        error!(
+                            "{what}: {e}; {} task(s) exist only in memory now, so the write is retried \
+                             until the storage takes it (a stop now puts them at risk)",
+                            at_risk().len()
+                        );
+                    }
+                    let reason = match e.kind {
+                        StoreErrorKind::Transient | StoreErrorKind::Source => Reason::Transport,
+                        // Refused, yet retried: the label says the storage answered no.
+                        StoreErrorKind::Denied | StoreErrorKind::Rejected => Reason::ServerError,
+                    };
+                    Step::Retry {
+                        error: e.message,
+                        reason,
+                        after: None,
+                    }
+                }
+            }
+        });
+        match saved {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let tasks = at_risk();
+                error!(
+                    "stopped before {} task(s) the platform handed out were journaled; they may exist nowhere else: {}",
+                    tasks.len(),
+                    tasks.join(", ")
+                );
+                Err(SyncError::DataAtRisk { tasks })
+            }
+        }
     }
 
     fn retried_store(
@@ -558,6 +483,8 @@ impl<'a> Engine<'a> {
             Try::Reject(m) => Step::Done(Outcome::Rejected(m)),
             Try::Fatal(e) => Step::Done(Outcome::Fatal(e)),
             Try::Stopped => Step::Done(Outcome::Stopped),
+            Try::GaveUp(_) if shutdown::requested() => Step::Done(Outcome::Stopped),
+            Try::GaveUp(m) => Step::Done(Outcome::GaveUp(m)),
             Try::Retry {
                 message,
                 reason,
@@ -634,13 +561,17 @@ fn platform_try<T>(e: PlatformError) -> Try<T> {
     }
 }
 
+/// Sorts a storage error. The storage client already retried its request within the
+/// run's budget, so a transient error here is final; only a broken download (the
+/// source of a transfer) is tried again, by the engine.
 fn store_try<T>(e: StoreError) -> Try<T> {
     match e.kind {
         StoreErrorKind::Denied => Try::Fatal(SyncError::StorageDenied(e)),
         StoreErrorKind::Rejected => Try::Reject(e.message),
-        StoreErrorKind::Transient | StoreErrorKind::Source => Try::Retry {
+        StoreErrorKind::Transient => Try::GaveUp(e.message),
+        StoreErrorKind::Source => Try::Retry {
             message: e.message,
-            reason: Reason::Transport,
+            reason: Reason::BrokenBody,
             after: None,
         },
     }
@@ -654,16 +585,19 @@ struct Counters {
     deletes: AtomicU64,
     rejected: AtomicU64,
     failed: AtomicU64,
-    stopped: AtomicBool,
 }
 
 impl Counters {
     fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
 }
 
-/// A task of the page being worked on.
+/// A task of a page in work.
 struct TaskWork {
     id: String,
     files: Vec<FileJob>,
@@ -673,35 +607,209 @@ struct TaskWork {
     incomplete: AtomicBool,
 }
 
-enum Job {
-    Transfer {
-        task: usize,
-        file: usize,
-    },
-    /// The task's files were stored before a restart: only its deletes are left.
-    Deletes {
-        task: usize,
-    },
-}
-
-/// A page's work, shared by the pool's threads.
-struct PageWork {
+/// A page in work: its tasks planned, and their JSON as the journal holds it.
+struct Page {
+    number: u64,
+    tasks_json: String,
+    /// Every task the platform sent, for logs and counts (ids or excerpts).
+    sent: Vec<String>,
     tasks: Vec<TaskWork>,
-    jobs: Vec<Job>,
-    next_job: AtomicUsize,
-    journal_page: Mutex<JournaledPage>,
+    /// Tasks not done yet; the page is finished at zero.
+    left: AtomicUsize,
     counters: Counters,
-    fatal: Mutex<Option<SyncError>>,
-    abort: AtomicBool,
+    started: Instant,
 }
 
-impl PageWork {
-    fn plan(page: JournaledPage, engine: &Engine) -> PageWork {
+enum Job {
+    Transfer(Arc<Page>, usize, usize),
+    /// The task's files are stored and recorded so: its deletes.
+    Deletes(Arc<Page>, usize),
+}
+
+/// A page of the window, as the journal holds it.
+struct Entry {
+    page: Arc<Page>,
+    stored: BTreeSet<String>,
+    /// The generation whose write first holds this page (0: it was journaled before).
+    added: u64,
+    /// Its jobs, queued when that write is durable.
+    held: Vec<Job>,
+    /// All its tasks are done but some failed (`--once`): it stays journaled.
+    finished: bool,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    entries: Vec<Entry>,
+    window_bytes: usize,
+    next: Option<String>,
+    /// Generation of the last change to what the journal must hold, and of the last
+    /// durable write; a write takes every change up to its snapshot.
+    changed: u64,
+    durable: u64,
+    /// Generation of the last page with tasks received from the feed: until a write
+    /// of it is durable, that write never gives up.
+    received: u64,
+    /// Generation of the last feed answer: the feed is asked again only once it is
+    /// durable, so the journal's `next` token is never behind.
+    asked: u64,
+    /// Deletes waiting for the write of their generation.
+    waiting: Vec<(u64, Arc<Page>, usize)>,
+    over: bool,
+    totals: Summary,
+}
+
+/// One round's shared state: the feed thread, the workers and the journal writer (see
+/// the module comment).
+struct Round<'e> {
+    engine: &'e Engine<'e>,
+    state: Mutex<State>,
+    /// For the workers: a job was queued, or the round is over.
+    work: Condvar,
+    /// For the writer: the journal must hold something new.
+    changes: Condvar,
+    /// For the feed thread: a write became durable or a page left the window.
+    progress: Condvar,
+    abort: AtomicBool,
+    fatal: Mutex<Option<SyncError>>,
+    failed: AtomicU64,
+    /// Pages planned so far (their numbers in the log).
+    planned: AtomicU64,
+}
+
+/// The age of the oldest journaled page of the window, for `/metrics` (and its alert).
+fn report_oldest(st: &State) {
+    let oldest = st.entries.iter().map(|e| e.page.started).min();
+    crate::metrics::global().oldest_page(oldest);
+}
+
+/// How often a waiting thread looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+impl<'e> Round<'e> {
+    fn new(engine: &'e Engine<'e>) -> Round<'e> {
+        Round {
+            engine,
+            state: Mutex::default(),
+            work: Condvar::new(),
+            changes: Condvar::new(),
+            progress: Condvar::new(),
+            abort: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            failed: AtomicU64::new(0),
+            planned: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'g>(&self, cv: &Condvar, st: MutexGuard<'g, State>) -> MutexGuard<'g, State> {
+        cv.wait_timeout(st, STOP_POLL)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
+    fn halted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed) || shutdown::requested()
+    }
+
+    fn fail(&self, e: SyncError) {
+        error!("{e}");
+        self.abort.store(true, Ordering::Relaxed);
+        self.fatal.lock().unwrap().get_or_insert(e);
+        self.work.notify_all();
+        self.changes.notify_all();
+        self.progress.notify_all();
+    }
+
+    /// The feed thread: the journaled pages first, then pages from the feed while the
+    /// window has room, each handed to the workers once the journal holds it.
+    fn feed(&self, journaled: Journal, mut request: Value) {
+        let engine = self.engine;
+        let Journal { pages, next, .. } = journaled;
+        self.lock().next = next;
+        for p in pages {
+            info!(
+                "finishing the journaled page ({} tasks, {} already stored)",
+                p.tasks.len(),
+                p.stored.len()
+            );
+            // Planned outside the lock (names are rendered here); durable already.
+            let (page, jobs) = self.plan(&p.tasks, &p.stored);
+            let mut st = self.lock();
+            st.jobs.extend(jobs);
+            self.admit(&mut st, page, p.stored, 0, Vec::new());
+            self.work.notify_all();
+        }
+        let query = engine.query();
+        loop {
+            {
+                let mut st = self.lock();
+                loop {
+                    if self.halted() || self.failed.load(Ordering::Relaxed) > 0 {
+                        return;
+                    }
+                    // Never ask before what came is durable, nor beyond the window.
+                    if st.durable >= st.asked
+                        && st.entries.len() < WINDOW_PAGES
+                        && st.window_bytes < WINDOW_BYTES
+                    {
+                        break;
+                    }
+                    st = self.wait(&self.progress, st);
+                }
+            }
+            let fetched = engine.retried(Side::Platform, "the sync feed", || {
+                feed_try(&engine.platform, &request)
+            });
+            let FeedPage { tasks, next } = match fetched {
+                Outcome::Done(Some(page)) => page,
+                Outcome::Done(None) => {
+                    info!("the page token expired; starting the round again");
+                    request = query.clone();
+                    continue;
+                }
+                Outcome::Stopped => return,
+                Outcome::GaveUp(m) => return self.fail(SyncError::Unavailable(m)),
+                Outcome::Rejected(m) => return self.fail(SyncError::Refused(m)),
+                Outcome::Fatal(e) => return self.fail(e),
+                Outcome::Missing => {
+                    return self.fail(SyncError::Refused("the sync feed answered 404".into()))
+                }
+            };
+            if let Some(token) = &next {
+                request = engine.page_request(token);
+            }
+            let planned = (!tasks.is_empty()).then(|| self.plan(&tasks, &BTreeSet::new()));
+            drop(tasks);
+            let mut st = self.lock();
+            st.next = next.clone();
+            st.changed += 1;
+            let gen = st.changed;
+            st.asked = gen;
+            if let Some((page, jobs)) = planned {
+                st.received = gen;
+                self.admit(&mut st, page, BTreeSet::new(), gen, jobs);
+            }
+            self.changes.notify_one();
+            if next.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Plans the work of a page: every task checked and named, its jobs listed (only
+    /// deletes for a task recorded as stored). Tasks that cannot be stored as sent are
+    /// reported and counted here.
+    fn plan(&self, raw: &[Value], stored: &BTreeSet<String>) -> (Arc<Page>, Vec<Job>) {
+        let engine = self.engine;
         let counters = Counters::default();
-        let mut tasks = Vec::new();
-        let mut jobs = Vec::new();
-        for raw in &page.tasks {
-            let task = match Task::from_value(raw) {
+        let mut tasks = Vec::with_capacity(raw.len());
+        for value in raw {
+            let task = match Task::from_value(value) {
                 Ok(t) => t,
                 Err(e) => {
                     error!("skipping a task the platform sent: {e}");
@@ -714,69 +822,114 @@ impl PageWork {
                 Err(e) => {
                     error!(
                         "task {}: {e}; nothing of it is stored and nothing deleted",
-                        excerpt(raw)
+                        excerpt(value)
                     );
                     Counters::add(&counters.rejected, 1);
                     continue;
                 }
             };
             files.iter().for_each(|f| engine.name_differences.note(f));
-            let deletes: Vec<String> = task.delete.iter().map(|d| d.path.clone()).collect();
-            let index = tasks.len();
-            if page.stored.contains(&task.task_id) {
-                if !deletes.is_empty() {
-                    jobs.push(Job::Deletes { task: index });
-                }
-            } else {
-                jobs.extend((0..files.len()).map(|file| Job::Transfer { task: index, file }));
-                if files.is_empty() && !deletes.is_empty() {
-                    warn!("task {:?} asks for deletes but hands out no files; not deleting anything of it", task.task_id);
-                }
+            if files.is_empty() && !task.delete.is_empty() {
+                warn!(
+                    "task {:?} asks for deletes but hands out no files; not deleting anything of it",
+                    task.task_id
+                );
             }
             tasks.push(TaskWork {
-                id: task.task_id,
+                deletes: task.delete.into_iter().map(|d| d.path).collect(),
                 remaining: AtomicUsize::new(files.len()),
                 files,
-                deletes,
+                id: task.task_id,
                 incomplete: AtomicBool::new(false),
             });
         }
-        PageWork {
+        let mut page = Page {
+            number: self.planned.fetch_add(1, Ordering::Relaxed) + 1,
+            tasks_json: journal::tasks_json(raw),
+            sent: raw.iter().map(excerpt).collect(),
             tasks,
-            jobs,
-            next_job: AtomicUsize::new(0),
-            journal_page: Mutex::new(page),
+            left: AtomicUsize::new(0),
             counters,
-            fatal: Mutex::new(None),
-            abort: AtomicBool::new(false),
+            started: Instant::now(),
+        };
+        let mut work = Vec::new();
+        for (i, t) in page.tasks.iter().enumerate() {
+            if stored.contains(&t.id) {
+                if !t.deletes.is_empty() {
+                    work.push((i, None));
+                }
+            } else if !t.files.is_empty() {
+                work.extend((0..t.files.len()).map(|f| (i, Some(f))));
+            }
         }
+        let left: BTreeSet<usize> = work.iter().map(|(i, _)| *i).collect();
+        page.left = AtomicUsize::new(left.len());
+        let page = Arc::new(page);
+        let jobs = work
+            .into_iter()
+            .map(|(i, f)| match f {
+                Some(f) => Job::Transfer(page.clone(), i, f),
+                None => Job::Deletes(page.clone(), i),
+            })
+            .collect();
+        (page, jobs)
     }
 
-    fn worker(&self, engine: &Engine) {
+    /// Puts a planned page into the window (and so into the next journal write).
+    fn admit(
+        &self,
+        st: &mut State,
+        page: Arc<Page>,
+        stored: BTreeSet<String>,
+        added: u64,
+        held: Vec<Job>,
+    ) {
+        st.window_bytes += page.tasks_json.len();
+        let nothing_to_do = page.left.load(Ordering::Relaxed) == 0;
+        st.entries.push(Entry {
+            page: page.clone(),
+            stored,
+            added,
+            held,
+            finished: false,
+        });
+        if nothing_to_do {
+            self.finished(st, &page);
+        }
+        report_oldest(st);
+    }
+
+    /// A worker: takes jobs until the round is over (or stopped).
+    fn worker(&self) {
         loop {
-            if self.abort.load(Ordering::Relaxed) || shutdown::requested() {
-                self.counters
-                    .stopped
-                    .store(shutdown::requested(), Ordering::Relaxed);
-                return;
-            }
-            let i = self.next_job.fetch_add(1, Ordering::Relaxed);
-            let Some(job) = self.jobs.get(i) else { return };
-            match *job {
-                Job::Transfer { task, file } => self.transfer(engine, task, file),
-                Job::Deletes { task } => self.run_deletes(engine, task),
+            let job = {
+                let mut st = self.lock();
+                loop {
+                    if st.over || self.halted() {
+                        return;
+                    }
+                    if let Some(job) = st.jobs.pop_front() {
+                        break job;
+                    }
+                    st = self.wait(&self.work, st);
+                }
+            };
+            match job {
+                Job::Transfer(page, task, file) => self.transfer(&page, task, file),
+                Job::Deletes(page, task) => self.run_deletes(&page, task),
             }
         }
     }
 
-    fn transfer(&self, engine: &Engine, task_index: usize, file: usize) {
-        let task = &self.tasks[task_index];
+    fn transfer(&self, page: &Arc<Page>, task_index: usize, file: usize) {
+        let c = &page.counters;
+        let task = &page.tasks[task_index];
         let job = &task.files[file];
-        let stored = match engine.transfer(job) {
+        let stored = match self.engine.transfer(job) {
             Outcome::Done(n) => {
                 debug!("stored {} ({n} bytes)", job.name);
-                Counters::add(&self.counters.files, 1);
-                Counters::add(&self.counters.bytes, n);
+                Counters::add(&c.files, 1);
+                Counters::add(&c.bytes, n);
                 crate::metrics::global().file_stored(n);
                 true
             }
@@ -785,91 +938,266 @@ impl PageWork {
                     "{} is gone from the platform (404); skipped, and task {} keeps its recordings",
                     job.path, task.id
                 );
-                Counters::add(&self.counters.missing, 1);
+                Counters::add(&c.missing, 1);
                 false
             }
             Outcome::Rejected(m) => {
                 error!("{}: {m}; not stored", job.name);
-                Counters::add(&self.counters.rejected, 1);
+                Counters::add(&c.rejected, 1);
                 false
             }
             Outcome::GaveUp(m) => {
                 error!("{}: giving up: {m}", job.name);
-                Counters::add(&self.counters.failed, 1);
+                Counters::add(&c.failed, 1);
                 false
             }
             Outcome::Fatal(e) => {
                 self.fail(e);
-                false
+                return;
             }
-            Outcome::Stopped => {
-                self.counters.stopped.store(true, Ordering::Relaxed);
-                false
-            }
+            // The task stays unfinished, and so does its page: journaled for the next start.
+            Outcome::Stopped => return,
         };
         if !stored {
             task.incomplete.store(true, Ordering::Relaxed);
         }
-        if task.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-            && !task.incomplete.load(Ordering::Acquire)
-            && !task.deletes.is_empty()
-        {
-            self.mark_stored_then_delete(engine, task_index);
+        if task.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
         }
-    }
-
-    /// Records durably that all files of the task are stored, then deletes.
-    fn mark_stored_then_delete(&self, engine: &Engine, task_index: usize) {
-        let task = &self.tasks[task_index];
-        let saved = {
-            let mut page = self.journal_page.lock().unwrap();
-            page.stored.insert(task.id.clone());
-            engine.save_journal(&page)
+        if task.incomplete.load(Ordering::Acquire) || task.deletes.is_empty() {
+            return self.task_done(page);
+        }
+        // Recorded as stored by the next journal write, which then queues the deletes.
+        let mut st = self.lock();
+        let Some(entry) = st.entries.iter_mut().find(|e| Arc::ptr_eq(&e.page, page)) else {
+            return;
         };
-        match saved {
-            Ok(()) => self.run_deletes(engine, task_index),
-            Err(SyncError::Stopped) => self.counters.stopped.store(true, Ordering::Relaxed),
-            Err(e) => {
-                error!(
-                    "task {}: cannot record it as stored, so nothing is deleted: {e}",
-                    task.id
-                );
-                self.fail(e);
-            }
-        }
+        entry.stored.insert(task.id.clone());
+        st.changed += 1;
+        let gen = st.changed;
+        st.waiting.push((gen, page.clone(), task_index));
+        self.changes.notify_one();
     }
 
-    fn run_deletes(&self, engine: &Engine, task_index: usize) {
-        for path in &self.tasks[task_index].deletes {
-            if self.abort.load(Ordering::Relaxed) {
+    fn run_deletes(&self, page: &Arc<Page>, task_index: usize) {
+        let c = &page.counters;
+        for path in &page.tasks[task_index].deletes {
+            if self.halted() {
                 return;
             }
-            match engine.delete(path) {
+            match self.engine.delete(path) {
                 Outcome::Done(()) => {
                     debug!("deleted {path} on the platform");
-                    Counters::add(&self.counters.deletes, 1);
+                    Counters::add(&c.deletes, 1);
                 }
-                Outcome::Missing => Counters::add(&self.counters.deletes, 1),
+                Outcome::Missing => Counters::add(&c.deletes, 1),
                 Outcome::Rejected(m) => {
                     error!("delete of {path} refused: {m}; the recording stays on the platform");
-                    Counters::add(&self.counters.rejected, 1);
+                    Counters::add(&c.rejected, 1);
                 }
                 Outcome::GaveUp(m) => {
                     error!("delete of {path} failed: {m}");
-                    Counters::add(&self.counters.failed, 1);
+                    Counters::add(&c.failed, 1);
                 }
                 Outcome::Fatal(e) => return self.fail(e),
-                Outcome::Stopped => {
-                    self.counters.stopped.store(true, Ordering::Relaxed);
-                    return;
+                Outcome::Stopped => return,
+            }
+        }
+        self.task_done(page);
+    }
+
+    fn task_done(&self, page: &Arc<Page>) {
+        if page.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut st = self.lock();
+            self.finished(&mut st, page);
+        }
+    }
+
+    /// Every task of the page is done: it leaves the window and the journal (unless
+    /// something failed for good: then it stays journaled for the next run).
+    fn finished(&self, st: &mut State, page: &Arc<Page>) {
+        let c = &page.counters;
+        let failed = Counters::get(&c.failed);
+        let Some(at) = st.entries.iter().position(|e| Arc::ptr_eq(&e.page, page)) else {
+            return;
+        };
+        if failed > 0 {
+            st.entries[at].finished = true;
+            self.failed.fetch_add(failed, Ordering::Relaxed);
+        } else {
+            st.entries.remove(at);
+            st.window_bytes -= page.tasks_json.len();
+            st.changed += 1;
+            self.changes.notify_one();
+        }
+        self.account(&mut st.totals, page);
+        report_oldest(st);
+        self.progress.notify_all();
+        if log_enabled!(log::Level::Info) {
+            let (files, bytes) = (Counters::get(&c.files), Counters::get(&c.bytes));
+            let secs = page.started.elapsed().as_secs_f64();
+            info!(
+                "page {}: {} tasks, {files} files, {} in {secs:.2}s ({:.1} MB/s), {} deleted{}{}",
+                page.number,
+                page.sent.len(),
+                megabytes(bytes),
+                bytes as f64 / 1_000_000.0 / secs.max(1e-6),
+                Counters::get(&c.deletes),
+                match Counters::get(&c.missing) {
+                    0 => String::new(),
+                    n => format!(", {n} missing"),
+                },
+                if failed > 0 {
+                    format!(", {failed} FAILED")
+                } else {
+                    String::new()
+                },
+            );
+        }
+    }
+
+    /// Adds a page's counts to the round's (and to the metrics).
+    fn account(&self, totals: &mut Summary, page: &Page) {
+        let c = &page.counters;
+        let tasks = page.sent.len() as u64;
+        totals.pages += 1;
+        totals.tasks += tasks;
+        totals.files += Counters::get(&c.files);
+        totals.bytes += Counters::get(&c.bytes);
+        totals.missing += Counters::get(&c.missing);
+        totals.deletes += Counters::get(&c.deletes);
+        totals.rejected += Counters::get(&c.rejected);
+        crate::metrics::global().page_done(
+            tasks,
+            Counters::get(&c.deletes),
+            Counters::get(&c.missing),
+            Counters::get(&c.rejected),
+            Counters::get(&c.failed),
+        );
+    }
+
+    /// The journal writer: the one thread that writes the journal entry (see the module
+    /// comment for the group commit).
+    fn journal_writer(&self) {
+        let engine = self.engine;
+        let mut st = self.lock();
+        loop {
+            let at_risk = st.received > st.durable;
+            if !at_risk && (self.halted() || (st.over && st.changed == st.durable)) {
+                return;
+            }
+            if st.changed == st.durable {
+                st = self.wait(&self.changes, st);
+                continue;
+            }
+            if !at_risk {
+                // Only tasks recorded as stored wait: let a few more join, while there is
+                // other work for the workers.
+                let until = Instant::now() + GROUP_LINGER;
+                while st.received <= st.durable
+                    && st.waiting.len() < GROUP_MAX
+                    && !st.jobs.is_empty()
+                    && !self.halted()
+                {
+                    let Some(left) = until.checked_duration_since(Instant::now()) else {
+                        break;
+                    };
+                    st = self
+                        .changes
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            let at_risk = st.received > st.durable;
+            let gen = st.changed;
+            let durable = st.durable;
+            let bytes = (!st.entries.is_empty() || st.next.is_some()).then(|| {
+                journal::encode(
+                    st.entries.iter().map(|e| EncodedPage {
+                        tasks_json: &e.page.tasks_json,
+                        stored: &e.stored,
+                    }),
+                    st.next.as_deref(),
+                )
+            });
+            let risky: Vec<Arc<Page>> = st
+                .entries
+                .iter()
+                .filter(|e| e.added > durable)
+                .map(|e| e.page.clone())
+                .collect();
+            drop(st);
+            let written = match &bytes {
+                Some(b) if at_risk => engine.save_received(b, || {
+                    risky.iter().flat_map(|p| p.sent.iter().cloned()).collect()
+                }),
+                Some(b) => engine
+                    .retried_store("recording tasks as stored in the page journal", || {
+                        engine.journal.save_bytes(b)
+                    }),
+                None => {
+                    engine.retried_store("clearing the page journal", || engine.journal.clear())
+                }
+            };
+            drop(bytes);
+            st = self.lock();
+            match written {
+                Ok(()) => {
+                    st.durable = gen;
+                    let waiting = std::mem::take(&mut st.waiting);
+                    for (g, page, task) in waiting {
+                        if g <= gen {
+                            st.jobs.push_front(Job::Deletes(page, task));
+                        } else {
+                            st.waiting.push((g, page, task));
+                        }
+                    }
+                    let mut held = Vec::new();
+                    for e in st.entries.iter_mut().filter(|e| e.added <= gen) {
+                        held.append(&mut e.held);
+                    }
+                    st.jobs.extend(held);
+                    self.work.notify_all();
+                    self.progress.notify_all();
+                }
+                Err(SyncError::Stopped) => return,
+                Err(e) => {
+                    drop(st);
+                    if !matches!(e, SyncError::DataAtRisk { .. }) {
+                        error!("cannot record tasks as stored, so they are not deleted now: {e}");
+                    }
+                    return self.fail(e);
                 }
             }
         }
     }
 
-    fn fail(&self, e: SyncError) {
-        error!("{e}");
-        self.abort.store(true, Ordering::Relaxed);
-        self.fatal.lock().unwrap().get_or_insert(e);
+    /// Waits until every page of the window is finished and the journal says so (or
+    /// the round stops), then lets every thread go.
+    fn finish(&self) {
+        let mut st = self.lock();
+        while !self.halted() && (!st.entries.iter().all(|e| e.finished) || st.durable < st.changed)
+        {
+            st = self.wait(&self.progress, st);
+        }
+        st.over = true;
+        self.work.notify_all();
+        self.changes.notify_all();
+    }
+
+    /// The round's counts (pages not finished, stopped or aborted, included) and how
+    /// many items failed for good, or the error that stopped it.
+    fn close(self) -> Result<(Summary, u64), SyncError> {
+        let st = std::mem::take(&mut *self.lock());
+        let mut totals = st.totals;
+        for e in st.entries.iter().filter(|e| !e.finished) {
+            self.account(&mut totals, &e.page);
+        }
+        totals.stopped = shutdown::requested();
+        if let Some(e) = self.fatal.lock().unwrap().take() {
+            return Err(e);
+        }
+        Ok((totals, self.failed.load(Ordering::Relaxed)))
     }
 }

@@ -414,6 +414,101 @@ fn journal_refused_at_round_start_asks_the_feed_nothing_local() {
     ));
 }
 
+/// Starts a `--once` run whose storage turns read-only while the first feed request is
+/// on its way (the emulator answers after 400 ms): the round-start proof worked, the
+/// page arrives, and its journal write is refused. The retry budget is 1 s, so a
+/// budgeted write would have given up. Returns the tmpfs, the target, the log and the
+/// running child, once the page was handed out.
+fn received_page_meets_a_read_only_journal(
+    name: &str,
+    emu: &Emulator,
+) -> (Tmpfs, BTreeMap<String, String>, PathBuf, Child) {
+    let fs = Tmpfs::mount(name, "size=16m").expect("needs root for tmpfs mounts");
+    let root = fs.0.join("root");
+    std::fs::create_dir_all(root.join(".spinoco-connector/tmp")).unwrap();
+    let t = vars(&[("SP_TASK_SYNC_SAVE_TO", root.display().to_string())]);
+    guard_via_store(emu, &t);
+    let mut e = env_for(emu, &t);
+    e.insert("SP_TASK_SYNC_RETRY_TIMEOUT".into(), "1s".into());
+    let log = scratch(&format!("{name}-log")).join("connector.log");
+    let journal = root.join(".spinoco-connector/it.page.json");
+    let child = spawn(&e, &["--once"], &log);
+    wait_until("the round-start proof", Duration::from_secs(30), || {
+        std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"round\""))
+    });
+    remount(&fs, "ro");
+    assert!(
+        emu.handed_out().is_empty(),
+        "the feed answered before the storage turned read-only (the test's timing)"
+    );
+    wait_until("the page handed out", Duration::from_secs(30), || {
+        !emu.handed_out().is_empty()
+    });
+    // Time for the journal write to be refused.
+    std::thread::sleep(Duration::from_millis(300));
+    (fs, e, log, child)
+}
+
+fn slow_feed(tasks: usize) -> EmulatorConfig {
+    EmulatorConfig {
+        tasks,
+        seed: 6,
+        recording_size: (1_000, 20_000),
+        latency: Duration::from_millis(400),
+        ..Default::default()
+    }
+}
+
+/// Issue 12 §1: a received page whose journal write fails is kept in memory and the
+/// write retried past the `--once` budget until the storage takes it; nothing is lost.
+#[test]
+fn a_received_page_is_kept_until_the_journal_takes_it_local() {
+    let tasks = 6;
+    let emu = emulator(slow_feed(tasks));
+    let (fs, e, log, mut child) = received_page_meets_a_read_only_journal("received-kept", &emu);
+    // Well past the 1 s budget: still waiting, not given up.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "gave up on a received page: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(emu.handed_out().len(), tasks, "the page was handed out");
+    remount(&fs, "rw");
+    let status = child.wait().unwrap();
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{status:?}: {logs}");
+    let t = vars(&[("SP_TASK_SYNC_SAVE_TO", e["SP_TASK_SYNC_SAVE_TO"].clone())]);
+    let v = verify(&emu, &t, &BTreeSet::new());
+    tally(&format!(
+        "test=received-page-kept provider=local faults_injected=1 files={} deletes={} files_lost=0 premature_deletes=0",
+        v.files, v.deletes
+    ));
+}
+
+/// Issue 12 §1: a stop request ends the wait for the journal, and the exit code (6)
+/// and the error log say which handed-out tasks are at risk.
+#[test]
+fn a_stop_while_a_received_page_is_unjournaled_exits_6_naming_its_tasks_local() {
+    let emu = emulator(slow_feed(4));
+    let (fs, _e, log, child) = received_page_meets_a_read_only_journal("received-stopped", &emu);
+    signal(child.id(), "TERM");
+    let mut child = child;
+    let status = child.wait().unwrap();
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(6), "{logs}");
+    for task in emu.handed_out() {
+        let id = task["taskId"].as_str().unwrap();
+        assert!(
+            logs.lines().any(|l| l.contains("ERROR") && l.contains(id)),
+            "task {id} not named at error level: {logs}"
+        );
+    }
+    assert!(emu.deletes().is_empty(), "deleted without storing");
+    drop(fs);
+    tally("test=received-page-stopped provider=local faults_injected=1 exit=6 premature_deletes=0");
+}
+
 // ---------------------------------------------------------------- kill -9
 
 /// A small deterministic generator for the kill instants.
@@ -488,7 +583,19 @@ fn kill_9_at_random_instants(p: Provider) {
     // Tasks that may be lost in the contract's window: those of the last page handed
     // out before each kill (the first page of a round, if not yet journaled).
     let mut tolerated = BTreeSet::new();
-    for _ in 0..kills {
+    // Pages the journal held at each kill (read straight from the server).
+    let store = open_store(&t);
+    let pages_journaled = || {
+        store
+            .get(".spinoco-connector/it.page.json")
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|j| j["pages"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    let mut pages_at_kills = Vec::new();
+    for kill in 0..kills {
         let before = emu.handed_out().len();
         let mut child = spawn(&e, &[], &log);
         // Somewhere in the work on a page: from the instant it was handed out (the
@@ -496,9 +603,19 @@ fn kill_9_at_random_instants(p: Provider) {
         wait_until("a page handed out", Duration::from_secs(60), || {
             emu.handed_out().len() > before
         });
-        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        if kill % 2 == 1 {
+            // Every other kill once several pages are in work at once (the window).
+            let start = Instant::now();
+            while pages_journaled() < 2 && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(rng.below(100)));
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.below(400)));
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        pages_at_kills.push(pages_journaled());
         let handed = emu.handed_out();
         for task in &handed[handed.len().saturating_sub(page_size)..] {
             tolerated.insert(task["taskId"].as_str().unwrap_or("").to_string());
@@ -506,6 +623,11 @@ fn kill_9_at_random_instants(p: Provider) {
         // New work keeps arriving, so that every kill finds some.
         emu.add_tasks(3);
     }
+    let several = pages_at_kills.iter().filter(|&&n| n >= 2).count();
+    assert!(
+        several > 0,
+        "seed {seed}: no kill found several pages journaled ({pages_at_kills:?})"
+    );
     let out = run(&e, &["--once"]);
     assert!(out.status.success(), "seed {seed}: {}", text(&out));
     let v = verify(&emu, &t, &tolerated);
@@ -538,7 +660,7 @@ fn kill_9_at_random_instants(p: Provider) {
         );
     }
     tally(&format!(
-        "test=kill-9 provider={} seed={seed} crashes={kills} resumed_journaled_pages={resumed} files={} deletes={} files_lost=0 window_lost={} abandoned_invisible_uploads={abandoned} premature_deletes=0",
+        "test=kill-9 provider={} seed={seed} crashes={kills} kills_with_several_pages_journaled={several} resumed_journaled_pages={resumed} files={} deletes={} files_lost=0 window_lost={} abandoned_invisible_uploads={abandoned} premature_deletes=0",
         p.name(),
         v.files,
         v.deletes,

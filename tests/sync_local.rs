@@ -422,36 +422,47 @@ fn an_expired_page_token_in_the_journal_starts_a_new_round() {
 }
 
 #[test]
-fn a_page_received_ahead_survives_a_crash_and_expired_tokens() {
+fn pages_in_flight_survive_a_crash_and_expired_tokens() {
     let emu = emulator(EmulatorConfig {
         latency: Duration::from_millis(10),
         ..small(60)
     });
-    let dir = scratch("ahead");
+    let dir = scratch("window");
     let mut e = env(&emu, &dir);
     e.insert("SP_TASK_SYNC_PAGE_SIZE".into(), "10".into());
     let log = dir.with_extension("log");
     let mut child = spawn(&e, &[], &log);
-    // Freeze the connector while its journal holds a page in progress and the next page,
-    // already received (the platform's cursor is past it), then kill it and expire every
-    // page token: the restart must still store the page received ahead.
+    // Freeze the connector while its journal holds several pages in work (the
+    // platform's cursor is past all of them), then kill it and expire every page
+    // token: the restart must still store every page of the window.
     let journal = dir.join(".spinoco-connector/it.page.json");
-    let holds_page_ahead = || {
+    // Several pages in it, and the last task handed out among them: no page is on its
+    // way unjournaled (that one the contract cannot save once its token is expired).
+    let pages_in_flight = || {
         let Ok(bytes) = std::fs::read(&journal) else {
             return false;
         };
         let j: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        j["tasks"].as_array().is_some_and(|t| !t.is_empty()) && j["ahead"]["tasks"].is_array()
+        let pages = j["pages"].as_array().cloned().unwrap_or_default();
+        let last = emu.handed_out().last().map(|t| t["taskId"].clone());
+        pages.len() >= 2
+            && pages.iter().any(|p| {
+                p["tasks"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| Some(&t["taskId"]) == last.as_ref()))
+            })
     };
     let start = Instant::now();
     loop {
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "never saw a page journaled ahead"
+            "never saw several pages journaled at once"
         );
-        if emu.handed_out().len() >= 20 && holds_page_ahead() {
+        if emu.handed_out().len() >= 20 && pages_in_flight() {
             signal(child.id(), "STOP");
-            if holds_page_ahead() {
+            // An answer on its way when it froze is handed out, yet not journaled.
+            std::thread::sleep(Duration::from_millis(30));
+            if pages_in_flight() {
                 break;
             }
             signal(child.id(), "CONT");
@@ -464,7 +475,55 @@ fn a_page_received_ahead_survives_a_crash_and_expired_tokens() {
     let out = run(&e, &["--once"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("finishing the journaled page"), "{t}");
+    assert!(
+        t.matches("finishing the journaled page").count() >= 2,
+        "{t}"
+    );
+    verify_complete(&emu, &dir);
+}
+
+/// An upgrade in the middle of a page: the released version's journal (one page at
+/// the top level, the page received ahead inside it) is finished by this one, with
+/// every token expired, and nothing of either page is lost.
+#[test]
+fn the_released_versions_journal_is_finished_after_an_upgrade() {
+    let emu = emulator(small(30));
+    let dir = scratch("upgrade");
+    let ask = |body: serde_json::Value| -> serde_json::Value {
+        ureq::post(format!("{}/task/sync/", emu.url()))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .send_json(body)
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    };
+    // What the released version had received when it was stopped for the upgrade.
+    let first = ask(serde_json::json!({
+        "query": {
+            "tag": "it", "get": ALL_TYPES, "delete": "Recordings", "fileNameTemplate": TEMPLATE,
+            "skillsMust": [], "skillsShould": [], "skillsMustNot": [],
+            "hashTagsMust": [], "hashTagsShould": [], "hashTagsMustNot": []
+        },
+        "count": 6
+    }));
+    let ahead = ask(serde_json::json!({"page": first["next"], "count": 6}));
+    assert_eq!(emu.handed_out().len(), 12);
+    std::fs::create_dir_all(dir.join(".spinoco-connector")).unwrap();
+    let v1 = serde_json::json!({
+        "tasks": first["result"],
+        "stored": [],
+        "next": first["next"],
+        "ahead": {"tasks": ahead["result"], "next": ahead["next"]}
+    });
+    std::fs::write(dir.join(".spinoco-connector/it.page.json"), v1.to_string()).unwrap();
+    emu.expire_page_tokens();
+    guard_deletes(&emu, &dir);
+    let out = run(&env(&emu, &dir), &["--once"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert_eq!(t.matches("finishing the journaled page").count(), 2, "{t}");
+    assert!(t.contains("page token expired"), "{t}");
     verify_complete(&emu, &dir);
 }
 

@@ -8,8 +8,19 @@
 //! same disk, nothing else). The connector's figures are printed as a ratio of that
 //! limit. It prints; it never fails on a time (only on a wrong or incomplete result).
 //!
+//! The limit comes in two figures: the downloads alone, and the same requests the
+//! connector must make (the same downloads, as many feed requests, and the same
+//! deletes after them), both by N threads with nothing else to do.
+//!
+//! Cloud storages (`--storage s3,gcs,azure`) are the test servers of `tests/servers/`
+//! (started here with `.cache/` when the test script has not), reached through a TCP
+//! proxy that holds every request `--storage-delay-ms` before forwarding it (a store
+//! in the same region answers in 10–30 ms; the test servers on 127.0.0.1 in well under
+//! one), which also counts the storage requests.
+//!
 //! `cargo bench --bench sync -- [--scenario a,b,c] [--concurrency 1,4,8] [--size-mb N]
-//! [--files N] [--page-size N] [--delete] [--dir DIR]`
+//! [--files N] [--page-size N] [--delete] [--storage local,s3,gcs,azure]
+//! [--storage-delay-ms 10,30] [--dir DIR]`
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -21,6 +32,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use spinoco_connector::emulator::{Emulator, EmulatorConfig};
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::providers::{self, Provider};
+use common::proxy::DelayingProxy;
 
 const TOKEN: &str = "bench-token";
 const TEMPLATE: &str =
@@ -34,6 +51,8 @@ const USAGE: &str = "usage: cargo bench --bench sync -- [--scenario a,b,c] [--co
   c: 2000 small tasks, metadata only, 20 ms latency
   --delete      also delete recordings on the emulator once stored (the limit never deletes)
   --page-size   SP_TASK_SYNC_PAGE_SIZE for the connector (default: the connector's)
+  --storage     local (default), s3, gcs, azure: the cloud ones through a delaying proxy
+  --storage-delay-ms  delays per storage request for the cloud storages (default 10,30)
   --dir         where the folders are written (default: the temp folder)";
 
 struct Options {
@@ -43,6 +62,8 @@ struct Options {
     files: usize,
     page_size: Option<usize>,
     delete: bool,
+    storages: Vec<Provider>,
+    delays_ms: Vec<u64>,
     dir: PathBuf,
 }
 
@@ -54,6 +75,8 @@ fn parse_options() -> Result<Options, String> {
         files: 20,
         page_size: None,
         delete: false,
+        storages: vec![Provider::Local],
+        delays_ms: vec![10, 30],
         dir: std::env::temp_dir(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -86,6 +109,24 @@ fn parse_options() -> Result<Options, String> {
             "--files" => o.files = number(flag, value()?)?,
             "--page-size" => o.page_size = Some(number(flag, value()?)?),
             "--delete" => o.delete = true,
+            "--storage" => {
+                o.storages = value()?
+                    .split(',')
+                    .map(|s| match s.trim() {
+                        "local" => Ok(Provider::Local),
+                        "s3" => Ok(Provider::S3),
+                        "gcs" => Ok(Provider::Gcs),
+                        "azure" => Ok(Provider::Azure),
+                        other => Err(format!("--storage: unknown storage {other:?}")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--storage-delay-ms" => {
+                o.delays_ms = value()?
+                    .split(',')
+                    .map(|s| number("--storage-delay-ms", s.trim()))
+                    .collect::<Result<_, _>>()?
+            }
             "--dir" => o.dir = PathBuf::from(value()?),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option {other:?}")),
@@ -219,10 +260,14 @@ fn poll_peak_rss(pid: u32, done: &AtomicBool) -> u64 {
 /// What one run measured.
 struct Figures {
     wall: f64,
-    files: usize,
     bytes: u64,
     tasks: usize,
+    /// Requests the emulator answered (feed, downloads, deletes).
     requests: usize,
+    feed_requests: usize,
+    /// Requests the storage proxy forwarded (cloud storages only).
+    storage_requests: Option<usize>,
+    journal_writes: Option<u64>,
     cpu: f64,
     rss_kib: u64,
     first_request_ms: Option<f64>,
@@ -302,15 +347,71 @@ fn count_files(root: &Path, dir: &Path) -> usize {
     n
 }
 
-/// The connector: `--once` from a fresh emulator into a fresh folder.
+/// Where the connector stores: a fresh folder, or a fresh prefix of a cloud test
+/// server behind a delaying proxy.
+struct Storage {
+    provider: Provider,
+    delay_ms: u64,
+    /// The variables the connector gets (through the proxy).
+    env: BTreeMap<String, String>,
+    /// The same, straight to the server (for verifying).
+    direct: BTreeMap<String, String>,
+    proxy: Option<DelayingProxy>,
+}
+
+impl Storage {
+    fn open(provider: Provider, delay_ms: u64, dir: &Path) -> Storage {
+        if provider == Provider::Local {
+            let env: BTreeMap<String, String> = [(
+                "SP_TASK_SYNC_SAVE_TO".to_string(),
+                dir.display().to_string(),
+            )]
+            .into();
+            return Storage {
+                provider,
+                delay_ms: 0,
+                direct: env.clone(),
+                env,
+                proxy: None,
+            };
+        }
+        let direct = providers::target(provider, "bench").expect("the test server runs");
+        let upstream = providers::endpoint(&direct).unwrap();
+        let proxy = DelayingProxy::start(
+            upstream.trim_start_matches("http://"),
+            Duration::from_millis(delay_ms),
+        );
+        Storage {
+            provider,
+            delay_ms,
+            env: providers::with_endpoint(&direct, &proxy.url()),
+            direct,
+            proxy: Some(proxy),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self.provider {
+            Provider::Local => "local".into(),
+            p => format!("{} +{} ms", p.name(), self.delay_ms),
+        }
+    }
+}
+
+/// A connector run's figures, the files it was handed (name → path) and its deletes.
+type ConnectorRun = (Figures, BTreeMap<String, String>, Vec<String>);
+
+/// The connector: `--once` from a fresh emulator into a fresh folder or prefix.
 fn run_connector(
     s: &Scenario,
     o: &Options,
     c: usize,
-    dir: &Path,
-) -> Result<(Figures, BTreeMap<String, String>), String> {
+    storage: &Storage,
+) -> Result<ConnectorRun, String> {
     let emu = Emulator::start(s.emulator.clone()).map_err(|e| e.to_string())?;
-    let log = dir.with_extension("log");
+    let log = o
+        .dir
+        .join(format!("spinoco-bench-{}.log", std::process::id()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spinoco-connector"));
     cmd.env_clear()
         .env("SP_API_TOKEN", TOKEN)
@@ -318,9 +419,10 @@ fn run_connector(
         .env("SP_TASK_SYNC_TAG", "bench")
         .env("SP_TASK_SYNC_FILE_NAME_TEMPLATE", TEMPLATE)
         .env("SP_TASK_SYNC_GET_DATA", s.get)
-        .env("SP_TASK_SYNC_SAVE_TO", dir)
+        .envs(&storage.env)
         .env("SP_TASK_SYNC_CONCURRENCY", c.to_string())
-        .env("SP_LOG_LEVEL", "warn")
+        // A line per page and the summary (with the journal writes): nothing per file.
+        .env("SP_LOG_LEVEL", "info")
         .arg("--once")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -341,95 +443,203 @@ fn run_connector(
         (code, cpu, poller.join().unwrap_or(0))
     });
     let wall = started.elapsed().as_secs_f64();
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    let _ = fs::remove_file(&log);
     if code != 0 {
-        let text = fs::read_to_string(&log).unwrap_or_default();
         return Err(format!("the connector exited with {code}:\n{text}"));
     }
+    let journal_writes = text.lines().find_map(|l| {
+        l.split("; ")
+            .last()?
+            .strip_suffix(" journal writes")?
+            .parse()
+            .ok()
+    });
     let first_request_ms = emu
         .first_request_at()
         .map(|t| t.duration_since(started).as_secs_f64() * 1000.0);
     let files = expected(&emu);
-    let bytes = verify(&emu, dir, &files)?;
-    let _ = fs::remove_file(&log);
+    let bytes = match storage.provider {
+        Provider::Local => verify(
+            &emu,
+            Path::new(&storage.env["SP_TASK_SYNC_SAVE_TO"]),
+            &files,
+        )?,
+        _ => {
+            providers::verify(&emu, &storage.direct, &Default::default());
+            files
+                .values()
+                .map(|p| emu.content(p).map_or(0, |c| c.len() as u64))
+                .sum()
+        }
+    };
+    let requests = emu.requests();
     Ok((
         Figures {
             wall,
-            files: files.len(),
             bytes,
             tasks: emu.handed_out().len(),
-            requests: emu.requests().len(),
+            requests: requests.len(),
+            feed_requests: requests
+                .iter()
+                .filter(|r| r.path.starts_with("/task/sync"))
+                .count(),
+            storage_requests: storage.proxy.as_ref().map(|p| p.requests().len()),
+            // Through a proxy, counted on the wire (any version of the connector).
+            journal_writes: storage
+                .proxy
+                .as_ref()
+                .map(|p| {
+                    p.requests()
+                        .iter()
+                        .filter(|(m, t)| {
+                            m != "GET" && m != "HEAD" && t.contains("spinoco-connector")
+                        })
+                        .count() as u64
+                })
+                .or(journal_writes),
             cpu,
             rss_kib,
             first_request_ms,
         },
         files,
+        emu.deletes(),
     ))
+}
+
+/// What the limit does besides the downloads, for the "same requests" figure.
+struct SameRequests<'r> {
+    feed: usize,
+    deletes: &'r [String],
+    query: String,
 }
 
 /// The limit: the same files from an identical fresh emulator by N threads sharing one
 /// agent (the connector's own agent settings), written to the same disk, nothing else.
+/// With `same`, the threads also make as many feed requests (among the downloads) and,
+/// once every download is done, the same deletes.
 fn run_limit(
     s: &Scenario,
     c: usize,
     dir: &Path,
     files: &BTreeMap<String, String>,
+    same: Option<SameRequests>,
 ) -> Result<Figures, String> {
+    enum Req<'j> {
+        Feed,
+        Get(&'j String, &'j String),
+        Delete(&'j String),
+    }
     let emu = Emulator::start(s.emulator.clone()).map_err(|e| e.to_string())?;
     let agent = spinoco_connector::http::agent(Duration::from_secs(30), c);
     let base = emu.url();
-    let jobs: Vec<(&String, &String)> = files.iter().collect();
-    let next = AtomicUsize::new(0);
+    let mut first: Vec<Req> = files.iter().map(|(n, p)| Req::Get(n, p)).collect();
+    let mut then: Vec<Req> = Vec::new();
+    if let Some(same) = &same {
+        // Spread the feed requests over the downloads, as the connector's window does.
+        let every = (first.len() / same.feed.max(1)).max(1);
+        for i in 0..same.feed {
+            first.insert((i * (every + 1)).min(first.len()), Req::Feed);
+        }
+        then.extend(same.deletes.iter().map(Req::Delete));
+    }
     let bytes = AtomicU64::new(0);
     let started = Instant::now();
-    let result: Result<(), String> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..c)
-            .map(|_| {
-                scope.spawn(|| -> Result<(), String> {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let Some((name, path)) = jobs.get(next.fetch_add(1, Ordering::Relaxed))
-                        else {
-                            return Ok(());
-                        };
-                        let target = dir.join(name);
-                        fs::create_dir_all(target.parent().unwrap()).map_err(|e| e.to_string())?;
-                        let response = agent
-                            .get(format!("{base}{path}"))
-                            .header("Authorization", format!("Bearer {TOKEN}"))
-                            .call()
-                            .map_err(|e| format!("{path}: {e}"))?;
-                        if response.status() != 200 {
-                            return Err(format!("{path}: HTTP {}", response.status()));
-                        }
-                        let mut body = response.into_body().into_reader();
-                        let mut out = File::create(&target).map_err(|e| e.to_string())?;
+    for jobs in [first, then] {
+        let next = AtomicUsize::new(0);
+        let result: Result<(), String> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..c)
+                .map(|_| {
+                    scope.spawn(|| -> Result<(), String> {
+                        let mut buf = vec![0u8; 64 * 1024];
                         loop {
-                            let n = body.read(&mut buf).map_err(|e| e.to_string())?;
-                            if n == 0 {
-                                break;
+                            let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                                return Ok(());
+                            };
+                            let auth = format!("Bearer {TOKEN}");
+                            let (name, path) = match job {
+                                Req::Feed => {
+                                    let query = &same.as_ref().unwrap().query;
+                                    let mut r = agent
+                                        .post(format!("{base}/task/sync/"))
+                                        .header("Authorization", &auth)
+                                        .header("Content-Type", "application/json")
+                                        .send(query.as_bytes())
+                                        .map_err(|e| format!("feed: {e}"))?;
+                                    r.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+                                    continue;
+                                }
+                                Req::Delete(path) => {
+                                    agent
+                                        .delete(format!("{base}{path}"))
+                                        .header("Authorization", &auth)
+                                        .call()
+                                        .map_err(|e| format!("{path}: {e}"))?;
+                                    continue;
+                                }
+                                Req::Get(name, path) => (name, path),
+                            };
+                            let target = dir.join(name);
+                            fs::create_dir_all(target.parent().unwrap())
+                                .map_err(|e| e.to_string())?;
+                            let response = agent
+                                .get(format!("{base}{path}"))
+                                .header("Authorization", &auth)
+                                .call()
+                                .map_err(|e| format!("{path}: {e}"))?;
+                            if response.status() != 200 {
+                                return Err(format!("{path}: HTTP {}", response.status()));
                             }
-                            out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-                            bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            let mut body = response.into_body().into_reader();
+                            let mut out = File::create(&target).map_err(|e| e.to_string())?;
+                            loop {
+                                let n = body.read(&mut buf).map_err(|e| e.to_string())?;
+                                if n == 0 {
+                                    break;
+                                }
+                                out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+                                bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            }
                         }
-                    }
+                    })
                 })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().unwrap_or(Err("a download thread panicked".into())))
-    });
-    result?;
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().unwrap_or(Err("a download thread panicked".into())))
+        });
+        result?;
+    }
     Ok(Figures {
         wall: started.elapsed().as_secs_f64(),
-        files: files.len(),
         bytes: bytes.into_inner(),
         tasks: 0,
         requests: emu.requests().len(),
+        feed_requests: 0,
+        storage_requests: None,
+        journal_writes: None,
         cpu: 0.0,
         rss_kib: 0,
         first_request_ms: None,
     })
+}
+
+/// The connector's first feed request, for the limit's feed requests.
+fn query_of(s: &Scenario, o: &Options) -> String {
+    let delete = if o.delete && s.get.contains("Recordings") {
+        "Recordings"
+    } else {
+        ""
+    };
+    serde_json::json!({
+        "query": {
+            "tag": "bench-limit", "get": s.get, "delete": delete, "fileNameTemplate": TEMPLATE,
+            "skillsMust": [], "skillsShould": [], "skillsMustNot": [],
+            "hashTagsMust": [], "hashTagsShould": [], "hashTagsMustNot": []
+        },
+        "count": o.page_size.unwrap_or(50)
+    })
+    .to_string()
 }
 
 fn mb_per_s(f: &Figures) -> f64 {
@@ -453,61 +663,140 @@ fn main() {
         memory_gb(),
         o.dir.display()
     );
+    let servers = start_servers(&o.storages);
     println!();
-    println!("| scenario | conc. | wall s | limit wall s | wall / limit | tasks/s | files/s | MB/s | MB/s / limit | peak RSS MB | CPU s | CPU s/GB | requests/task | first request ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| scenario | storage | conc. | wall s | limit s (downloads) | limit s (same requests) | wall / limit (same requests) | wall / local | MB/s | MB/s / limit | peak RSS MB | CPU s | CPU s/GB | CPU s / 1000 requests | platform requests/task | storage requests/task | journal writes/task | first request ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut failed = false;
     for which in &o.scenarios {
         let s = scenario(*which, &o);
-        for &c in &o.concurrency {
-            let id = format!("spinoco-bench-{}-{which}-{c}", std::process::id());
-            let (conn_dir, limit_dir) = (
-                o.dir.join(format!("{id}-conn")),
-                o.dir.join(format!("{id}-limit")),
-            );
-            // SAFETY: sync(2) takes no arguments and cannot fail.
-            unsafe { sync() };
-            let outcome = run_connector(&s, &o, c, &conn_dir).and_then(|(f, files)| {
-                let _ = fs::remove_dir_all(&conn_dir);
-                unsafe { sync() };
-                let limit = run_limit(&s, c, &limit_dir, &files);
-                let _ = fs::remove_dir_all(&limit_dir);
-                limit.map(|l| (f, l))
-            });
-            match outcome {
-                Ok((f, l)) => println!(
-                    "| {} | {c} | {:.2} | {:.2} | {:.2}x | {:.0} | {:.0} | {:.1} | {:.0} % | {:.1} | {:.2} | {} | {:.2} | {} |",
-                    s.name,
-                    f.wall,
-                    l.wall,
-                    f.wall / l.wall,
-                    f.tasks as f64 / f.wall,
-                    f.files as f64 / f.wall,
-                    mb_per_s(&f),
-                    100.0 * mb_per_s(&f) / mb_per_s(&l),
-                    f.rss_kib as f64 / 1024.0,
-                    f.cpu,
-                    if f.bytes >= 100_000_000 {
-                        format!("{:.2}", f.cpu / (f.bytes as f64 / 1e9))
-                    } else {
-                        "-".into()
-                    },
-                    f.requests as f64 / f.tasks.max(1) as f64,
-                    f.first_request_ms.map_or("-".into(), |m| format!("{m:.1}")),
-                ),
-                Err(e) => {
-                    failed = true;
-                    println!("| {} | {c} | FAILED: {} |", s.name, e.lines().next().unwrap_or(""));
-                    eprintln!("{e}");
+        let mut local_wall: BTreeMap<usize, f64> = BTreeMap::new();
+        for &provider in &o.storages {
+            let delays = if provider == Provider::Local {
+                vec![0]
+            } else {
+                o.delays_ms.clone()
+            };
+            for &delay in &delays {
+                for &c in &o.concurrency {
+                    let id = format!("spinoco-bench-{}-{which}-{c}", std::process::id());
+                    let (conn_dir, limit_dir) = (
+                        o.dir.join(format!("{id}-conn")),
+                        o.dir.join(format!("{id}-limit")),
+                    );
+                    let storage = Storage::open(provider, delay, &conn_dir);
+                    // SAFETY: sync(2) takes no arguments and cannot fail.
+                    unsafe { sync() };
+                    let outcome =
+                        run_connector(&s, &o, c, &storage).and_then(|(f, files, deletes)| {
+                            let _ = fs::remove_dir_all(&conn_dir);
+                            unsafe { sync() };
+                            let limit = run_limit(&s, c, &limit_dir, &files, None);
+                            let _ = fs::remove_dir_all(&limit_dir);
+                            let same = SameRequests {
+                                feed: f.feed_requests,
+                                deletes: &deletes,
+                                query: query_of(&s, &o),
+                            };
+                            unsafe { sync() };
+                            let same = run_limit(&s, c, &limit_dir, &files, Some(same));
+                            let _ = fs::remove_dir_all(&limit_dir);
+                            Ok((f, limit?, same?))
+                        });
+                    match outcome {
+                        Ok((f, l, same)) => {
+                            if provider == Provider::Local {
+                                local_wall.insert(c, f.wall);
+                            }
+                            let per_task = |n: f64| format!("{:.2}", n / f.tasks.max(1) as f64);
+                            let all_requests = f.requests + f.storage_requests.unwrap_or(0);
+                            println!(
+                                "| {} | {} | {c} | {:.2} | {:.2} | {:.2} | {:.2}x | {} | {:.1} | {:.0} % | {:.1} | {:.2} | {} | {:.2} | {} | {} | {} | {} |",
+                                s.name,
+                                storage.label(),
+                                f.wall,
+                                l.wall,
+                                same.wall,
+                                f.wall / same.wall,
+                                match (provider, local_wall.get(&c)) {
+                                    (Provider::Local, _) | (_, None) => "-".to_string(),
+                                    (_, Some(local)) => format!("{:.2}x", f.wall / local),
+                                },
+                                mb_per_s(&f),
+                                100.0 * mb_per_s(&f) / mb_per_s(&l),
+                                f.rss_kib as f64 / 1024.0,
+                                f.cpu,
+                                if f.bytes >= 100_000_000 {
+                                    format!("{:.2}", f.cpu / (f.bytes as f64 / 1e9))
+                                } else {
+                                    "-".into()
+                                },
+                                f.cpu * 1000.0 / all_requests.max(1) as f64,
+                                per_task(f.requests as f64),
+                                f.storage_requests.map_or("-".into(), |n| per_task(n as f64)),
+                                f.journal_writes.map_or("-".into(), |n| per_task(n as f64)),
+                                f.first_request_ms.map_or("-".into(), |m| format!("{m:.1}")),
+                            )
+                        }
+                        Err(e) => {
+                            failed = true;
+                            println!(
+                                "| {} | {} | {c} | FAILED: {} |",
+                                s.name,
+                                storage.label(),
+                                e.lines().next().unwrap_or("")
+                            );
+                            eprintln!("{e}");
+                        }
+                    }
+                    let _ = fs::remove_dir_all(&conn_dir);
+                    let _ = fs::remove_dir_all(&limit_dir);
                 }
             }
-            let _ = fs::remove_dir_all(&conn_dir);
-            let _ = fs::remove_dir_all(&limit_dir);
         }
+    }
+    for pid in servers {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
     }
     if failed {
         std::process::exit(1);
     }
+}
+
+/// Starts the cloud test servers `storages` need, with `tests/servers/*.sh` and the
+/// repository's `.cache/` (as `tests/run.sh` does), unless the environment already
+/// names them. Returns the pids to stop.
+fn start_servers(storages: &[Provider]) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for p in storages {
+        let (script, var) = match p {
+            Provider::Local => continue,
+            Provider::S3 => ("s3", "SPINOCO_TEST_S3_ENDPOINT"),
+            Provider::Gcs => ("gcs", "SPINOCO_TEST_GCS_ENDPOINT"),
+            Provider::Azure => ("azurite", "SPINOCO_TEST_AZURITE_DSN"),
+        };
+        if std::env::var(var).is_ok_and(|v| !v.is_empty()) {
+            continue;
+        }
+        let root = env!("CARGO_MANIFEST_DIR");
+        let out = Command::new("bash")
+            .arg(format!("{root}/tests/servers/{script}.sh"))
+            .arg(format!("{root}/.cache"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("bash runs");
+        assert!(out.status.success(), "tests/servers/{script}.sh failed");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(pid) = line.strip_prefix("SERVER_PID=") {
+                pids.extend(pid.trim().parse::<u32>().ok());
+            } else if let Some((k, v)) =
+                line.strip_prefix("export ").and_then(|l| l.split_once('='))
+            {
+                std::env::set_var(k, v.trim_matches('\''));
+            }
+        }
+    }
+    pids
 }
 
 fn memory_gb() -> f64 {

@@ -402,3 +402,129 @@ fn inspect_pipe(
         }
     });
 }
+
+/// A TCP proxy that holds every HTTP request `delay` before forwarding it, as a store
+/// a network hop away would (the benchmark's "30 ms per storage request"), and logs
+/// each request's method and target. It reads request heads and bodies
+/// (`Content-Length` or chunked) to find where each request begins; answers pass as
+/// they come.
+pub struct DelayingProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl DelayingProxy {
+    pub fn start(upstream: &str, delay: Duration) -> DelayingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = DelayingProxy {
+            port,
+            stop: Arc::default(),
+            log: Arc::default(),
+        };
+        let (stop, log) = (proxy.stop.clone(), proxy.log.clone());
+        let upstream = upstream.to_string();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                pipe(server.try_clone().unwrap(), client.try_clone().unwrap());
+                let log = log.clone();
+                thread::spawn(move || {
+                    let _ = forward_requests(client, server, delay, &log);
+                });
+            }
+        });
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (method, target) of every request forwarded so far.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for DelayingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn forward_requests(
+    client: TcpStream,
+    mut server: TcpStream,
+    delay: Duration,
+    log: &Mutex<Vec<(String, String)>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client);
+    loop {
+        let mut head = Vec::new();
+        let (mut len, mut chunked) = (0u64, false);
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                let _ = server.shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            if head.is_empty() && line.trim().is_empty() {
+                continue;
+            }
+            head.extend_from_slice(line.as_bytes());
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+            if let Some((n, v)) = line.split_once(':') {
+                if n.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                } else if n.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.to_ascii_lowercase().contains("chunked");
+                }
+            }
+        }
+        let first = String::from_utf8_lossy(&head);
+        let mut parts = first.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        log.lock().unwrap().push((method, target));
+        thread::sleep(delay);
+        server.write_all(&head)?;
+        if chunked {
+            loop {
+                let mut size_line = String::new();
+                reader.read_line(&mut size_line)?;
+                server.write_all(size_line.as_bytes())?;
+                let size =
+                    u64::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
+                        .unwrap_or(0);
+                if size == 0 {
+                    // Trailers, up to the empty line.
+                    loop {
+                        let mut t = String::new();
+                        reader.read_line(&mut t)?;
+                        server.write_all(t.as_bytes())?;
+                        if t == "\r\n" || t == "\n" || t.is_empty() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                std::io::copy(&mut (&mut reader).take(size + 2), &mut server)?;
+            }
+        } else if len > 0 {
+            std::io::copy(&mut (&mut reader).take(len), &mut server)?;
+        }
+    }
+}
