@@ -425,7 +425,9 @@ impl<'a> Engine<'a> {
                         );
                     }
                     let reason = match e.kind {
-                        StoreErrorKind::Transient | StoreErrorKind::Source => Reason::Transport,
+                        StoreErrorKind::Transient
+                        | StoreErrorKind::Source
+                        | StoreErrorKind::Restart => Reason::Transport,
                         // Refused, yet retried: the label says the storage answered no.
                         StoreErrorKind::Denied | StoreErrorKind::Rejected => Reason::ServerError,
                     };
@@ -522,6 +524,12 @@ impl<'a> Engine<'a> {
                     reason: Reason::BrokenBody,
                     after: None,
                 },
+                // The store lost the upload: the file is transferred anew.
+                Err(e) if e.kind == StoreErrorKind::Restart => Try::Retry {
+                    message: e.message,
+                    reason: Reason::ServerError,
+                    after: None,
+                },
                 Err(e) => store_try(e),
             }
         })
@@ -569,6 +577,11 @@ fn store_try<T>(e: StoreError) -> Try<T> {
         StoreErrorKind::Denied => Try::Fatal(SyncError::StorageDenied(e)),
         StoreErrorKind::Rejected => Try::Reject(e.message),
         StoreErrorKind::Transient => Try::GaveUp(e.message),
+        StoreErrorKind::Restart => Try::Retry {
+            message: e.message,
+            reason: Reason::ServerError,
+            after: None,
+        },
         StoreErrorKind::Source => Try::Retry {
             message: e.message,
             reason: Reason::BrokenBody,

@@ -608,7 +608,7 @@ impl GcsStore {
                 308 => {
                     let committed = committed_offset(answer.header("range"));
                     if committed < start || committed > end {
-                        return Err(StoreError::transient(format!(
+                        return Err(StoreError::restart(format!(
                             "{what}: the server holds {committed} bytes where {start} to {end} were expected; \
                              the upload must start over"
                         )));
@@ -619,7 +619,7 @@ impl GcsStore {
                     if committed <= from {
                         stalls += 1;
                         if stalls >= STALLS {
-                            return Err(StoreError::transient(format!(
+                            return Err(StoreError::restart(format!(
                                 "{what}: the server keeps confirming only {committed} bytes"
                             )));
                         }
@@ -628,7 +628,7 @@ impl GcsStore {
                     from = committed;
                 }
                 404 | 410 => {
-                    return Err(StoreError::transient(format!(
+                    return Err(StoreError::restart(format!(
                         "{what}: the upload session is gone (HTTP {}); the upload must start over",
                         answer.status
                     )))

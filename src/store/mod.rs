@@ -231,6 +231,11 @@ pub enum StoreErrorKind {
     Rejected,
     /// Reading the source failed (the download broke); the caller decides.
     Source,
+    /// The store lost the upload itself (its multipart upload or resumable session is
+    /// gone, or it keeps confirming the same bytes): nothing new is visible, and the whole
+    /// object must be sent again from its source, which only the caller can read again
+    /// (the engine transfers the file anew).
+    Restart,
 }
 
 /// A storage failure with a message a user can act on (no secrets in it).
@@ -250,6 +255,10 @@ impl StoreError {
 
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(StoreErrorKind::Transient, message)
+    }
+
+    pub fn restart(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Restart, message)
     }
 
     /// Classifies a local I/O error met while doing `what`.

@@ -672,7 +672,7 @@ impl S3Store {
             (200, None) => Err(StoreError::transient(format!(
                 "{what}: the answer has no ETag"
             ))),
-            (404, _) if answer.code == "NoSuchUpload" => Err(StoreError::transient(format!(
+            (404, _) if answer.code == "NoSuchUpload" => Err(StoreError::restart(format!(
                 "{what}: the upload is gone (NoSuchUpload); the object starts over"
             ))),
             (404, _) => Err(missing(&self.proto)),
@@ -722,7 +722,7 @@ impl S3Store {
         let answer = answer?;
         match answer.status {
             200 => Ok(()),
-            404 if answer.code == "NoSuchUpload" => Err(StoreError::transient(format!(
+            404 if answer.code == "NoSuchUpload" => Err(StoreError::restart(format!(
                 "{what}: the upload is gone (NoSuchUpload) and no complete object is there"
             ))),
             404 => Err(missing(&self.proto)),

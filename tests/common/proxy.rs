@@ -131,7 +131,7 @@ impl TcpProxy {
                         o.push(server.try_clone().unwrap());
                         drop(o);
                         if rules.inspect {
-                            let muted = Arc::new(AtomicBool::new(false));
+                            let muted = Arc::new(AtomicU8::new(PASS));
                             let counters = Counters {
                                 mode: mode.clone(),
                                 refused: refused.clone(),
@@ -268,8 +268,13 @@ struct Counters {
     cut: Arc<AtomicUsize>,
 }
 
-/// Server to client, dropping everything once `muted` is set.
-fn muted_pipe(mut from: TcpStream, mut to: TcpStream, muted: Arc<AtomicBool>) {
+/// What a muted pipe does with the server's answer: passes it, drops it, or dropped some.
+const PASS: u8 = 0;
+const MUTED: u8 = 1;
+const ANSWER_DROPPED: u8 = 2;
+
+/// Server to client, dropping everything once `muted` is set (and saying so).
+fn muted_pipe(mut from: TcpStream, mut to: TcpStream, muted: Arc<AtomicU8>) {
     thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -277,7 +282,8 @@ fn muted_pipe(mut from: TcpStream, mut to: TcpStream, muted: Arc<AtomicBool>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if muted.load(Ordering::SeqCst) {
+            if muted.load(Ordering::SeqCst) != PASS {
+                muted.store(ANSWER_DROPPED, Ordering::SeqCst);
                 continue;
             }
             if to.write_all(&buf[..n]).is_err() {
@@ -292,7 +298,7 @@ fn muted_pipe(mut from: TcpStream, mut to: TcpStream, muted: Arc<AtomicBool>) {
 fn inspect_pipe(
     client: TcpStream,
     server: TcpStream,
-    muted: Arc<AtomicBool>,
+    muted: Arc<AtomicU8>,
     rules: Arc<Rules>,
     counters: Counters,
 ) {
@@ -355,7 +361,7 @@ fn inspect_pipe(
                 hit
             };
             if cut {
-                muted.store(true, Ordering::SeqCst);
+                muted.store(MUTED, Ordering::SeqCst);
             }
             let flip_at = {
                 let mut min = rules.corrupt_min.lock().unwrap();
@@ -392,8 +398,15 @@ fn inspect_pipe(
                 left -= n;
             }
             if cut {
-                // Let the server act on it, then lose its answer.
-                thread::sleep(Duration::from_millis(500));
+                // Let the server act on it (its answer arrived and was dropped; a
+                // server may cancel a request whose connection goes away before it
+                // answers), then lose the connection.
+                let waited = std::time::Instant::now();
+                while muted.load(Ordering::SeqCst) != ANSWER_DROPPED
+                    && waited.elapsed() < Duration::from_secs(60)
+                {
+                    thread::sleep(Duration::from_millis(5));
+                }
                 counters.cut.fetch_add(1, Ordering::SeqCst);
                 let _ = back.shutdown(Shutdown::Both);
                 let _ = to.shutdown(Shutdown::Both);
