@@ -560,10 +560,6 @@ impl BlobStore for AzureStore {
         )
     }
 
-    fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError> {
-        self.put_with(key, src, size, &ObjectInfo::default())
-    }
-
     fn put_with(
         &self,
         key: &str,

@@ -687,10 +687,6 @@ impl BlobStore for GcsStore {
         )
     }
 
-    fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError> {
-        self.put_with(key, src, size, &ObjectInfo::default())
-    }
-
     fn put_with(
         &self,
         key: &str,

@@ -30,7 +30,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::client::parts::sha256_hex;
-use super::{BlobStore, ObjectVersion, PutCondition, PutIf, StoreError, StoreErrorKind, Versioned};
+use super::{
+    BlobStore, ObjectInfo, ObjectVersion, PutCondition, PutIf, StoreError, StoreErrorKind,
+    Versioned,
+};
 use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 
 /// Folder (below the root) that holds the connector's own state and temp files.
@@ -306,7 +309,13 @@ impl BlobStore for LocalStore {
         format!("local folder {}", self.root.display())
     }
 
-    fn put(&self, key: &str, src: &mut dyn Read, _size: Option<u64>) -> Result<u64, StoreError> {
+    fn put_with(
+        &self,
+        key: &str,
+        src: &mut dyn Read,
+        _size: Option<u64>,
+        _info: &ObjectInfo,
+    ) -> Result<u64, StoreError> {
         let target = self.path_of(key)?;
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
         self.retried(&format!("cannot create folder {}", dir.display()), || {

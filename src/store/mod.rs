@@ -124,26 +124,26 @@ pub trait BlobStore: Send + Sync {
     /// Where the data goes, for logs and `check` (never a secret).
     fn describe(&self) -> String;
 
-    /// Streams `src` into `key` and returns the number of bytes stored.
+    /// Streams `src` into `key` and returns the number of bytes stored; `info` says what
+    /// the object is, which the cloud providers store as user metadata (`x-amz-meta-*`,
+    /// GCS `metadata`, `x-ms-meta-*`) for downstream tools to index on (local files
+    /// ignore it).
     ///
     /// The object becomes visible only after `src` reached its end without error and
     /// everything is durable; on any error nothing new is visible under `key` and an
     /// older object under that key is untouched. An existing object is replaced.
     /// `size` is the expected length when known (a hint for choosing upload modes).
-    fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError>;
-
-    /// [`BlobStore::put`] with what the object is: the cloud providers store it as user
-    /// metadata (`x-amz-meta-*`, GCS `metadata`, `x-ms-meta-*`) for downstream tools to
-    /// index on. A store without metadata (local files) ignores it.
     fn put_with(
         &self,
         key: &str,
         src: &mut dyn Read,
         size: Option<u64>,
         info: &ObjectInfo,
-    ) -> Result<u64, StoreError> {
-        let _ = info;
-        self.put(key, src, size)
+    ) -> Result<u64, StoreError>;
+
+    /// [`BlobStore::put_with`] for the connector's own objects (journal, lease, probes).
+    fn put(&self, key: &str, src: &mut dyn Read, size: Option<u64>) -> Result<u64, StoreError> {
+        self.put_with(key, src, size, &ObjectInfo::default())
     }
 
     /// Reads a small object whole; `Ok(None)` when there is none.
