@@ -536,6 +536,12 @@ impl AzureStore {
         })?;
         match answer.status {
             201 => Ok(()),
+            // Our blocks are gone: another upload of the same blob committed meanwhile
+            // (a commit drops every uncommitted block of the blob), or they expired. The
+            // blob is sent again from its source.
+            400 if answer.code == "InvalidBlockList" => Err(StoreError::restart(format!(
+                "{what}: the blocks were dropped by the store (InvalidBlockList: another upload of the blob was committed meanwhile); the blob starts over"
+            ))),
             _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
     }
