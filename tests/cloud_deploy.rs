@@ -596,87 +596,12 @@ fn gcs_with_workload_identity_federation_kms_key_class_and_metadata() {
 
 // ---------------------------------------------------------------- Azure
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("this test needs the openssl command to make its certificates");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A private CA and a certificate for 127.0.0.1 signed by it: (dir, ca.pem, server.pem, server.key).
+/// A private CA and a certificate for 127.0.0.1 signed by it: the folder holds ca.pem,
+/// server.pem and server.key.
 fn pki() -> std::path::PathBuf {
-    let d = scratch("azurite-pki");
-    std::fs::write(
-        d.join("ca.cnf"),
-        "[req]\ndistinguished_name = dn\nx509_extensions = v3_ca\nprompt = no\n[dn]\nCN = Spinoco Test CA\n\
-         [v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid\n",
-    )
-    .unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    openssl(
-        &d,
-        &[
-            &["req", "-x509", "-config", "ca.cnf"][..],
-            &ec,
-            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "30"],
-        ]
-        .concat(),
-    );
-    openssl(
-        &d,
-        &[
-            &["req", "-new"][..],
-            &ec,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=azurite",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        &d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "30",
-            "-extfile",
-            "server.ext",
-        ],
-    );
-    d
+    let pki = common::pki::Pki::new("azurite");
+    pki.server("server", "IP:127.0.0.1", 30);
+    pki.dir
 }
 
 /// An Azurite blob service of its own with OAuth on (it accepts bearer tokens only over

@@ -10,135 +10,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use common::harness::*;
+use common::pki::Pki;
 use spinoco_connector::emulator::{Emulator, EmulatorConfig, EmulatorTls};
 
 const PROXY_USER: &str = "edge";
 const PROXY_PASSWORD: &str = "pr0xy-pa55word-xyz";
-
-/// A private CA and server certificates signed by it, in a temp folder.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = scratch(&format!("pki-{name}"));
-        std::fs::write(
-            dir.join("ca.cnf"),
-            "[req]\ndistinguished_name = dn\nx509_extensions = v3_ca\nprompt = no\n\
-             [dn]\nCN = Spinoco Test Private CA\n\
-             [v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
-             subjectKeyIdentifier = hash\n",
-        )
-        .unwrap();
-        openssl(
-            &dir,
-            &[
-                "req",
-                "-x509",
-                "-config",
-                "ca.cnf",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "3650",
-            ],
-        );
-        Pki { dir }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// A server certificate for `sans` (`DNS:localhost,IP:127.0.0.1`), valid for
-    /// `days` (negative: already expired).
-    fn server(&self, name: &str, sans: &str, days: i32) -> EmulatorTls {
-        let d = &self.dir;
-        std::fs::write(
-            d.join(format!("{name}.ext")),
-            format!(
-                "subjectAltName={sans}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-                 extendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid\n"
-            ),
-        )
-        .unwrap();
-        let (key, csr, pem, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        openssl(
-            d,
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                "/CN=emulator",
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                &days.to_string(),
-                "-extfile",
-                &ext,
-            ],
-        );
-        EmulatorTls {
-            cert_chain_pem: std::fs::read(d.join(&pem)).unwrap(),
-            key_pem: std::fs::read(d.join(&key)).unwrap(),
-        }
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("these tests need the openssl command to make their certificates");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn https_emulator(tls: EmulatorTls) -> Emulator {
     emulator(EmulatorConfig {
