@@ -31,9 +31,14 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// The connector's environment for a sync from `emu` into `dir`.
 pub fn env(emu: &Emulator, dir: &Path) -> BTreeMap<String, String> {
+    env_for_url(&emu.url(), dir)
+}
+
+/// The connector's environment for a sync from the platform at `url` into `dir`.
+pub fn env_for_url(url: &str, dir: &Path) -> BTreeMap<String, String> {
     [
         ("SP_API_TOKEN", TOKEN.to_string()),
-        ("SP_API_URL", emu.url()),
+        ("SP_API_URL", url.to_string()),
         ("SP_TASK_SYNC_TAG", "it".to_string()),
         ("SP_TASK_SYNC_FILE_NAME_TEMPLATE", TEMPLATE.to_string()),
         ("SP_TASK_SYNC_GET_DATA", ALL_TYPES.to_string()),

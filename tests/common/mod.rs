@@ -5,6 +5,7 @@ pub mod behaviour;
 pub mod capture;
 pub mod fake_http;
 pub mod harness;
+pub mod hostile;
 pub mod pki;
 pub mod providers;
 pub mod proxy;
