@@ -49,8 +49,8 @@ use crate::platform::{FeedPage, Platform, PlatformError};
 use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 use crate::shutdown;
 use crate::store::{BlobStore, StoreError, StoreErrorKind};
-use crate::task::join_types;
 use crate::task::{excerpt, FileJob, NameDifferences, Task};
+use crate::task::{join_types, DataType};
 
 /// Pages in work at once (the journal holds them all).
 pub const WINDOW_PAGES: usize = 3;
@@ -842,14 +842,16 @@ impl<'e> Round<'e> {
                 }
             };
             files.iter().for_each(|f| engine.name_differences.note(f));
-            if files.is_empty() && !task.delete.is_empty() {
-                warn!(
-                    "task {:?} asks for deletes but hands out no files; not deleting anything of it",
-                    task.task_id
+            let deletes = task.deletes(engine.cfg.delete.contains(&DataType::Recordings));
+            for refused in &deletes.refused {
+                error!(
+                    "task {:?} asks to delete {:?}, which is not sent: {} (a platform error)",
+                    task.task_id, refused.path, refused.reason
                 );
+                Counters::add(&counters.rejected, 1);
             }
             tasks.push(TaskWork {
-                deletes: task.delete.into_iter().map(|d| d.path).collect(),
+                deletes: deletes.allowed,
                 remaining: AtomicUsize::new(files.len()),
                 files,
                 id: task.task_id,

@@ -11,7 +11,7 @@
 //! switches connectors would get a second folder tree, so each difference is reported
 //! ([`NameDifferences`]) and `SP_TASK_SYNC_NAMES` ([`NameSource`]) says which one wins.
 
-use std::collections::BTreeSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::Deserialize;
@@ -245,16 +245,81 @@ impl fmt::Display for TaskError {
 
 impl std::error::Error for TaskError {}
 
+/// How deep a task object may nest. A task of the contract is four levels deep; the
+/// journal holds each task a few levels below the feed's envelope, so a task nested
+/// near the JSON parser's limit would be accepted by the feed and then make the
+/// journal unreadable at every start.
+pub const MAX_TASK_DEPTH: usize = 32;
+
+/// A task's `delete` entries sorted by whether they may be sent (see [`Task::deletes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deletes {
+    /// Paths of recordings this task handed out: sent once all its files are stored.
+    pub allowed: Vec<String>,
+    /// Entries the platform had no business sending, each with the reason.
+    pub refused: Vec<RefusedDelete>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedDelete {
+    pub path: String,
+    pub reason: &'static str,
+}
+
 impl Task {
     pub fn from_value(v: &Value) -> Result<Task, TaskError> {
-        Task::deserialize(v).map_err(|e| TaskError::Malformed {
+        let malformed = |reason: String| TaskError::Malformed {
             excerpt: excerpt(v),
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        if depth(v) > MAX_TASK_DEPTH {
+            return Err(malformed(format!(
+                "nested more than {MAX_TASK_DEPTH} levels deep"
+            )));
+        }
+        Task::deserialize(v).map_err(|e| malformed(e.to_string()))
+    }
+
+    /// The platform is not trusted with the connector's deletes: an entry is sent only
+    /// when deletes of recordings are configured (`recordings`) and it names a recording
+    /// this task hands out as a `Recordings` get: its last path segment is the get's
+    /// `recordingId`, or, when the get has none, the last segment of the get's path.
+    /// (The engine sends them only once every file of the task is stored.)
+    pub fn deletes(&self, recordings: bool) -> Deletes {
+        let handed_out: Vec<&str> = self
+            .get
+            .iter()
+            .filter(|g| is_recording(g))
+            .filter_map(|g| match &g.recording_id {
+                Some(id) => Some(id.as_str()),
+                None => last_segment(&g.path),
+            })
+            .collect();
+        let mut out = Deletes::default();
+        for d in &self.delete {
+            let reason = if !recordings {
+                Some("deletes are not configured (SP_TASK_SYNC_DELETE_DATA)")
+            } else if !last_segment(&d.path).is_some_and(|s| handed_out.contains(&s)) {
+                Some("it names no recording this task hands out")
+            } else if out.allowed.contains(&d.path) {
+                None
+            } else {
+                out.allowed.push(d.path.clone());
+                None
+            };
+            if let Some(reason) = reason {
+                out.refused.push(RefusedDelete {
+                    path: d.path.clone(),
+                    reason,
+                });
+            }
+        }
+        out
     }
 
     /// The files of this task, named and checked; `source` says which name wins when
-    /// the template's and the platform's differ.
+    /// the template's and the platform's differ. Linear in the number of gets (a task
+    /// may list tens of thousands).
     pub fn files(
         &self,
         template: &FileNameTemplate,
@@ -273,16 +338,11 @@ impl Task {
             ),
             None => None,
         };
-        let recordings: Vec<Option<&str>> = self
-            .get
-            .iter()
-            .filter(|g| data_type(g) == Some(DataType::Recordings))
-            .map(|g| g.recording_id.as_deref())
-            .collect();
-        let mut seen = BTreeSet::new();
+        let suffixes = self.suffixes();
+        let mut seen = HashSet::with_capacity(self.get.len());
         let mut jobs = Vec::with_capacity(self.get.len());
-        for (i, item) in self.get.iter().enumerate() {
-            let (name, other_name) = match (&base, self.suffix(item, i, &recordings)) {
+        for (item, suffix) in self.get.iter().zip(suffixes) {
+            let (name, other_name) = match (&base, suffix) {
                 (Some(base), Some(suffix)) => {
                     let rendered = format!("{base}{suffix}");
                     if rendered == item.file_name {
@@ -315,37 +375,68 @@ impl Task {
         Ok(jobs)
     }
 
-    /// The suffix of the `index`-th get item, when it can be known: from its data type
-    /// and position, else from the end of the platform's `fileName`.
-    fn suffix(&self, item: &GetItem, index: usize, recordings: &[Option<&str>]) -> Option<String> {
-        let k_of_recording = |id: Option<&str>| {
-            id.and_then(|id| recordings.iter().position(|r| *r == Some(id)))
-                .map(|p| p + 1)
-        };
-        match data_type(item) {
-            Some(DataType::Recordings) => {
-                let k = self.get[..index]
-                    .iter()
-                    .filter(|g| data_type(g) == Some(DataType::Recordings))
-                    .count()
-                    + 1;
-                Some(DataType::Recordings.suffix(k))
+    /// The suffix of each get item, when it can be known: from its data type and
+    /// position (the k-th recording, the transcription of the k-th recording), else
+    /// from the end of the platform's `fileName`.
+    fn suffixes(&self) -> Vec<Option<String>> {
+        let mut recording_k: HashMap<&str, usize> = HashMap::new();
+        let mut recordings = 0;
+        for g in self
+            .get
+            .iter()
+            .filter(|g| data_type(g) == Some(DataType::Recordings))
+        {
+            recordings += 1;
+            if let Some(id) = g.recording_id.as_deref() {
+                recording_k.entry(id).or_insert(recordings);
             }
-            Some(DataType::Transcriptions) => {
-                let k = k_of_recording(item.recording_id.as_deref())
-                    .or_else(|| suffix_from_file_name(&item.file_name).map(|(_, k)| k))
-                    .unwrap_or_else(|| {
-                        self.get[..index]
-                            .iter()
-                            .filter(|g| data_type(g) == Some(DataType::Transcriptions))
-                            .count()
-                            + 1
-                    });
-                Some(DataType::Transcriptions.suffix(k))
-            }
-            Some(other) => Some(other.suffix(1)),
-            None => suffix_from_file_name(&item.file_name).map(|(t, k)| t.suffix(k)),
         }
+        let (mut recordings, mut transcriptions) = (0, 0);
+        self.get
+            .iter()
+            .map(|item| match data_type(item) {
+                Some(DataType::Recordings) => {
+                    recordings += 1;
+                    Some(DataType::Recordings.suffix(recordings))
+                }
+                Some(DataType::Transcriptions) => {
+                    transcriptions += 1;
+                    let k = item
+                        .recording_id
+                        .as_deref()
+                        .and_then(|id| recording_k.get(id).copied())
+                        .or_else(|| suffix_from_file_name(&item.file_name).map(|(_, k)| k))
+                        .unwrap_or(transcriptions);
+                    Some(DataType::Transcriptions.suffix(k))
+                }
+                Some(other) => Some(other.suffix(1)),
+                None => suffix_from_file_name(&item.file_name).map(|(t, k)| t.suffix(k)),
+            })
+            .collect()
+    }
+}
+
+/// A get of a recording: by its data type, or, from an older platform that sends
+/// none, by its file name.
+fn is_recording(item: &GetItem) -> bool {
+    match &item.data_type {
+        Some(_) => data_type(item) == Some(DataType::Recordings),
+        None => {
+            suffix_from_file_name(&item.file_name).is_some_and(|(t, _)| t == DataType::Recordings)
+        }
+    }
+}
+
+fn last_segment(path: &str) -> Option<&str> {
+    path.rsplit('/').next().filter(|s| !s.is_empty())
+}
+
+/// How deeply a JSON value nests (a scalar is 0).
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -547,6 +638,70 @@ mod tests {
                 format!("{base}.meta.json")
             ]
         );
+    }
+
+    #[test]
+    fn only_deletes_of_recordings_the_task_hands_out_are_allowed() {
+        let task = Task::from_value(&json!({
+            "taskId": ID,
+            "get": [
+                {"dataType": "Recordings", "recordingId": "r1", "path": "/recording-direct/x/r1", "fileName": "a.ogg"},
+                {"dataType": "Transcriptions", "recordingId": "r2", "path": "/t/r2", "fileName": "a.trans.json"},
+                {"path": "/recording-direct/x/old", "fileName": "a-2.ogg"},
+                {"path": "/meta/m", "fileName": "a.meta.json"}
+            ],
+            "delete": [
+                {"path": "/recording/x/r1"}, {"path": "/recording/x/r1"},
+                {"path": "/recording/x/r2"}, {"path": "/recording/x/old"},
+                {"path": "/recording/x/m"}, {"path": "/recording/x/"},
+                {"path": "/recording-direct/x/r1"}
+            ]
+        }))
+        .unwrap();
+        let d = task.deletes(true);
+        assert_eq!(
+            d.allowed,
+            [
+                "/recording/x/r1",
+                "/recording/x/old",
+                "/recording-direct/x/r1"
+            ]
+        );
+        let refused: Vec<&str> = d.refused.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(
+            refused,
+            ["/recording/x/r2", "/recording/x/m", "/recording/x/"]
+        );
+        let none = task.deletes(false);
+        assert!(none.allowed.is_empty());
+        assert_eq!(none.refused.len(), 7, "nothing is sent unless configured");
+        assert!(none.refused[0].reason.contains("SP_TASK_SYNC_DELETE_DATA"));
+    }
+
+    #[test]
+    fn a_task_nested_too_deep_for_the_journal_is_malformed() {
+        let mut deep = json!("leaf");
+        for _ in 0..MAX_TASK_DEPTH {
+            deep = json!([deep]);
+        }
+        let task = json!({"taskId": ID, "get": [], "delete": [], "x": deep});
+        let err = Task::from_value(&task).unwrap_err();
+        assert!(err.to_string().contains("nested more than"), "{err}");
+        let ok = json!({"taskId": ID, "get": [], "delete": [], "x": [[[["leaf"]]]]});
+        assert!(Task::from_value(&ok).is_ok());
+    }
+
+    #[test]
+    fn tens_of_thousands_of_gets_are_named_in_order() {
+        let mut get = Vec::new();
+        for i in 0..20_000 {
+            get.push(json!({"dataType": "Recordings", "recordingId": format!("r{i}"), "path": format!("/r/{i}"), "fileName": "x"}));
+            get.push(json!({"dataType": "Transcriptions", "recordingId": format!("r{i}"), "path": format!("/t/{i}"), "fileName": "x"}));
+        }
+        let got = names(json!({"taskId": ID, "dueDate": 0, "get": get, "delete": []}));
+        assert_eq!(got.len(), 40_000);
+        assert!(got[39_998].ends_with("-20000.ogg"), "{}", got[39_998]);
+        assert!(got[39_999].ends_with("-20000.trans.json"));
     }
 
     #[test]
