@@ -155,6 +155,24 @@ pub fn error_message(url: &str, e: &ureq::Error) -> String {
 
 /// The `Retry-After` of an answer, when it is a number of seconds.
 /// Why a failed request is worth another try, for `/metrics`.
+/// Whether a request certainly never reached the server: its host did not resolve, or
+/// the connection (or the proxy's tunnel) could not be set up. Anything else may have
+/// been received and acted on, even when no answer came back.
+pub fn never_sent(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::ConnectProxyFailed(_) => true,
+        ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Resolve | ureq::Timeout::Connect),
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ConnectionRefused | AddrNotAvailable | NetworkUnreachable | HostUnreachable
+        ),
+        _ => false,
+    }
+}
+
 pub fn retry_reason(e: &ureq::Error) -> crate::retry::Reason {
     match e {
         ureq::Error::Timeout(_) => crate::retry::Reason::Timeout,

@@ -12,8 +12,20 @@
 //! received:
 //!
 //! ```json
-//! {"pages":[{"tasks":[...],"stored":["id",...]}],"next":"token","round":"nonce"}
+//! {"pages":[{"tasks":[...],"stored":["id",...]}],"next":"token","round":"nonce",
+//!  "backlog":{"id":"nonce","taken":2},"query":1733456789000}
 //! ```
+//!
+//! An answer longer than a page (a buggy or hostile platform may send thousands of
+//! tasks for `count: 50`, and the connector cannot refuse what the cursor has passed)
+//! is cut into pages: the first goes into the window, the rest is written once, as a
+//! backlog object beside the entry (`<tag>.backlog.json`, each task kept as its JSON
+//! text), and the entry only counts how many of its pages were `taken` into the
+//! window. So no write of the entry grows with the length of an answer.
+//!
+//! `query` marks a query of the feed sent (its time) whose answer is not journaled
+//! yet: a query cannot be replayed, so a start that finds the mark reports that the
+//! task its answer held may be missing.
 //!
 //! The entry written by the released version (one page at the top level, the page
 //! received ahead inside it: `{"tasks":[...],"stored":[...],"next":..,"ahead":{..}}`)
@@ -60,6 +72,51 @@ pub struct Journal {
     /// [`PageJournal::prove`]); only a witness, never read for decisions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub round: Option<String>,
+    /// The pages of an answer not taken into the window yet (see the module comment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<BacklogRef>,
+    /// Unix milliseconds a query was sent whose answer is not journaled yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<u64>,
+}
+
+/// Where the entry points into the backlog object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BacklogRef {
+    /// The backlog object this entry belongs to (a nonce written into both).
+    pub id: String,
+    /// Its pages already taken into the window (and so held by the entry).
+    pub taken: usize,
+}
+
+/// The backlog object: the pages of one answer after its first, each task as JSON
+/// text, so that no task can nest deeper than the parser allows when read back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Backlog {
+    pub id: String,
+    pub pages: Vec<Vec<String>>,
+}
+
+impl Backlog {
+    /// The pages from `taken` on, each task parsed again (a task that does not parse
+    /// is dropped with an error: it was refused when it came, too).
+    pub fn remaining(self, taken: usize) -> Vec<Vec<Value>> {
+        self.pages
+            .into_iter()
+            .skip(taken)
+            .map(|page| {
+                page.iter()
+                    .filter_map(|text| match serde_json::from_str(text) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            log::error!("a task of the journal's backlog cannot be read: {e}");
+                            None
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 /// Either format on disk.
@@ -71,6 +128,10 @@ struct OnDisk {
     next: Option<String>,
     #[serde(default)]
     round: Option<String>,
+    #[serde(default)]
+    backlog: Option<BacklogRef>,
+    #[serde(default)]
+    query: Option<u64>,
     // The released version's single page, and the page it received ahead.
     #[serde(default)]
     tasks: Option<Vec<Value>>,
@@ -87,6 +148,8 @@ impl OnDisk {
                 pages,
                 next: self.next,
                 round: self.round,
+                backlog: self.backlog,
+                query: self.query,
             }),
             (None, Some(tasks)) => {
                 let mut pages = vec![JournaledPage {
@@ -107,6 +170,8 @@ impl OnDisk {
                     pages,
                     next,
                     round: self.round,
+                    backlog: None,
+                    query: None,
                 })
             }
             (Some(_), Some(_)) => Err("both \"pages\" and \"tasks\"".into()),
@@ -122,12 +187,27 @@ pub struct EncodedPage<'p> {
 }
 
 /// Serialises the tasks of a page once, as the JSON array the journal holds.
-pub fn tasks_json(tasks: &[Value]) -> String {
+pub fn tasks_json(tasks: &[&Value]) -> String {
     serde_json::to_string(tasks).expect("JSON values serialise")
 }
 
-/// The journal entry for `pages` and `next`, written by copying each page's tasks.
-pub fn encode<'p>(pages: impl Iterator<Item = EncodedPage<'p>>, next: Option<&str>) -> Vec<u8> {
+/// What an entry holds besides its pages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tail<'a> {
+    pub next: Option<&'a str>,
+    pub backlog: Option<&'a BacklogRef>,
+    pub query: Option<u64>,
+}
+
+impl Tail<'_> {
+    /// Whether an entry with no pages must still be written.
+    pub fn holds_anything(&self) -> bool {
+        self.next.is_some() || self.backlog.is_some() || self.query.is_some()
+    }
+}
+
+/// The journal entry for `pages` and `tail`, written by copying each page's tasks.
+pub fn encode<'p>(pages: impl Iterator<Item = EncodedPage<'p>>, tail: Tail) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(b"{\"pages\":[");
     for (i, page) in pages.enumerate() {
@@ -141,9 +221,16 @@ pub fn encode<'p>(pages: impl Iterator<Item = EncodedPage<'p>>, next: Option<&st
         out.push(b'}');
     }
     out.push(b']');
-    if let Some(next) = next {
+    if let Some(next) = tail.next {
         out.extend_from_slice(b",\"next\":");
         serde_json::to_writer(&mut out, next).expect("strings serialise");
+    }
+    if let Some(backlog) = tail.backlog {
+        out.extend_from_slice(b",\"backlog\":");
+        serde_json::to_writer(&mut out, backlog).expect("a backlog reference serialises");
+    }
+    if let Some(query) = tail.query {
+        out.extend_from_slice(format!(",\"query\":{query}").as_bytes());
     }
     out.push(b'}');
     out
@@ -179,6 +266,7 @@ impl From<StoreError> for JournalError {
 pub struct PageJournal<'a> {
     store: &'a dyn BlobStore,
     key: String,
+    backlog_key: String,
     writes: AtomicU64,
 }
 
@@ -187,8 +275,43 @@ impl<'a> PageJournal<'a> {
         PageJournal {
             store,
             key: format!("{RESERVED_PREFIX}/{}.page.json", escape_tag(tag)),
+            backlog_key: format!("{RESERVED_PREFIX}/{}.backlog.json", escape_tag(tag)),
             writes: AtomicU64::new(0),
         }
+    }
+
+    /// Writes the backlog object (before any entry refers to it).
+    pub fn save_backlog(&self, backlog: &Backlog) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let bytes = serde_json::to_vec(backlog).expect("a backlog serialises");
+        put_bytes(self.store, &self.backlog_key, &bytes).map(|_| ())
+    }
+
+    /// The pages the entry has not taken from the backlog yet.
+    pub fn load_backlog(&self, at: &BacklogRef) -> Result<Vec<Vec<Value>>, JournalError> {
+        let damaged = |reason: String| JournalError::Damaged {
+            key: self.backlog_key.clone(),
+            reason,
+        };
+        let bytes = self
+            .store
+            .get(&self.backlog_key)?
+            .ok_or_else(|| damaged("the journal entry refers to it, but it is missing".into()))?;
+        let backlog: Backlog =
+            serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+        if backlog.id != at.id {
+            return Err(damaged(format!(
+                "it is backlog {:?}, the journal entry refers to {:?}",
+                backlog.id, at.id
+            )));
+        }
+        Ok(backlog.remaining(at.taken))
+    }
+
+    /// Removes the backlog object once no entry refers to it.
+    pub fn clear_backlog(&self) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.store.delete(&self.backlog_key)
     }
 
     pub fn key(&self) -> &str {
@@ -259,7 +382,7 @@ impl<'a> PageJournal<'a> {
 }
 
 /// A value no earlier round wrote: the time in nanoseconds and the process id.
-fn round_nonce() -> String {
+pub fn round_nonce() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -311,19 +434,29 @@ mod tests {
             tasks: vec![json!({"taskId": "x"}), json!({"taskId": "y\"z"})],
             stored: ["y\"z".to_string()].into(),
         };
+        let backlog = BacklogRef {
+            id: "b1".into(),
+            taken: 2,
+        };
         let bytes = encode(
             [EncodedPage {
-                tasks_json: &tasks_json(&page.tasks),
+                tasks_json: &tasks_json(&page.tasks.iter().collect::<Vec<_>>()),
                 stored: &page.stored,
             }]
             .into_iter(),
-            Some("tok\\1"),
+            Tail {
+                next: Some("tok\\1"),
+                backlog: Some(&backlog),
+                query: Some(1234),
+            },
         );
         journal.save_bytes(&bytes).unwrap();
         let want = Journal {
             pages: vec![page],
             next: Some("tok\\1".into()),
             round: None,
+            backlog: Some(backlog),
+            query: Some(1234),
         };
         assert_eq!(journal.load().unwrap().as_ref(), Some(&want));
         journal.prove(&want).unwrap();
@@ -346,6 +479,45 @@ mod tests {
         journal.clear().unwrap();
         assert!(journal.load().unwrap().is_none());
         assert_eq!(journal.writes(), 4, "three puts and one removal");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_backlog_is_read_back_from_where_the_entry_took_it() {
+        let (root, store) = temp_store("backlog");
+        let journal = PageJournal::new(&store, "t");
+        let at = BacklogRef {
+            id: "b7".into(),
+            taken: 1,
+        };
+        assert!(matches!(
+            journal.load_backlog(&at),
+            Err(JournalError::Damaged { .. })
+        ));
+        let backlog = Backlog {
+            id: "b7".into(),
+            pages: vec![
+                vec![json!({"taskId": "a"}).to_string()],
+                vec![json!({"taskId": "b"}).to_string(), "{broken".into()],
+                vec![json!({"taskId": "c"}).to_string()],
+            ],
+        };
+        journal.save_backlog(&backlog).unwrap();
+        let rest = journal.load_backlog(&at).unwrap();
+        assert_eq!(
+            rest,
+            vec![vec![json!({"taskId": "b"})], vec![json!({"taskId": "c"})]],
+            "from the second page on; a task that does not parse is dropped"
+        );
+        let other = BacklogRef {
+            id: "b8".into(),
+            taken: 0,
+        };
+        assert!(matches!(
+            journal.load_backlog(&other),
+            Err(JournalError::Damaged { .. })
+        ));
+        journal.clear_backlog().unwrap();
         std::fs::remove_dir_all(root).unwrap();
     }
 

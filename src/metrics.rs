@@ -38,6 +38,8 @@ pub struct Metrics {
     rounds: AtomicU64,
     /// Files whose template name and platform `fileName` differ.
     name_differences: AtomicU64,
+    /// Answers to a query of the feed lost on their way (each may have held a task).
+    feed_gaps: AtomicU64,
     in_flight: AtomicI64,
     /// Unix milliseconds of the last round that finished with nothing failed; 0 = none yet.
     last_success_ms: AtomicU64,
@@ -93,6 +95,7 @@ impl Metrics {
             retries: [const { [const { AtomicU64::new(0) }; Reason::ALL.len()] }; Side::ALL.len()],
             rounds: AtomicU64::new(0),
             name_differences: AtomicU64::new(0),
+            feed_gaps: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             last_success_ms: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),
@@ -146,6 +149,11 @@ impl Metrics {
 
     pub fn name_differs(&self) {
         Self::add(&self.name_differences, 1);
+    }
+
+    /// The answer to a query of the feed was lost on its way (or a start found one).
+    pub fn feed_gap(&self) {
+        Self::add(&self.feed_gaps, 1);
     }
 
     /// A round ended; `clean` when nothing in it failed or was stopped.
@@ -257,6 +265,12 @@ impl Metrics {
             "counter",
             "Files whose name by SP_TASK_SYNC_FILE_NAME_TEMPLATE differs from the platform's fileName (SP_TASK_SYNC_NAMES chose which was used).",
             &[("", get(&self.name_differences).to_string())],
+        );
+        metric(
+            "spinoco_feed_gaps_total",
+            "counter",
+            "Answers to a query of the sync feed lost on their way after it was sent (or found unjournaled at a start): each may have held one task the platform will not hand out again.",
+            &[("", get(&self.feed_gaps).to_string())],
         );
         metric(
             "spinoco_rounds_total",

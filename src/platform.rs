@@ -35,6 +35,10 @@ pub enum PlatformError {
         reason: Reason,
         retry_after: Option<Duration>,
     },
+    /// A feed request was sent (the platform may have acted on it and moved its
+    /// cursor) and its answer did not arrive whole: worth retrying, but a query's
+    /// answer lost this way cannot be asked for again.
+    Lost { message: String, reason: Reason },
     /// The platform refused the request itself (another 4xx); retrying cannot help.
     Refused { status: u16, message: String },
     /// The platform's TLS certificate did not verify (unknown issuer, expired, wrong
@@ -51,7 +55,9 @@ impl fmt::Display for PlatformError {
             ),
             PlatformError::PageExpired => f.write_str("the platform no longer accepts the page token"),
             PlatformError::NotFound => f.write_str("not found on the platform (404)"),
-            PlatformError::Transient { message, .. } => f.write_str(message),
+            PlatformError::Transient { message, .. } | PlatformError::Lost { message, .. } => {
+                f.write_str(message)
+            }
             PlatformError::Refused { status, message } => write!(f, "the platform refused the request (HTTP {status}): {message}"),
             PlatformError::Tls { host, reason } => write!(
                 f,
@@ -128,7 +134,12 @@ impl Platform {
             .header("Authorization", &self.bearer())
             .header("Content-Type", "application/json")
             .send(serde_json::to_vec(body).expect("a JSON value serialises"))
-            .map_err(|e| transport(&self.base, "the sync feed", &e))?;
+            .map_err(|e| match transport(&self.base, "the sync feed", &e) {
+                PlatformError::Transient {
+                    message, reason, ..
+                } if !crate::http::never_sent(&e) => PlatformError::Lost { message, reason },
+                other => other,
+            })?;
         let status = response.status().as_u16();
         if status != 200 {
             if status == 400 && is_page {
@@ -147,13 +158,14 @@ impl Platform {
             .with_config()
             .limit(MAX_PAGE_BYTES)
             .read_to_vec()
-            .map_err(|e| {
-                transient(
-                    Reason::BrokenBody,
-                    format!("reading a sync feed page failed: {e}"),
-                )
+            .map_err(|e| PlatformError::Lost {
+                message: format!("reading a sync feed page failed: {e}"),
+                reason: Reason::BrokenBody,
             })?;
-        decode_page(&bytes)
+        decode_page(&bytes).map_err(|e| PlatformError::Lost {
+            message: e.to_string(),
+            reason: Reason::BrokenBody,
+        })
     }
 
     /// `GET path`, answering with a reader of the body once the status is 200.

@@ -34,7 +34,7 @@
 //! the writer, only after a durable write whose snapshot was taken after that task's
 //! id was added.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -44,7 +44,7 @@ use log::{debug, error, info, log_enabled, warn};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::journal::{self, EncodedPage, Journal, JournalError, PageJournal};
+use crate::journal::{self, BacklogRef, EncodedPage, Journal, JournalError, PageJournal, Tail};
 use crate::platform::{FeedPage, Platform, PlatformError};
 use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 use crate::shutdown;
@@ -98,6 +98,7 @@ pub enum SyncError {
     Incomplete {
         failed: u64,
         rejected: u64,
+        feed_gaps: u64,
     },
 }
 
@@ -119,11 +120,24 @@ impl fmt::Display for SyncError {
                 tasks.len(),
                 tasks.join(", ")
             ),
-            SyncError::Incomplete { failed, rejected } => write!(
-                f,
-                "not everything was stored: {failed} transfer(s) or delete(s) failed (their page stays \
-                 journaled and is finished on the next run), {rejected} task(s) or file(s) rejected (see the errors above)"
-            ),
+            SyncError::Incomplete {
+                failed,
+                rejected,
+                feed_gaps,
+            } => {
+                write!(
+                    f,
+                    "not everything was stored: {failed} transfer(s) or delete(s) failed (their page stays \
+                     journaled and is finished on the next run), {rejected} task(s) or file(s) rejected (see the errors above)"
+                )?;
+                if *feed_gaps > 0 {
+                    write!(
+                        f,
+                        ", {feed_gaps} answer(s) of the feed lost on the way (each may have held one task; see the errors above)"
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -154,6 +168,9 @@ pub struct Summary {
     pub deletes: u64,
     /// Tasks that cannot be stored as sent (bad names, malformed JSON): errors, not retried.
     pub rejected: u64,
+    /// Answers to a query of the feed lost after it was sent (each may have held a task
+    /// the platform will not hand out again).
+    pub feed_gaps: u64,
     /// The run stopped on SIGTERM/SIGINT.
     pub stopped: bool,
     /// Writes (and removals) of the page journal.
@@ -309,10 +326,12 @@ impl<'a> Engine<'a> {
                 break;
             }
         }
-        if failed > 0 || (mode == Mode::Once && self.summary.rejected > 0) {
+        let s = &self.summary;
+        if failed > 0 || (mode == Mode::Once && (s.rejected > 0 || s.feed_gaps > 0)) {
             return Err(SyncError::Incomplete {
                 failed,
-                rejected: self.summary.rejected,
+                rejected: s.rejected,
+                feed_gaps: s.feed_gaps,
             });
         }
         Ok(self.summary)
@@ -322,22 +341,42 @@ impl<'a> Engine<'a> {
     /// beside them), then the feed until drained. Returns how many items failed for
     /// good (only possible in `--once`).
     fn round(&mut self) -> Result<u64, SyncError> {
-        let journaled = self.load_journal()?.unwrap_or_default();
+        let mut journaled = self.load_journal()?.unwrap_or_default();
+        if let Some(sent) = journaled.query.take() {
+            self.feed_gap(&format!(
+                "a query of the sync feed was sent at {} and its answer was never journaled (the \
+                 connector stopped while it was on its way)",
+                crate::template::iso_millis(sent as i64)
+            ));
+            self.summary.feed_gaps += 1;
+        }
+        let backlog = match &journaled.backlog {
+            Some(at) => self
+                .read_journal("reading the page journal's backlog", || {
+                    self.journal.load_backlog(at)
+                })?
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let request = match &journaled.next {
+            Some(token) => self.page_request(token),
+            None => {
+                // Marked before it is sent, cleared by the write that holds its answer.
+                journaled.query = Some(now_ms());
+                self.query()
+            }
+        };
         // No feed request before the storage has taken (and given back) the journal.
         self.retried_store("proving the storage takes the page journal", || {
             self.journal.prove(&journaled)
         })?;
-        let request = match &journaled.next {
-            Some(token) => self.page_request(token),
-            None => self.query(),
-        };
         let round = Round::new(self);
         std::thread::scope(|s| {
             s.spawn(|| round.journal_writer());
             for _ in 0..self.cfg.concurrency.max(1) {
                 s.spawn(|| round.worker());
             }
-            round.feed(journaled, request);
+            round.feed(journaled, backlog, request);
             round.finish();
         });
         let (totals, failed) = round.close()?;
@@ -349,8 +388,19 @@ impl<'a> Engine<'a> {
         s.missing += totals.missing;
         s.deletes += totals.deletes;
         s.rejected += totals.rejected;
+        s.feed_gaps += totals.feed_gaps;
         s.stopped |= totals.stopped;
         Ok(failed)
+    }
+
+    /// Reports an answer of the feed's query that may have held a task and was lost.
+    fn feed_gap(&self, what: &str) {
+        crate::metrics::global().feed_gap();
+        error!(
+            "{what}: at most one task the platform handed out then may be missing, as the query \
+             cannot be replayed; to fetch it again, sync into a new SP_TASK_SYNC_TAG with \
+             SP_TASK_SYNC_START_FROM before that time (files already stored are rewritten harmlessly)"
+        );
     }
 
     fn page_request(&self, token: &str) -> Value {
@@ -370,32 +420,44 @@ impl<'a> Engine<'a> {
         if let Some(ms) = self.cfg.start_from {
             query["startFrom"] = json!(ms.to_string());
         }
-        json!({ "query": query, "count": self.cfg.page_size })
+        // The query cannot be replayed: an answer lost on its way may have held tasks
+        // the platform will not hand out again. Asking it for one task keeps that to at
+        // most one; the pages after it come by replayable, journaled tokens.
+        json!({ "query": query, "count": 1 })
     }
 
     /// Reads the journal, waiting out a storage that is briefly unreachable (each round
     /// starts here, so a short outage must not end a service). A damaged entry stops the
     /// run: it may hold tasks the platform will not hand out again.
     fn load_journal(&self) -> Result<Option<Journal>, SyncError> {
+        self.read_journal("reading the page journal", || self.journal.load())
+            .map(|found| found.flatten())
+    }
+
+    /// Reads something of the journal (see [`Engine::load_journal`]); `Ok(None)` when
+    /// the storage has nothing there.
+    fn read_journal<T>(
+        &self,
+        what: &str,
+        mut read: impl FnMut() -> Result<T, JournalError>,
+    ) -> Result<Option<T>, SyncError> {
         let mut damaged = None;
-        let outcome = self.retried(Side::Storage, "reading the page journal", || {
-            match self.journal.load() {
-                Ok(page) => Try::Ok(page),
-                Err(JournalError::Store(e)) => store_try(e),
-                Err(e) => {
-                    let message = e.to_string();
-                    damaged = Some(e);
-                    Try::Reject(message)
-                }
+        let outcome = self.retried(Side::Storage, what, || match read() {
+            Ok(found) => Try::Ok(found),
+            Err(JournalError::Store(e)) => store_try(e),
+            Err(e) => {
+                let message = e.to_string();
+                damaged = Some(e);
+                Try::Reject(message)
             }
         });
         match outcome {
-            Outcome::Done(page) => Ok(page),
+            Outcome::Done(found) => Ok(Some(found)),
             Outcome::Fatal(e) => Err(e),
             Outcome::Stopped => Err(SyncError::Stopped),
             Outcome::Rejected(m) | Outcome::GaveUp(m) => Err(match damaged {
                 Some(e) => SyncError::Journal(e),
-                None => SyncError::Unavailable(format!("reading the page journal: {m}")),
+                None => SyncError::Unavailable(format!("{what}: {m}")),
             }),
             Outcome::Missing => Ok(None),
         }
@@ -408,13 +470,13 @@ impl<'a> Engine<'a> {
     /// ends with [`SyncError::DataAtRisk`] naming them (`at_risk`).
     fn save_received(
         &self,
-        bytes: &[u8],
+        mut write: impl FnMut() -> Result<(), StoreError>,
         at_risk: impl Fn() -> Vec<String>,
     ) -> Result<(), SyncError> {
         let what = "journaling a page the platform handed out";
         let mut told = false;
         let saved = with_retries(RetryBudget::FOREVER, Side::Storage, what, || {
-            match self.journal.save_bytes(bytes) {
+            match write() {
                 Ok(()) => Step::Done(()),
                 Err(e) => {
                     if e.kind != StoreErrorKind::Transient && !std::mem::replace(&mut told, true) {
@@ -543,14 +605,6 @@ impl<'a> Engine<'a> {
     }
 }
 
-fn feed_try(platform: &Platform, request: &Value) -> Try<Option<FeedPage>> {
-    match platform.feed(request) {
-        Ok(page) => Try::Ok(Some(page)),
-        Err(PlatformError::PageExpired) => Try::Ok(None),
-        Err(e) => platform_try(e),
-    }
-}
-
 fn platform_try<T>(e: PlatformError) -> Try<T> {
     match e {
         PlatformError::Auth { .. } => Try::Fatal(SyncError::Auth(e)),
@@ -564,6 +618,11 @@ fn platform_try<T>(e: PlatformError) -> Try<T> {
             message,
             reason,
             after: retry_after,
+        },
+        PlatformError::Lost { message, reason } => Try::Retry {
+            message,
+            reason,
+            after: None,
         },
         PlatformError::Refused { .. } | PlatformError::PageExpired => Try::Reject(e.to_string()),
     }
@@ -610,6 +669,12 @@ impl Counters {
     }
 }
 
+/// A file name another task has in the window, and whose.
+struct NameClash {
+    name: String,
+    owner: String,
+}
+
 /// A task of a page in work.
 struct TaskWork {
     id: String,
@@ -626,6 +691,8 @@ struct Page {
     tasks_json: String,
     /// Every task the platform sent, for logs and counts (ids or excerpts).
     sent: Vec<String>,
+    /// The names of its tasks' files in lower case, with their task ids.
+    names: Vec<(String, String)>,
     tasks: Vec<TaskWork>,
     /// Tasks not done yet; the page is finished at zero.
     left: AtomicUsize,
@@ -669,8 +736,54 @@ struct State {
     asked: u64,
     /// Deletes waiting for the write of their generation.
     waiting: Vec<(u64, Arc<Page>, usize)>,
+    /// The pages of a long answer not taken into the window yet.
+    backlog: Option<Backlog>,
+    /// A backlog object was written this round (removed once no entry refers to it).
+    backlog_used: bool,
+    /// Unix milliseconds the query in flight was sent; written with every entry until
+    /// the entry that holds its answer.
+    query_mark: Option<u64>,
+    /// The names of the files of every task in the window (lower case), and whose.
+    names: HashMap<String, NameOwner>,
     over: bool,
     totals: Summary,
+}
+
+/// The task whose file has a name in the window, and how many pages list it there
+/// (a re-delivered task may be in two).
+struct NameOwner {
+    task: String,
+    pages: usize,
+}
+
+/// The pages of an answer after its first, journaled once (see [`crate::journal`]).
+struct Backlog {
+    at: BacklogRef,
+    pages: VecDeque<Vec<Value>>,
+}
+
+/// An answer cut into pages of at most `size` tasks.
+fn split_pages(tasks: Vec<Value>, size: usize) -> VecDeque<Vec<Value>> {
+    let size = size.max(1);
+    if tasks.len() <= size {
+        return VecDeque::from([tasks]);
+    }
+    let mut pages = VecDeque::new();
+    let mut rest = tasks.into_iter();
+    loop {
+        let page: Vec<Value> = rest.by_ref().take(size).collect();
+        if page.is_empty() {
+            return pages;
+        }
+        pages.push_back(page);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// One round's shared state: the feed thread, the workers and the journal writer (see
@@ -687,6 +800,8 @@ struct Round<'e> {
     abort: AtomicBool,
     fatal: Mutex<Option<SyncError>>,
     failed: AtomicU64,
+    /// Answers to a query lost on their way (see [`Engine::feed_gap`]).
+    gaps: AtomicU64,
     /// Pages planned so far (their numbers in the log).
     planned: AtomicU64,
 }
@@ -711,6 +826,7 @@ impl<'e> Round<'e> {
             abort: AtomicBool::new(false),
             fatal: Mutex::new(None),
             failed: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
             planned: AtomicU64::new(0),
         }
     }
@@ -739,11 +855,28 @@ impl<'e> Round<'e> {
     }
 
     /// The feed thread: the journaled pages first, then pages from the feed while the
-    /// window has room, each handed to the workers once the journal holds it.
-    fn feed(&self, journaled: Journal, mut request: Value) {
+    /// window has room, each handed to the workers once the journal holds it. The pages
+    /// of an answer longer than a page wait in the backlog (journaled once) and are
+    /// taken into the window before the feed is asked again.
+    fn feed(&self, journaled: Journal, backlog: Vec<Vec<Value>>, mut request: Value) {
         let engine = self.engine;
-        let Journal { pages, next, .. } = journaled;
-        self.lock().next = next;
+        let Journal {
+            pages,
+            next,
+            backlog: at,
+            query: mark,
+            ..
+        } = journaled;
+        {
+            let mut st = self.lock();
+            st.next = next;
+            st.query_mark = mark;
+            st.backlog = at.map(|at| Backlog {
+                at,
+                pages: backlog.into(),
+            });
+            st.backlog_used = st.backlog.is_some();
+        }
         for p in pages {
             info!(
                 "finishing the journaled page ({} tasks, {} already stored)",
@@ -758,25 +891,66 @@ impl<'e> Round<'e> {
             self.work.notify_all();
         }
         let query = engine.query();
+        let mut drained = false;
         loop {
-            {
-                let mut st = self.lock();
-                loop {
-                    if self.halted() || self.failed.load(Ordering::Relaxed) > 0 {
-                        return;
-                    }
-                    // Never ask before what came is durable, nor beyond the window.
-                    if st.durable >= st.asked
-                        && st.entries.len() < WINDOW_PAGES
-                        && st.window_bytes < WINDOW_BYTES
-                    {
-                        break;
-                    }
-                    st = self.wait(&self.progress, st);
+            let mut st = self.lock();
+            loop {
+                if self.halted() || self.failed.load(Ordering::Relaxed) > 0 {
+                    return;
                 }
+                // Never ask before what came is durable, nor beyond the window.
+                if st.durable >= st.asked
+                    && st.entries.len() < WINDOW_PAGES
+                    && st.window_bytes < WINDOW_BYTES
+                {
+                    break;
+                }
+                st = self.wait(&self.progress, st);
             }
+            if let Some(tasks) = st.backlog.as_mut().and_then(|b| b.pages.pop_front()) {
+                // Durable in the backlog already: the write that takes it only moves it.
+                drop(st);
+                let (page, jobs) = self.plan(&tasks, &BTreeSet::new());
+                let mut st = self.lock();
+                if let Some(b) = st.backlog.as_mut() {
+                    b.at.taken += 1;
+                }
+                st.changed += 1;
+                let gen = st.changed;
+                st.asked = gen;
+                self.admit(&mut st, page, BTreeSet::new(), gen, jobs);
+                self.changes.notify_one();
+                continue;
+            }
+            if drained {
+                return;
+            }
+            let is_query = request.get("query").is_some();
+            if is_query && st.query_mark.is_none() {
+                // A query asked again within the round (a page token expired): marked
+                // durably before it is sent, like the round's first.
+                st.query_mark = Some(now_ms());
+                st.next = None;
+                st.changed += 1;
+                st.asked = st.changed;
+                self.changes.notify_one();
+                continue;
+            }
+            drop(st);
             let fetched = engine.retried(Side::Platform, "the sync feed", || {
-                feed_try(&engine.platform, &request)
+                match engine.platform.feed(&request) {
+                    Ok(page) => Try::Ok(Some(page)),
+                    Err(PlatformError::PageExpired) => Try::Ok(None),
+                    Err(e) => {
+                        if is_query && matches!(e, PlatformError::Lost { .. }) {
+                            engine.feed_gap(&format!(
+                                "the answer to a query of the sync feed was lost on its way ({e})"
+                            ));
+                            self.gaps.fetch_add(1, Ordering::Relaxed);
+                        }
+                        platform_try(e)
+                    }
+                }
             });
             let FeedPage { tasks, next } = match fetched {
                 Outcome::Done(Some(page)) => page,
@@ -793,13 +967,28 @@ impl<'e> Round<'e> {
                     return self.fail(SyncError::Refused("the sync feed answered 404".into()))
                 }
             };
-            if let Some(token) = &next {
-                request = engine.page_request(token);
+            match &next {
+                Some(token) => request = engine.page_request(token),
+                None => drained = true,
             }
-            let planned = (!tasks.is_empty()).then(|| self.plan(&tasks, &BTreeSet::new()));
-            drop(tasks);
+            let mut pages = split_pages(tasks, engine.cfg.page_size as usize);
+            let first = pages.pop_front();
+            let backlog = if pages.is_empty() {
+                None
+            } else {
+                match self.save_backlog(&pages) {
+                    Some(at) => Some(Backlog { at, pages }),
+                    None => return,
+                }
+            };
+            let planned = first.map(|tasks| self.plan(&tasks, &BTreeSet::new()));
             let mut st = self.lock();
-            st.next = next.clone();
+            st.next = next;
+            st.query_mark = None;
+            if backlog.is_some() {
+                st.backlog = backlog;
+                st.backlog_used = true;
+            }
             st.changed += 1;
             let gen = st.changed;
             st.asked = gen;
@@ -808,8 +997,38 @@ impl<'e> Round<'e> {
                 self.admit(&mut st, page, BTreeSet::new(), gen, jobs);
             }
             self.changes.notify_one();
-            if next.is_none() {
-                return;
+        }
+    }
+
+    /// Journals the pages of an answer after its first, once, before any entry refers
+    /// to them: they exist only in memory until then, so the write never gives up (see
+    /// [`Engine::save_received`]). `None` when the run stops or fails meanwhile.
+    fn save_backlog(&self, pages: &VecDeque<Vec<Value>>) -> Option<BacklogRef> {
+        let engine = self.engine;
+        let backlog = journal::Backlog {
+            id: journal::round_nonce(),
+            pages: pages
+                .iter()
+                .map(|p| p.iter().map(Value::to_string).collect())
+                .collect(),
+        };
+        info!(
+            "the feed answered {} more page(s) than asked for; they are journaled once and worked \
+             before the feed is asked again",
+            pages.len()
+        );
+        let saved = engine.save_received(
+            || engine.journal.save_backlog(&backlog),
+            || pages.iter().flatten().map(excerpt).collect(),
+        );
+        match saved {
+            Ok(()) => Some(BacklogRef {
+                id: backlog.id,
+                taken: 0,
+            }),
+            Err(e) => {
+                self.fail(e);
+                None
             }
         }
     }
@@ -821,6 +1040,9 @@ impl<'e> Round<'e> {
         let engine = self.engine;
         let counters = Counters::default();
         let mut tasks = Vec::with_capacity(raw.len());
+        // What the journal holds of the page: the tasks that can be worked.
+        let mut accepted = Vec::with_capacity(raw.len());
+        let mut names: HashMap<String, String> = HashMap::new();
         for value in raw {
             let task = match Task::from_value(value) {
                 Ok(t) => t,
@@ -841,6 +1063,19 @@ impl<'e> Round<'e> {
                     continue;
                 }
             };
+            if let Some(clash) = self.name_taken(&task.task_id, &files, &names) {
+                error!(
+                    "task {:?}: its file {:?} has the name of a file of task {:?}, which is in work; \
+                     nothing of it is stored and nothing deleted, so that neither overwrites the other",
+                    task.task_id, clash.name, clash.owner
+                );
+                Counters::add(&counters.rejected, 1);
+                continue;
+            }
+            for f in &files {
+                names.insert(f.name.to_lowercase(), task.task_id.clone());
+            }
+            accepted.push(value);
             files.iter().for_each(|f| engine.name_differences.note(f));
             let deletes = task.deletes(engine.cfg.delete.contains(&DataType::Recordings));
             for refused in &deletes.refused {
@@ -860,8 +1095,9 @@ impl<'e> Round<'e> {
         }
         let mut page = Page {
             number: self.planned.fetch_add(1, Ordering::Relaxed) + 1,
-            tasks_json: journal::tasks_json(raw),
+            tasks_json: journal::tasks_json(&accepted),
             sent: raw.iter().map(excerpt).collect(),
+            names: names.into_iter().collect(),
             tasks,
             left: AtomicUsize::new(0),
             counters,
@@ -890,6 +1126,31 @@ impl<'e> Round<'e> {
         (page, jobs)
     }
 
+    /// A name of `files` that another task's file has in the window or earlier in the
+    /// page being planned (`page`), compared in lower case: a case-insensitive volume
+    /// would give both one file. Path-safing folds some task ids together (`a/b` and
+    /// `a_b`), and a platform `fileName` can name anything.
+    fn name_taken(
+        &self,
+        task: &str,
+        files: &[FileJob],
+        page: &HashMap<String, String>,
+    ) -> Option<NameClash> {
+        let st = self.lock();
+        files.iter().find_map(|f| {
+            let key = f.name.to_lowercase();
+            let owner = st
+                .names
+                .get(&key)
+                .map(|o| o.task.as_str())
+                .or(page.get(&key).map(String::as_str))?;
+            (owner != task).then(|| NameClash {
+                name: f.name.clone(),
+                owner: owner.to_string(),
+            })
+        })
+    }
+
     /// Puts a planned page into the window (and so into the next journal write).
     fn admit(
         &self,
@@ -900,6 +1161,15 @@ impl<'e> Round<'e> {
         held: Vec<Job>,
     ) {
         st.window_bytes += page.tasks_json.len();
+        for (name, task) in &page.names {
+            st.names
+                .entry(name.clone())
+                .and_modify(|o| o.pages += 1)
+                .or_insert_with(|| NameOwner {
+                    task: task.clone(),
+                    pages: 1,
+                });
+        }
         let nothing_to_do = page.left.load(Ordering::Relaxed) == 0;
         st.entries.push(Entry {
             page: page.clone(),
@@ -1042,6 +1312,14 @@ impl<'e> Round<'e> {
         } else {
             st.entries.remove(at);
             st.window_bytes -= page.tasks_json.len();
+            for (name, _) in &page.names {
+                if let Some(owner) = st.names.get_mut(name) {
+                    owner.pages -= 1;
+                    if owner.pages == 0 {
+                        st.names.remove(name);
+                    }
+                }
+            }
             st.changed += 1;
             self.changes.notify_one();
         }
@@ -1127,13 +1405,24 @@ impl<'e> Round<'e> {
             let at_risk = st.received > st.durable;
             let gen = st.changed;
             let durable = st.durable;
-            let bytes = (!st.entries.is_empty() || st.next.is_some()).then(|| {
+            let tail = Tail {
+                next: st.next.as_deref(),
+                // Referred to while some of its pages wait; then every page of it is
+                // in the window (or done), and the entry forgets it.
+                backlog: st
+                    .backlog
+                    .as_ref()
+                    .filter(|b| !b.pages.is_empty())
+                    .map(|b| &b.at),
+                query: st.query_mark,
+            };
+            let bytes = (!st.entries.is_empty() || tail.holds_anything()).then(|| {
                 journal::encode(
                     st.entries.iter().map(|e| EncodedPage {
                         tasks_json: &e.page.tasks_json,
                         stored: &e.stored,
                     }),
-                    st.next.as_deref(),
+                    tail,
                 )
             });
             let risky: Vec<Arc<Page>> = st
@@ -1144,9 +1433,10 @@ impl<'e> Round<'e> {
                 .collect();
             drop(st);
             let written = match &bytes {
-                Some(b) if at_risk => engine.save_received(b, || {
-                    risky.iter().flat_map(|p| p.sent.iter().cloned()).collect()
-                }),
+                Some(b) if at_risk => engine.save_received(
+                    || engine.journal.save_bytes(b),
+                    || risky.iter().flat_map(|p| p.sent.iter().cloned()).collect(),
+                ),
                 Some(b) => engine
                     .retried_store("recording tasks as stored in the page journal", || {
                         engine.journal.save_bytes(b)
@@ -1210,9 +1500,37 @@ impl<'e> Round<'e> {
             self.account(&mut totals, &e.page);
         }
         totals.stopped = shutdown::requested();
+        totals.feed_gaps = self.gaps.load(Ordering::Relaxed);
         if let Some(e) = self.fatal.lock().unwrap().take() {
             return Err(e);
         }
+        let backlog_done = st.backlog.is_none_or(|b| b.pages.is_empty());
+        if st.backlog_used && backlog_done && !self.halted() {
+            // The last durable entry no longer refers to it.
+            if let Err(e) = self.engine.journal.clear_backlog() {
+                warn!("could not remove the page journal's backlog, which nothing needs any more: {e}");
+            }
+        }
         Ok((totals, self.failed.load(Ordering::Relaxed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_answer_is_cut_into_pages_of_the_size_asked_for() {
+        let tasks = |n: usize| (0..n).map(|i| json!(i)).collect::<Vec<_>>();
+        let sizes = |pages: VecDeque<Vec<Value>>| pages.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(
+            sizes(split_pages(tasks(0), 50)),
+            [0],
+            "an empty answer is one page"
+        );
+        assert_eq!(sizes(split_pages(tasks(50), 50)), [50]);
+        assert_eq!(sizes(split_pages(tasks(120), 50)), [50, 50, 20]);
+        let pages = split_pages(tasks(3), 1);
+        assert_eq!(pages, [vec![json!(0)], vec![json!(1)], vec![json!(2)]]);
     }
 }

@@ -473,7 +473,11 @@ fn a_received_page_is_kept_until_the_journal_takes_it_local() {
         "gave up on a received page: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert_eq!(emu.handed_out().len(), tasks, "the page was handed out");
+    assert_eq!(
+        emu.handed_out().len(),
+        1,
+        "the query's page (the query asks for one task) was handed out"
+    );
     remount(&fs, "rw");
     let status = child.wait().unwrap();
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
@@ -629,9 +633,22 @@ fn kill_9_at_random_instants(p: Provider) {
         "seed {seed}: no kill found several pages journaled ({pages_at_kills:?})"
     );
     let out = run(&e, &["--once"]);
-    assert!(out.status.success(), "seed {seed}: {}", text(&out));
+    // A kill while the query's answer was on its way leaves the query marked in the
+    // journal: the next start reports the gap (at most one task) and --once exits 1,
+    // with nothing else failed.
+    let gap_only = text(&out).contains("was never journaled")
+        && text(&out).contains(" 0 transfer(s) or delete(s) failed")
+        && text(&out).contains(" 0 task(s) or file(s) rejected");
+    assert!(
+        out.status.success() || (out.status.code() == Some(1) && gap_only),
+        "seed {seed}: {}",
+        text(&out)
+    );
     let v = verify(&emu, &t, &tolerated);
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    let gaps = (logs.clone() + &text(&out))
+        .matches("at most one task")
+        .count();
     let resumed = logs.matches("finishing the journaled page").count()
         + text(&out).matches("finishing the journaled page").count();
     assert!(
@@ -660,7 +677,7 @@ fn kill_9_at_random_instants(p: Provider) {
         );
     }
     tally(&format!(
-        "test=kill-9 provider={} seed={seed} crashes={kills} kills_with_several_pages_journaled={several} resumed_journaled_pages={resumed} files={} deletes={} files_lost=0 window_lost={} abandoned_invisible_uploads={abandoned} premature_deletes=0",
+        "test=kill-9 provider={} seed={seed} crashes={kills} kills_with_several_pages_journaled={several} resumed_journaled_pages={resumed} files={} deletes={} files_lost=0 window_lost={} query_gaps_reported={gaps} abandoned_invisible_uploads={abandoned} premature_deletes=0",
         p.name(),
         v.files,
         v.deletes,

@@ -36,6 +36,9 @@ pub enum FeedMode {
     /// Every answer is this status with a body that echoes the request's headers
     /// (as WAF and proxy error pages do), the `Authorization` header among them.
     EchoHeaders(u16),
+    /// Answers to queries wait this long after moving the cursor (pages by token
+    /// answer at once): a window in which to stop the connector.
+    DelayQueryAnswers(Duration),
 }
 
 /// How a download (`GET <path>`) answers.
@@ -283,7 +286,12 @@ fn answer_feed<'a>(out: &mut TcpStream, seen: &Seen, lock: impl Fn() -> MutexGua
             }
         }
     }
+    let delay = match st.feed_mode {
+        FeedMode::DelayQueryAnswers(d) if is_query => d,
+        _ => Duration::ZERO,
+    };
     drop(st);
+    std::thread::sleep(delay);
     respond(out, "200 OK", "Content-Type: application/json\r\n", &body);
 }
 

@@ -4,3 +4,4 @@
 //! checks that nothing is lost, deleted, overwritten or leaked.
 
 mod deletes;
+mod feed;
