@@ -10,6 +10,7 @@ pub mod date_pattern;
 pub mod demo;
 pub mod emulator;
 pub mod encoding;
+pub mod endpoint;
 pub mod env;
 pub mod http;
 pub mod journal;

@@ -14,7 +14,7 @@ use spinoco_connector::platform::{Platform, PlatformError};
 use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::{self, BlobStore, StoreErrorKind};
 use spinoco_connector::sync::{Engine, Mode, SyncError};
-use spinoco_connector::{demo, http, metrics, shutdown};
+use spinoco_connector::{demo, endpoint, http, shutdown};
 
 /// Exit codes (README: "Exit codes").
 mod exit {
@@ -156,7 +156,7 @@ fn run(mode: Mode) -> u8 {
                 Ok(s) => Arc::from(s),
                 Err(_) => store.clone(),
             };
-        if let Err(e) = metrics::serve(addr, probe, window, probe_every) {
+        if let Err(e) = endpoint::serve(addr, probe, window, probe_every) {
             error!("cannot serve metrics on SP_METRICS_ADDR={addr}: {e}");
             return exit::FAILURE;
         }
@@ -377,7 +377,7 @@ fn health(live: bool) -> u8 {
         println!("health: SP_METRICS_ADDR={raw:?} is not an IP address and port");
         return exit::FAILURE;
     };
-    match metrics::check_health(addr, live) {
+    match endpoint::check_health(addr, live) {
         Ok(said) => {
             println!("healthy: {said}");
             exit::OK

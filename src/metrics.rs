@@ -1,22 +1,16 @@
-//! Counters of what the connector did, and the opt-in HTTP endpoint that shows them.
+//! Counters of what the connector did, and whether it keeps up.
 //!
 //! Operators on Docker and Kubernetes need to know whether the connector is alive,
 //! whether it keeps up, and what it moved, without reading logs. The engine bumps the
 //! process-wide [`Metrics`] (plain atomics, so a bump costs nothing worth measuring);
-//! with `SP_METRICS_ADDR` set, [`serve`] answers `/healthz`, `/readyz` and `/metrics`
-//! (Prometheus text format) from one small blocking thread. `spinoco-connector health`
-//! asks that endpoint, because a scratch image has no shell or curl for a HEALTHCHECK.
+//! with `SP_METRICS_ADDR` set, [`crate::endpoint`] shows them: `/metrics` in the
+//! Prometheus text format, `/readyz` as [`Metrics::readiness`].
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use log::{info, warn};
-
 use crate::retry::{Reason, Side};
-use crate::store::BlobStore;
 
 /// Everything counted since the process started.
 pub struct Metrics {
@@ -52,9 +46,10 @@ pub struct Metrics {
     /// progress. A page stays journaled until every task of it is done, so an old value
     /// means a page that does not finish (the storage or the platform keeps failing).
     page_started_ms: AtomicU64,
-    /// How recent progress must be for /readyz, in milliseconds (0 until [`serve`]).
+    /// How recent progress must be for /readyz, in milliseconds (0 until the endpoint
+    /// started).
     ready_window_ms: AtomicU64,
-    /// The last storage probe of the metrics endpoint worked.
+    /// The last storage probe of the endpoint worked.
     storage_ok: AtomicBool,
     started_ms: AtomicU64,
 }
@@ -169,6 +164,18 @@ impl Metrics {
     pub fn transfer(&'static self) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self)
+    }
+
+    /// The endpoint started, judging readiness by `ready_window`.
+    pub fn endpoint_started(&self, ready_window: Duration) {
+        self.started_ms.store(now_ms(), Ordering::Relaxed);
+        self.ready_window_ms
+            .store(ready_window.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The endpoint's storage probe got an answer (`reachable`) or not.
+    pub fn storage_probed(&self, reachable: bool) {
+        self.storage_ok.store(reachable, Ordering::Relaxed);
     }
 
     /// Whether the engine keeps up: progress within `window`, and the storage answered
@@ -352,108 +359,6 @@ fn seconds(ms: u64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
-/// The key the storage probe reads; it never exists, a "not found" is the healthy answer.
-const PROBE_KEY: &str = ".spinoco-connector/readyz-probe";
-
-/// Serves `/healthz`, `/readyz` and `/metrics` on `addr` from a background thread, and
-/// probes the storage every `probe_every` from another. Fails only when `addr`
-/// cannot be bound.
-pub fn serve(
-    addr: SocketAddr,
-    store: Arc<dyn BlobStore>,
-    ready_window: Duration,
-    probe_every: Duration,
-) -> std::io::Result<()> {
-    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
-    let metrics = global();
-    metrics.started_ms.store(now_ms(), Ordering::Relaxed);
-    metrics
-        .ready_window_ms
-        .store(ready_window.as_millis() as u64, Ordering::Relaxed);
-    info!("metrics on http://{addr}/metrics (also /healthz, /readyz)");
-    std::thread::Builder::new()
-        .name("storage-probe".into())
-        .spawn(move || loop {
-            let ok = match store.get(PROBE_KEY) {
-                Ok(_) => true,
-                Err(e) => {
-                    warn!("readiness probe of the storage failed: {e}");
-                    false
-                }
-            };
-            metrics.storage_ok.store(ok, Ordering::Relaxed);
-            std::thread::sleep(probe_every);
-        })?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                let (status, body) = answer(request.method(), request.url(), ready_window);
-                let content_type = if request.url() == "/metrics" {
-                    "text/plain; version=0.0.4; charset=utf-8"
-                } else {
-                    "text/plain; charset=utf-8"
-                };
-                let response = tiny_http::Response::from_string(body)
-                    .with_status_code(status)
-                    .with_header(
-                        tiny_http::Header::from_bytes("Content-Type", content_type)
-                            .expect("a valid header"),
-                    );
-                let _ = request.respond(response);
-            }
-        })?;
-    Ok(())
-}
-
-fn answer(method: &tiny_http::Method, url: &str, ready_window: Duration) -> (u16, String) {
-    if *method != tiny_http::Method::Get && *method != tiny_http::Method::Head {
-        return (405, "only GET\n".into());
-    }
-    match url {
-        "/healthz" => (200, "ok\n".into()),
-        "/readyz" => match global().readiness(ready_window) {
-            Ok(()) => (200, "ready\n".into()),
-            Err(reason) => (503, format!("not ready: {reason}\n")),
-        },
-        "/metrics" => (200, global().render()),
-        _ => (404, "not found; try /metrics, /healthz or /readyz\n".into()),
-    }
-}
-
-/// `spinoco-connector health [--live]`: asks the running connector's endpoint at
-/// `addr` (a wildcard address is asked on loopback) for `/readyz`, or `/healthz` with
-/// `live`. Returns whether it answered 200, with what it said.
-pub fn check_health(addr: SocketAddr, live: bool) -> Result<String, String> {
-    let mut target = addr;
-    if target.ip().is_unspecified() {
-        target.set_ip(match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let path = if live { "/healthz" } else { "/readyz" };
-    let url = format!("http://{target}{path}");
-    let agent = crate::http::agent(Duration::from_secs(3), 1);
-    match agent.get(&url).call() {
-        Ok(mut response) => {
-            let status = response.status().as_u16();
-            let body = response
-                .body_mut()
-                .read_to_string()
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            if status == 200 {
-                Ok(format!("{url}: {body}"))
-            } else {
-                Err(format!("{url}: {status} {body}"))
-            }
-        }
-        Err(e) => Err(format!("{url}: {e}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,7 +449,7 @@ mod tests {
         assert!(m.readiness(Duration::from_secs(5)).is_err(), "stale");
         m.round_done(true);
         assert_eq!(m.readiness(Duration::from_secs(5)), Ok(()));
-        m.storage_ok.store(false, Ordering::Relaxed);
+        m.storage_probed(false);
         assert!(m.readiness(Duration::from_secs(5)).is_err(), "storage down");
     }
 }

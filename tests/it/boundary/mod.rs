@@ -5,3 +5,4 @@
 
 mod deletes;
 mod feed;
+mod metrics_port;
