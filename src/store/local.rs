@@ -9,11 +9,12 @@
 //! say nothing across PID namespaces. So a temp file is named by who wrote it:
 //! `<tag>.<run id>.<n>.part` once this process holds the journal lease of the tag,
 //! `<run id>.<n>.part` before that (the lease's own probes) and in any other process
-//! (`check --connect`), the run id being [`crate::lease::run_id`]. Only the lease holder sweeps
-//! ([`BlobStore::sweep_leftovers`], once it holds the lease, never when a store is
-//! opened): the temp files of its tag from other runs (the lease is exclusive, so
-//! their owner is gone or fenced off), every temp file of the run its lease record
-//! replaced, and any file untouched for ten minutes, never its own run's. A temp file (or the temp folder) removed under a write anyway is a
+//! (`check --connect`), the run id being [`crate::lease::run_id`]. Only the lease
+//! holder sweeps ([`BlobStore::sweep_leftovers`], once it holds the lease, never when
+//! a store is opened): the temp files of its tag from other runs (the lease is
+//! exclusive, so their owner is gone or fenced off), every temp file of the run its
+//! lease record replaced, and any file untouched for ten minutes, never its own run's.
+//! A temp file (or the temp folder) removed under a write anyway is a
 //! [`StoreErrorKind::Restart`]: the file is written again from its source, the folder
 //! made again.
 //!
