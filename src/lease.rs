@@ -16,10 +16,14 @@
 //! the clocks of the two hosts say. Two shortcuts avoid that wait: a released lease,
 //! and one whose owner ran on this host under a process id that is gone or is now
 //! ours (a container restarted in place).
+//!
+//! The record names the owner's run id, a random id per process that its local temp
+//! files carry too: process ids say nothing across PID namespaces (containers sharing a
+//! volume), so whose temp files are whose is told by the run id and the tag.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
@@ -27,6 +31,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{BlobStore, ObjectVersion, PutCondition, PutIf, StoreError, StoreErrorKind};
 use crate::template::RESERVED_PREFIX;
+
+/// This process's run id: 16 random hex digits, drawn once per process. The lease
+/// record names it and local temp files carry it (see [`LeaseRecord::run_id`]).
+pub fn run_id() -> &'static str {
+    static RUN_ID: OnceLock<String> = OnceLock::new();
+    RUN_ID.get_or_init(|| {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 8];
+        let drawn = ring::rand::SystemRandom::new()
+            .fill(&mut bytes)
+            .map(|()| u64::from_be_bytes(bytes))
+            // Without the system's random source: clock, pid and a counter.
+            .unwrap_or_else(|_| crate::retry::Rng::seeded().next_u64());
+        format!("{drawn:016x}")
+    })
+}
 
 /// What the lease object holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,6 +63,10 @@ pub struct LeaseRecord {
     /// Set on a clean stop: a successor may take over at once.
     #[serde(default)]
     pub released: bool,
+    /// The owner's [`run_id`]: its local temp files carry it, so they can be told from
+    /// the leftovers of earlier runs (empty in records of older versions).
+    #[serde(default)]
+    pub run_id: String,
 }
 
 impl LeaseRecord {
@@ -64,7 +88,7 @@ pub enum LeaseError {
     /// `--once`: another connector holds the journal of this tag and is alive.
     Held {
         tag: String,
-        holder: LeaseRecord,
+        holder: Box<LeaseRecord>,
     },
     Store(StoreError),
     /// Asked to stop while waiting for the lease.
@@ -135,6 +159,8 @@ pub struct Lease {
     /// Signalled to end the renewal thread.
     done: Condvar,
     lost: AtomicBool,
+    /// The record this lease replaced (the previous holder's, released or expired).
+    predecessor: Option<LeaseRecord>,
 }
 
 struct Held {
@@ -168,6 +194,7 @@ impl Lease {
             let current = store.get_versioned(&key)?;
             let record = me.record(ttl);
             let bytes = serde_json::to_vec(&record).expect("a lease serialises");
+            let mut predecessor = None;
             let condition = match &current {
                 None => PutCondition::IfAbsent,
                 Some(found) => {
@@ -193,7 +220,7 @@ impl Lease {
                         if when_held == WhenHeld::GiveUp && renewed_meanwhile {
                             return Err(LeaseError::Held {
                                 tag: tag.to_string(),
-                                holder,
+                                holder: Box::new(holder),
                             });
                         }
                         if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
@@ -217,6 +244,7 @@ impl Lease {
                             );
                         }
                     }
+                    predecessor = theirs;
                     PutCondition::IfMatch(found.version.clone())
                 }
             };
@@ -253,6 +281,7 @@ impl Lease {
                         }),
                         done: Condvar::new(),
                         lost: AtomicBool::new(false),
+                        predecessor,
                     }));
                 }
                 // Someone else wrote in between: look again.
@@ -348,6 +377,13 @@ impl Lease {
         }
     }
 
+    /// The previous holder's record, when this lease replaced one: its run is over (it
+    /// released the lease, or it is gone or fenced off), so what its run id names is
+    /// left over.
+    pub fn predecessor(&self) -> Option<&LeaseRecord> {
+        self.predecessor.as_ref()
+    }
+
     /// Whether the lease was lost while working: the run was stopped because of it.
     pub fn lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
@@ -405,13 +441,15 @@ fn unknown_holder(ttl: Duration) -> LeaseRecord {
         renewed_ms: 0,
         ttl_ms: ttl.as_millis() as u64,
         released: false,
+        run_id: String::new(),
     }
 }
 
 /// A store that ignores conditional headers (some S3-compatible ones do) cannot keep
 /// a second connector out: say so once, and go on as the README describes.
 fn warn_if_conditions_ignored(store: &dyn BlobStore, lease_key: &str) {
-    let probe = format!("{lease_key}.probe-{}", std::process::id());
+    // Named by the run, not the pid: containers starting at once are all pid 1.
+    let probe = format!("{lease_key}.probe-{}", run_id());
     match crate::store::honours_conditions(store, &probe) {
         Ok(true) => {}
         Ok(false) => warn!(
@@ -453,6 +491,7 @@ impl Owner {
             renewed_ms: now,
             ttl_ms: ttl.as_millis() as u64,
             released: false,
+            run_id: run_id().to_string(),
         }
     }
 
@@ -508,6 +547,7 @@ mod tests {
             renewed_ms: now,
             ttl_ms: 60_000,
             released,
+            run_id: "0123456789abcdef".into(),
         })
         .unwrap()
     }
@@ -520,15 +560,22 @@ mod tests {
         let first = Lease::acquire(s.clone(), "t/1", TTL, WhenHeld::GiveUp).unwrap();
         let h = holder(s.as_ref(), "t/1").unwrap().unwrap();
         assert!(!h.released && h.pid == std::process::id(), "{h:?}");
+        assert_eq!(h.run_id, run_id());
+        assert!(
+            h.run_id.len() == 16 && h.run_id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{h:?}"
+        );
         assert!(
             h.describe().contains(&format!("(pid {})", h.pid)),
             "{}",
             h.describe()
         );
+        assert!(first.predecessor().is_none());
         first.release();
         assert!(holder(s.as_ref(), "t/1").unwrap().unwrap().released);
         let second = Lease::acquire(s.clone(), "t/1", TTL, WhenHeld::GiveUp).unwrap();
         assert!(!second.lost());
+        assert_eq!(second.predecessor().unwrap().owner, h.owner);
         // Another tag has its own lease.
         Lease::acquire(s, "t/2", TTL, WhenHeld::GiveUp).unwrap();
     }
@@ -564,8 +611,22 @@ mod tests {
             &foreign(&me.host, 4_194_305, false),
         )
         .unwrap();
-        Lease::acquire(s.clone(), "t", Duration::from_secs(3600), WhenHeld::GiveUp).unwrap();
+        let dead = Lease::acquire(s.clone(), "t", Duration::from_secs(3600), WhenHeld::GiveUp);
+        // Its run id names the leftovers a successor may sweep.
+        let run = |l: &Lease| l.predecessor().map(|p| p.run_id.clone());
+        assert_eq!(run(&dead.unwrap()).as_deref(), Some("0123456789abcdef"));
         put_bytes(s.as_ref(), &lease_key("u"), &foreign("elsewhere", 1, true)).unwrap();
-        Lease::acquire(s, "u", Duration::from_secs(3600), WhenHeld::GiveUp).unwrap();
+        let released = Lease::acquire(s, "u", Duration::from_secs(3600), WhenHeld::GiveUp);
+        assert_eq!(run(&released.unwrap()).as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[test]
+    fn a_record_of_an_older_version_without_a_run_id_is_read() {
+        let s = store("older");
+        let older =
+            br#"{"owner":"h/7/1","host":"h","pid":7,"since_ms":1,"renewed_ms":2,"ttl_ms":60000}"#;
+        put_bytes(s.as_ref(), &lease_key("t"), older).unwrap();
+        let h = holder(s.as_ref(), "t").unwrap().unwrap();
+        assert_eq!((h.pid, h.run_id.as_str(), h.released), (7, "", false));
     }
 }

@@ -180,6 +180,11 @@ fn run(mode: Mode) -> u8 {
         }
     };
     lease.keep_renewed();
+    // Only the lease holder may clean up after earlier runs of the tag: a `check` or a
+    // second connector on the same volume cannot tell a live process's temp files from
+    // a dead one's (process ids say nothing across containers).
+    let earlier_run = lease.predecessor().map(|p| p.run_id.as_str());
+    store.sweep_leftovers(&cfg.tag, earlier_run.filter(|r| !r.is_empty()));
     let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
     let outcome = Engine::new(&cfg, platform, store.as_ref(), mode).run(mode);
     lease.release();
@@ -316,7 +321,8 @@ fn host_of(url: &str) -> &str {
 }
 
 fn probe_storage(store: &dyn BlobStore) -> Result<String, store::StoreError> {
-    let key = format!(".spinoco-connector/probe-{}", std::process::id());
+    // Named by the run, not the pid: `check` in a container is pid 1, in every container.
+    let key = format!(".spinoco-connector/probe-{}", lease::run_id());
     let body = b"spinoco-connector check --connect";
     store::put_bytes(store, &key, body)?;
     let read = store.get(&key)?;

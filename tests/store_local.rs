@@ -21,7 +21,8 @@ fn local_store_behaves() {
 
 /// Issue 12: a target folder on another file system (a tmpfs mounted below the root)
 /// gets its file through that file system's own temp folder: nothing partial is ever
-/// beside the user's files, and a killed process's leftovers there are swept at start.
+/// beside the user's files, and a killed run's leftovers there are swept by the lease
+/// holder.
 #[test]
 fn another_file_system_below_the_root_never_shows_a_partial_file() {
     use std::process::Command;
@@ -92,11 +93,14 @@ fn another_file_system_below_the_root_never_shows_a_partial_file() {
         0,
         "the copy's temp file stayed"
     );
-    // A killed copy leaves a temp file in the mount's own temp folder: swept at start.
-    let left = mnt.join(".spinoco-connector/tmp/4294967295-7.part");
+    // A killed run of tag "t" leaves a temp file in the mount's own temp folder: swept
+    // once the next run holds the lease of the tag.
+    let left = mnt.join(".spinoco-connector/tmp/t.fedcba9876543210.7.part");
     std::fs::write(&left, b"partial").unwrap();
     drop(store);
-    LocalStore::open(&root).unwrap();
+    let store = LocalStore::open(&root).unwrap();
+    assert!(left.exists(), "opening a store swept a temp file");
+    store.sweep_leftovers("t", None);
     assert!(
         !left.exists(),
         "the leftover on the other file system was not swept"

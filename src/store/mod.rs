@@ -171,6 +171,18 @@ pub trait BlobStore: Send + Sync {
             format!("{} has no conditional writes", self.describe()),
         ))
     }
+
+    /// Called by the service once it holds the journal lease of `tag`, and only then:
+    /// cleans up what earlier runs left behind. `earlier_run` is the run id of the
+    /// lease's previous holder ([`crate::lease::Lease::predecessor`]), whose run is over.
+    /// Local storage names its temp files with the tag from then on and removes the
+    /// temp files of the previous holder's run, of the tag's other runs (their owner is
+    /// gone or fenced off: the lease is exclusive) and any untouched for ten minutes,
+    /// never its own run's. The cloud providers have nothing to sweep: an unfinished
+    /// upload is invisible, and the bucket's lifecycle rule ends it.
+    fn sweep_leftovers(&self, tag: &str, earlier_run: Option<&str>) {
+        let _ = (tag, earlier_run);
+    }
 }
 
 /// What a stored file is, kept with it as user metadata.
@@ -232,7 +244,8 @@ pub enum StoreErrorKind {
     /// Reading the source failed (the download broke); the caller decides.
     Source,
     /// The store lost the upload itself (its multipart upload or resumable session is
-    /// gone, or it keeps confirming the same bytes): nothing new is visible, and the whole
+    /// gone, a local temp file was removed under the write, or it keeps confirming the
+    /// same bytes): nothing new is visible, and the whole
     /// object must be sent again from its source, which only the caller can read again
     /// (the engine transfers the file anew).
     Restart,
@@ -261,7 +274,9 @@ impl StoreError {
         Self::new(StoreErrorKind::Restart, message)
     }
 
-    /// Classifies a local I/O error met while doing `what`.
+    /// Classifies a local I/O error met while doing `what`. A missing file or folder
+    /// while storing is a temp file (or its folder) that vanished under the write: it
+    /// never comes back by retrying, the file must be written again from its source.
     pub fn from_io(what: &str, err: &io::Error) -> Self {
         use io::ErrorKind::*;
         let kind = match err.kind() {
@@ -269,6 +284,7 @@ impl StoreError {
             InvalidFilename | InvalidInput | NotADirectory | IsADirectory => {
                 StoreErrorKind::Rejected
             }
+            NotFound => StoreErrorKind::Restart,
             _ => StoreErrorKind::Transient,
         };
         StoreError::new(kind, format!("{what}: {err}"))
@@ -332,6 +348,18 @@ mod tests {
         assert_eq!(prefixed("", "a/b"), "a/b");
         assert_eq!(prefixed("/calls/", "a/b"), "calls/a/b");
         assert_eq!(prefixed("x", "a"), "x/a");
+    }
+
+    #[test]
+    fn io_errors_sort_into_kinds() {
+        let kind = |k| StoreError::from_io("x", &io::Error::from(k)).kind;
+        assert_eq!(kind(io::ErrorKind::NotFound), StoreErrorKind::Restart);
+        assert_eq!(kind(io::ErrorKind::StorageFull), StoreErrorKind::Transient);
+        assert_eq!(
+            kind(io::ErrorKind::PermissionDenied),
+            StoreErrorKind::Denied
+        );
+        assert_eq!(kind(io::ErrorKind::IsADirectory), StoreErrorKind::Rejected);
     }
 
     #[test]

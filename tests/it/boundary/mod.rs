@@ -6,3 +6,4 @@
 mod deletes;
 mod feed;
 mod metrics_port;
+mod neighbour;
