@@ -33,6 +33,9 @@
 //! GCS checks before it makes the object; fake-gcs-server checks nothing, so the
 //! answer's `crc32c` is compared as well and a media upload that differs is sent again.
 //!
+//! A task's small file is a conditional create, so that another task's object is
+//! never replaced ([`super::client::claim`]).
+//!
 //! Every upload names `SP_TASK_SYNC_GCS_KMS_KEY_NAME` (`kmsKeyName`) and carries the
 //! object resource with `SP_TASK_SYNC_GCS_STORAGE_CLASS` and the task's metadata
 //! (`task-id`, `data-type`): in a resumable session's start, or in a multipart upload
@@ -44,6 +47,7 @@ use std::time::Duration;
 
 use ureq::http::HeaderMap;
 
+use super::client::claim::{Claim, Claims, Existing, Upload};
 use super::client::parts::{PartPool, PartReader, Sums};
 use super::client::{clip, missing, Answer, Class, Client, Container, Protocol, Request};
 use super::gcs_auth::{Credentials, TokenSource};
@@ -289,6 +293,8 @@ pub struct GcsStore {
     /// The bucket answered once: a 404 is then about the object (GCS and
     /// fake-gcs-server answer both with the same 404).
     bucket_seen: AtomicBool,
+    /// No task's object is replaced by another task's (see [`super::client::claim`]).
+    claims: Claims,
 }
 
 impl GcsStore {
@@ -316,6 +322,7 @@ impl GcsStore {
             },
             pool: PartPool::new(settings.chunk_size),
             bucket_seen: AtomicBool::new(false),
+            claims: Claims::default(),
         })
     }
 
@@ -389,31 +396,51 @@ impl GcsStore {
 
     /// One upload with the resource (class, metadata) beside the bytes. Used instead of
     /// a media upload when there is a resource to send: it costs a copy of the bytes
-    /// (at most one chunk) into the multipart body.
+    /// (at most one chunk) into the multipart body. For a task's file (`claim`) it is a
+    /// conditional create, and another task's object is not replaced.
     fn put_multipart(
         &self,
         name: &str,
         data: &[u8],
         crc: u32,
         info: &ObjectInfo,
+        claim: Option<&Claim>,
     ) -> Result<(), StoreError> {
         let what = format!("GCS upload of {}", self.gs(name));
-        let url = self.upload_url(name, "multipart");
         let mut resource = self.resource(name, info);
         resource["crc32c"] = crc32c_b64(crc).into();
         let (boundary, body) = self.multipart_body(&resource, name, data);
-        let answer = self.send(&what, || {
-            Ok(Request::new("POST", url.clone())
-                .header(
-                    "content-type",
-                    format!("multipart/related; boundary={boundary}"),
-                )
-                .body(&body))
-        })?;
-        match answer.status {
-            200 | 201 => self.check_crc(&what, &answer, crc),
-            404 => Err(missing(&self.proto)),
-            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        let upload = |cond: Option<&PutCondition>| {
+            let mut url = self.upload_url(name, "multipart");
+            match cond {
+                Some(PutCondition::IfAbsent) => url.push_str("&ifGenerationMatch=0"),
+                Some(PutCondition::IfMatch(v)) => url.push_str(&format!(
+                    "&ifGenerationMatch={}",
+                    percent_encode(&v.0, false)
+                )),
+                None => {}
+            }
+            let answer = self.send(&what, || {
+                Ok(Request::new("POST", url.clone())
+                    .header(
+                        "content-type",
+                        format!("multipart/related; boundary={boundary}"),
+                    )
+                    .body(&body))
+            })?;
+            match answer.status {
+                200 | 201 => self.check_crc(&what, &answer, crc).map(|_| Upload::Done),
+                412 if cond.is_some() => Ok(Upload::ConditionFailed),
+                404 => Err(missing(&self.proto)),
+                _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+            }
+        };
+        match claim {
+            Some(claim) => self.claims.write(claim, upload, || self.existing(name)),
+            None => match upload(None)? {
+                Upload::Done => Ok(()),
+                other => Err(StoreError::transient(format!("{what}: {other:?}"))),
+            },
         }
     }
 
@@ -638,16 +665,49 @@ impl GcsStore {
         }
     }
 
-    /// The object's generation from its metadata, `None` when there is none.
-    fn generation(&self, name: &str) -> Result<Option<String>, StoreError> {
+    /// The object's resource (its metadata, without the bytes), `None` when there is none.
+    /// An answer that is not a JSON object is a broken answer, asked again.
+    fn resource_of(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
         let what = format!("GCS metadata of {}", self.gs(name));
         let url = self.object_url(name);
-        let answer = self.send(&what, || Ok(Request::new("GET", url.clone())))?;
+        let parse = |a: &Answer| {
+            serde_json::from_slice::<serde_json::Value>(&a.body)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .ok_or_else(|| {
+                    StoreError::transient(format!("{what}: the answer is not a JSON object"))
+                })
+        };
+        let answer = self.client.send_verified(
+            &self.proto,
+            &what,
+            || Ok(Request::new("GET", url.clone())),
+            |a| match a.status {
+                200 => parse(a).map(|_| ()),
+                _ => Ok(()),
+            },
+        )?;
         match answer.status {
-            200 => Ok(generation_of(&answer.body)),
+            200 => {
+                self.bucket_seen.store(true, Ordering::Relaxed);
+                parse(&answer).map(Some)
+            }
             404 => self.not_found().map(|_| None),
             _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
+    }
+
+    /// The object's generation from its metadata, `None` when there is none.
+    fn generation(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.resource_of(name)?.and_then(|r| generation_of(&r)))
+    }
+
+    /// The task id (`metadata.task-id`) and generation of the object, if there is one.
+    fn existing(&self, name: &str) -> Result<Option<Existing>, StoreError> {
+        Ok(self.resource_of(name)?.map(|r| Existing {
+            task_id: r["metadata"]["task-id"].as_str().map(str::to_string),
+            version: generation_of(&r).map(ObjectVersion),
+        }))
     }
 }
 
@@ -657,9 +717,8 @@ const CHECKSUM_MISMATCH: &str = "checksumMismatch";
 /// Consecutive 308s confirming nothing new before a chunk gives up.
 const STALLS: u32 = 4;
 
-fn generation_of(body: &[u8]) -> Option<String> {
-    let v = serde_json::from_slice::<serde_json::Value>(body).ok()?;
-    match &v["generation"] {
+fn generation_of(resource: &serde_json::Value) -> Option<String> {
+    match &resource["generation"] {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
@@ -695,6 +754,7 @@ impl BlobStore for GcsStore {
         info: &ObjectInfo,
     ) -> Result<u64, StoreError> {
         let name = self.object_name(key);
+        let claim = Claim::of(key, info);
         let sums = Sums {
             crc32c_whole: true,
             ..Sums::default()
@@ -707,9 +767,13 @@ impl BlobStore for GcsStore {
             if self.settings.options.storage_class.is_none() && info.metadata('-').is_empty() {
                 self.put_media(&name, reader.current(), crc)?;
             } else {
-                self.put_multipart(&name, reader.current(), crc, info)?;
+                self.put_multipart(&name, reader.current(), crc, info, claim.as_ref())?;
             }
             return Ok(len as u64);
+        }
+        // One metadata read before the chunks (negligible next to them) guards a large object.
+        if let Some(claim) = &claim {
+            claim.check(self.existing(&name)?)?;
         }
         self.put_resumable(&name, &mut reader, src, info)
     }
@@ -800,7 +864,10 @@ impl BlobStore for GcsStore {
                 .body(&body))
         })?;
         match answer.status {
-            200 | 201 => match generation_of(&answer.body) {
+            200 | 201 => match serde_json::from_slice(&answer.body)
+                .ok()
+                .and_then(|r| generation_of(&r))
+            {
                 Some(g) => Ok(PutIf::Written(ObjectVersion(g))),
                 None => Err(StoreError::transient(format!(
                     "{what}: the answer names no generation"
