@@ -33,8 +33,10 @@
 //! GCS checks before it makes the object; fake-gcs-server checks nothing, so the
 //! answer's `crc32c` is compared as well and a media upload that differs is sent again.
 //!
-//! A task's small file is a conditional create, so that another task's object is
-//! never replaced ([`super::client::claim`]).
+//! A resumable session is the `Location` its start answers with; it must be on the
+//! endpoint's origin, since every request to it carries the bearer token. A task's
+//! small file is a conditional create, so that another task's object is never
+//! replaced ([`super::client::claim`]).
 //!
 //! Every upload names `SP_TASK_SYNC_GCS_KMS_KEY_NAME` (`kmsKeyName`) and carries the
 //! object resource with `SP_TASK_SYNC_GCS_STORAGE_CLASS` and the task's metadata
@@ -540,7 +542,7 @@ impl GcsStore {
                 .body(&resource))
         })?;
         let session = match (answer.status, answer.header("location")) {
-            (200 | 201, Some(location)) => location.to_string(),
+            (200 | 201, Some(location)) => self.session_url(&what, location)?,
             (200 | 201, None) => {
                 return Err(StoreError::transient(format!(
                     "{what}: the server gave no session (Location)"
@@ -558,6 +560,40 @@ impl GcsStore {
             });
         }
         result
+    }
+
+    /// The session URL of a `Location`, which must be on the endpoint's own origin
+    /// (scheme, host and port): every request to it carries the bearer token, which
+    /// must never go anywhere else. Another origin is refused, and nothing is sent there.
+    fn session_url(&self, what: &str, location: &str) -> Result<String, StoreError> {
+        let endpoint = url::Url::parse(&self.settings.endpoint).map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Rejected,
+                format!(
+                    "{what}: the endpoint {} is not a URL",
+                    self.settings.endpoint
+                ),
+            )
+        })?;
+        let session = endpoint.join(location).map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Rejected,
+                format!("{what}: the server's upload session (Location) is not a URL"),
+            )
+        })?;
+        if session.origin() != endpoint.origin() {
+            return Err(StoreError::new(
+                StoreErrorKind::Rejected,
+                format!(
+                    "{what}: the server named an upload session on another origin ({}) than the \
+                     endpoint's ({}); nothing was sent there (each request to it would carry the \
+                     credentials)",
+                    session.origin().ascii_serialization(),
+                    endpoint.origin().ascii_serialization()
+                ),
+            ));
+        }
+        Ok(session.to_string())
     }
 
     fn send_chunks(
@@ -969,6 +1005,58 @@ mod tests {
             ]
         );
         assert_eq!(errors[0].value.as_deref(), Some("Bad_Bucket!"));
+    }
+
+    /// Only the endpoint's own scheme, host and port get the session's requests (each
+    /// carries the bearer token).
+    #[test]
+    fn upload_sessions_stay_on_the_endpoints_origin() {
+        let store = |endpoint: &str| {
+            let settings = GcsSettings {
+                bucket: "bkt".into(),
+                project: "p".into(),
+                prefix: String::new(),
+                endpoint: endpoint.into(),
+                credentials: Credentials::Anonymous,
+                chunk_size: CHUNK_GRANULARITY,
+                options: Default::default(),
+            };
+            let agent = crate::http::agent(Duration::from_secs(1), 1);
+            GcsStore::open(&settings, &agent, RetryBudget::tries(1)).unwrap()
+        };
+        let google = store(DEFAULT_ENDPOINT);
+        for same in [
+            "https://storage.googleapis.com/upload/storage/v1/b/bkt/o?upload_id=x",
+            "https://storage.googleapis.com:443/upload?upload_id=x",
+            "/upload/storage/v1/b/bkt/o?upload_id=x",
+        ] {
+            let url = google.session_url("upload", same).unwrap();
+            assert!(
+                url.starts_with("https://storage.googleapis.com/upload"),
+                "{same}: {url}"
+            );
+        }
+        for other in [
+            "https://storage.evil.example/upload?upload_id=x",
+            "http://storage.googleapis.com/upload?upload_id=x",
+            "https://storage.googleapis.com:8443/upload?upload_id=x",
+            "//evil.example/upload",
+        ] {
+            let e = google.session_url("upload", other).unwrap_err();
+            assert_eq!(e.kind, StoreErrorKind::Rejected, "{other}");
+            assert!(
+                e.message.contains("another origin (") && !e.message.contains("upload_id"),
+                "{other}: {e}"
+            );
+        }
+        let emulator = store("http://127.0.0.1:4443");
+        assert!(emulator
+            .session_url("u", "http://localhost:4443/upload?upload_id=x")
+            .is_err());
+        let e = emulator
+            .session_url("u", "http://127.0.0.1:4444/upload?upload_id=x")
+            .unwrap_err();
+        assert!(e.message.contains("(http://127.0.0.1:4444)"), "{e}");
     }
 
     #[test]
