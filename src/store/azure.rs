@@ -1,7 +1,8 @@
 //! Azure Blob Storage through a small hand-written REST client.
 //!
-//! Small objects go up in one Put Blob. Larger ones (above one block: 8 MiB, or
-//! `SP_TASK_SYNC_AZURE_BLOCK_SIZE`) are streamed as Put Block calls
+//! Small objects go up in one Put Blob (for a task's file a conditional create, so that
+//! another task's blob is never replaced: [`super::client::claim`]). Larger ones (above
+//! one block: 8 MiB, or `SP_TASK_SYNC_AZURE_BLOCK_SIZE`) are streamed as Put Block calls
 //! from one reusable block buffer and become a blob only with the final Put Block
 //! List: uncommitted blocks are never visible, so an upload that fails earlier leaves
 //! nothing new behind and an older blob under the same name untouched (Azure drops
@@ -23,6 +24,7 @@ use std::io::Read;
 use ureq::http::HeaderMap;
 
 use super::azure_auth::{self, AzureAccount, Credential};
+use super::client::claim::{Claim, Claims, Existing, Upload};
 use super::client::parts::{PartPool, PartReader, Sums};
 use super::client::token::{Fetched, TokenCache};
 use super::client::{clip, xml_tag, Answer, Class, Client, Container, Protocol, Request};
@@ -363,6 +365,8 @@ pub struct AzureStore {
     client: Client,
     proto: AzureProtocol,
     pool: PartPool,
+    /// No task's blob is replaced by another task's (see [`super::client::claim`]).
+    claims: Claims,
 }
 
 impl AzureStore {
@@ -381,6 +385,7 @@ impl AzureStore {
                 tokens: TokenCache::new(TOKEN_REFRESH_EARLY),
             },
             pool: PartPool::new(settings.block_size.max(1)),
+            claims: Claims::default(),
             settings,
         }
     }
@@ -465,6 +470,67 @@ impl AzureStore {
             }
             Ok(r)
         })
+    }
+
+    /// One Put Blob of a blob whose bytes are in memory: for a task's file (`claim`), a
+    /// conditional create, and another task's blob is not replaced.
+    fn put_single(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        crc: u64,
+        info: &ObjectInfo,
+        claim: Option<&Claim>,
+    ) -> Result<(), StoreError> {
+        let what = format!("uploading blob {name} to container {}", self.where_());
+        let upload = |cond: Option<&PutCondition>| {
+            let header = match cond {
+                Some(PutCondition::IfAbsent) => Some(("if-none-match", "*".to_string())),
+                Some(PutCondition::IfMatch(v)) => Some(("if-match", v.0.clone())),
+                None => None,
+            };
+            let answer = self.put_blob(name, bytes, crc, header.as_slice(), info)?;
+            match answer.status {
+                201 => Ok(Upload::Done),
+                // 409 BlobAlreadyExists (If-None-Match), 412 ConditionNotMet (If-Match).
+                409 if answer.code == "BlobAlreadyExists" && cond.is_some() => {
+                    Ok(Upload::ConditionFailed)
+                }
+                412 if cond.is_some() => Ok(Upload::ConditionFailed),
+                // If-Match on a blob that is gone.
+                404 if answer.code == "BlobNotFound" && cond.is_some() => {
+                    Ok(Upload::ConditionFailed)
+                }
+                _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+            }
+        };
+        match claim {
+            Some(claim) => self.claims.write(claim, upload, || self.existing(name)),
+            None => match upload(None)? {
+                Upload::Done => Ok(()),
+                other => Err(StoreError::transient(format!("{what}: {other:?}"))),
+            },
+        }
+    }
+
+    /// The task id (`x-ms-meta-task_id`) and ETag of the blob, `None` when there is none.
+    fn existing(&self, name: &str) -> Result<Option<Existing>, StoreError> {
+        let url = self.blob_url(name, &[]);
+        let what = format!(
+            "reading the properties of blob {name} in container {}",
+            self.where_()
+        );
+        let answer = self
+            .client
+            .send(&self.proto, &what, || Ok(Request::new("HEAD", url.clone())))?;
+        match answer.status {
+            200 => Ok(Some(Existing {
+                task_id: answer.header("x-ms-meta-task_id").map(str::to_string),
+                version: answer.header("etag").map(|e| ObjectVersion(e.to_string())),
+            })),
+            404 => Ok(None),
+            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        }
     }
 
     fn put_block(
@@ -574,6 +640,7 @@ impl BlobStore for AzureStore {
         info: &ObjectInfo,
     ) -> Result<u64, StoreError> {
         let name = self.blob_name(key)?;
+        let claim = Claim::of(key, info);
         let sums = Sums {
             crc64: true,
             ..Sums::default()
@@ -582,12 +649,12 @@ impl BlobStore for AzureStore {
         let first = reader.next_part(src)?.expect("a first part");
         if first.last {
             let (len, crc) = (first.bytes.len(), first.crc64.unwrap_or_default());
-            let what = format!("uploading blob {name} to container {}", self.where_());
-            let answer = self.put_blob(&name, reader.current(), crc, &[], info)?;
-            return match answer.status {
-                201 => Ok(len as u64),
-                _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
-            };
+            self.put_single(&name, reader.current(), crc, info, claim.as_ref())?;
+            return Ok(len as u64);
+        }
+        // One HEAD before the blocks (negligible next to them) guards a large blob.
+        if let Some(claim) = &claim {
+            claim.check(self.existing(&name)?)?;
         }
         // Fixed-width ids, unique per upload so that two uploads of the same name
         // cannot mix their uncommitted blocks.

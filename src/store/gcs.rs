@@ -33,6 +33,11 @@
 //! GCS checks before it makes the object; fake-gcs-server checks nothing, so the
 //! answer's `crc32c` is compared as well and a media upload that differs is sent again.
 //!
+//! A resumable session is the `Location` its start answers with; it must be on the
+//! endpoint's origin, since every request to it carries the bearer token. A task's
+//! small file is a conditional create, so that another task's object is never
+//! replaced ([`super::client::claim`]).
+//!
 //! Every upload names `SP_TASK_SYNC_GCS_KMS_KEY_NAME` (`kmsKeyName`) and carries the
 //! object resource with `SP_TASK_SYNC_GCS_STORAGE_CLASS` and the task's metadata
 //! (`task-id`, `data-type`): in a resumable session's start, or in a multipart upload
@@ -44,6 +49,7 @@ use std::time::Duration;
 
 use ureq::http::HeaderMap;
 
+use super::client::claim::{Claim, Claims, Existing, Upload};
 use super::client::parts::{PartPool, PartReader, Sums};
 use super::client::{clip, missing, Answer, Class, Client, Container, Protocol, Request};
 use super::gcs_auth::{Credentials, TokenSource};
@@ -289,6 +295,8 @@ pub struct GcsStore {
     /// The bucket answered once: a 404 is then about the object (GCS and
     /// fake-gcs-server answer both with the same 404).
     bucket_seen: AtomicBool,
+    /// No task's object is replaced by another task's (see [`super::client::claim`]).
+    claims: Claims,
 }
 
 impl GcsStore {
@@ -316,6 +324,7 @@ impl GcsStore {
             },
             pool: PartPool::new(settings.chunk_size),
             bucket_seen: AtomicBool::new(false),
+            claims: Claims::default(),
         })
     }
 
@@ -389,31 +398,51 @@ impl GcsStore {
 
     /// One upload with the resource (class, metadata) beside the bytes. Used instead of
     /// a media upload when there is a resource to send: it costs a copy of the bytes
-    /// (at most one chunk) into the multipart body.
+    /// (at most one chunk) into the multipart body. For a task's file (`claim`) it is a
+    /// conditional create, and another task's object is not replaced.
     fn put_multipart(
         &self,
         name: &str,
         data: &[u8],
         crc: u32,
         info: &ObjectInfo,
+        claim: Option<&Claim>,
     ) -> Result<(), StoreError> {
         let what = format!("GCS upload of {}", self.gs(name));
-        let url = self.upload_url(name, "multipart");
         let mut resource = self.resource(name, info);
         resource["crc32c"] = crc32c_b64(crc).into();
         let (boundary, body) = self.multipart_body(&resource, name, data);
-        let answer = self.send(&what, || {
-            Ok(Request::new("POST", url.clone())
-                .header(
-                    "content-type",
-                    format!("multipart/related; boundary={boundary}"),
-                )
-                .body(&body))
-        })?;
-        match answer.status {
-            200 | 201 => self.check_crc(&what, &answer, crc),
-            404 => Err(missing(&self.proto)),
-            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        let upload = |cond: Option<&PutCondition>| {
+            let mut url = self.upload_url(name, "multipart");
+            match cond {
+                Some(PutCondition::IfAbsent) => url.push_str("&ifGenerationMatch=0"),
+                Some(PutCondition::IfMatch(v)) => url.push_str(&format!(
+                    "&ifGenerationMatch={}",
+                    percent_encode(&v.0, false)
+                )),
+                None => {}
+            }
+            let answer = self.send(&what, || {
+                Ok(Request::new("POST", url.clone())
+                    .header(
+                        "content-type",
+                        format!("multipart/related; boundary={boundary}"),
+                    )
+                    .body(&body))
+            })?;
+            match answer.status {
+                200 | 201 => self.check_crc(&what, &answer, crc).map(|_| Upload::Done),
+                412 if cond.is_some() => Ok(Upload::ConditionFailed),
+                404 => Err(missing(&self.proto)),
+                _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+            }
+        };
+        match claim {
+            Some(claim) => self.claims.write(claim, upload, || self.existing(name)),
+            None => match upload(None)? {
+                Upload::Done => Ok(()),
+                other => Err(StoreError::transient(format!("{what}: {other:?}"))),
+            },
         }
     }
 
@@ -513,7 +542,7 @@ impl GcsStore {
                 .body(&resource))
         })?;
         let session = match (answer.status, answer.header("location")) {
-            (200 | 201, Some(location)) => location.to_string(),
+            (200 | 201, Some(location)) => self.session_url(&what, location)?,
             (200 | 201, None) => {
                 return Err(StoreError::transient(format!(
                     "{what}: the server gave no session (Location)"
@@ -531,6 +560,40 @@ impl GcsStore {
             });
         }
         result
+    }
+
+    /// The session URL of a `Location`, which must be on the endpoint's own origin
+    /// (scheme, host and port): every request to it carries the bearer token, which
+    /// must never go anywhere else. Another origin is refused, and nothing is sent there.
+    fn session_url(&self, what: &str, location: &str) -> Result<String, StoreError> {
+        let endpoint = url::Url::parse(&self.settings.endpoint).map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Rejected,
+                format!(
+                    "{what}: the endpoint {} is not a URL",
+                    self.settings.endpoint
+                ),
+            )
+        })?;
+        let session = endpoint.join(location).map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Rejected,
+                format!("{what}: the server's upload session (Location) is not a URL"),
+            )
+        })?;
+        if session.origin() != endpoint.origin() {
+            return Err(StoreError::new(
+                StoreErrorKind::Rejected,
+                format!(
+                    "{what}: the server named an upload session on another origin ({}) than the \
+                     endpoint's ({}); nothing was sent there (each request to it would carry the \
+                     credentials)",
+                    session.origin().ascii_serialization(),
+                    endpoint.origin().ascii_serialization()
+                ),
+            ));
+        }
+        Ok(session.to_string())
     }
 
     fn send_chunks(
@@ -638,16 +701,49 @@ impl GcsStore {
         }
     }
 
-    /// The object's generation from its metadata, `None` when there is none.
-    fn generation(&self, name: &str) -> Result<Option<String>, StoreError> {
+    /// The object's resource (its metadata, without the bytes), `None` when there is none.
+    /// An answer that is not a JSON object is a broken answer, asked again.
+    fn resource_of(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
         let what = format!("GCS metadata of {}", self.gs(name));
         let url = self.object_url(name);
-        let answer = self.send(&what, || Ok(Request::new("GET", url.clone())))?;
+        let parse = |a: &Answer| {
+            serde_json::from_slice::<serde_json::Value>(&a.body)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .ok_or_else(|| {
+                    StoreError::transient(format!("{what}: the answer is not a JSON object"))
+                })
+        };
+        let answer = self.client.send_verified(
+            &self.proto,
+            &what,
+            || Ok(Request::new("GET", url.clone())),
+            |a| match a.status {
+                200 => parse(a).map(|_| ()),
+                _ => Ok(()),
+            },
+        )?;
         match answer.status {
-            200 => Ok(generation_of(&answer.body)),
+            200 => {
+                self.bucket_seen.store(true, Ordering::Relaxed);
+                parse(&answer).map(Some)
+            }
             404 => self.not_found().map(|_| None),
             _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
+    }
+
+    /// The object's generation from its metadata, `None` when there is none.
+    fn generation(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.resource_of(name)?.and_then(|r| generation_of(&r)))
+    }
+
+    /// The task id (`metadata.task-id`) and generation of the object, if there is one.
+    fn existing(&self, name: &str) -> Result<Option<Existing>, StoreError> {
+        Ok(self.resource_of(name)?.map(|r| Existing {
+            task_id: r["metadata"]["task-id"].as_str().map(str::to_string),
+            version: generation_of(&r).map(ObjectVersion),
+        }))
     }
 }
 
@@ -657,9 +753,8 @@ const CHECKSUM_MISMATCH: &str = "checksumMismatch";
 /// Consecutive 308s confirming nothing new before a chunk gives up.
 const STALLS: u32 = 4;
 
-fn generation_of(body: &[u8]) -> Option<String> {
-    let v = serde_json::from_slice::<serde_json::Value>(body).ok()?;
-    match &v["generation"] {
+fn generation_of(resource: &serde_json::Value) -> Option<String> {
+    match &resource["generation"] {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
@@ -695,6 +790,7 @@ impl BlobStore for GcsStore {
         info: &ObjectInfo,
     ) -> Result<u64, StoreError> {
         let name = self.object_name(key);
+        let claim = Claim::of(key, info);
         let sums = Sums {
             crc32c_whole: true,
             ..Sums::default()
@@ -707,9 +803,13 @@ impl BlobStore for GcsStore {
             if self.settings.options.storage_class.is_none() && info.metadata('-').is_empty() {
                 self.put_media(&name, reader.current(), crc)?;
             } else {
-                self.put_multipart(&name, reader.current(), crc, info)?;
+                self.put_multipart(&name, reader.current(), crc, info, claim.as_ref())?;
             }
             return Ok(len as u64);
+        }
+        // One metadata read before the chunks (negligible next to them) guards a large object.
+        if let Some(claim) = &claim {
+            claim.check(self.existing(&name)?)?;
         }
         self.put_resumable(&name, &mut reader, src, info)
     }
@@ -800,7 +900,10 @@ impl BlobStore for GcsStore {
                 .body(&body))
         })?;
         match answer.status {
-            200 | 201 => match generation_of(&answer.body) {
+            200 | 201 => match serde_json::from_slice(&answer.body)
+                .ok()
+                .and_then(|r| generation_of(&r))
+            {
                 Some(g) => Ok(PutIf::Written(ObjectVersion(g))),
                 None => Err(StoreError::transient(format!(
                     "{what}: the answer names no generation"
@@ -902,6 +1005,58 @@ mod tests {
             ]
         );
         assert_eq!(errors[0].value.as_deref(), Some("Bad_Bucket!"));
+    }
+
+    /// Only the endpoint's own scheme, host and port get the session's requests (each
+    /// carries the bearer token).
+    #[test]
+    fn upload_sessions_stay_on_the_endpoints_origin() {
+        let store = |endpoint: &str| {
+            let settings = GcsSettings {
+                bucket: "bkt".into(),
+                project: "p".into(),
+                prefix: String::new(),
+                endpoint: endpoint.into(),
+                credentials: Credentials::Anonymous,
+                chunk_size: CHUNK_GRANULARITY,
+                options: Default::default(),
+            };
+            let agent = crate::http::agent(Duration::from_secs(1), 1);
+            GcsStore::open(&settings, &agent, RetryBudget::tries(1)).unwrap()
+        };
+        let google = store(DEFAULT_ENDPOINT);
+        for same in [
+            "https://storage.googleapis.com/upload/storage/v1/b/bkt/o?upload_id=x",
+            "https://storage.googleapis.com:443/upload?upload_id=x",
+            "/upload/storage/v1/b/bkt/o?upload_id=x",
+        ] {
+            let url = google.session_url("upload", same).unwrap();
+            assert!(
+                url.starts_with("https://storage.googleapis.com/upload"),
+                "{same}: {url}"
+            );
+        }
+        for other in [
+            "https://storage.evil.example/upload?upload_id=x",
+            "http://storage.googleapis.com/upload?upload_id=x",
+            "https://storage.googleapis.com:8443/upload?upload_id=x",
+            "//evil.example/upload",
+        ] {
+            let e = google.session_url("upload", other).unwrap_err();
+            assert_eq!(e.kind, StoreErrorKind::Rejected, "{other}");
+            assert!(
+                e.message.contains("another origin (") && !e.message.contains("upload_id"),
+                "{other}: {e}"
+            );
+        }
+        let emulator = store("http://127.0.0.1:4443");
+        assert!(emulator
+            .session_url("u", "http://localhost:4443/upload?upload_id=x")
+            .is_err());
+        let e = emulator
+            .session_url("u", "http://127.0.0.1:4444/upload?upload_id=x")
+            .unwrap_err();
+        assert!(e.message.contains("(http://127.0.0.1:4444)"), "{e}");
     }
 
     #[test]

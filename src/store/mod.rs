@@ -131,7 +131,9 @@ pub trait BlobStore: Send + Sync {
     ///
     /// The object becomes visible only after `src` reached its end without error and
     /// everything is durable; on any error nothing new is visible under `key` and an
-    /// older object under that key is untouched. An existing object is replaced.
+    /// older object under that key is untouched. An existing object is replaced, except
+    /// (S3, GCS, Azure) one whose task id names another task than `info`'s: that put is
+    /// `Rejected` and writes nothing ([`client::claim`]).
     /// `size` is the expected length when known (a hint for choosing upload modes).
     fn put_with(
         &self,

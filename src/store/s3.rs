@@ -17,7 +17,9 @@
 //! Credentials come from the usual AWS chain, see [`super::s3_credentials`].
 //!
 //! How an object is written: an object of known size up to the threshold, or one whose
-//! stream ends within the first part, is one PUT. Anything larger is a multipart upload
+//! stream ends within the first part, is one PUT (for a task's file a conditional
+//! create, so that another task's object is never replaced: [`super::client::claim`]).
+//! Anything larger is a multipart upload
 //! fed from the stream one part at a time through the shared part reader
 //! ([`super::client::parts`]), so memory stays at one part buffer per worker, reused.
 //! S3 makes an object visible only when the PUT or CompleteMultipartUpload finishes, so
@@ -52,6 +54,7 @@ use s3::serde_types::CompleteMultipartUploadData;
 use s3::{Bucket, Region};
 use ureq::http::HeaderMap;
 
+use super::client::claim::{Claim, Claims, Existing, Upload};
 use super::client::parts::{sha256_hex, PartPool, PartReader, Sums};
 use super::client::{clip, missing, xml_tag, Answer, Class, Client, Container, Protocol, Request};
 use super::s3_credentials::{CredentialProvider, CredentialSettings};
@@ -406,6 +409,9 @@ impl Protocol for S3Protocol {
             "RequestTimeout" | "InternalError" | "OperationAborted" => {
                 Class::Retry(Reason::ServerError)
             }
+            // A header the service does not implement (a conditional PUT on some
+            // S3-compatible ones): the caller's answer, retrying cannot help.
+            "NotImplemented" => Class::Answer,
             // CompleteMultipartUpload may answer 200 with an error document.
             _ if status == 200 && !code.is_empty() => Class::Rejected,
             _ => return None,
@@ -435,6 +441,8 @@ pub struct S3Store {
     /// Buffers of the threshold size, for single PUTs larger than a part.
     single: PartPool,
     pending_aborts: Mutex<Vec<PendingAbort>>,
+    /// No task's object is replaced by another task's (see [`super::client::claim`]).
+    claims: Claims,
 }
 
 impl S3Store {
@@ -485,6 +493,7 @@ impl S3Store {
                 settings.multipart_threshold.max(settings.part_size) as usize + 1,
             ),
             pending_aborts: Mutex::new(Vec::new()),
+            claims: Claims::default(),
         })
     }
 
@@ -538,21 +547,52 @@ impl S3Store {
         })
     }
 
+    /// One PUT of an object whose bytes are in memory: for a task's file (`claim`), a
+    /// conditional create, and another task's object is not replaced.
     fn put_single(
         &self,
         key: &str,
         bytes: &[u8],
         sha256: &str,
         meta: &[(String, String)],
+        claim: Option<&Claim>,
     ) -> Result<(), StoreError> {
         let what = format!("S3 PUT of {}", self.location(key));
-        let meta: Vec<(&str, String)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        let answer = self.put_object(key, bytes, sha256, &meta)?;
-        match answer.status {
-            200 | 201 | 204 => Ok(()),
-            404 => Err(missing(&self.proto)),
-            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        let upload = |cond: Option<&PutCondition>| {
+            let mut headers: Vec<(&str, String)> =
+                meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            match cond {
+                Some(PutCondition::IfAbsent) => headers.push(("if-none-match", "*".into())),
+                Some(PutCondition::IfMatch(v)) => headers.push(("if-match", v.0.clone())),
+                None => {}
+            }
+            let answer = self.put_object(key, bytes, sha256, &headers)?;
+            match answer.status {
+                200 | 201 | 204 => Ok(Upload::Done),
+                // 409: a conditional write raced with another one on the same key.
+                412 | 409 if cond.is_some() => Ok(Upload::ConditionFailed),
+                // If-Match on an object that is gone.
+                404 if answer.code == "NoSuchKey" && cond.is_some() => Ok(Upload::ConditionFailed),
+                501 if cond.is_some() => Ok(Upload::ConditionsUnsupported),
+                404 => Err(missing(&self.proto)),
+                _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+            }
+        };
+        match claim {
+            Some(claim) => self.claims.write(claim, upload, || self.existing(key)),
+            None => match upload(None)? {
+                Upload::Done => Ok(()),
+                other => Err(StoreError::transient(format!("{what}: {other:?}"))),
+            },
         }
+    }
+
+    /// The task id and ETag of the object under `key`, `None` when there is none.
+    fn existing(&self, key: &str) -> Result<Option<Existing>, StoreError> {
+        Ok(self.head(key)?.map(|h| Existing {
+            task_id: h.task_id,
+            version: h.etag.map(ObjectVersion),
+        }))
     }
 
     /// Streams the rest of `parts` as a multipart upload whose first part was read.
@@ -748,6 +788,7 @@ impl S3Store {
                     .and_then(http_date)
                     .unwrap_or(0),
                 etag: answer.header("etag").map(str::to_string),
+                task_id: answer.header("x-amz-meta-task-id").map(str::to_string),
             })),
             404 => Ok(None),
             _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
@@ -814,6 +855,8 @@ struct Head {
     /// UNIX seconds.
     modified: i64,
     etag: Option<String>,
+    /// `x-amz-meta-task-id`: the task the object was stored for.
+    task_id: Option<String>,
 }
 
 /// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as UNIX seconds.
@@ -851,6 +894,7 @@ impl BlobStore for S3Store {
             .into_iter()
             .map(|(k, v)| (format!("x-amz-meta-{k}"), v))
             .collect();
+        let claim = Claim::of(key, info);
         self.retry_pending_aborts();
         let key = self.full_key(key);
         let sums = Sums {
@@ -872,8 +916,12 @@ impl BlobStore for S3Store {
             first.sha256.clone().unwrap_or_default(),
         );
         if last {
-            self.put_single(&key, parts.current(), &sha, &meta)?;
+            self.put_single(&key, parts.current(), &sha, &meta, claim.as_ref())?;
             return Ok(len as u64);
+        }
+        // One HEAD before the parts (negligible next to them) guards a large object.
+        if let Some(claim) = &claim {
+            claim.check(self.existing(&key)?)?;
         }
         self.put_multipart(&key, src, &mut parts, sha, len, &meta)
     }
@@ -1134,6 +1182,7 @@ mod tests {
             (200, "InternalError", Class::Retry(Reason::ServerError)),
             (200, "", Class::Answer),
             (400, "InvalidArgument", Class::Rejected),
+            (501, "NotImplemented", Class::Answer),
         ];
         for (status, code, class) in table {
             assert_eq!(classify(&p, *status, code), *class, "{status} {code}");

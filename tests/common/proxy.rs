@@ -2,10 +2,18 @@
 //! switch to "the server is down" (every connection refused and the open ones cut)
 //! or "the server refuses us" (403 to every request) and back. fake-gcs-server and
 //! Azurite keep their data in memory, so really restarting them would lose it.
+//!
+//! Both proxies pass answers on one at a time and rewrite a `Location` on the server's
+//! origin to their own, as a reverse proxy does (nginx's `proxy_redirect`): GCS names
+//! its resumable upload sessions that way, and the connector sends its credentials
+//! only to the origin it was configured with. (fake-gcs-server names the session on
+//! the origin of the request's `Host`, the proxy's, already; a server with a fixed
+//! external URL names its own.)
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -42,6 +50,36 @@ pub struct TcpProxy {
     /// Connections cut after a matching request ([`TcpProxy::cut_after`]).
     pub cut: Arc<AtomicUsize>,
     rules: Arc<Rules>,
+    locations: Arc<Locations>,
+}
+
+/// How answers' `Location` headers are rewritten.
+struct Locations {
+    /// `http://host:port` of the server and of the proxy.
+    from: [String; 2],
+    /// What those origins become: the proxy's own by default.
+    to: Mutex<String>,
+}
+
+impl Locations {
+    fn new(upstream: &str, own: String) -> Arc<Locations> {
+        Arc::new(Locations {
+            from: [format!("http://{upstream}"), own.clone()],
+            to: Mutex::new(own),
+        })
+    }
+
+    fn rewrite(&self, value: &str) -> String {
+        for origin in &self.from {
+            match value.strip_prefix(origin.as_str()) {
+                Some(rest) if rest.is_empty() || rest.starts_with(['/', '?']) => {
+                    return format!("{}{rest}", self.to.lock().unwrap())
+                }
+                _ => {}
+            }
+        }
+        value.to_string()
+    }
 }
 
 /// What an inspecting proxy does to requests (see [`TcpProxy::start_inspecting`]).
@@ -84,6 +122,13 @@ impl TcpProxy {
         *self.rules.cut_after.lock().unwrap() = Some((method.to_string(), text.to_string()));
     }
 
+    /// Rewrites a `Location` on the server's or the proxy's origin to `origin`
+    /// (`http://host:port`) instead of the proxy's own: a server (or a front end)
+    /// naming a place on another origin.
+    pub fn set_location_origin(&self, origin: &str) {
+        *self.locations.to.lock().unwrap() = origin.to_string();
+    }
+
     fn start_with(upstream: &str, inspect: bool) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -100,6 +145,7 @@ impl TcpProxy {
                 inspect,
                 ..Default::default()
             }),
+            locations: Locations::new(upstream, format!("http://127.0.0.1:{port}")),
         };
         let (mode, open, stop, refused) = (
             proxy.mode.clone(),
@@ -107,11 +153,12 @@ impl TcpProxy {
             proxy.stop.clone(),
             proxy.refused.clone(),
         );
-        let (accepted, corrupted, cut, rules) = (
+        let (accepted, corrupted, cut, rules, locations) = (
             proxy.accepted.clone(),
             proxy.corrupted.clone(),
             proxy.cut.clone(),
             proxy.rules.clone(),
+            proxy.locations.clone(),
         );
         let upstream = upstream.to_string();
         thread::spawn(move || {
@@ -130,8 +177,9 @@ impl TcpProxy {
                         o.push(client.try_clone().unwrap());
                         o.push(server.try_clone().unwrap());
                         drop(o);
+                        let (methods, answered) = channel();
+                        let muted = Arc::new(AtomicU8::new(PASS));
                         if rules.inspect {
-                            let muted = Arc::new(AtomicU8::new(PASS));
                             let counters = Counters {
                                 mode: mode.clone(),
                                 refused: refused.clone(),
@@ -144,12 +192,22 @@ impl TcpProxy {
                                 muted.clone(),
                                 rules.clone(),
                                 counters,
+                                methods,
                             );
-                            muted_pipe(server, client, muted);
                         } else {
-                            pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                            pipe(server, client);
+                            let (client, server) =
+                                (client.try_clone().unwrap(), server.try_clone().unwrap());
+                            thread::spawn(move || {
+                                let _ = forward_requests(
+                                    client,
+                                    server,
+                                    Duration::ZERO,
+                                    &Mutex::default(),
+                                    &methods,
+                                );
+                            });
                         }
+                        answer_pipe(server, client, answered, locations.clone(), muted);
                     }
                     1 => {
                         refused.fetch_add(1, Ordering::SeqCst);
@@ -200,13 +258,6 @@ impl Drop for TcpProxy {
             let _ = c.shutdown(Shutdown::Both);
         }
     }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
-        let _ = to.shutdown(Shutdown::Write);
-    });
 }
 
 /// Reads requests (head and `Content-Length` body) and answers each with 403.
@@ -273,25 +324,123 @@ const PASS: u8 = 0;
 const MUTED: u8 = 1;
 const ANSWER_DROPPED: u8 = 2;
 
-/// Server to client, dropping everything once `muted` is set (and saying so).
-fn muted_pipe(mut from: TcpStream, mut to: TcpStream, muted: Arc<AtomicU8>) {
+/// The client's side of the answers: drops everything once `muted` is set (and says so).
+struct Muted {
+    to: TcpStream,
+    muted: Arc<AtomicU8>,
+}
+
+impl Write for Muted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.muted.load(Ordering::SeqCst) != PASS {
+            self.muted.store(ANSWER_DROPPED, Ordering::SeqCst);
+            return Ok(buf.len());
+        }
+        self.to.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.to.flush()
+    }
+}
+
+/// Server to client, one answer at a time: its head is read and its `Location`
+/// rewritten (see the module comment), its body passed on as framed. `methods` names
+/// the request of each answer, in order (the answer to a HEAD has no body).
+fn answer_pipe(
+    from: TcpStream,
+    to: TcpStream,
+    methods: Receiver<String>,
+    locations: Arc<Locations>,
+    muted: Arc<AtomicU8>,
+) {
     thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut out = Muted {
+            to: to.try_clone().unwrap(),
+            muted,
+        };
+        let _ = forward_answers(&mut BufReader::new(from), &mut out, &methods, &locations);
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+fn forward_answers(
+    from: &mut BufReader<TcpStream>,
+    out: &mut impl Write,
+    methods: &Receiver<String>,
+    locations: &Locations,
+) -> std::io::Result<()> {
+    loop {
+        let mut head = Vec::new();
+        let (mut len, mut chunked) = (None::<u64>, false);
         loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if muted.load(Ordering::SeqCst) != PASS {
-                muted.store(ANSWER_DROPPED, Ordering::SeqCst);
-                continue;
+            let mut line = Vec::new();
+            if from.read_until(b'\n', &mut line)? == 0 {
+                return Ok(());
             }
-            if to.write_all(&buf[..n]).is_err() {
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let end = text.trim().is_empty();
+            match text.split_once(':') {
+                Some((n, v)) if n.eq_ignore_ascii_case("location") && !head.is_empty() => {
+                    line = format!("{n}: {}\r\n", locations.rewrite(v.trim())).into_bytes();
+                }
+                Some((n, v)) if n.eq_ignore_ascii_case("content-length") => {
+                    len = v.trim().parse().ok();
+                }
+                Some((n, v)) if n.eq_ignore_ascii_case("transfer-encoding") => {
+                    chunked = v.to_ascii_lowercase().contains("chunked");
+                }
+                _ => {}
+            }
+            head.extend_from_slice(&line);
+            if end {
                 break;
             }
         }
-        let _ = to.shutdown(Shutdown::Write);
-    });
+        out.write_all(&head)?;
+        let status: u16 = String::from_utf8_lossy(&head)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if (100..200).contains(&status) {
+            continue; // an interim answer: the request's own follows
+        }
+        let method = methods.recv().unwrap_or_default();
+        if method == "HEAD" || status == 204 || status == 304 {
+            continue;
+        }
+        if chunked {
+            copy_chunks(from, out)?;
+        } else if let Some(n) = len {
+            std::io::copy(&mut from.take(n), out)?;
+        } else {
+            std::io::copy(from, out)?;
+            return Ok(());
+        }
+    }
+}
+
+/// Copies a chunked body, its trailers included.
+fn copy_chunks(from: &mut impl BufRead, out: &mut impl Write) -> std::io::Result<()> {
+    loop {
+        let mut size_line = String::new();
+        from.read_line(&mut size_line)?;
+        out.write_all(size_line.as_bytes())?;
+        let size =
+            u64::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+        if size == 0 {
+            loop {
+                let mut t = String::new();
+                from.read_line(&mut t)?;
+                out.write_all(t.as_bytes())?;
+                if t == "\r\n" || t == "\n" || t.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        std::io::copy(&mut from.take(size + 2), out)?;
+    }
 }
 
 /// Client to server, one request at a time (the connector never pipelines).
@@ -301,6 +450,7 @@ fn inspect_pipe(
     muted: Arc<AtomicU8>,
     rules: Arc<Rules>,
     counters: Counters,
+    methods: Sender<String>,
 ) {
     thread::spawn(move || {
         let mut reader = BufReader::new(client.try_clone().unwrap());
@@ -374,6 +524,8 @@ fn inspect_pipe(
                     _ => None,
                 }
             };
+            let method = request_line.split(' ').next().unwrap_or_default();
+            let _ = methods.send(method.to_string());
             if to.write_all(head.as_bytes()).is_err() {
                 return;
             }
@@ -437,6 +589,7 @@ impl DelayingProxy {
             log: Arc::default(),
         };
         let (stop, log) = (proxy.stop.clone(), proxy.log.clone());
+        let locations = Locations::new(upstream, proxy.url());
         let upstream = upstream.to_string();
         thread::spawn(move || {
             for client in listener.incoming() {
@@ -449,10 +602,17 @@ impl DelayingProxy {
                 };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                pipe(server.try_clone().unwrap(), client.try_clone().unwrap());
+                let (methods, answered) = channel();
+                answer_pipe(
+                    server.try_clone().unwrap(),
+                    client.try_clone().unwrap(),
+                    answered,
+                    locations.clone(),
+                    Arc::new(AtomicU8::new(PASS)),
+                );
                 let log = log.clone();
                 thread::spawn(move || {
-                    let _ = forward_requests(client, server, delay, &log);
+                    let _ = forward_requests(client, server, delay, &log, &methods);
                 });
             }
         });
@@ -476,11 +636,14 @@ impl Drop for DelayingProxy {
     }
 }
 
+/// Client to server, one request at a time: logs its method and target, names its
+/// method to the answers' side, holds it `delay` and forwards it.
 fn forward_requests(
     client: TcpStream,
     mut server: TcpStream,
     delay: Duration,
     log: &Mutex<Vec<(String, String)>>,
+    methods: &Sender<String>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(client);
     loop {
@@ -511,31 +674,12 @@ fn forward_requests(
         let mut parts = first.split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
         let target = parts.next().unwrap_or("").to_string();
+        let _ = methods.send(method.clone());
         log.lock().unwrap().push((method, target));
         thread::sleep(delay);
         server.write_all(&head)?;
         if chunked {
-            loop {
-                let mut size_line = String::new();
-                reader.read_line(&mut size_line)?;
-                server.write_all(size_line.as_bytes())?;
-                let size =
-                    u64::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
-                        .unwrap_or(0);
-                if size == 0 {
-                    // Trailers, up to the empty line.
-                    loop {
-                        let mut t = String::new();
-                        reader.read_line(&mut t)?;
-                        server.write_all(t.as_bytes())?;
-                        if t == "\r\n" || t == "\n" || t.is_empty() {
-                            break;
-                        }
-                    }
-                    break;
-                }
-                std::io::copy(&mut (&mut reader).take(size + 2), &mut server)?;
-            }
+            copy_chunks(&mut reader, &mut server)?;
         } else if len > 0 {
             std::io::copy(&mut (&mut reader).take(len), &mut server)?;
         }

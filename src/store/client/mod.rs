@@ -16,7 +16,7 @@
 //!
 //! | answer | meaning |
 //! |---|---|
-//! | 2xx, 3xx, 404 of an object, 409, 412 | handed to the caller, which expects some of them (a `get` of nothing, a failed condition, a resumable 308) and calls the rest [`Client::unexpected`] (`Rejected`) |
+//! | 2xx, 3xx, 404 of an object, 409, 412 (and S3's 501 `NotImplemented`) | handed to the caller, which expects some of them (a `get` of nothing, a failed condition, a resumable 308, a conditional PUT the service does not implement) and calls the rest [`Client::unexpected`] (`Rejected`) |
 //! | 404 of the bucket or container | `Denied`: `SP_TASK_SYNC_..._BUCKET="x": the bucket does not exist` |
 //! | 401, or a provider's expired-token code | the cached token is dropped and the request sent once more with a fresh one; refused again: `Denied` |
 //! | 403 | `Denied` (the key, SAS, token or policy is refused) |
@@ -24,6 +24,7 @@
 //! | a certificate that does not verify | `Denied` at once: retrying cannot help |
 //! | any other 4xx | `Rejected`: this object cannot be stored as sent |
 
+pub mod claim;
 pub mod parts;
 pub mod token;
 

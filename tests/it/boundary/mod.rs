@@ -7,3 +7,4 @@ mod deletes;
 mod feed;
 mod metrics_port;
 mod neighbour;
+mod store_names;
