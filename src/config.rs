@@ -26,6 +26,34 @@ impl ApiEndpoint {
         let scheme = if self.secure { "https" } else { "http" };
         format!("{scheme}://{}:{}", self.host, self.port)
     }
+
+    /// The warning for plain HTTP towards another machine, where the token crosses the
+    /// network in clear; `None` with TLS or towards loopback (127.0.0.0/8, `::1`,
+    /// `localhost`), where a test platform or a local TLS proxy is the usual reason.
+    pub fn clear_text_warning(&self) -> Option<String> {
+        if self.secure || is_loopback(&self.host) {
+            return None;
+        }
+        Some(format!(
+            "SP_API_SECURE=false: the API token is sent to {} in clear text (plain HTTP, no \
+             TLS), where anyone on the network path can read and reuse it; use HTTPS, or plain \
+             HTTP only towards this machine",
+            self.host
+        ))
+    }
+}
+
+/// `127.0.0.0/8`, `::1` (also IPv4-mapped), `localhost`: names and addresses that
+/// never leave the machine.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => {
+            let name = bare.strip_suffix('.').unwrap_or(bare);
+            name.eq_ignore_ascii_case("localhost")
+        }
+    }
 }
 
 /// The six task filters, sent to the platform as they are.
@@ -806,6 +834,43 @@ mod tests {
         env.set("SP_API_URL", "https://x.example");
         let errs = errors_of(&env);
         assert_eq!(errs[0].var, "SP_API_SECURE");
+    }
+
+    #[test]
+    fn plain_http_towards_another_machine_is_warned_about() {
+        let endpoint = |secure: bool, host: &str| ApiEndpoint {
+            secure,
+            host: host.to_string(),
+            port: 80,
+        };
+        for host in [
+            "example.com",
+            "10.0.0.7",
+            "[2001:db8::1]",
+            "localhost.example",
+            "127.0.0.1.nip.io",
+        ] {
+            let warning = endpoint(false, host).clear_text_warning();
+            assert!(
+                warning
+                    .as_deref()
+                    .is_some_and(|w| w.contains(host) && w.contains("in clear text")),
+                "{host}: {warning:?}"
+            );
+            assert_eq!(endpoint(true, host).clear_text_warning(), None, "{host}");
+        }
+        for host in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "[::1]",
+            "::1",
+            "localhost",
+            "LocalHost",
+            "localhost.",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert_eq!(endpoint(false, host).clear_text_warning(), None, "{host}");
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The leaf types every configuration reader shares: the environment snapshot, secrets,
 //! configuration errors and the size and duration parsers.
 //!
-//! They sit at the bottom of the module tree so that `config` can assemble the
-//! providers' settings while each provider reads its own variables, without a cycle.
+//! They sit at the bottom of the module tree (above only `redact`, which learns every
+//! secret made here) so that `config` can assemble the providers' settings while each
+//! provider reads its own variables, without a cycle.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,13 +37,17 @@ impl Env {
     }
 }
 
-/// A value that must never be printed: `Debug` and `Display` show `***`.
+/// A value that must never be printed: `Debug` and `Display` show `***`, and every
+/// secret is registered with [`crate::redact`] when it is made, so that remote text
+/// echoing it (an error page repeating the request) is cleaned before it is logged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        let value = value.into();
+        crate::redact::register(&value);
+        Secret(value)
     }
     pub fn expose(&self) -> &str {
         &self.0

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use log::{error, info, LevelFilter};
+use log::{error, info, warn, LevelFilter};
 
 use spinoco_connector::config::Config;
 use spinoco_connector::env::Env;
@@ -125,6 +125,9 @@ fn run(mode: Mode) -> u8 {
         Err(code) => return code,
     };
     init_logging(cfg.log_level, cfg.log_format);
+    if let Some(warning) = cfg.api.clear_text_warning() {
+        warn!("{warning}");
+    }
     shutdown::install();
     let agent = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network).agent;
     // The storage client retries each of its requests itself: within the retry
@@ -221,6 +224,9 @@ fn check(connect: bool) -> u8 {
     println!("configuration is valid:");
     for (name, value) in cfg.describe() {
         println!("  {name:<32} {value}");
+    }
+    if let Some(warning) = cfg.api.clear_text_warning() {
+        println!("warning: {warning}");
     }
     if !connect {
         return exit::OK;

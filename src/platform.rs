@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::env::Secret;
 use crate::http::retry_after;
+use crate::redact;
 use crate::retry::Reason;
 
 /// The largest feed page accepted: a page holds at most 100 small task objects, so
@@ -297,7 +298,10 @@ fn transport(base: &str, what: &str, e: &ureq::Error) -> PlatformError {
             status: 0,
             message: format!("bad address for {what}: {u}"),
         },
-        _ => transient(crate::http::retry_reason(e), format!("{what}: {e}")),
+        _ => transient(
+            crate::http::retry_reason(e),
+            format!("{what}: {}", redact::remote(&e.to_string(), 300)),
+        ),
     }
 }
 
@@ -316,19 +320,21 @@ fn classify(status: u16, what: &str, text: String, after: Option<Duration>) -> P
     }
 }
 
-/// A short, printable excerpt of an error body (platform error bodies never hold the
-/// token, but they are cut so a huge one cannot flood the log).
+/// A short excerpt of an error body, fit for a log line: an error page may echo the
+/// request, `Authorization` header included, so it passes [`redact::remote`] (secrets
+/// and credentials masked, control and format characters escaped, cut so that a huge
+/// one cannot flood the log).
 fn error_text(body: &mut ureq::Body) -> String {
     let text = body
         .with_config()
         .limit(4096)
         .read_to_string()
         .unwrap_or_default();
-    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-    if text.trim().is_empty() {
+    let text = redact::remote(&text, 200);
+    if text.is_empty() {
         String::new()
     } else {
-        format!(" ({})", text.trim())
+        format!(" ({text})")
     }
 }
 

@@ -13,6 +13,7 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use time::OffsetDateTime;
 
 use crate::date_pattern::{DatePattern, PatternError};
+use crate::redact::is_format;
 
 /// The placeholders a template may use.
 pub const PLACEHOLDERS: [&str; 4] = ["due_date", "task_id", "call_from", "call_to"];
@@ -230,8 +231,9 @@ pub fn iso_millis(ms: i64) -> String {
         .unwrap_or_else(|_| ms.to_string())
 }
 
-/// Makes a platform value safe inside a name: `/`, `\` and control characters
-/// become `_`, and every run of two or more dots becomes `_`.
+/// Makes a platform value safe inside a name: `/`, `\`, control and format characters
+/// (bidi controls, zero-width characters) become `_`, and every run of two or more
+/// dots becomes `_`.
 pub fn path_safe(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let mut dots = 0;
@@ -242,7 +244,7 @@ pub fn path_safe(value: &str) -> String {
         }
         flush_dots(&mut out, dots);
         dots = 0;
-        out.push(if c == '/' || c == '\\' || c.is_control() {
+        out.push(if c == '/' || c == '\\' || c.is_control() || is_format(c) {
             '_'
         } else {
             c
@@ -270,6 +272,8 @@ pub enum NameError {
     DotPart,
     Backslash,
     Control,
+    /// A Unicode format character (bidi control, zero-width character, ...).
+    Invisible,
     Reserved,
     TooLong(usize),
     PartTooLong(usize),
@@ -287,9 +291,15 @@ impl fmt::Display for NameError {
             NameError::DotPart => f.write_str("the name has a '.' folder"),
             NameError::Backslash => f.write_str("the name contains a backslash"),
             NameError::Control => f.write_str("the name contains a control character"),
-            NameError::Reserved => {
-                write!(f, "names under {RESERVED_PREFIX}/ are the connector's own")
-            }
+            NameError::Invisible => f.write_str(
+                "the name contains an invisible formatting character (a bidi control or a \
+                 zero-width character), which makes a name look like another",
+            ),
+            NameError::Reserved => write!(
+                f,
+                "names under {RESERVED_PREFIX}/ (in any letter case, at any depth) are the \
+                 connector's own"
+            ),
             NameError::TooLong(n) => {
                 write!(f, "the name is {n} bytes long; at most {MAX_NAME_BYTES}")
             }
@@ -306,8 +316,9 @@ impl fmt::Display for NameError {
 impl std::error::Error for NameError {}
 
 /// The check every final name passes before anything is written under it: a relative
-/// path with no `..`, no empty, `.` or absolute part, no control character, no
-/// backslash, not in the connector's own folder, and of a length every storage takes.
+/// path with no `..`, no empty, `.` or absolute part, no control or format character,
+/// no backslash, no part that is the connector's own folder, and of a length every
+/// storage takes.
 pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
@@ -318,8 +329,13 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.contains('\\') {
         return Err(NameError::Backslash);
     }
-    if name.chars().any(char::is_control) {
-        return Err(NameError::Control);
+    for c in name.chars() {
+        if c.is_control() {
+            return Err(NameError::Control);
+        }
+        if is_format(c) {
+            return Err(NameError::Invisible);
+        }
     }
     if name.contains("..") {
         return Err(NameError::DotDot);
@@ -337,11 +353,28 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
         if part.len() > MAX_PART_BYTES {
             return Err(NameError::PartTooLong(part.len()));
         }
-    }
-    if name.split('/').next() == Some(RESERVED_PREFIX) {
-        return Err(NameError::Reserved);
+        if is_reserved(part) {
+            return Err(NameError::Reserved);
+        }
     }
     Ok(())
+}
+
+/// Whether a folder or file name is the connector's own folder on some volume: in any
+/// ASCII letter case, with `ſ` (U+017F, which case-folds to `s`) for `s`, and with
+/// trailing dots and spaces (which Windows drops), as case-insensitive SMB, macOS and
+/// Windows volumes would see it. The local store keeps one below every mount point,
+/// so a part at any depth counts.
+fn is_reserved(part: &str) -> bool {
+    if !part.starts_with('.') || part.len() < RESERVED_PREFIX.len() {
+        return false;
+    }
+    let mut chars = part.trim_end_matches(['.', ' ']).chars();
+    RESERVED_PREFIX.chars().all(|want| {
+        chars
+            .next()
+            .is_some_and(|c| c.to_ascii_lowercase() == want || (want == 's' && c == '\u{17F}'))
+    }) && chars.next().is_none()
 }
 
 #[cfg(test)]
@@ -465,5 +498,61 @@ mod tests {
             check_name(&"a".repeat(300)),
             Err(NameError::PartTooLong(300))
         );
+    }
+
+    #[test]
+    fn invisible_formatting_characters_are_refused_and_made_safe() {
+        for c in [
+            '\u{202E}',
+            '\u{202A}',
+            '\u{2066}',
+            '\u{200B}',
+            '\u{200D}',
+            '\u{FEFF}',
+            '\u{AD}',
+            '\u{2060}',
+            '\u{E0041}',
+            '\u{061C}',
+        ] {
+            let name = format!("2024/invoice{c}gpj.exe.ogg");
+            assert_eq!(check_name(&name), Err(NameError::Invisible), "{name:?}");
+            assert_eq!(path_safe(&format!("a{c}b")), "a_b", "{:x}", c as u32);
+        }
+        assert!(check_name("2024/\u{5d0}\u{5d1}-arabic-\u{628}.ogg").is_ok());
+    }
+
+    #[test]
+    fn the_connectors_folder_is_refused_in_any_case_at_any_depth() {
+        for name in [
+            ".spinoco-connector/x.page.json",
+            ".SPINOCO-CONNECTOR/x.page.json",
+            ".Spinoco-Connector/it.lease.json",
+            "a/.Spinoco-Connector/tmp/x",
+            "mnt/disk/.spinoco-connector/tmp/x.ogg",
+            ".\u{17F}pinoco-connector/x",
+            ".spinoco-conneCtor./x",
+            ".spinoco-connector /x",
+            "a/.spinoco-connector",
+        ] {
+            assert_eq!(check_name(name), Err(NameError::Reserved), "{name:?}");
+        }
+        for name in [
+            ".spinoco-connector.meta.json",
+            "a/.spinoco-connectors/x",
+            "spinoco-connector/x",
+            "a/x.spinoco-connector",
+            ".spinoco-connecto/x",
+        ] {
+            assert!(check_name(name).is_ok(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn name_errors_read_as_advice() {
+        assert_eq!(
+            NameError::Reserved.to_string(),
+            "names under .spinoco-connector/ (in any letter case, at any depth) are the connector's own"
+        );
+        assert!(NameError::Invisible.to_string().contains("bidi control"));
     }
 }

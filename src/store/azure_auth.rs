@@ -182,6 +182,8 @@ pub fn parse_connection_string(dsn: &str) -> Result<AzureAccount, String> {
             if account.is_none() {
                 return Err("the connection string has AccountKey but no AccountName".to_string());
             }
+            // Only its HMAC is kept, so the log's secret registry learns it here.
+            crate::redact::register(&key);
             let key = hmac_key(&key).ok_or("AccountKey is not valid base64")?;
             Credential::SharedKey(key)
         }

@@ -33,10 +33,13 @@ use std::time::Duration;
 use ureq::http::HeaderMap;
 
 use super::{StoreError, StoreErrorKind};
+use crate::redact;
 use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 
 /// The largest answer body read (a `get` is for journal-sized objects).
 pub const MAX_ANSWER: u64 = 1 << 30;
+/// The longest network error text put in a message.
+const MAX_MESSAGE_CHARS: usize = 300;
 
 /// One request before the provider signs it. Header names are lower case.
 pub struct Request<'a> {
@@ -207,7 +210,10 @@ impl Client {
                     }
                     Err(e) => return Step::Fail(e),
                     Ok(Try::Transport(e, url)) => {
-                        let message = proto.redact(&crate::http::error_message(&url, &e));
+                        let message = redact::remote(
+                            &proto.redact(&crate::http::error_message(&url, &e)),
+                            MAX_MESSAGE_CHARS,
+                        );
                         let message = format!("{what}: {message}");
                         if crate::tls::verification_failure(&e).is_some() {
                             return Step::Fail(StoreError::new(
@@ -299,7 +305,7 @@ impl Client {
                 StoreErrorKind::Rejected,
                 format!(
                     "{what}: cannot build the request: {}",
-                    proto.redact(&e.to_string())
+                    redact::remote(&proto.redact(&e.to_string()), MAX_MESSAGE_CHARS)
                 ),
             )
         };
@@ -337,7 +343,8 @@ impl Client {
         }))
     }
 
-    /// The error for an answer, of `kind`, with the provider's code and message.
+    /// The error for an answer, of `kind`, with the provider's code and message (both
+    /// remote text: an error page may echo the request, credentials included).
     pub fn error(
         &self,
         proto: &dyn Protocol,
@@ -348,7 +355,7 @@ impl Client {
         let mut text = format!("{what}: HTTP {}", answer.status);
         if !answer.code.is_empty() {
             text.push(' ');
-            text.push_str(&answer.code);
+            text.push_str(&redact::remote(&answer.code, 100));
         }
         let message = proto.error_message(&answer.body);
         if !message.is_empty() {
@@ -358,7 +365,7 @@ impl Client {
         if kind == StoreErrorKind::Denied {
             text.push_str(" (the storage refused the credentials or the permission)");
         }
-        StoreError::new(kind, proto.redact(&text))
+        StoreError::new(kind, proto.redact(&redact::scrub(&text)))
     }
 
     /// An answer the caller did not expect: this object cannot be stored as sent.
@@ -395,9 +402,11 @@ pub fn xml_tag(body: &str, tag: &str) -> Option<String> {
     Some(body[start..end].trim().to_string())
 }
 
-/// At most `n` characters of `s`.
+/// Remote text (an excerpt of an error body) fit for a message: at most `n`
+/// characters, secrets and credentials masked before the cut, control and format
+/// characters escaped ([`redact::remote`]).
 pub fn clip(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
+    redact::remote(s, n)
 }
 
 #[cfg(test)]
@@ -425,6 +434,61 @@ mod tests {
                 noun: "bucket",
             }
         }
+    }
+
+    /// A provider whose error message is the whole body, as clipped for messages.
+    struct Echoing;
+    impl Protocol for Echoing {
+        fn authorize(&self, _: &mut Request) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn error_code(&self, _: u16, _: &HeaderMap, _: &[u8]) -> String {
+            String::new()
+        }
+        fn error_message(&self, body: &[u8]) -> String {
+            clip(&String::from_utf8_lossy(body), 300)
+        }
+        fn special(&self, _: u16, _: &str) -> Option<Class> {
+            None
+        }
+        fn container(&self) -> Container<'_> {
+            Plain.container()
+        }
+    }
+
+    #[test]
+    fn error_documents_are_masked_and_escaped_before_they_are_cut() {
+        let client = Client::new(
+            &crate::http::agent(Duration::from_secs(1), 1),
+            RetryBudget::tries(1),
+        );
+        let body = format!(
+            "{}\nforged line \u{1b}[31m\u{202e} you sent Authorization: Bearer ya29.secret-token-value",
+            "x".repeat(230)
+        );
+        let answer = Answer {
+            status: 403,
+            headers: HeaderMap::new(),
+            code: "Access\nDenied".into(),
+            body: body.into_bytes(),
+        };
+        let e = client.error(
+            &Echoing,
+            "GCS PUT of gs://b/k",
+            &answer,
+            StoreErrorKind::Denied,
+        );
+        assert!(!e.message.contains("ya29"), "{e}");
+        assert!(!e.message.contains(['\n', '\u{1b}', '\u{202e}']), "{e}");
+        assert!(
+            e.message
+                .starts_with("GCS PUT of gs://b/k: HTTP 403 Access\\nDenied: xxx"),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("\\nforged line \\u{1b}[31m\\u{202e}"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod deletes;
 mod feed;
+mod log_safety;
 mod metrics_port;
 mod neighbour;
 mod store_names;
