@@ -305,6 +305,9 @@ impl Protocol for AzureProtocol {
             "ContainerBeingDeleted" | "ContainerBeingDisabled" => Class::Retry(Reason::ServerError),
             // 409 with If-None-Match: * on an existing blob: the caller's answer.
             "BlobAlreadyExists" | "ConditionNotMet" => Class::Answer,
+            // A block list the store no longer has (another upload of the blob was
+            // committed meanwhile): `put_block_list` restarts the blob from its source.
+            "InvalidBlockList" => Class::Answer,
             _ => return None,
         })
     }
@@ -1015,6 +1018,8 @@ mod tests {
             (400, "Crc64Mismatch", Class::Retry(Reason::BrokenBody)),
             (400, "Md5Mismatch", Class::Retry(Reason::BrokenBody)),
             (400, "InvalidHeaderValue", Class::Rejected),
+            // put_block_list restarts the blob from its source on this one.
+            (400, "InvalidBlockList", Class::Answer),
             (503, "ServerBusy", Class::Retry(Reason::Throttled)),
             (500, "InternalError", Class::Retry(Reason::ServerError)),
             (507, "", Class::Retry(Reason::ServerError)),
