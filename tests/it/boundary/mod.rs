@@ -2,3 +2,4 @@
 //! a neighbour on the same volume or port would try it. Each attack is served by the
 //! hostile platform of `common::hostile` (or a real storage server), and each test
 //! checks that nothing is lost, deleted, overwritten or leaked.
+mod downloads;
