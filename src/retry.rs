@@ -239,19 +239,14 @@ fn with_backoff<T, E: std::fmt::Display>(
         crate::metrics::global().retry(side, reason);
         let delay = backoff.next_delay(after);
         let secs = delay.as_secs_f64();
-        let message = gave_up.error.to_string();
-        let error = without_prefix(what, &message);
+        let error = named_once(what, &gave_up.error.to_string());
         match loudness.report(Instant::now()) {
-            Report::First => {
-                log::warn!("{what}: {error}; retrying in {secs:.1}s (attempt {attempt})")
-            }
+            Report::First => log::warn!("{error}; retrying in {secs:.1}s (attempt {attempt})"),
             Report::Summary => log::warn!(
-                "{what}: {attempt} attempts failed in {:.0}s, the last: {error}; retrying in {secs:.1}s",
+                "{error}; still failing after {attempt} attempts in {:.0}s; retrying in {secs:.1}s",
                 started.elapsed().as_secs_f64()
             ),
-            Report::Quiet => {
-                log::debug!("{what}: {error}; retrying in {secs:.1}s (attempt {attempt})")
-            }
+            Report::Quiet => log::debug!("{error}; retrying in {secs:.1}s (attempt {attempt})"),
         }
         if !crate::shutdown::sleep(delay) {
             return Err(gave_up);
@@ -259,13 +254,13 @@ fn with_backoff<T, E: std::fmt::Display>(
     }
 }
 
-/// `message` without a leading `what: `: platform errors name their operation too, and
-/// a retry line names it once.
-fn without_prefix<'a>(what: &str, message: &'a str) -> &'a str {
-    message
-        .strip_prefix(what)
-        .and_then(|rest| rest.strip_prefix(": "))
-        .unwrap_or(message)
+/// `message` led by the name of its operation, once: platform errors often name it
+/// already (`the sync feed: io: ...`, `the sync feed answered with ...`).
+fn named_once(what: &str, message: &str) -> String {
+    match message.strip_prefix(what) {
+        Some(rest) if rest.starts_with(": ") || rest.starts_with(' ') => message.to_string(),
+        _ => format!("{what}: {message}"),
+    }
 }
 
 /// How loud each back-off of one operation is: a long outage is one warning when it
@@ -443,17 +438,19 @@ mod tests {
     #[test]
     fn the_operation_is_named_once() {
         let feed = "the sync feed";
+        for already in [
+            "the sync feed: io: connection reset",
+            "the sync feed answered with a page that is not the expected JSON",
+        ] {
+            assert_eq!(named_once(feed, already), already);
+        }
         assert_eq!(
-            without_prefix(feed, "the sync feed: io: connection reset"),
-            "io: connection reset"
+            named_once(feed, "reading a sync feed page failed: io: reset"),
+            "the sync feed: reading a sync feed page failed: io: reset"
         );
         assert_eq!(
-            without_prefix(feed, "the sync feed answered with a page that is not JSON"),
-            "the sync feed answered with a page that is not JSON"
-        );
-        assert_eq!(
-            without_prefix("a.ogg", "/recording-direct/x/r1: io: reset"),
-            "/recording-direct/x/r1: io: reset"
+            named_once("a.ogg", "/recording-direct/x/r1: io: reset"),
+            "a.ogg: /recording-direct/x/r1: io: reset"
         );
     }
 
