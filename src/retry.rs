@@ -98,7 +98,8 @@ impl Side {
 pub enum Reason {
     /// The connection could not be opened or broke (refused, reset, DNS, TLS EOF).
     Transport,
-    /// The server stayed silent longer than `SP_HTTP_TIMEOUT`.
+    /// The server stayed silent longer than `SP_HTTP_TIMEOUT`, or a download came
+    /// slower than `platform::MIN_RATE` over `platform::RATE_WINDOW` of waiting.
     Timeout,
     /// 429, or a 503 that asks us to slow down.
     Throttled,
