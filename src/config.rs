@@ -89,6 +89,9 @@ pub struct Config {
     /// `SP_TASK_SYNC_RETRY_TIMEOUT`: how long one operation keeps retrying a transient
     /// failure in `--once` mode (service mode retries until it works).
     pub retry_timeout: Duration,
+    /// `SP_TASK_SYNC_MAX_FILE_SIZE`: the largest download stored, in bytes; a larger
+    /// one (announced or grown) is rejected.
+    pub max_file_size: u64,
     /// `SP_TASK_SYNC_NAMES`: which name wins when the template's and the platform's differ.
     pub names: NameSource,
     /// `SP_TASK_SYNC_LEASE_TTL`: how long the journal lease lasts without renewal.
@@ -106,6 +109,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONCURRENCY: usize = 4;
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest download stored by default: 4 GiB, hours of audio.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 4 << 30;
 /// How long the journal lease lasts without renewal (`crate::lease`).
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 
@@ -221,6 +226,12 @@ impl Config {
             crate::retry::DEFAULT_RETRY_TIMEOUT,
             &mut errors,
         );
+        let max_file_size = parse_size_var(
+            env,
+            "SP_TASK_SYNC_MAX_FILE_SIZE",
+            DEFAULT_MAX_FILE_SIZE,
+            &mut errors,
+        );
         let names = match env.get("SP_TASK_SYNC_NAMES") {
             None => NameSource::default(),
             Some(raw) => NameSource::parse(raw).unwrap_or_else(|| {
@@ -283,6 +294,7 @@ impl Config {
                 page_size,
                 http_timeout,
                 retry_timeout,
+                max_file_size,
                 names,
                 lease_ttl,
                 storage,
@@ -369,6 +381,10 @@ impl Config {
             (
                 "SP_TASK_SYNC_RETRY_TIMEOUT",
                 format!("{:?} per operation in --once", self.retry_timeout),
+            ),
+            (
+                "SP_TASK_SYNC_MAX_FILE_SIZE",
+                format!("{} bytes", self.max_file_size),
             ),
             ("SP_LOG_LEVEL", self.log_level.to_string().to_lowercase()),
             ("SP_LOG_FORMAT", self.log_format.name().to_string()),
@@ -679,6 +695,23 @@ fn parse_duration_var(
     }
 }
 
+fn parse_size_var(env: &Env, var: &str, default: u64, errors: &mut Vec<ConfigError>) -> u64 {
+    match env.get(var) {
+        None => default,
+        Some(raw) => match crate::env::parse_size(raw) {
+            Some(n) if n > 0 => n,
+            _ => {
+                errors.push(ConfigError::new(
+                    var,
+                    Some(raw),
+                    "must be a positive size such as 4GiB, 500MiB or 1048576 (bytes)",
+                ));
+                default
+            }
+        },
+    }
+}
+
 fn parse_number(
     env: &Env,
     var: &str,
@@ -906,6 +939,27 @@ mod tests {
             ["SP_TASK_SYNC_TAG", "SP_METRICS_ADDR", "SP_LOG_FORMAT"],
             "reported with the other problems"
         );
+    }
+
+    #[test]
+    fn max_file_size() {
+        let c = Config::from_env(&base()).unwrap();
+        assert_eq!(c.max_file_size, 4 << 30);
+        let mut env = base();
+        env.set("SP_TASK_SYNC_MAX_FILE_SIZE", "1MiB");
+        assert_eq!(Config::from_env(&env).unwrap().max_file_size, 1 << 20);
+        for bad in ["lots", "0", "-1", "5 parsecs"] {
+            env.set("SP_TASK_SYNC_MAX_FILE_SIZE", bad);
+            let errs = errors_of(&env);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            let shown = errs[0].to_string();
+            assert!(
+                shown.starts_with(&format!(
+                    "SP_TASK_SYNC_MAX_FILE_SIZE={bad:?}: must be a positive size"
+                )),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

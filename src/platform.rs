@@ -4,10 +4,18 @@
 //! the engine must do with it (go on, retry, skip, stop); nothing here retries, so the
 //! engine's one retry loop sees every failure. The token goes only into the
 //! `Authorization` header and never into a message.
+//!
+//! A download is complete only when its framing says so: a body with neither
+//! `Content-Length` nor chunked coding ends when the connection closes, so a cut one
+//! looks whole, and it is refused. Its size is bounded (`SP_TASK_SYNC_MAX_FILE_SIZE`,
+//! checked against the `Content-Length` before the body is read, and as a chunked body
+//! grows), and so is its pace: a body slower than [`MIN_RATE`] on average over
+//! [`RATE_WINDOW`] of waiting for it has stalled, even when no single read outlasts
+//! `SP_HTTP_TIMEOUT`.
 
 use std::fmt;
 use std::io::{self, Read};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -20,6 +28,10 @@ use crate::retry::Reason;
 /// The largest feed page accepted: a page holds at most 100 small task objects, so
 /// anything this big is a broken or hostile answer, not data.
 pub const MAX_PAGE_BYTES: u64 = 16 * 1024 * 1024;
+/// The slowest average pace of a download, in bytes a second of waiting for it.
+pub const MIN_RATE: u64 = 1024;
+/// How long a download is waited for before its average pace is judged.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// What went wrong talking to the platform.
 #[derive(Debug)]
@@ -45,6 +57,39 @@ pub enum PlatformError {
     /// The platform's TLS certificate did not verify (unknown issuer, expired, wrong
     /// name): retrying cannot help, and going on would mean trusting an impostor.
     Tls { host: String, reason: String },
+    /// A download that cannot be stored as the platform sends it, however often it is
+    /// tried.
+    Unstorable { path: String, why: Unstorable },
+}
+
+/// Why a download cannot be stored as the platform sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unstorable {
+    /// `200` with neither `Content-Length` nor chunked coding: the body ends when the
+    /// connection closes, so a cut body cannot be told from a whole one.
+    Unframed,
+    /// A `Content-Length` over `SP_TASK_SYNC_MAX_FILE_SIZE`.
+    Announced { length: u64, limit: u64 },
+    /// A chunked body that grew over `SP_TASK_SYNC_MAX_FILE_SIZE`.
+    Grew { limit: u64 },
+}
+
+impl fmt::Display for Unstorable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unstorable::Unframed => f.write_str(
+                "came with neither Content-Length nor chunked coding, so a cut body cannot be told from a whole one",
+            ),
+            Unstorable::Announced { length, limit } => write!(
+                f,
+                "announces {length} bytes, over SP_TASK_SYNC_MAX_FILE_SIZE ({limit} bytes)"
+            ),
+            Unstorable::Grew { limit } => write!(
+                f,
+                "grew over SP_TASK_SYNC_MAX_FILE_SIZE ({limit} bytes) before its end"
+            ),
+        }
+    }
 }
 
 impl fmt::Display for PlatformError {
@@ -64,6 +109,7 @@ impl fmt::Display for PlatformError {
                 f,
                 "TLS certificate of {host} refused (nothing was sent to it, and retrying cannot help): {reason}"
             ),
+            PlatformError::Unstorable { path, why } => write!(f, "{path} {why}"),
         }
     }
 }
@@ -169,8 +215,9 @@ impl Platform {
         })
     }
 
-    /// `GET path`, answering with a reader of the body once the status is 200.
-    pub fn download(&self, path: &str) -> Result<Download, PlatformError> {
+    /// `GET path`, answering with a reader of the body once the status is 200 and its
+    /// framing is one a cut can be told by, with a size of at most `max_size`.
+    pub fn download(&self, path: &str, max_size: u64) -> Result<Download, PlatformError> {
         let url = self.url_of(path)?;
         let response = self
             .agent
@@ -187,13 +234,28 @@ impl Platform {
             let text = error_text(&mut response.into_body());
             return Err(classify(status, path, text, after));
         }
-        let expected = response.body().content_length();
-        Ok(Download {
-            body: response.into_body().into_reader(),
-            expected,
-            received: 0,
-            path: path.to_string(),
-        })
+        // As ureq reads it: chunked coding wins over a length, except in HTTP/1.0.
+        let chunked = response.version() != ureq::http::Version::HTTP_10
+            && response
+                .headers()
+                .get_all("transfer-encoding")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        let framing =
+            Framing::of(response.body().content_length(), chunked, max_size).map_err(|why| {
+                PlatformError::Unstorable {
+                    path: path.to_string(),
+                    why,
+                }
+            })?;
+        Ok(Download::new(
+            Box::new(response.into_body().into_reader()),
+            path,
+            framing,
+            Box::new(Instant::now),
+        ))
     }
 
     /// `DELETE path`; a 404 means it is already gone, which is done too.
@@ -231,19 +293,83 @@ impl Platform {
     }
 }
 
-/// A download's body. It fails at the end when fewer bytes came than the
-/// `Content-Length` promised, so a storage never commits a truncated file, and it
-/// stops early when the process is asked to stop.
+/// How a download's body ends, so that a cut one is told from a whole one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length`: whole when that many bytes came.
+    Length(u64),
+    /// Chunked coding: whole at its last (empty) chunk; at most `limit` bytes.
+    Chunked { limit: u64 },
+}
+
+impl Framing {
+    /// The framing of a `200`, or why its body cannot be stored.
+    pub fn of(
+        content_length: Option<u64>,
+        chunked: bool,
+        limit: u64,
+    ) -> Result<Framing, Unstorable> {
+        match (chunked, content_length) {
+            (true, _) => Ok(Framing::Chunked { limit }),
+            (false, Some(length)) if length > limit => Err(Unstorable::Announced { length, limit }),
+            (false, Some(length)) => Ok(Framing::Length(length)),
+            (false, None) => Err(Unstorable::Unframed),
+        }
+    }
+}
+
+/// A download's body. It fails when fewer bytes came than the `Content-Length`
+/// promised, when a chunked body grows over the size limit, and when it stalls (its
+/// average pace under [`MIN_RATE`] over [`RATE_WINDOW`] of waiting), so a storage never
+/// commits a truncated or endless file; and it stops early when the process is asked to
+/// stop. After a failed store, [`Download::take_failure`] says how the engine must take
+/// a failure the body decided.
 pub struct Download {
-    body: ureq::BodyReader<'static>,
-    expected: Option<u64>,
+    body: Box<dyn Read + Send>,
+    framing: Framing,
     received: u64,
     path: String,
+    pace: Pace,
+    clock: Box<dyn Fn() -> Instant + Send>,
+    failure: Option<PlatformError>,
 }
 
 impl Download {
+    fn new(
+        body: Box<dyn Read + Send>,
+        path: &str,
+        framing: Framing,
+        clock: Box<dyn Fn() -> Instant + Send>,
+    ) -> Download {
+        Download {
+            body,
+            framing,
+            received: 0,
+            path: path.to_string(),
+            pace: Pace::default(),
+            clock,
+            failure: None,
+        }
+    }
+
     pub fn expected_len(&self) -> Option<u64> {
-        self.expected
+        match self.framing {
+            Framing::Length(n) => Some(n),
+            Framing::Chunked { .. } => None,
+        }
+    }
+
+    /// Why the body failed, when it decided so itself: too large (rejected) or stalled
+    /// (retried as a timeout). `None` for any other failure (cut short, reset).
+    pub fn take_failure(&mut self) -> Option<PlatformError> {
+        self.failure.take()
+    }
+
+    /// Records `failure` for the engine and answers the reader with it.
+    fn fail(&mut self, kind: io::ErrorKind, failure: PlatformError) -> io::Error {
+        let error = io::Error::new(kind, failure.to_string());
+        self.failure = Some(failure);
+        error
     }
 }
 
@@ -252,28 +378,97 @@ impl Read for Download {
         if crate::shutdown::requested() {
             return Err(io::Error::other("stopping: the process was asked to stop"));
         }
-        let n = self.body.read(buf).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
+        // Only the time spent waiting for the platform counts towards its pace: not the
+        // time the caller spends storing what came.
+        let started = (self.clock)();
+        let read = self.body.read(buf);
+        let waited = (self.clock)().saturating_duration_since(started);
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => {
+                let message = format!(
                     "download of {} broke after {} bytes: {e}",
                     self.path, self.received
-                ),
-            )
-        })?;
+                );
+                if !is_timeout(&e) {
+                    return Err(io::Error::new(e.kind(), message));
+                }
+                return Err(self.fail(e.kind(), transient(Reason::Timeout, message)));
+            }
+        };
         self.received += n as u64;
-        if let Some(expected) = self.expected {
-            if (n == 0 && self.received < expected) || self.received > expected {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "download of {} delivered {} of {} bytes",
-                        self.path, self.received, expected
-                    ),
-                ));
+        match self.framing {
+            Framing::Length(expected) => {
+                if (n == 0 && self.received < expected) || self.received > expected {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "download of {} delivered {} of {} bytes",
+                            self.path, self.received, expected
+                        ),
+                    ));
+                }
+            }
+            Framing::Chunked { limit } if self.received > limit => {
+                let failure = PlatformError::Unstorable {
+                    path: self.path.clone(),
+                    why: Unstorable::Grew { limit },
+                };
+                return Err(self.fail(io::ErrorKind::InvalidData, failure));
+            }
+            Framing::Chunked { .. } => {}
+        }
+        if n > 0 {
+            if let Err(slow) = self.pace.note(waited, n as u64) {
+                let message = format!(
+                    "download of {} stalled: {} bytes in the last {:.0}s of waiting for it, under {MIN_RATE} bytes/s ({} bytes in all)",
+                    self.path,
+                    slow.bytes,
+                    slow.waited.as_secs_f64(),
+                    self.received
+                );
+                return Err(self.fail(io::ErrorKind::TimedOut, transient(Reason::Timeout, message)));
             }
         }
         Ok(n)
+    }
+}
+
+/// Whether a failed read of a body is the agent's read timeout (`SP_HTTP_TIMEOUT`).
+fn is_timeout(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+            .is_some_and(|inner| matches!(inner, ureq::Error::Timeout(_)))
+}
+
+/// A download's pace, judged over windows of [`RATE_WINDOW`] spent waiting for it.
+#[derive(Debug, Default)]
+struct Pace {
+    waited: Duration,
+    bytes: u64,
+}
+
+/// A window in which a download came slower than [`MIN_RATE`].
+#[derive(Debug, PartialEq, Eq)]
+struct Slow {
+    bytes: u64,
+    waited: Duration,
+}
+
+impl Pace {
+    /// Adds one read of `bytes` that took `waited`; when that closes a window, judges it.
+    fn note(&mut self, waited: Duration, bytes: u64) -> Result<(), Slow> {
+        self.waited += waited;
+        self.bytes += bytes;
+        if self.waited < RATE_WINDOW {
+            return Ok(());
+        }
+        let Pace { waited, bytes } = std::mem::take(self);
+        if (bytes as f64) < MIN_RATE as f64 * waited.as_secs_f64() {
+            return Err(Slow { bytes, waited });
+        }
+        Ok(())
     }
 }
 
@@ -340,6 +535,8 @@ fn error_text(body: &mut ureq::Body) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
     #[test]
@@ -392,6 +589,193 @@ mod tests {
         assert_eq!(
             p.url_of("/task/x/meta").unwrap(),
             "http://127.0.0.1:9/task/x/meta"
+        );
+    }
+
+    #[test]
+    fn only_framed_bodies_within_the_limit_are_downloaded() {
+        assert_eq!(Framing::of(Some(10), false, 10), Ok(Framing::Length(10)));
+        assert_eq!(
+            Framing::of(Some(11), false, 10),
+            Err(Unstorable::Announced {
+                length: 11,
+                limit: 10
+            })
+        );
+        assert_eq!(
+            Framing::of(None, true, 10),
+            Ok(Framing::Chunked { limit: 10 })
+        );
+        // Chunked coding wins over a length (RFC 9112 6.3); the limit then holds as it grows.
+        assert_eq!(
+            Framing::of(Some(99), true, 10),
+            Ok(Framing::Chunked { limit: 10 })
+        );
+        assert_eq!(Framing::of(None, false, 10), Err(Unstorable::Unframed));
+    }
+
+    #[test]
+    fn pace_is_judged_per_window_of_waiting() {
+        let secs = Duration::from_secs;
+        let mut pace = Pace::default();
+        // One byte every 2 s: fine until a whole window has been waited.
+        for _ in 0..29 {
+            assert_eq!(pace.note(secs(2), 1), Ok(()));
+        }
+        assert_eq!(
+            pace.note(secs(2), 1),
+            Err(Slow {
+                bytes: 30,
+                waited: secs(60)
+            })
+        );
+        // A quick window, then a silent one: each is judged on its own.
+        let mut pace = Pace::default();
+        assert_eq!(pace.note(secs(60), 60 * MIN_RATE), Ok(()));
+        assert_eq!(pace.note(secs(59), 1), Ok(()));
+        assert!(pace.note(secs(2), 1).is_err());
+    }
+
+    /// A body whose every read takes `per_read` on a clock the test moves, giving
+    /// `chunk` bytes at a time out of `len` (endless when `None`).
+    struct Trickle {
+        clock: Arc<Mutex<Instant>>,
+        per_read: Duration,
+        chunk: usize,
+        left: Option<usize>,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            *self.clock.lock().unwrap() += self.per_read;
+            let n = self
+                .chunk
+                .min(buf.len())
+                .min(self.left.unwrap_or(usize::MAX));
+            if let Some(left) = &mut self.left {
+                *left -= n;
+            }
+            buf[..n].fill(7);
+            Ok(n)
+        }
+    }
+
+    /// Reads `download` to its end or first error, moving the clock by `pause` after
+    /// each read (a consumer that stores slowly); the bytes read and the error.
+    fn drain(
+        download: &mut Download,
+        clock: &Arc<Mutex<Instant>>,
+        pause: Duration,
+    ) -> (u64, Option<io::Error>) {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        loop {
+            match download.read(&mut buf) {
+                Ok(0) => return (total, None),
+                Ok(n) => total += n as u64,
+                Err(e) => return (total, Some(e)),
+            }
+            *clock.lock().unwrap() += pause;
+        }
+    }
+
+    fn slow_download(
+        framing: Framing,
+        per_read: Duration,
+        chunk: usize,
+        len: Option<usize>,
+    ) -> (Download, Arc<Mutex<Instant>>) {
+        let clock = Arc::new(Mutex::new(Instant::now()));
+        let body = Trickle {
+            clock: clock.clone(),
+            per_read,
+            chunk,
+            left: len,
+        };
+        let now = clock.clone();
+        let download = Download::new(
+            Box::new(body),
+            "/recording-direct/t/r1",
+            framing,
+            Box::new(move || *now.lock().unwrap()),
+        );
+        (download, clock)
+    }
+
+    #[test]
+    fn a_trickling_platform_stalls_the_download_as_a_timeout() {
+        let (mut download, clock) =
+            slow_download(Framing::Length(1000), Duration::from_secs(2), 1, Some(1000));
+        let (read, error) = drain(&mut download, &clock, Duration::ZERO);
+        assert_eq!(read, 29, "the window closes at the 30th byte");
+        assert_eq!(error.unwrap().kind(), io::ErrorKind::TimedOut);
+        match download.take_failure() {
+            Some(PlatformError::Transient {
+                reason: Reason::Timeout,
+                message,
+                ..
+            }) => assert!(message.contains("stalled"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_slow_consumer_is_not_the_platform_stalling() {
+        // 4 KiB a millisecond from the platform, then 10 s of storing each: 400 bytes
+        // a second overall, yet the platform was never slow.
+        let len = 400 * 1024;
+        let (mut download, clock) = slow_download(
+            Framing::Length(len as u64),
+            Duration::from_millis(1),
+            4096,
+            Some(len),
+        );
+        let (read, error) = drain(&mut download, &clock, Duration::from_secs(10));
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(read, len as u64);
+        assert!(download.take_failure().is_none());
+    }
+
+    #[test]
+    fn an_endless_chunked_body_is_refused_at_the_limit() {
+        let limit = 100_000;
+        let (mut download, clock) = slow_download(
+            Framing::Chunked { limit },
+            Duration::from_millis(1),
+            4096,
+            None,
+        );
+        let (read, error) = drain(&mut download, &clock, Duration::ZERO);
+        assert!(read <= limit, "{read} bytes passed on");
+        assert_eq!(error.unwrap().kind(), io::ErrorKind::InvalidData);
+        match download.take_failure() {
+            Some(PlatformError::Unstorable {
+                why: Unstorable::Grew { limit: l },
+                ..
+            }) => assert_eq!(l, limit),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_body_short_of_its_length_breaks_without_a_verdict() {
+        let (mut download, clock) = slow_download(
+            Framing::Length(10_000),
+            Duration::from_millis(1),
+            4096,
+            Some(3_000),
+        );
+        let (read, error) = drain(&mut download, &clock, Duration::ZERO);
+        assert_eq!(read, 3_000);
+        let error = error.unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            error.to_string().contains("delivered 3000 of 10000 bytes"),
+            "{error}"
+        );
+        assert!(
+            download.take_failure().is_none(),
+            "retried as a broken body, by the engine"
         );
     }
 }

@@ -1,10 +1,15 @@
 //! The one retry policy every network call shares.
 //!
-//! Exponential back-off with decorrelated jitter, as described in "Exponential Backoff
-//! And Jitter" (<https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/>)
-//! and used by object_store's `client/backoff.rs`: each delay is drawn uniformly between
-//! the initial delay and twice the previous one, capped; the first is 100 ms and the
-//! cap 15 s. A server's `Retry-After` replaces the drawn delay when it is longer.
+//! Exponential back-off with full jitter, as described in "Exponential Backoff And
+//! Jitter" (<https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/>):
+//! the delay before retry `n` (from 0) is drawn uniformly from
+//! `[0, min(cap, base * 2^n))`, with a 100 ms base and a 15 s cap. So the ceiling reaches
+//! the cap at the ninth retry, about 13 s into an outage, and stays there: a platform or
+//! storage that stays down gets a try every 7.5 s on average, a few a minute. (A walk
+//! drawn between the base and twice the previous delay, as object_store's
+//! `client/backoff.rs` does by default, drifts down instead: its logarithm loses
+//! `1 - ln 2` a step, so it hovered around 0.4 s.) A server's `Retry-After` replaces the
+//! drawn delay when it is longer.
 //!
 //! One layer decides about each retry, the one that made the request: the storage
 //! client retries each of its requests (so a part, block or chunk is resent, never a
@@ -12,51 +17,51 @@
 //! whose download broke. A storage error that reaches the engine is final: it reports
 //! it and never retries it again. Both use [`with_retries`] with the same
 //! [`RetryBudget`] (forever in service mode, `SP_TASK_SYNC_RETRY_TIMEOUT` per operation
-//! in `--once`), and every back-off is counted in `/metrics` by side and reason.
+//! in `--once`), and every back-off is counted in `/metrics` by side and reason. The
+//! first back-off of an operation is logged at warn, then one summary a minute while
+//! it keeps failing; the others at debug.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const INITIAL_DELAY: Duration = Duration::from_millis(100);
 pub const MAX_DELAY: Duration = Duration::from_secs(15);
 /// A `Retry-After` longer than this is cut to it, so a confused server cannot park us.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// While an operation keeps failing, one warning this often (the others at debug).
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 /// Delays between attempts of one operation.
 pub struct Backoff {
-    initial: f64,
+    base: f64,
     cap: f64,
-    next: f64,
+    /// Retries so far: the exponent of the next ceiling.
+    retries: u32,
     rng: Box<dyn FnMut() -> f64 + Send>,
 }
 
 impl Backoff {
-    /// The standard policy: 100 ms start, 15 s cap, random jitter.
+    /// The standard policy: 100 ms base, 15 s cap, random jitter.
     pub fn new() -> Backoff {
         let mut rng = Rng::seeded();
         Backoff::with_rng(INITIAL_DELAY, MAX_DELAY, Box::new(move || rng.next_f64()))
     }
 
     /// `rng` returns numbers in `[0, 1)`; tests inject a fixed one.
-    pub fn with_rng(
-        initial: Duration,
-        cap: Duration,
-        rng: Box<dyn FnMut() -> f64 + Send>,
-    ) -> Backoff {
-        let initial = initial.as_secs_f64();
+    pub fn with_rng(base: Duration, cap: Duration, rng: Box<dyn FnMut() -> f64 + Send>) -> Backoff {
         Backoff {
-            initial,
+            base: base.as_secs_f64(),
             cap: cap.as_secs_f64(),
-            next: initial,
+            retries: 0,
             rng,
         }
     }
 
     /// The delay before the next attempt; `retry_after` is the server's wish, if any.
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
-        let upper = self.next * 2.0;
-        let drawn = self.initial + (upper - self.initial).max(0.0) * (self.rng)();
-        let delay = std::mem::replace(&mut self.next, drawn.min(self.cap));
-        let delay = Duration::from_secs_f64(delay);
+        // 2^30 times any base is past any cap; the exponent stops growing there.
+        let ceiling = (self.base * f64::from(1u32 << self.retries.min(30))).min(self.cap);
+        self.retries += 1;
+        let delay = Duration::from_secs_f64(ceiling * (self.rng)().clamp(0.0, 1.0));
         match retry_after {
             Some(wish) => delay.max(wish.min(MAX_RETRY_AFTER)),
             None => delay,
@@ -93,7 +98,8 @@ impl Side {
 pub enum Reason {
     /// The connection could not be opened or broke (refused, reset, DNS, TLS EOF).
     Transport,
-    /// The server stayed silent longer than `SP_HTTP_TIMEOUT`.
+    /// The server stayed silent longer than `SP_HTTP_TIMEOUT`, or a download came
+    /// slower than `platform::MIN_RATE` over `platform::RATE_WINDOW` of waiting.
     Timeout,
     /// 429, or a 503 that asks us to slow down.
     Throttled,
@@ -190,9 +196,10 @@ pub enum Step<T, E> {
 
 /// Runs `op` until it is done, fails for good, or the `budget` is spent, waiting the
 /// shared back-off between tries (cut short when the process is asked to stop). Every
-/// back-off is logged at warn with `what` and counted in `/metrics` by `side` and
-/// reason. The error of the last try is returned, with the number of tries when the
-/// budget (or the process's patience) ran out.
+/// back-off is logged with `what` (the first at warn, then a summary at warn once a
+/// minute, the others at debug) and counted in `/metrics` by `side` and reason. The
+/// error of the last try is returned, with the number of tries when the budget (or the
+/// process's patience) ran out.
 pub fn with_retries<T, E: std::fmt::Display>(
     budget: RetryBudget,
     side: Side,
@@ -209,7 +216,8 @@ fn with_backoff<T, E: std::fmt::Display>(
     mut backoff: Backoff,
     op: &mut dyn FnMut() -> Step<T, E>,
 ) -> Result<T, Exhausted<E>> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let mut loudness = Loudness::default();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -231,14 +239,57 @@ fn with_backoff<T, E: std::fmt::Display>(
         }
         crate::metrics::global().retry(side, reason);
         let delay = backoff.next_delay(after);
-        log::warn!(
-            "{what}: {}; retrying in {:.1}s (attempt {attempt})",
-            gave_up.error,
-            delay.as_secs_f64()
-        );
+        let secs = delay.as_secs_f64();
+        let error = named_once(what, &gave_up.error.to_string());
+        match loudness.report(Instant::now()) {
+            Report::First => log::warn!("{error}; retrying in {secs:.1}s (attempt {attempt})"),
+            Report::Summary => log::warn!(
+                "{error}; still failing after {attempt} attempts in {:.0}s; retrying in {secs:.1}s",
+                started.elapsed().as_secs_f64()
+            ),
+            Report::Quiet => log::debug!("{error}; retrying in {secs:.1}s (attempt {attempt})"),
+        }
         if !crate::shutdown::sleep(delay) {
             return Err(gave_up);
         }
+    }
+}
+
+/// `message` led by the name of its operation, once: platform errors often name it
+/// already (`the sync feed: io: ...`, `the sync feed answered with ...`).
+fn named_once(what: &str, message: &str) -> String {
+    match message.strip_prefix(what) {
+        Some(rest) if rest.starts_with(": ") || rest.starts_with(' ') => message.to_string(),
+        _ => format!("{what}: {message}"),
+    }
+}
+
+/// How loud each back-off of one operation is: a long outage is one warning when it
+/// begins and one summary a minute, not a line per attempt.
+#[derive(Default)]
+struct Loudness {
+    last_warning: Option<Instant>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Report {
+    /// The first back-off: a warning.
+    First,
+    /// A minute since the last warning: a warning with the count and the time so far.
+    Summary,
+    /// Any other: a debug line.
+    Quiet,
+}
+
+impl Loudness {
+    fn report(&mut self, now: Instant) -> Report {
+        let report = match self.last_warning {
+            None => Report::First,
+            Some(at) if now.saturating_duration_since(at) >= SUMMARY_EVERY => Report::Summary,
+            Some(_) => return Report::Quiet,
+        };
+        self.last_warning = Some(now);
+        report
     }
 }
 
@@ -285,33 +336,69 @@ impl Rng {
 mod tests {
     use super::*;
 
-    fn ms(d: Duration) -> u128 {
-        d.as_millis()
+    fn ms(d: Duration) -> u64 {
+        (d.as_secs_f64() * 1000.0).round() as u64
     }
 
     #[test]
-    fn grows_then_caps_with_fixed_rng() {
-        // rng = 1.0 (just under): always the upper bound, so the delays double.
+    fn ceilings_double_up_to_the_cap_with_fixed_rng() {
+        // rng = 1.0 (just under): always the ceiling, which doubles up to the cap.
         let mut b = Backoff::with_rng(INITIAL_DELAY, MAX_DELAY, Box::new(|| 0.999_999_999));
-        let delays: Vec<u128> = (0..10).map(|_| ms(b.next_delay(None))).collect();
+        let delays: Vec<u64> = (0..11).map(|_| ms(b.next_delay(None))).collect();
         assert_eq!(
             delays,
-            vec![100, 200, 400, 799, 1599, 3199, 6399, 12799, 15000, 15000]
+            vec![100, 200, 400, 800, 1600, 3200, 6400, 12800, 15000, 15000, 15000]
         );
-    }
-
-    #[test]
-    fn lowest_draw_stays_at_initial() {
-        let mut b = Backoff::with_rng(INITIAL_DELAY, MAX_DELAY, Box::new(|| 0.0));
-        assert!((0..20).all(|_| b.next_delay(None) == INITIAL_DELAY));
-    }
-
-    #[test]
-    fn middle_draws_are_jittered_between_bounds() {
+        // Full jitter: the draw scales the ceiling, from nothing to all of it.
         let mut b = Backoff::with_rng(INITIAL_DELAY, MAX_DELAY, Box::new(|| 0.5));
-        let delays: Vec<u128> = (0..4).map(|_| ms(b.next_delay(None))).collect();
-        // next = 0.1 + (2 * prev - 0.1) / 2
-        assert_eq!(delays, vec![100, 150, 200, 250]);
+        let delays: Vec<u64> = (0..10).map(|_| ms(b.next_delay(None))).collect();
+        assert_eq!(
+            delays,
+            vec![50, 100, 200, 400, 800, 1600, 3200, 6400, 7500, 7500]
+        );
+        let mut b = Backoff::with_rng(INITIAL_DELAY, MAX_DELAY, Box::new(|| 0.0));
+        assert!((0..100).all(|_| b.next_delay(None) == Duration::ZERO));
+    }
+
+    /// The delays of the attempts of an outage of `outage`, with the standard policy
+    /// and a seeded generator.
+    fn delays_over(seed: u64, outage: Duration) -> Vec<Duration> {
+        let mut rng = Rng::new(seed);
+        let mut b = Backoff::with_rng(INITIAL_DELAY, MAX_DELAY, Box::new(move || rng.next_f64()));
+        let mut delays = Vec::new();
+        let mut waited = Duration::ZERO;
+        while waited < outage {
+            let d = b.next_delay(None);
+            waited += d;
+            delays.push(d);
+        }
+        delays
+    }
+
+    fn median(mut delays: Vec<Duration>) -> Duration {
+        delays.sort();
+        delays[delays.len() / 2]
+    }
+
+    #[test]
+    fn an_outage_reaches_the_cap_within_a_minute_and_stays_near_it() {
+        for seed in 1..=50 {
+            let minute = delays_over(seed, Duration::from_secs(60));
+            assert!(
+                (9..=25).contains(&minute.len()),
+                "seed {seed}: {} attempts in the first minute",
+                minute.len()
+            );
+            // Ten minutes: the first few quick tries, then about one every 7.5 s.
+            let ten = delays_over(seed, Duration::from_secs(600));
+            assert!(ten.len() <= 120, "seed {seed}: {} attempts", ten.len());
+            let later = median(ten[minute.len()..].to_vec());
+            assert!(
+                later >= Duration::from_secs(5),
+                "seed {seed}: median delay {later:?} after the first minute"
+            );
+            assert!(ten.iter().all(|d| *d <= MAX_DELAY), "seed {seed}");
+        }
     }
 
     #[test]
@@ -321,10 +408,50 @@ mod tests {
             b.next_delay(Some(Duration::from_secs(2))),
             Duration::from_secs(2)
         );
-        assert_eq!(b.next_delay(Some(Duration::from_millis(1))), INITIAL_DELAY);
+        assert_eq!(
+            b.next_delay(Some(Duration::from_millis(1))),
+            Duration::from_millis(1)
+        );
         assert_eq!(
             b.next_delay(Some(Duration::from_secs(86_400))),
             MAX_RETRY_AFTER
+        );
+        let mut b = Backoff::with_rng(INITIAL_DELAY, MAX_DELAY, Box::new(|| 0.999_999_999));
+        assert_eq!(ms(b.next_delay(Some(Duration::from_millis(1)))), 100);
+    }
+
+    #[test]
+    fn a_long_outage_warns_once_then_once_a_minute() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut l = Loudness::default();
+        let reports: Vec<Report> = [0, 1, 30, 59, 60, 61, 119, 125, 126]
+            .into_iter()
+            .map(|s| l.report(at(s)))
+            .collect();
+        use Report::*;
+        assert_eq!(
+            reports,
+            vec![First, Quiet, Quiet, Quiet, Summary, Quiet, Quiet, Summary, Quiet]
+        );
+    }
+
+    #[test]
+    fn the_operation_is_named_once() {
+        let feed = "the sync feed";
+        for already in [
+            "the sync feed: io: connection reset",
+            "the sync feed answered with a page that is not the expected JSON",
+        ] {
+            assert_eq!(named_once(feed, already), already);
+        }
+        assert_eq!(
+            named_once(feed, "reading a sync feed page failed: io: reset"),
+            "the sync feed: reading a sync feed page failed: io: reset"
+        );
+        assert_eq!(
+            named_once("a.ogg", "/recording-direct/x/r1: io: reset"),
+            "a.ogg: /recording-direct/x/r1: io: reset"
         );
     }
 
@@ -332,7 +459,7 @@ mod tests {
         Backoff::with_rng(
             Duration::from_millis(1),
             Duration::from_millis(2),
-            Box::new(|| 0.0),
+            Box::new(|| 0.5),
         )
     }
 

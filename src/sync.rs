@@ -570,15 +570,22 @@ impl<'a> Engine<'a> {
     fn transfer(&self, job: &FileJob) -> Outcome<u64> {
         let _in_flight = crate::metrics::global().transfer();
         self.retried(Side::Platform, &job.name, || {
-            let mut download = match self.platform.download(&job.path) {
+            let mut download = match self.platform.download(&job.path, self.cfg.max_file_size) {
                 Ok(d) => d,
                 Err(e) => return platform_try(e),
             };
             let size = download.expected_len();
-            match self
+            let stored = self
                 .store
-                .put_with(&job.name, &mut download, size, &job.info)
+                .put_with(&job.name, &mut download, size, &job.info);
+            // The body itself gave up (too large, stalled): it says how to take that.
+            if let Some(failure) = download
+                .take_failure()
+                .filter(|_| stored.is_err() && !shutdown::requested())
             {
+                return platform_try(failure);
+            }
+            match stored {
                 Ok(n) => Try::Ok(n),
                 Err(_) if shutdown::requested() => Try::Stopped,
                 Err(e) if e.kind == StoreErrorKind::Source => Try::Retry {
@@ -624,7 +631,9 @@ fn platform_try<T>(e: PlatformError) -> Try<T> {
             reason,
             after: None,
         },
-        PlatformError::Refused { .. } | PlatformError::PageExpired => Try::Reject(e.to_string()),
+        PlatformError::Refused { .. }
+        | PlatformError::PageExpired
+        | PlatformError::Unstorable { .. } => Try::Reject(e.to_string()),
     }
 }
 
@@ -1227,7 +1236,7 @@ impl<'e> Round<'e> {
                 false
             }
             Outcome::Rejected(m) => {
-                error!("{}: {m}; not stored", job.name);
+                error!("task {}: {}: {m}; not stored", task.id, job.name);
                 Counters::add(&c.rejected, 1);
                 false
             }
@@ -1376,7 +1385,8 @@ impl<'e> Round<'e> {
         let mut st = self.lock();
         loop {
             let at_risk = st.received > st.durable;
-            if !at_risk && (self.halted() || (st.over && st.changed == st.durable)) {
+            let done = self.halted() || (st.over && st.changed == st.durable);
+            if !at_risk && done {
                 return;
             }
             if st.changed == st.durable {

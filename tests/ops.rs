@@ -64,6 +64,8 @@ fn metrics_after_a_service_round_match_what_the_emulator_handed_out() {
     let mut e = env(&emu, &dir);
     e.insert("SP_METRICS_ADDR".into(), format!("127.0.0.1:{port}"));
     e.insert("SP_LOG_FORMAT".into(), "json".into());
+    // Debug too: an operation's first back-off is a warning, the ones after it debug lines.
+    e.insert("SP_LOG_LEVEL".into(), "debug".into());
     e.insert("SP_TASK_SYNC_PAGE_SIZE".into(), "15".into());
     let log = dir.with_extension("log");
     let mut child = spawn(&e, &[], &log);
@@ -151,7 +153,8 @@ fn metrics_after_a_service_round_match_what_the_emulator_handed_out() {
         let msg = v["msg"].as_str().unwrap();
         seen_sync |= msg.starts_with("syncing tag");
         assert!(!msg.contains(TOKEN), "token in the log: {line}");
-        if v["level"] == "WARN" && msg.contains("; retrying in ") {
+        let level = v["level"].as_str().unwrap();
+        if (level == "WARN" || level == "DEBUG") && msg.contains("; retrying in ") {
             retries_logged += 1.0;
         }
     }

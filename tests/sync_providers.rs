@@ -65,6 +65,9 @@ fn sync_matches_local(provider_env: BTreeMap<String, String>, faults: Option<Fau
     let mut e = env(&emu, &scratch("unused"));
     e.extend(provider_env);
     if faulty {
+        // Debug too: a back-off after an operation's first is logged at debug, and a
+        // stall may come on a file's second try.
+        e.insert("SP_LOG_LEVEL".into(), "debug".into());
         e.insert("SP_HTTP_TIMEOUT".into(), "1s".into());
         e.insert("SP_TASK_SYNC_CONCURRENCY".into(), "8".into());
         e.insert("SP_TASK_SYNC_PAGE_SIZE".into(), "7".into());

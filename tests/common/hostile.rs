@@ -58,6 +58,15 @@ pub enum DownloadMode {
     Trickle { every: Duration },
     /// This status with a body that echoes the request's headers.
     EchoHeaders(u16),
+    /// `200` chunked, the chunks of the first `cut_after` bytes, then the connection
+    /// closes without the last (empty) chunk.
+    CutChunked { cut_after: usize },
+    /// `200` announcing this `Content-Length` and sending none of it: the headers, then
+    /// silence until the client hangs up (a client that reads the body stalls).
+    HeadersOnly { content_length: u64 },
+    /// This mode for the next GET of the path, `Whole` for every later one (a retry
+    /// that follows at once finds the path already switched).
+    FirstThenWhole(Box<DownloadMode>),
 }
 
 /// One request as the hostile platform read it (header names lower-case).
@@ -209,14 +218,17 @@ fn serve(stream: TcpStream, state: &Arc<Mutex<State>>) {
         answer_feed(&mut out, &seen, lock);
     } else if seen.method == "GET" {
         let (mode, content) = {
-            let st = lock();
-            (
+            let mut st = lock();
+            let mode = st
+                .download_modes
+                .get(&seen.path)
+                .cloned()
+                .unwrap_or_default();
+            if let DownloadMode::FirstThenWhole(_) = mode {
                 st.download_modes
-                    .get(&seen.path)
-                    .cloned()
-                    .unwrap_or_default(),
-                st.contents.get(&seen.path).cloned(),
-            )
+                    .insert(seen.path.clone(), DownloadMode::Whole);
+            }
+            (mode, st.contents.get(&seen.path).cloned())
         };
         match content {
             Some(body) => answer_download(&mut out, &seen, mode, &body),
@@ -345,6 +357,27 @@ fn answer_download(out: &mut TcpStream, seen: &Seen, mode: DownloadMode, body: &
             }
         }
         DownloadMode::EchoHeaders(status) => echo(out, status, seen),
+        DownloadMode::CutChunked { cut_after } => {
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\n{ogg}Transfer-Encoding: chunked\r\n\r\n"
+            );
+            for chunk in body[..cut_after.min(body.len())].chunks(4096) {
+                let _ = write!(out, "{:x}\r\n", chunk.len());
+                let _ = out.write_all(chunk);
+                let _ = out.write_all(b"\r\n");
+            }
+        }
+        DownloadMode::HeadersOnly { content_length } => {
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\n{ogg}Content-Length: {content_length}\r\n\r\n"
+            );
+            let _ = out.flush();
+            // Until the client hangs up (or the read timeout of `serve`).
+            let _ = std::io::Read::read(out, &mut [0u8; 1]);
+        }
+        DownloadMode::FirstThenWhole(first) => answer_download(out, seen, *first, body),
     }
 }
 

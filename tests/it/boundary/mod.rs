@@ -4,6 +4,7 @@
 //! checks that nothing is lost, deleted, overwritten or leaked.
 
 mod deletes;
+mod downloads;
 mod feed;
 mod log_safety;
 mod metrics_port;
