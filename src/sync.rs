@@ -752,10 +752,23 @@ struct State {
     /// Unix milliseconds the query in flight was sent; written with every entry until
     /// the entry that holds its answer.
     query_mark: Option<u64>,
+    /// A feed request is on its way: what it brings must still be written.
+    asking: bool,
     /// The names of the files of every task in the window (lower case), and whose.
     names: HashMap<String, NameOwner>,
     over: bool,
     totals: Summary,
+}
+
+/// Marks the feed thread's request as answered (or given up) when dropped, after the
+/// page it brought was admitted.
+struct Asking<'r, 'e>(&'r Round<'e>);
+
+impl Drop for Asking<'_, '_> {
+    fn drop(&mut self) {
+        self.0.lock().asking = false;
+        self.0.changes.notify_one();
+    }
 }
 
 /// The task whose file has a name in the window, and how many pages list it there
@@ -945,7 +958,11 @@ impl<'e> Round<'e> {
                 self.changes.notify_one();
                 continue;
             }
+            // The writer stays until this request's answer is admitted (or it failed):
+            // a stop while it is on its way must not leave its page unwritten.
+            st.asking = true;
             drop(st);
+            let _asking = Asking(self);
             let fetched = engine.retried(Side::Platform, "the sync feed", || {
                 match engine.platform.feed(&request) {
                     Ok(page) => Try::Ok(Some(page)),
@@ -1386,7 +1403,7 @@ impl<'e> Round<'e> {
         loop {
             let at_risk = st.received > st.durable;
             let done = self.halted() || (st.over && st.changed == st.durable);
-            if !at_risk && done {
+            if !at_risk && !st.asking && done {
                 return;
             }
             if st.changed == st.durable {

@@ -281,3 +281,34 @@ fn a_crash_while_the_query_answer_is_on_its_way_is_reported_at_the_next_start() 
     assert!(again.status.success(), "{}", text(&again));
     assert_eq!(errors_about_lost_answers(&text(&again)), 0);
 }
+
+/// A stop requested while a feed answer is on its way: the page it brings is still
+/// journaled before the process exits, so the next start finishes it (the platform's
+/// cursor has passed it).
+#[test]
+fn a_stop_while_a_feed_answer_is_on_its_way_still_journals_its_page() {
+    let platform = HostilePlatform::start();
+    for i in 0..5 {
+        add(&platform, meta_task(&format!("s{i}")));
+    }
+    platform.set_feed_mode(FeedMode::DelayQueryAnswers(Duration::from_secs(2)));
+    let dir = scratch("stop-in-flight");
+    let e = env_for_url(&platform.url, &dir);
+    let log = dir.with_extension("log");
+    let mut child = spawn(&e, &["--once"], &log);
+    wait_until("the query sent", Duration::from_secs(30), || {
+        !platform.feed_requests().is_empty()
+    });
+    signal(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    let t = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        std::fs::read_to_string(dir.join(".spinoco-connector/it.page.json"))
+            .is_ok_and(|j| j.contains("\"s0\"")),
+        "{status:?}: the page on its way was not journaled: {t}"
+    );
+    platform.set_feed_mode(FeedMode::Honest);
+    let out = run(&e, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(files_in(&dir).len(), 5, "{}", text(&out));
+}
