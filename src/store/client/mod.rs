@@ -38,6 +38,12 @@ use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 
 /// The largest answer body read (a `get` is for journal-sized objects).
 pub const MAX_ANSWER: u64 = 1 << 30;
+/// Bodies above this size are sent with `Expect: 100-continue`: a store that refuses
+/// the request (a failed condition, a refused credential, a full quota) then answers
+/// before the body is sent. Without it some servers (s3s-fs was seen to) answer early
+/// and close the connection under the body, and the client sees only a broken pipe,
+/// which it cannot tell from a network fault and retries forever.
+const EXPECT_CONTINUE_ABOVE: usize = 64 * 1024;
 /// The longest network error text put in a message.
 const MAX_MESSAGE_CHARS: usize = 300;
 
@@ -299,6 +305,10 @@ impl Client {
             .uri(req.url.as_str());
         for (name, value) in &req.headers {
             http = http.header(name.as_str(), value.as_str());
+        }
+        if req.body.len() > EXPECT_CONTINUE_ABOVE {
+            // Unsigned (it is added after the signature), as the AWS SDKs send it.
+            http = http.header("expect", "100-continue");
         }
         let bad = |e: ureq::http::Error| {
             StoreError::new(
