@@ -45,7 +45,7 @@ use serde_json::Value;
 
 use crate::platform::FeedPage;
 use crate::store::{put_bytes, BlobStore, StoreError};
-use crate::template::RESERVED_PREFIX;
+use crate::template::{escape_tag, RESERVED_PREFIX};
 
 /// A page not finished yet, as the journal holds it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -390,33 +390,11 @@ pub fn round_nonce() -> String {
     format!("{nanos:x}-{:x}", std::process::id())
 }
 
-/// Makes a tag usable as one file name: letters, digits, `-` and `_` stay, every other
-/// byte becomes `~xx`, so two tags never share an entry.
-pub fn escape_tag(tag: &str) -> String {
-    let mut out = String::new();
-    for b in tag.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("~{b:02x}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::local::LocalStore;
     use serde_json::json;
-
-    #[test]
-    fn tags_escape_to_distinct_safe_names() {
-        assert_eq!(escape_tag("my_sync-tag1"), "my_sync-tag1");
-        assert_eq!(escape_tag("../a/b"), "~2e~2e~2fa~2fb");
-        assert_ne!(escape_tag("a~2fb"), escape_tag("a/b"));
-        assert_eq!(escape_tag("ž"), "~c5~be");
-    }
 
     fn temp_store(name: &str) -> (std::path::PathBuf, LocalStore) {
         let root =

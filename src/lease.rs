@@ -23,30 +23,15 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
+use crate::process;
 use crate::store::{BlobStore, ObjectVersion, PutCondition, PutIf, StoreError, StoreErrorKind};
 use crate::template::RESERVED_PREFIX;
-
-/// This process's run id: 16 random hex digits, drawn once per process. The lease
-/// record names it and local temp files carry it (see [`LeaseRecord::run_id`]).
-pub fn run_id() -> &'static str {
-    static RUN_ID: OnceLock<String> = OnceLock::new();
-    RUN_ID.get_or_init(|| {
-        use ring::rand::SecureRandom;
-        let mut bytes = [0u8; 8];
-        let drawn = ring::rand::SystemRandom::new()
-            .fill(&mut bytes)
-            .map(|()| u64::from_be_bytes(bytes))
-            // Without the system's random source: clock, pid and a counter.
-            .unwrap_or_else(|_| crate::retry::Rng::seeded().next_u64());
-        format!("{drawn:016x}")
-    })
-}
 
 /// What the lease object holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,7 +48,7 @@ pub struct LeaseRecord {
     /// Set on a clean stop: a successor may take over at once.
     #[serde(default)]
     pub released: bool,
-    /// The owner's [`run_id`]: its local temp files carry it, so they can be told from
+    /// The owner's [`process::run_id`]: its local temp files carry it, so they can be told from
     /// the leftovers of earlier runs (empty in records of older versions).
     #[serde(default)]
     pub run_id: String,
@@ -129,7 +114,7 @@ impl From<StoreError> for LeaseError {
 pub fn lease_key(tag: &str) -> String {
     format!(
         "{RESERVED_PREFIX}/{}.lease.json",
-        crate::journal::escape_tag(tag)
+        crate::template::escape_tag(tag)
     )
 }
 
@@ -449,7 +434,7 @@ fn unknown_holder(ttl: Duration) -> LeaseRecord {
 /// a second connector out: say so once, and go on as the README describes.
 fn warn_if_conditions_ignored(store: &dyn BlobStore, lease_key: &str) {
     // Named by the run, not the pid: containers starting at once are all pid 1.
-    let probe = format!("{lease_key}.probe-{}", run_id());
+    let probe = format!("{lease_key}.probe-{}", process::run_id());
     match crate::store::honours_conditions(store, &probe) {
         Ok(true) => {}
         Ok(false) => warn!(
@@ -471,7 +456,7 @@ struct Owner {
 impl Owner {
     fn of_this_process() -> Owner {
         Owner {
-            host: host_name(),
+            host: process::host_name(),
             pid: std::process::id(),
             nonce: crate::retry::Rng::seeded().next_u64(),
         }
@@ -491,7 +476,7 @@ impl Owner {
             renewed_ms: now,
             ttl_ms: ttl.as_millis() as u64,
             released: false,
-            run_id: run_id().to_string(),
+            run_id: process::run_id().to_string(),
         }
     }
 
@@ -500,21 +485,8 @@ impl Owner {
     fn outlived(&self, theirs: &LeaseRecord) -> bool {
         theirs.host == self.host
             && theirs.owner != self.id()
-            && (theirs.pid == self.pid || !process_runs(theirs.pid))
+            && (theirs.pid == self.pid || !process::runs(theirs.pid))
     }
-}
-
-fn process_runs(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".into())
 }
 
 fn now_ms() -> u64 {
@@ -560,7 +532,7 @@ mod tests {
         let first = Lease::acquire(s.clone(), "t/1", TTL, WhenHeld::GiveUp).unwrap();
         let h = holder(s.as_ref(), "t/1").unwrap().unwrap();
         assert!(!h.released && h.pid == std::process::id(), "{h:?}");
-        assert_eq!(h.run_id, run_id());
+        assert_eq!(h.run_id, process::run_id());
         assert!(
             h.run_id.len() == 16 && h.run_id.bytes().all(|b| b.is_ascii_hexdigit()),
             "{h:?}"

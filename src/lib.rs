@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod platform;
+pub mod process;
 pub mod redact;
 pub mod retry;
 pub mod shutdown;

@@ -11,10 +11,10 @@ use spinoco_connector::env::Env;
 use spinoco_connector::lease::{self, Lease, LeaseError, WhenHeld};
 use spinoco_connector::logging::{self, LogFormat};
 use spinoco_connector::platform::{Platform, PlatformError};
-use spinoco_connector::retry::RetryBudget;
+use spinoco_connector::retry::{self, RetryBudget};
 use spinoco_connector::store::{self, BlobStore, StoreErrorKind};
 use spinoco_connector::sync::{Engine, Mode, SyncError};
-use spinoco_connector::{demo, endpoint, http, shutdown};
+use spinoco_connector::{demo, endpoint, http, metrics, shutdown};
 
 /// Exit codes (README: "Exit codes").
 mod exit {
@@ -129,6 +129,7 @@ fn run(mode: Mode) -> u8 {
         warn!("{warning}");
     }
     shutdown::install();
+    retry::observe(|side, reason| metrics::global().retry(side, reason));
     let agent = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network).agent;
     // The storage client retries each of its requests itself: within the retry
     // timeout in --once, forever in service mode (README "Retries").
@@ -328,7 +329,10 @@ fn host_of(url: &str) -> &str {
 
 fn probe_storage(store: &dyn BlobStore) -> Result<String, store::StoreError> {
     // Named by the run, not the pid: `check` in a container is pid 1, in every container.
-    let key = format!(".spinoco-connector/probe-{}", lease::run_id());
+    let key = format!(
+        ".spinoco-connector/probe-{}",
+        spinoco_connector::process::run_id()
+    );
     let body = b"spinoco-connector check --connect";
     store::put_bytes(store, &key, body)?;
     let read = store.get(&key)?;

@@ -14,14 +14,24 @@
 //! One layer decides about each retry, the one that made the request: the storage
 //! client retries each of its requests (so a part, block or chunk is resent, never a
 //! whole recording), and the engine retries each platform request and each transfer
-//! whose download broke. A storage error that reaches the engine is final: it reports
-//! it and never retries it again. Both use [`with_retries`] with the same
-//! [`RetryBudget`] (forever in service mode, `SP_TASK_SYNC_RETRY_TIMEOUT` per operation
-//! in `--once`), and every back-off is counted in `/metrics` by side and reason. The
-//! first back-off of an operation is logged at warn, then one summary a minute while
-//! it keeps failing; the others at debug.
+//! whose download broke (what a store's error means to the engine is said once, in
+//! [`crate::store`]). Both use [`with_retries`] with the same [`RetryBudget`] (forever
+//! in service mode, `SP_TASK_SYNC_RETRY_TIMEOUT` per operation in `--once`), and every
+//! back-off is reported to the observer `main` registers ([`observe`]: the metrics
+//! count them by side and reason). The first back-off of an operation is logged at
+//! warn, then one summary a minute while it keeps failing; the others at debug.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// Hears of every back-off; `main` registers the metrics' counter.
+static OBSERVER: OnceLock<fn(Side, Reason)> = OnceLock::new();
+
+/// Registers the one observer of back-offs (later calls do nothing). Without one
+/// (unit tests, the benchmark's own loops) back-offs are only logged.
+pub fn observe(observer: fn(Side, Reason)) {
+    let _ = OBSERVER.set(observer);
+}
 
 pub const INITIAL_DELAY: Duration = Duration::from_millis(100);
 pub const MAX_DELAY: Duration = Duration::from_secs(15);
@@ -237,7 +247,9 @@ fn with_backoff<T, E: std::fmt::Display>(
         if crate::shutdown::requested() || !budget.allows(attempt, started.elapsed()) {
             return Err(gave_up);
         }
-        crate::metrics::global().retry(side, reason);
+        if let Some(observer) = OBSERVER.get() {
+            observer(side, reason);
+        }
         let delay = backoff.next_delay(after);
         let secs = delay.as_secs_f64();
         let error = named_once(what, &gave_up.error.to_string());

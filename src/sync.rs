@@ -1102,7 +1102,11 @@ impl<'e> Round<'e> {
                 names.insert(f.name.to_lowercase(), task.task_id.clone());
             }
             accepted.push(value);
-            files.iter().for_each(|f| engine.name_differences.note(f));
+            for f in &files {
+                if engine.name_differences.note(f) {
+                    crate::metrics::global().name_differs();
+                }
+            }
             let deletes = task.deletes(engine.cfg.delete.contains(&DataType::Recordings));
             for refused in &deletes.refused {
                 error!(

@@ -120,6 +120,46 @@ pub struct DeleteItem {
     pub path: String,
 }
 
+/// What a stored file is, kept with it as user metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The platform's task id.
+    pub task_id: String,
+    /// The data type as the platform names it (`Recordings`, `CallMetadata`, ...).
+    pub data_type: String,
+}
+
+impl ObjectInfo {
+    /// The metadata pairs, the words of each name joined by `sep`: `task-id` and
+    /// `data-type` for S3 and GCS (an underscore in a header name is dropped by proxies
+    /// such as nginx by default), `task_id` and `data_type` for Azure, whose names must
+    /// be C# identifiers. Empty values are left out; values are made printable ASCII
+    /// (they travel as header values).
+    pub fn metadata(&self, sep: char) -> Vec<(String, String)> {
+        [
+            (["task", "id"], &self.task_id),
+            (["data", "type"], &self.data_type),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|([a, b], v)| {
+            let clean: String = v
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .take(256)
+                .collect();
+            (format!("{a}{sep}{b}"), clean)
+        })
+        .collect()
+    }
+}
+
 /// One file to transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileJob {
@@ -129,7 +169,7 @@ pub struct FileJob {
     /// when the platform's wins), when the two differ.
     pub other_name: Option<String>,
     /// The task id and data type, stored with the file as user metadata.
-    pub info: crate::store::ObjectInfo,
+    pub info: ObjectInfo,
 }
 
 /// Which name a file gets when the template's and the platform's `fileName` differ
@@ -160,8 +200,8 @@ impl NameSource {
     }
 }
 
-/// Files of a round whose template name and platform `fileName` differ: counted in
-/// `/metrics` as they are met, logged once per round with one example.
+/// Files of a round whose template name and platform `fileName` differ: logged once
+/// per round with one example (the engine counts each in `/metrics`).
 #[derive(Default)]
 pub struct NameDifferences {
     round: std::sync::Mutex<Option<NameDifference>>,
@@ -177,9 +217,11 @@ pub struct NameDifference {
 }
 
 impl NameDifferences {
-    pub fn note(&self, job: &FileJob) {
-        let Some(other) = &job.other_name else { return };
-        crate::metrics::global().name_differs();
+    /// Notes `job` when its two names differ; says whether they did.
+    pub fn note(&self, job: &FileJob) -> bool {
+        let Some(other) = &job.other_name else {
+            return false;
+        };
         let mut round = self.round.lock().unwrap();
         match round.as_mut() {
             Some(d) => d.count += 1,
@@ -191,6 +233,7 @@ impl NameDifferences {
                 })
             }
         }
+        true
     }
 
     /// The round's differences, and a fresh start for the next round.
@@ -366,7 +409,7 @@ impl Task {
                 name,
                 path: item.path.clone(),
                 other_name,
-                info: crate::store::ObjectInfo {
+                info: ObjectInfo {
                     task_id: self.task_id.clone(),
                     data_type: item.data_type.clone().unwrap_or_default(),
                 },
@@ -490,6 +533,24 @@ pub fn excerpt(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_metadata_names_per_cloud_and_clean_values() {
+        let info = ObjectInfo {
+            task_id: "2792e1e2-ac6a".into(),
+            data_type: "Call\nMetadata".into(),
+        };
+        assert_eq!(
+            info.metadata('-'),
+            [
+                ("task-id".to_string(), "2792e1e2-ac6a".to_string()),
+                ("data-type".to_string(), "Call_Metadata".to_string())
+            ]
+        );
+        assert_eq!(info.metadata('_')[0].0, "task_id");
+        assert!(ObjectInfo::default().metadata('-').is_empty());
+    }
+
     use serde_json::json;
 
     const ID: &str = "b808d74e-84b2-11ef-b864-0242ac120002";

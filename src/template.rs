@@ -231,6 +231,20 @@ pub fn iso_millis(ms: i64) -> String {
         .unwrap_or_else(|_| ms.to_string())
 }
 
+/// Makes a tag usable as one file name: letters, digits, `-` and `_` stay, every other
+/// byte becomes `~xx`, so two tags never share an entry.
+pub fn escape_tag(tag: &str) -> String {
+    let mut out = String::new();
+    for b in tag.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("~{b:02x}"));
+        }
+    }
+    out
+}
+
 /// Makes a platform value safe inside a name: `/`, `\`, control and format characters
 /// (bidi controls, zero-width characters) become `_`, and every run of two or more
 /// dots becomes `_`.
@@ -380,6 +394,14 @@ fn is_reserved(part: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_escape_to_distinct_safe_names() {
+        assert_eq!(escape_tag("my_sync-tag1"), "my_sync-tag1");
+        assert_eq!(escape_tag("../a/b"), "~2e~2e~2fa~2fb");
+        assert_ne!(escape_tag("a~2fb"), escape_tag("a/b"));
+        assert_eq!(escape_tag("ž"), "~c5~be");
+    }
 
     const ID: &str = "b808d74e-84b2-11ef-b864-0242ac120002";
 

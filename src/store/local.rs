@@ -9,7 +9,7 @@
 //! say nothing across PID namespaces. So a temp file is named by who wrote it:
 //! `<tag>.<run id>.<n>.part` once this process holds the journal lease of the tag,
 //! `<run id>.<n>.part` before that (the lease's own probes) and in any other process
-//! (`check --connect`), the run id being [`crate::lease::run_id`]. Only the lease
+//! (`check --connect`), the run id being [`crate::process::run_id`]. Only the lease
 //! holder sweeps ([`BlobStore::sweep_leftovers`], once it holds the lease, never when
 //! a store is opened): the temp files of its tag from other runs (the lease is
 //! exclusive, so their owner is gone or fenced off), every temp file of the run its
@@ -50,7 +50,7 @@ use super::{
     BlobStore, ObjectInfo, ObjectVersion, PutCondition, PutIf, StoreError, StoreErrorKind,
     Versioned,
 };
-use crate::lease::run_id;
+use crate::process::run_id;
 use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 
 /// Folder (below the root) that holds the connector's own state and temp files.
@@ -456,7 +456,7 @@ impl BlobStore for LocalStore {
         let sweep = Sweep {
             tag: self
                 .lease_tag
-                .get_or_init(|| crate::journal::escape_tag(tag)),
+                .get_or_init(|| crate::template::escape_tag(tag)),
             me: run_id(),
             earlier_run,
         };

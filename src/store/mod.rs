@@ -29,6 +29,7 @@ pub mod s3_credentials;
 use std::path::PathBuf;
 
 use crate::retry::RetryBudget;
+pub use crate::task::ObjectInfo;
 
 /// Which storage provider, with its own settings.
 #[derive(Debug, Clone)]
@@ -187,46 +188,6 @@ pub trait BlobStore: Send + Sync {
     }
 }
 
-/// What a stored file is, kept with it as user metadata.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ObjectInfo {
-    /// The platform's task id.
-    pub task_id: String,
-    /// The data type as the platform names it (`Recordings`, `CallMetadata`, ...).
-    pub data_type: String,
-}
-
-impl ObjectInfo {
-    /// The metadata pairs, the words of each name joined by `sep`: `task-id` and
-    /// `data-type` for S3 and GCS (an underscore in a header name is dropped by proxies
-    /// such as nginx by default), `task_id` and `data_type` for Azure, whose names must
-    /// be C# identifiers. Empty values are left out; values are made printable ASCII
-    /// (they travel as header values).
-    pub fn metadata(&self, sep: char) -> Vec<(String, String)> {
-        [
-            (["task", "id"], &self.task_id),
-            (["data", "type"], &self.data_type),
-        ]
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|([a, b], v)| {
-            let clean: String = v
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_graphic() || c == ' ' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .take(256)
-                .collect();
-            (format!("{a}{sep}{b}"), clean)
-        })
-        .collect()
-    }
-}
-
 /// Stores a small in-memory value (journal entries, probes).
 pub fn put_bytes(store: &dyn BlobStore, key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
     let mut src = bytes;
@@ -327,23 +288,6 @@ pub fn prefixed(prefix: &str, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn object_metadata_names_per_cloud_and_clean_values() {
-        let info = ObjectInfo {
-            task_id: "2792e1e2-ac6a".into(),
-            data_type: "Call\nMetadata".into(),
-        };
-        assert_eq!(
-            info.metadata('-'),
-            [
-                ("task-id".to_string(), "2792e1e2-ac6a".to_string()),
-                ("data-type".to_string(), "Call_Metadata".to_string())
-            ]
-        );
-        assert_eq!(info.metadata('_')[0].0, "task_id");
-        assert!(ObjectInfo::default().metadata('-').is_empty());
-    }
 
     #[test]
     fn prefix_joins_without_double_slashes() {
