@@ -1,0 +1,426 @@
+//! A round's window: the pages in work, the workers that transfer their files and
+//! send their deletes, and the state the feed thread and the journal writer share
+//! with them (see the engine's module comment for how the three kinds of thread work
+//! together).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, log_enabled, warn};
+use serde_json::Value;
+
+use super::outcome::Outcome;
+use super::{megabytes, Engine, Summary, SyncError};
+use crate::journal::BacklogRef;
+use crate::shutdown;
+use crate::task::FileJob;
+
+/// Pages in work at once (the journal holds them all).
+pub(super) const WINDOW_PAGES: usize = 3;
+/// The task JSON of the pages in work at once, at most (one page is always admitted).
+pub(super) const WINDOW_BYTES: usize = 2 << 20;
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) files: AtomicU64,
+    pub(super) bytes: AtomicU64,
+    pub(super) missing: AtomicU64,
+    pub(super) deletes: AtomicU64,
+    pub(super) rejected: AtomicU64,
+    pub(super) failed: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(super) fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// A task of a page in work.
+pub(super) struct TaskWork {
+    pub(super) id: String,
+    pub(super) files: Vec<FileJob>,
+    pub(super) deletes: Vec<String>,
+    pub(super) remaining: AtomicUsize,
+    /// Some file is not stored (missing, rejected or failed): no deletes.
+    pub(super) incomplete: AtomicBool,
+}
+
+/// A page in work: its tasks planned, and their JSON as the journal holds it.
+pub(super) struct Page {
+    pub(super) number: u64,
+    pub(super) tasks_json: String,
+    /// Every task the platform sent, for logs and counts (ids or excerpts).
+    pub(super) sent: Vec<String>,
+    /// The names of its tasks' files in lower case, with their task ids.
+    pub(super) names: Vec<(String, String)>,
+    pub(super) tasks: Vec<TaskWork>,
+    /// Tasks not done yet; the page is finished at zero.
+    pub(super) left: AtomicUsize,
+    pub(super) counters: Counters,
+    pub(super) started: Instant,
+}
+
+pub(super) enum Job {
+    Transfer(Arc<Page>, usize, usize),
+    /// The task's files are stored and recorded so: its deletes.
+    Deletes(Arc<Page>, usize),
+}
+
+/// A page of the window, as the journal holds it.
+pub(super) struct Entry {
+    pub(super) page: Arc<Page>,
+    pub(super) stored: BTreeSet<String>,
+    /// The generation whose write first holds this page (0: it was journaled before).
+    pub(super) added: u64,
+    /// Its jobs, queued when that write is durable.
+    pub(super) held: Vec<Job>,
+    /// All its tasks are done but some failed (`--once`): it stays journaled.
+    pub(super) finished: bool,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) jobs: VecDeque<Job>,
+    pub(super) entries: Vec<Entry>,
+    pub(super) window_bytes: usize,
+    pub(super) next: Option<String>,
+    /// Generation of the last change to what the journal must hold, and of the last
+    /// durable write; a write takes every change up to its snapshot.
+    pub(super) changed: u64,
+    pub(super) durable: u64,
+    /// Generation of the last page with tasks received from the feed: until a write
+    /// of it is durable, that write never gives up.
+    pub(super) received: u64,
+    /// Generation of the last feed answer: the feed is asked again only once it is
+    /// durable, so the journal's `next` token is never behind.
+    pub(super) asked: u64,
+    /// Deletes waiting for the write of their generation.
+    pub(super) waiting: Vec<(u64, Arc<Page>, usize)>,
+    /// The pages of a long answer not taken into the window yet.
+    pub(super) backlog: Option<Backlog>,
+    /// A backlog object was written this round (removed once no entry refers to it).
+    pub(super) backlog_used: bool,
+    /// Unix milliseconds the query in flight was sent; written with every entry until
+    /// the entry that holds its answer.
+    pub(super) query_mark: Option<u64>,
+    /// A feed request is on its way: what it brings must still be written.
+    pub(super) asking: bool,
+    /// The names of the files of every task in the window (lower case), and whose.
+    pub(super) names: HashMap<String, NameOwner>,
+    pub(super) over: bool,
+    pub(super) totals: Summary,
+}
+
+/// The task whose file has a name in the window, and how many pages list it there
+/// (a re-delivered task may be in two).
+pub(super) struct NameOwner {
+    pub(super) task: String,
+    pub(super) pages: usize,
+}
+
+/// The pages of an answer after its first, journaled once (see [`crate::journal`]).
+pub(super) struct Backlog {
+    pub(super) at: BacklogRef,
+    pub(super) pages: VecDeque<Vec<Value>>,
+}
+
+/// One round's shared state: the feed thread, the workers and the journal writer (see
+/// the module comment).
+pub(super) struct Round<'e> {
+    pub(super) engine: &'e Engine<'e>,
+    pub(super) state: Mutex<State>,
+    /// For the workers: a job was queued, or the round is over.
+    pub(super) work: Condvar,
+    /// For the writer: the journal must hold something new.
+    pub(super) changes: Condvar,
+    /// For the feed thread: a write became durable or a page left the window.
+    pub(super) progress: Condvar,
+    pub(super) abort: AtomicBool,
+    pub(super) fatal: Mutex<Option<SyncError>>,
+    pub(super) failed: AtomicU64,
+    /// Answers to a query lost on their way (see [`Engine::feed_gap`]).
+    pub(super) gaps: AtomicU64,
+    /// Pages planned so far (their numbers in the log).
+    pub(super) planned: AtomicU64,
+}
+
+/// The age of the oldest journaled page of the window, for `/metrics` (and its alert).
+pub(super) fn report_oldest(st: &State) {
+    let oldest = st.entries.iter().map(|e| e.page.started).min();
+    crate::metrics::global().oldest_page(oldest);
+}
+
+/// How often a waiting thread looks at the stop flag.
+pub(super) const STOP_POLL: Duration = Duration::from_millis(100);
+
+impl<'e> Round<'e> {
+    pub(super) fn new(engine: &'e Engine<'e>) -> Round<'e> {
+        Round {
+            engine,
+            state: Mutex::default(),
+            work: Condvar::new(),
+            changes: Condvar::new(),
+            progress: Condvar::new(),
+            abort: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            failed: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            planned: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn wait<'g>(
+        &self,
+        cv: &Condvar,
+        st: MutexGuard<'g, State>,
+    ) -> MutexGuard<'g, State> {
+        cv.wait_timeout(st, STOP_POLL)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
+    pub(super) fn halted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed) || shutdown::requested()
+    }
+
+    pub(super) fn fail(&self, e: SyncError) {
+        error!("{e}");
+        self.abort.store(true, Ordering::Relaxed);
+        self.fatal.lock().unwrap().get_or_insert(e);
+        self.work.notify_all();
+        self.changes.notify_all();
+        self.progress.notify_all();
+    }
+
+    /// A worker: takes jobs until the round is over (or stopped).
+    pub(super) fn worker(&self) {
+        loop {
+            let job = {
+                let mut st = self.lock();
+                loop {
+                    if st.over || self.halted() {
+                        return;
+                    }
+                    if let Some(job) = st.jobs.pop_front() {
+                        break job;
+                    }
+                    st = self.wait(&self.work, st);
+                }
+            };
+            match job {
+                Job::Transfer(page, task, file) => self.transfer(&page, task, file),
+                Job::Deletes(page, task) => self.run_deletes(&page, task),
+            }
+        }
+    }
+
+    pub(super) fn transfer(&self, page: &Arc<Page>, task_index: usize, file: usize) {
+        let c = &page.counters;
+        let task = &page.tasks[task_index];
+        let job = &task.files[file];
+        let stored = match self.engine.transfer(job) {
+            Outcome::Done(n) => {
+                debug!("stored {} ({n} bytes)", job.name);
+                Counters::add(&c.files, 1);
+                Counters::add(&c.bytes, n);
+                crate::metrics::global().file_stored(n);
+                true
+            }
+            Outcome::Missing => {
+                warn!(
+                    "{} is gone from the platform (404); skipped, and task {} keeps its recordings",
+                    job.path, task.id
+                );
+                Counters::add(&c.missing, 1);
+                false
+            }
+            Outcome::Rejected(m) => {
+                error!("task {}: {}: {m}; not stored", task.id, job.name);
+                Counters::add(&c.rejected, 1);
+                false
+            }
+            Outcome::GaveUp(m) => {
+                error!("{}: giving up: {m}", job.name);
+                Counters::add(&c.failed, 1);
+                false
+            }
+            Outcome::Fatal(e) => {
+                self.fail(e);
+                return;
+            }
+            // The task stays unfinished, and so does its page: journaled for the next start.
+            Outcome::Stopped => return,
+        };
+        if !stored {
+            task.incomplete.store(true, Ordering::Relaxed);
+        }
+        if task.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        if task.incomplete.load(Ordering::Acquire) || task.deletes.is_empty() {
+            return self.task_done(page);
+        }
+        // Recorded as stored by the next journal write, which then queues the deletes.
+        let mut st = self.lock();
+        let Some(entry) = st.entries.iter_mut().find(|e| Arc::ptr_eq(&e.page, page)) else {
+            return;
+        };
+        entry.stored.insert(task.id.clone());
+        st.changed += 1;
+        let gen = st.changed;
+        st.waiting.push((gen, page.clone(), task_index));
+        self.changes.notify_one();
+    }
+
+    pub(super) fn run_deletes(&self, page: &Arc<Page>, task_index: usize) {
+        let c = &page.counters;
+        for path in &page.tasks[task_index].deletes {
+            if self.halted() {
+                return;
+            }
+            match self.engine.delete(path) {
+                Outcome::Done(()) => {
+                    debug!("deleted {path} on the platform");
+                    Counters::add(&c.deletes, 1);
+                }
+                Outcome::Missing => Counters::add(&c.deletes, 1),
+                Outcome::Rejected(m) => {
+                    error!("delete of {path} refused: {m}; the recording stays on the platform");
+                    Counters::add(&c.rejected, 1);
+                }
+                Outcome::GaveUp(m) => {
+                    error!("delete of {path} failed: {m}");
+                    Counters::add(&c.failed, 1);
+                }
+                Outcome::Fatal(e) => return self.fail(e),
+                Outcome::Stopped => return,
+            }
+        }
+        self.task_done(page);
+    }
+
+    pub(super) fn task_done(&self, page: &Arc<Page>) {
+        if page.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut st = self.lock();
+            self.finished(&mut st, page);
+        }
+    }
+
+    /// Every task of the page is done: it leaves the window and the journal (unless
+    /// something failed for good: then it stays journaled for the next run).
+    pub(super) fn finished(&self, st: &mut State, page: &Arc<Page>) {
+        let c = &page.counters;
+        let failed = Counters::get(&c.failed);
+        let Some(at) = st.entries.iter().position(|e| Arc::ptr_eq(&e.page, page)) else {
+            return;
+        };
+        if failed > 0 {
+            st.entries[at].finished = true;
+            self.failed.fetch_add(failed, Ordering::Relaxed);
+        } else {
+            st.entries.remove(at);
+            st.window_bytes -= page.tasks_json.len();
+            for (name, _) in &page.names {
+                if let Some(owner) = st.names.get_mut(name) {
+                    owner.pages -= 1;
+                    if owner.pages == 0 {
+                        st.names.remove(name);
+                    }
+                }
+            }
+            st.changed += 1;
+            self.changes.notify_one();
+        }
+        self.account(&mut st.totals, page);
+        report_oldest(st);
+        self.progress.notify_all();
+        if log_enabled!(log::Level::Info) {
+            let (files, bytes) = (Counters::get(&c.files), Counters::get(&c.bytes));
+            let secs = page.started.elapsed().as_secs_f64();
+            info!(
+                "page {}: {} tasks, {files} files, {} in {secs:.2}s ({:.1} MB/s), {} deleted{}{}",
+                page.number,
+                page.sent.len(),
+                megabytes(bytes),
+                bytes as f64 / 1_000_000.0 / secs.max(1e-6),
+                Counters::get(&c.deletes),
+                match Counters::get(&c.missing) {
+                    0 => String::new(),
+                    n => format!(", {n} missing"),
+                },
+                if failed > 0 {
+                    format!(", {failed} FAILED")
+                } else {
+                    String::new()
+                },
+            );
+        }
+    }
+
+    /// Adds a page's counts to the round's (and to the metrics).
+    pub(super) fn account(&self, totals: &mut Summary, page: &Page) {
+        let c = &page.counters;
+        let tasks = page.sent.len() as u64;
+        totals.pages += 1;
+        totals.tasks += tasks;
+        totals.files += Counters::get(&c.files);
+        totals.bytes += Counters::get(&c.bytes);
+        totals.missing += Counters::get(&c.missing);
+        totals.deletes += Counters::get(&c.deletes);
+        totals.rejected += Counters::get(&c.rejected);
+        crate::metrics::global().page_done(
+            tasks,
+            Counters::get(&c.deletes),
+            Counters::get(&c.missing),
+            Counters::get(&c.rejected),
+            Counters::get(&c.failed),
+        );
+    }
+
+    /// Waits until every page of the window is finished and the journal says so (or
+    /// the round stops), then lets every thread go.
+    pub(super) fn finish(&self) {
+        let mut st = self.lock();
+        while !self.halted() && (!st.entries.iter().all(|e| e.finished) || st.durable < st.changed)
+        {
+            st = self.wait(&self.progress, st);
+        }
+        st.over = true;
+        self.work.notify_all();
+        self.changes.notify_all();
+    }
+
+    /// The round's counts (pages not finished, stopped or aborted, included) and how
+    /// many items failed for good, or the error that stopped it.
+    pub(super) fn close(self) -> Result<(Summary, u64), SyncError> {
+        let st = std::mem::take(&mut *self.lock());
+        let mut totals = st.totals;
+        for e in st.entries.iter().filter(|e| !e.finished) {
+            self.account(&mut totals, &e.page);
+        }
+        totals.stopped = shutdown::requested();
+        totals.feed_gaps = self.gaps.load(Ordering::Relaxed);
+        if let Some(e) = self.fatal.lock().unwrap().take() {
+            return Err(e);
+        }
+        let backlog_done = st.backlog.is_none_or(|b| b.pages.is_empty());
+        if st.backlog_used && backlog_done && !self.halted() {
+            // The last durable entry no longer refers to it.
+            if let Err(e) = self.engine.journal.clear_backlog() {
+                warn!("could not remove the page journal's backlog, which nothing needs any more: {e}");
+            }
+        }
+        Ok((totals, self.failed.load(Ordering::Relaxed)))
+    }
+}
