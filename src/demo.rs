@@ -135,7 +135,7 @@ pub fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let agent = crate::http::agent(cfg.http_timeout, cfg.concurrency);
     let store = LocalStore::open(dir)?;
     let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
-    let summary = Engine::new(&cfg, platform, &store, Mode::Once).run(Mode::Once)?;
+    let summary = Engine::new(&cfg, platform, &store, Mode::Once).run()?;
     emulator.stop();
     println!("\ndemo: {summary}\n");
     let mut lines = Vec::new();

@@ -133,10 +133,7 @@ fn run(mode: Mode) -> u8 {
     let agent = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network).agent;
     // The storage client retries each of its requests itself: within the retry
     // timeout in --once, forever in service mode (README "Retries").
-    let budget = match mode {
-        Mode::Once => RetryBudget::within(cfg.retry_timeout),
-        Mode::Service => RetryBudget::FOREVER,
-    };
+    let budget = mode.budget(cfg.retry_timeout);
     let store: Arc<dyn BlobStore> = match store::open(&cfg.storage, &agent, budget) {
         Ok(s) => Arc::from(s),
         Err(e) => {
@@ -190,7 +187,7 @@ fn run(mode: Mode) -> u8 {
     let earlier_run = lease.predecessor().map(|p| p.run_id.as_str());
     store.sweep_leftovers(&cfg.tag, earlier_run.filter(|r| !r.is_empty()));
     let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
-    let outcome = Engine::new(&cfg, platform, store.as_ref(), mode).run(mode);
+    let outcome = Engine::new(&cfg, platform, store.as_ref(), mode).run();
     lease.release();
     if lease.lost() {
         error!("stopped because the journal lease was lost; the journal keeps what was done");

@@ -12,21 +12,72 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::retry::{Reason, Side};
 
+/// What was moved and what went wrong, counted one way everywhere: a page's counts
+/// (atomics its workers bump: `Counts<AtomicU64>`), a run's (the engine's summary) and
+/// the process's (`/metrics`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts<C = u64> {
+    pub files: C,
+    pub bytes: C,
+    /// Files the platform answered 404 for.
+    pub missing: C,
+    /// Recordings deleted on the platform (a 404 on delete counts: it is gone).
+    pub deletes: C,
+    /// Tasks, files or deletes that cannot be done as sent (bad names, refused).
+    pub rejected: C,
+    /// Transfers or deletes given up after every attempt (`--once` only).
+    pub failed: C,
+}
+
+impl Counts<AtomicU64> {
+    pub const fn new() -> Counts<AtomicU64> {
+        Counts {
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            missing: AtomicU64::new(0),
+            deletes: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `n` to one of the counters.
+    pub fn bump(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> Counts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counts {
+            files: get(&self.files),
+            bytes: get(&self.bytes),
+            missing: get(&self.missing),
+            deletes: get(&self.deletes),
+            rejected: get(&self.rejected),
+            failed: get(&self.failed),
+        }
+    }
+}
+
+impl std::ops::AddAssign<&Counts> for Counts {
+    fn add_assign(&mut self, other: &Counts) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.missing += other.missing;
+        self.deletes += other.deletes;
+        self.rejected += other.rejected;
+        self.failed += other.failed;
+    }
+}
+
 /// Everything counted since the process started.
 pub struct Metrics {
     /// Tasks of finished pages (a re-delivered task counts again).
     tasks: AtomicU64,
-    files: AtomicU64,
-    bytes: AtomicU64,
-    /// Recordings deleted on the platform (a 404 on delete counts: it is gone).
-    /// This and the error counts below are added when a page is finished.
-    deletes: AtomicU64,
-    /// Files the platform answered 404 for.
-    missing: AtomicU64,
-    /// Tasks, files or deletes that cannot be done as sent (bad names, refused).
-    rejected: AtomicU64,
-    /// Transfers or deletes given up after every attempt (`--once` only).
-    failed: AtomicU64,
+    /// Files and bytes are added as each file is stored; the rest when a page is
+    /// finished.
+    counts: Counts<AtomicU64>,
     /// Back-offs after a transient error, by side and reason ([`crate::retry`]).
     retries: [[AtomicU64; Reason::ALL.len()]; Side::ALL.len()],
     rounds: AtomicU64,
@@ -81,12 +132,7 @@ impl Metrics {
     pub const fn new() -> Metrics {
         Metrics {
             tasks: AtomicU64::new(0),
-            files: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            deletes: AtomicU64::new(0),
-            missing: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
+            counts: Counts::new(),
             retries: [const { [const { AtomicU64::new(0) }; Reason::ALL.len()] }; Side::ALL.len()],
             rounds: AtomicU64::new(0),
             name_differences: AtomicU64::new(0),
@@ -120,20 +166,22 @@ impl Metrics {
     }
 
     /// A page was worked through (or stopped): its counts, as in the run's summary.
-    pub fn page_done(&self, tasks: u64, deletes: u64, missing: u64, rejected: u64, failed: u64) {
+    /// (Its files and bytes were counted as each file was stored.)
+    pub fn page_done(&self, tasks: u64, page: &Counts) {
+        let c = &self.counts;
         Self::add(&self.tasks, tasks);
-        Self::add(&self.deletes, deletes);
-        Self::add(&self.missing, missing);
-        Self::add(&self.rejected, rejected);
-        Self::add(&self.failed, failed);
-        if deletes > 0 {
+        Self::add(&c.deletes, page.deletes);
+        Self::add(&c.missing, page.missing);
+        Self::add(&c.rejected, page.rejected);
+        Self::add(&c.failed, page.failed);
+        if page.deletes > 0 {
             self.progress();
         }
     }
 
     pub fn file_stored(&self, bytes: u64) {
-        Self::add(&self.files, 1);
-        Self::add(&self.bytes, bytes);
+        Self::add(&self.counts.files, 1);
+        Self::add(&self.counts.bytes, bytes);
         self.last_file_ms.store(now_ms(), Ordering::Relaxed);
         self.progress();
     }
@@ -219,28 +267,28 @@ impl Metrics {
             "spinoco_files_total",
             "counter",
             "Files stored.",
-            &[("", get(&self.files).to_string())],
+            &[("", get(&self.counts.files).to_string())],
         );
         metric(
             "spinoco_bytes_total",
             "counter",
             "Bytes stored.",
-            &[("", get(&self.bytes).to_string())],
+            &[("", get(&self.counts.bytes).to_string())],
         );
         metric(
             "spinoco_deletes_total",
             "counter",
             "Recordings deleted on the platform after they were stored.",
-            &[("", get(&self.deletes).to_string())],
+            &[("", get(&self.counts.deletes).to_string())],
         );
         metric(
             "spinoco_errors_total",
             "counter",
             "Errors by kind: missing = the platform answered 404 for a file; rejected = a task, file or delete that cannot be done as sent; failed = given up after every attempt (--once only).",
             &[
-                ("{kind=\"missing\"}", get(&self.missing).to_string()),
-                ("{kind=\"rejected\"}", get(&self.rejected).to_string()),
-                ("{kind=\"failed\"}", get(&self.failed).to_string()),
+                ("{kind=\"missing\"}", get(&self.counts.missing).to_string()),
+                ("{kind=\"rejected\"}", get(&self.counts.rejected).to_string()),
+                ("{kind=\"failed\"}", get(&self.counts.failed).to_string()),
             ],
         );
         let retry_labels: Vec<(String, String)> = Side::ALL
@@ -368,7 +416,14 @@ mod tests {
         let m = Metrics::new();
         m.file_stored(100);
         m.file_stored(50);
-        m.page_done(3, 1, 1, 0, 0);
+        m.page_done(
+            3,
+            &Counts {
+                deletes: 1,
+                missing: 1,
+                ..Counts::default()
+            },
+        );
         m.retry(Side::Platform, Reason::ServerError);
         m.retry(Side::Platform, Reason::ServerError);
         m.retry(Side::Storage, Reason::Transport);
@@ -413,7 +468,7 @@ mod tests {
         let started = page(&m);
         assert!(started >= before - 0.002 && started <= now_ms() as f64 / 1000.0 + 0.001);
         m.file_stored(1);
-        m.page_done(1, 0, 0, 0, 0);
+        m.page_done(1, &Counts::default());
         assert_eq!(page(&m), started, "only the engine's window moves it");
         m.oldest_page(None);
         assert_eq!(page(&m), 0.0);

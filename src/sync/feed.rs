@@ -11,13 +11,14 @@ use std::time::Instant;
 use log::{error, info};
 use serde_json::Value;
 
-use super::outcome::{platform_try, Outcome, Try};
+use super::outcome::{done, platform_step, Outcome};
 use super::round::{
-    report_oldest, Backlog, Counters, Entry, Job, NameOwner, Page, Round, State, TaskWork,
-    WINDOW_BYTES, WINDOW_PAGES,
+    report_oldest, Backlog, Entry, Job, NameOwner, Page, Round, State, TaskWork, WINDOW_BYTES,
+    WINDOW_PAGES,
 };
 use super::{now_ms, SyncError};
 use crate::journal::{self, BacklogRef, Journal};
+use crate::metrics::Counts;
 use crate::platform::{FeedPage, PlatformError};
 use crate::retry::Side;
 use crate::task::DataType;
@@ -147,8 +148,8 @@ impl<'e> Round<'e> {
             let _asking = Asking(self);
             let fetched = engine.retried(Side::Platform, "the sync feed", || {
                 match engine.platform.feed(&request) {
-                    Ok(page) => Try::Ok(Some(page)),
-                    Err(PlatformError::PageExpired) => Try::Ok(None),
+                    Ok(page) => done(Some(page)),
+                    Err(PlatformError::PageExpired) => done(None),
                     Err(e) => {
                         if is_query && matches!(e, PlatformError::Lost { .. }) {
                             engine.feed_gap(&format!(
@@ -156,7 +157,7 @@ impl<'e> Round<'e> {
                             ));
                             self.gaps.fetch_add(1, Ordering::Relaxed);
                         }
-                        platform_try(e)
+                        platform_step(e)
                     }
                 }
             });
@@ -246,7 +247,7 @@ impl<'e> Round<'e> {
     /// reported and counted here.
     pub(super) fn plan(&self, raw: &[Value], stored: &BTreeSet<String>) -> (Arc<Page>, Vec<Job>) {
         let engine = self.engine;
-        let counters = Counters::default();
+        let counts = Counts::new();
         let mut tasks = Vec::with_capacity(raw.len());
         // What the journal holds of the page: the tasks that can be worked.
         let mut accepted = Vec::with_capacity(raw.len());
@@ -256,7 +257,7 @@ impl<'e> Round<'e> {
                 Ok(t) => t,
                 Err(e) => {
                     error!("skipping a task the platform sent: {e}");
-                    Counters::add(&counters.rejected, 1);
+                    Counts::bump(&counts.rejected, 1);
                     continue;
                 }
             };
@@ -267,7 +268,7 @@ impl<'e> Round<'e> {
                         "task {}: {e}; nothing of it is stored and nothing deleted",
                         excerpt(value)
                     );
-                    Counters::add(&counters.rejected, 1);
+                    Counts::bump(&counts.rejected, 1);
                     continue;
                 }
             };
@@ -277,7 +278,7 @@ impl<'e> Round<'e> {
                      nothing of it is stored and nothing deleted, so that neither overwrites the other",
                     task.task_id, clash.name, clash.owner
                 );
-                Counters::add(&counters.rejected, 1);
+                Counts::bump(&counts.rejected, 1);
                 continue;
             }
             for f in &files {
@@ -295,7 +296,7 @@ impl<'e> Round<'e> {
                     "task {:?} asks to delete {:?}, which is not sent: {} (a platform error)",
                     task.task_id, refused.path, refused.reason
                 );
-                Counters::add(&counters.rejected, 1);
+                Counts::bump(&counts.rejected, 1);
             }
             tasks.push(TaskWork {
                 deletes: deletes.allowed,
@@ -312,7 +313,7 @@ impl<'e> Round<'e> {
             names: names.into_iter().collect(),
             tasks,
             left: AtomicUsize::new(0),
-            counters,
+            counts,
             started: Instant::now(),
         };
         let mut work = Vec::new();

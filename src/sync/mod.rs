@@ -7,19 +7,20 @@
 //! stops the run while the platform's cursor has not moved.
 //!
 //! A round then asks the feed for pages until it is drained, keeping a small window of
-//! pages in work at once ([`WINDOW_PAGES`], and at most [`WINDOW_BYTES`] of task JSON):
+//! pages in work at once ([`round::WINDOW_PAGES`], at most [`round::WINDOW_BYTES`] of task JSON):
 //! one pool of threads takes the files of every page in the window from one queue, so
 //! the pool never drains between pages, and the next page is asked for as soon as one
 //! leaves the window. The journal holds every page of the window; a page leaves it
 //! only when every task of it is done, and a restart finishes all of them first.
 //!
-//! Three kinds of thread share a [`Round`]: this one asks the feed, the workers transfer
-//! and delete, and one journal writer owns every write of the journal entry. The feed
-//! thread asks for a page only after everything it received before is durable (so the
-//! journal's `next` token is never behind the platform's cursor by more than the page
-//! in flight), and hands a new page to the workers only after the write that holds it.
-//! A page the feed handed out exists only in memory until then, so that write never
-//! gives up (whatever the budget or the error); only a stop request ends the wait, as
+//! Three kinds of thread share a [`round::Round`]: the feed thread ([`feed`]) asks the
+//! feed, the workers transfer and delete, and one journal writer ([`writer`]) owns every
+//! write of the journal entry. The feed thread asks for a page only after everything it
+//! received before is durable (so the journal's `next` token is never behind the
+//! platform's cursor by more than the page in flight), and hands a new page to the
+//! workers only after the write that holds it. A page the feed handed out exists only in
+//! memory until then, so that write never gives up (whatever the budget or the error);
+//! only a stop request ends the wait, as
 //! [`SyncError::DataAtRisk`] naming its tasks.
 //!
 //! Group commit. When the last file of a task with deletes is stored, the worker adds
@@ -40,17 +41,18 @@ mod round;
 mod writer;
 
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use serde_json::{json, Value};
 
-use self::outcome::{platform_try, store_try, Outcome, Try};
+use self::outcome::{done, platform_step, store_reason, store_step, Outcome, Try};
 use self::round::Round;
 use crate::config::Config;
 use crate::journal::{Journal, JournalError, PageJournal};
+use crate::metrics::Counts;
 use crate::platform::{Platform, PlatformError};
-use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
+use crate::retry::{with_retries, RetryBudget, Side, Step};
 use crate::shutdown;
 use crate::store::{BlobStore, StoreError, StoreErrorKind};
 use crate::task::join_types;
@@ -62,6 +64,18 @@ pub enum Mode {
     Once,
     /// Rounds forever, with the poll interval between them.
     Service,
+}
+
+impl Mode {
+    /// How long one operation (a request, a transfer) keeps retrying a transient
+    /// failure: `retry_timeout` (`SP_TASK_SYNC_RETRY_TIMEOUT`) in `--once`, forever as a
+    /// service. The engine and the storage client retry under the same budget.
+    pub fn budget(self, retry_timeout: Duration) -> RetryBudget {
+        match self {
+            Mode::Once => RetryBudget::within(retry_timeout),
+            Mode::Service => RetryBudget::FOREVER,
+        }
+    }
 }
 
 /// Why a run ended early.
@@ -155,13 +169,9 @@ pub struct Summary {
     pub rounds: u64,
     pub pages: u64,
     pub tasks: u64,
-    pub files: u64,
-    pub bytes: u64,
-    /// Files the platform answered 404 for (warnings, not failures).
-    pub missing: u64,
-    pub deletes: u64,
-    /// Tasks that cannot be stored as sent (bad names, malformed JSON): errors, not retried.
-    pub rejected: u64,
+    /// Files the platform answered 404 for are warnings, not failures; rejected tasks
+    /// (bad names, malformed JSON) are errors, not retried.
+    pub counts: Counts,
     /// Answers to a query of the feed lost after it was sent (each may have held a task
     /// the platform will not hand out again).
     pub feed_gaps: u64,
@@ -177,12 +187,12 @@ impl fmt::Display for Summary {
             f,
             "{} tasks, {} files, {} in {} page(s); {} deleted on the platform, {} missing (404), {} rejected; {} journal writes",
             self.tasks,
-            self.files,
-            megabytes(self.bytes),
+            self.counts.files,
+            megabytes(self.counts.bytes),
             self.pages,
-            self.deletes,
-            self.missing,
-            self.rejected,
+            self.counts.deletes,
+            self.counts.missing,
+            self.counts.rejected,
             self.journal_writes
         )
     }
@@ -205,6 +215,7 @@ pub struct Engine<'a> {
     platform: Platform,
     store: &'a dyn BlobStore,
     journal: PageJournal<'a>,
+    mode: Mode,
     budget: RetryBudget,
     summary: Summary,
     name_differences: NameDifferences,
@@ -217,16 +228,13 @@ impl<'a> Engine<'a> {
         store: &'a dyn BlobStore,
         mode: Mode,
     ) -> Engine<'a> {
-        let budget = match mode {
-            Mode::Once => RetryBudget::within(cfg.retry_timeout),
-            Mode::Service => RetryBudget::FOREVER,
-        };
         Engine {
             cfg,
             platform,
             store,
             journal: PageJournal::new(store, &cfg.tag),
-            budget,
+            mode,
+            budget: mode.budget(cfg.retry_timeout),
             summary: Summary::default(),
             name_differences: NameDifferences::default(),
         }
@@ -234,7 +242,8 @@ impl<'a> Engine<'a> {
 
     /// Runs rounds until the feed is drained (`--once`) or forever (service), stopping
     /// early on SIGTERM/SIGINT with the pages in progress journaled.
-    pub fn run(mut self, mode: Mode) -> Result<Summary, SyncError> {
+    pub fn run(mut self) -> Result<Summary, SyncError> {
+        let mode = self.mode;
         info!(
             "syncing tag {:?} from {} into {} (get {}, delete {}, {} parallel transfers)",
             self.cfg.tag,
@@ -284,9 +293,9 @@ impl<'a> Engine<'a> {
                 s.rounds,
                 started.elapsed().as_secs_f64(),
                 s.tasks - before.tasks,
-                s.files - before.files,
-                megabytes(s.bytes - before.bytes),
-                s.deletes - before.deletes
+                s.counts.files - before.counts.files,
+                megabytes(s.counts.bytes - before.counts.bytes),
+                s.counts.deletes - before.counts.deletes
             );
             if mode == Mode::Once {
                 break;
@@ -298,10 +307,10 @@ impl<'a> Engine<'a> {
             }
         }
         let s = &self.summary;
-        if failed > 0 || (mode == Mode::Once && (s.rejected > 0 || s.feed_gaps > 0)) {
+        if failed > 0 || (mode == Mode::Once && (s.counts.rejected > 0 || s.feed_gaps > 0)) {
             return Err(SyncError::Incomplete {
                 failed,
-                rejected: s.rejected,
+                rejected: s.counts.rejected,
                 feed_gaps: s.feed_gaps,
             });
         }
@@ -354,11 +363,7 @@ impl<'a> Engine<'a> {
         let s = &mut self.summary;
         s.pages += totals.pages;
         s.tasks += totals.tasks;
-        s.files += totals.files;
-        s.bytes += totals.bytes;
-        s.missing += totals.missing;
-        s.deletes += totals.deletes;
-        s.rejected += totals.rejected;
+        s.counts += &totals.counts;
         s.feed_gaps += totals.feed_gaps;
         s.stopped |= totals.stopped;
         Ok(failed)
@@ -414,12 +419,12 @@ impl<'a> Engine<'a> {
     ) -> Result<Option<T>, SyncError> {
         let mut damaged = None;
         let outcome = self.retried(Side::Storage, what, || match read() {
-            Ok(found) => Try::Ok(found),
-            Err(JournalError::Store(e)) => store_try(e),
+            Ok(found) => done(found),
+            Err(JournalError::Store(e)) => store_step(e),
             Err(e) => {
                 let message = e.to_string();
                 damaged = Some(e);
-                Try::Reject(message)
+                Step::Done(Outcome::Rejected(message))
             }
         });
         match outcome {
@@ -457,16 +462,9 @@ impl<'a> Engine<'a> {
                             at_risk().len()
                         );
                     }
-                    let reason = match e.kind {
-                        StoreErrorKind::Transient
-                        | StoreErrorKind::Source
-                        | StoreErrorKind::Restart => Reason::Transport,
-                        // Refused, yet retried: the label says the storage answered no.
-                        StoreErrorKind::Denied | StoreErrorKind::Rejected => Reason::ServerError,
-                    };
                     Step::Retry {
+                        reason: store_reason(e.kind),
                         error: e.message,
-                        reason,
                         after: None,
                     }
                 }
@@ -493,8 +491,8 @@ impl<'a> Engine<'a> {
     ) -> Result<(), SyncError> {
         let mut op = op;
         match self.retried(Side::Storage, what, || match op() {
-            Ok(()) => Try::Ok(()),
-            Err(e) => store_try(e),
+            Ok(()) => done(()),
+            Err(e) => store_step(e),
         }) {
             Outcome::Done(()) => Ok(()),
             Outcome::Fatal(e) => Err(e),
@@ -508,29 +506,11 @@ impl<'a> Engine<'a> {
 
     /// Runs `op` until it works, backing off between tries per the shared policy
     /// ([`crate::retry`]) within the run's budget.
-    fn retried<T>(&self, side: Side, what: &str, mut op: impl FnMut() -> Try<T>) -> Outcome<T> {
+    fn retried<T>(&self, side: Side, what: &str, op: impl FnMut() -> Try<T>) -> Outcome<T> {
         if shutdown::requested() {
             return Outcome::Stopped;
         }
-        let tried = with_retries(self.budget, side, what, || match op() {
-            Try::Ok(v) => Step::Done(Outcome::Done(v)),
-            Try::Missing => Step::Done(Outcome::Missing),
-            Try::Reject(m) => Step::Done(Outcome::Rejected(m)),
-            Try::Fatal(e) => Step::Done(Outcome::Fatal(e)),
-            Try::Stopped => Step::Done(Outcome::Stopped),
-            Try::GaveUp(_) if shutdown::requested() => Step::Done(Outcome::Stopped),
-            Try::GaveUp(m) => Step::Done(Outcome::GaveUp(m)),
-            Try::Retry {
-                message,
-                reason,
-                after,
-            } => Step::Retry {
-                error: message,
-                reason,
-                after,
-            },
-        });
-        match tried {
+        match with_retries(self.budget, side, what, op) {
             Ok(outcome) => outcome,
             Err(_) if shutdown::requested() => Outcome::Stopped,
             Err(e) => Outcome::GaveUp(e.error),
@@ -543,7 +523,7 @@ impl<'a> Engine<'a> {
         self.retried(Side::Platform, &job.name, || {
             let mut download = match self.platform.download(&job.path, self.cfg.max_file_size) {
                 Ok(d) => d,
-                Err(e) => return platform_try(e),
+                Err(e) => return platform_step(e),
             };
             let size = download.expected_len();
             let stored = self
@@ -554,31 +534,20 @@ impl<'a> Engine<'a> {
                 .take_failure()
                 .filter(|_| stored.is_err() && !shutdown::requested())
             {
-                return platform_try(failure);
+                return platform_step(failure);
             }
             match stored {
-                Ok(n) => Try::Ok(n),
-                Err(_) if shutdown::requested() => Try::Stopped,
-                Err(e) if e.kind == StoreErrorKind::Source => Try::Retry {
-                    message: e.message,
-                    reason: Reason::BrokenBody,
-                    after: None,
-                },
-                // The store lost the upload: the file is transferred anew.
-                Err(e) if e.kind == StoreErrorKind::Restart => Try::Retry {
-                    message: e.message,
-                    reason: Reason::ServerError,
-                    after: None,
-                },
-                Err(e) => store_try(e),
+                Ok(n) => done(n),
+                Err(_) if shutdown::requested() => Step::Done(Outcome::Stopped),
+                Err(e) => store_step(e),
             }
         })
     }
 
     fn delete(&self, path: &str) -> Outcome<()> {
         self.retried(Side::Platform, path, || match self.platform.delete(path) {
-            Ok(()) => Try::Ok(()),
-            Err(e) => platform_try(e),
+            Ok(()) => done(()),
+            Err(e) => platform_step(e),
         })
     }
 }

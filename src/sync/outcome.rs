@@ -1,12 +1,12 @@
-//! What one try of an operation came to, sorted once per side: the platform's answers
-//! and the storage's errors, into what the engine does next (go on, retry, skip,
-//! reject, stop).
-
-use std::time::Duration;
+//! What an operation of the engine came to, and the one place where each side's
+//! failures are sorted: the platform's ([`platform_step`]) and the storage's
+//! ([`store_step`]), each into a step of the shared retry loop (`crate::retry`):
+//! done with an [`Outcome`], or worth another try.
 
 use super::SyncError;
 use crate::platform::PlatformError;
-use crate::retry::Reason;
+use crate::retry::{Reason, Step};
+use crate::shutdown;
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The result of one retried operation.
@@ -23,65 +23,75 @@ pub(super) enum Outcome<T> {
     Stopped,
 }
 
-/// One try of an operation, sorted.
-pub(super) enum Try<T> {
-    Ok(T),
-    Retry {
-        message: String,
-        reason: Reason,
-        after: Option<Duration>,
-    },
-    Missing,
-    Reject(String),
-    Fatal(SyncError),
-    Stopped,
-    /// Final for this item: a storage error after the storage client spent its own
-    /// retry budget (the layer that made the request decides; see `crate::retry`).
-    GaveUp(String),
+/// One try of an engine operation, as the retry loop takes it.
+pub(super) type Try<T> = Step<Outcome<T>, String>;
+
+/// A try that worked.
+pub(super) fn done<T>(value: T) -> Try<T> {
+    Step::Done(Outcome::Done(value))
 }
 
-pub(super) fn platform_try<T>(e: PlatformError) -> Try<T> {
-    match e {
-        PlatformError::Auth { .. } => Try::Fatal(SyncError::Auth(e)),
-        PlatformError::Tls { .. } => Try::Fatal(SyncError::Tls(e)),
-        PlatformError::NotFound => Try::Missing,
+/// A platform failure: the token or the certificate stops the run, a 404 is a missing
+/// item, a transient failure is tried again, anything else rejects the item.
+pub(super) fn platform_step<T>(e: PlatformError) -> Try<T> {
+    let outcome = match e {
+        PlatformError::Auth { .. } => Outcome::Fatal(SyncError::Auth(e)),
+        PlatformError::Tls { .. } => Outcome::Fatal(SyncError::Tls(e)),
+        PlatformError::NotFound => Outcome::Missing,
         PlatformError::Transient {
             message,
             reason,
             retry_after,
-        } => Try::Retry {
-            message,
-            reason,
-            after: retry_after,
-        },
-        PlatformError::Lost { message, reason } => Try::Retry {
-            message,
-            reason,
-            after: None,
-        },
+        } => {
+            return Step::Retry {
+                error: message,
+                reason,
+                after: retry_after,
+            }
+        }
+        PlatformError::Lost { message, reason } => {
+            return Step::Retry {
+                error: message,
+                reason,
+                after: None,
+            }
+        }
         PlatformError::Refused { .. }
         | PlatformError::PageExpired
-        | PlatformError::Unstorable { .. } => Try::Reject(e.to_string()),
-    }
+        | PlatformError::Unstorable { .. } => Outcome::Rejected(e.to_string()),
+    };
+    Step::Done(outcome)
 }
 
-/// Sorts a storage error. The storage client already retried its request within the
-/// run's budget, so a transient error here is final; only a broken download (the
-/// source of a transfer) is tried again, by the engine.
-pub(super) fn store_try<T>(e: StoreError) -> Try<T> {
-    match e.kind {
-        StoreErrorKind::Denied => Try::Fatal(SyncError::StorageDenied(e)),
-        StoreErrorKind::Rejected => Try::Reject(e.message),
-        StoreErrorKind::Transient => Try::GaveUp(e.message),
-        StoreErrorKind::Restart => Try::Retry {
-            message: e.message,
-            reason: Reason::ServerError,
-            after: None,
-        },
-        StoreErrorKind::Source => Try::Retry {
-            message: e.message,
-            reason: Reason::BrokenBody,
-            after: None,
-        },
+/// A storage failure, as it reaches the engine (see `crate::store` for what each kind
+/// means there): refused access stops the run, a rejected object is skipped, a
+/// transient error is final (the store spent the budget on its own request), and a
+/// broken source or a lost upload make the engine transfer the file anew.
+pub(super) fn store_step<T>(e: StoreError) -> Try<T> {
+    let outcome = match e.kind {
+        StoreErrorKind::Transient if shutdown::requested() => Outcome::Stopped,
+        StoreErrorKind::Denied => Outcome::Fatal(SyncError::StorageDenied(e)),
+        StoreErrorKind::Rejected => Outcome::Rejected(e.message),
+        StoreErrorKind::Transient => Outcome::GaveUp(e.message),
+        StoreErrorKind::Restart | StoreErrorKind::Source => {
+            return Step::Retry {
+                reason: store_reason(e.kind),
+                error: e.message,
+                after: None,
+            }
+        }
+    };
+    Step::Done(outcome)
+}
+
+/// The label a storage error is retried under in `spinoco_retries_total`.
+pub(super) fn store_reason(kind: StoreErrorKind) -> Reason {
+    match kind {
+        StoreErrorKind::Source => Reason::BrokenBody,
+        StoreErrorKind::Transient => Reason::Transport,
+        // Refused, or the store lost the upload, yet tried again: the store answered.
+        StoreErrorKind::Restart | StoreErrorKind::Denied | StoreErrorKind::Rejected => {
+            Reason::ServerError
+        }
     }
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::outcome::Outcome;
 use super::{megabytes, Engine, Summary, SyncError};
 use crate::journal::BacklogRef;
+use crate::metrics::Counts;
 use crate::shutdown;
 use crate::task::FileJob;
 
@@ -21,26 +22,6 @@ use crate::task::FileJob;
 pub(super) const WINDOW_PAGES: usize = 3;
 /// The task JSON of the pages in work at once, at most (one page is always admitted).
 pub(super) const WINDOW_BYTES: usize = 2 << 20;
-
-#[derive(Default)]
-pub(super) struct Counters {
-    pub(super) files: AtomicU64,
-    pub(super) bytes: AtomicU64,
-    pub(super) missing: AtomicU64,
-    pub(super) deletes: AtomicU64,
-    pub(super) rejected: AtomicU64,
-    pub(super) failed: AtomicU64,
-}
-
-impl Counters {
-    pub(super) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(super) fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
 
 /// A task of a page in work.
 pub(super) struct TaskWork {
@@ -63,7 +44,7 @@ pub(super) struct Page {
     pub(super) tasks: Vec<TaskWork>,
     /// Tasks not done yet; the page is finished at zero.
     pub(super) left: AtomicUsize,
-    pub(super) counters: Counters,
+    pub(super) counts: Counts<AtomicU64>,
     pub(super) started: Instant,
 }
 
@@ -226,14 +207,14 @@ impl<'e> Round<'e> {
     }
 
     pub(super) fn transfer(&self, page: &Arc<Page>, task_index: usize, file: usize) {
-        let c = &page.counters;
+        let c = &page.counts;
         let task = &page.tasks[task_index];
         let job = &task.files[file];
         let stored = match self.engine.transfer(job) {
             Outcome::Done(n) => {
                 debug!("stored {} ({n} bytes)", job.name);
-                Counters::add(&c.files, 1);
-                Counters::add(&c.bytes, n);
+                Counts::bump(&c.files, 1);
+                Counts::bump(&c.bytes, n);
                 crate::metrics::global().file_stored(n);
                 true
             }
@@ -242,17 +223,17 @@ impl<'e> Round<'e> {
                     "{} is gone from the platform (404); skipped, and task {} keeps its recordings",
                     job.path, task.id
                 );
-                Counters::add(&c.missing, 1);
+                Counts::bump(&c.missing, 1);
                 false
             }
             Outcome::Rejected(m) => {
                 error!("task {}: {}: {m}; not stored", task.id, job.name);
-                Counters::add(&c.rejected, 1);
+                Counts::bump(&c.rejected, 1);
                 false
             }
             Outcome::GaveUp(m) => {
                 error!("{}: giving up: {m}", job.name);
-                Counters::add(&c.failed, 1);
+                Counts::bump(&c.failed, 1);
                 false
             }
             Outcome::Fatal(e) => {
@@ -284,7 +265,7 @@ impl<'e> Round<'e> {
     }
 
     pub(super) fn run_deletes(&self, page: &Arc<Page>, task_index: usize) {
-        let c = &page.counters;
+        let c = &page.counts;
         for path in &page.tasks[task_index].deletes {
             if self.halted() {
                 return;
@@ -292,16 +273,16 @@ impl<'e> Round<'e> {
             match self.engine.delete(path) {
                 Outcome::Done(()) => {
                     debug!("deleted {path} on the platform");
-                    Counters::add(&c.deletes, 1);
+                    Counts::bump(&c.deletes, 1);
                 }
-                Outcome::Missing => Counters::add(&c.deletes, 1),
+                Outcome::Missing => Counts::bump(&c.deletes, 1),
                 Outcome::Rejected(m) => {
                     error!("delete of {path} refused: {m}; the recording stays on the platform");
-                    Counters::add(&c.rejected, 1);
+                    Counts::bump(&c.rejected, 1);
                 }
                 Outcome::GaveUp(m) => {
                     error!("delete of {path} failed: {m}");
-                    Counters::add(&c.failed, 1);
+                    Counts::bump(&c.failed, 1);
                 }
                 Outcome::Fatal(e) => return self.fail(e),
                 Outcome::Stopped => return,
@@ -320,8 +301,8 @@ impl<'e> Round<'e> {
     /// Every task of the page is done: it leaves the window and the journal (unless
     /// something failed for good: then it stays journaled for the next run).
     pub(super) fn finished(&self, st: &mut State, page: &Arc<Page>) {
-        let c = &page.counters;
-        let failed = Counters::get(&c.failed);
+        let c = page.counts.snapshot();
+        let failed = c.failed;
         let Some(at) = st.entries.iter().position(|e| Arc::ptr_eq(&e.page, page)) else {
             return;
         };
@@ -346,16 +327,16 @@ impl<'e> Round<'e> {
         report_oldest(st);
         self.progress.notify_all();
         if log_enabled!(log::Level::Info) {
-            let (files, bytes) = (Counters::get(&c.files), Counters::get(&c.bytes));
             let secs = page.started.elapsed().as_secs_f64();
             info!(
-                "page {}: {} tasks, {files} files, {} in {secs:.2}s ({:.1} MB/s), {} deleted{}{}",
+                "page {}: {} tasks, {} files, {} in {secs:.2}s ({:.1} MB/s), {} deleted{}{}",
                 page.number,
                 page.sent.len(),
-                megabytes(bytes),
-                bytes as f64 / 1_000_000.0 / secs.max(1e-6),
-                Counters::get(&c.deletes),
-                match Counters::get(&c.missing) {
+                c.files,
+                megabytes(c.bytes),
+                c.bytes as f64 / 1_000_000.0 / secs.max(1e-6),
+                c.deletes,
+                match c.missing {
                     0 => String::new(),
                     n => format!(", {n} missing"),
                 },
@@ -370,22 +351,12 @@ impl<'e> Round<'e> {
 
     /// Adds a page's counts to the round's (and to the metrics).
     pub(super) fn account(&self, totals: &mut Summary, page: &Page) {
-        let c = &page.counters;
+        let counts = page.counts.snapshot();
         let tasks = page.sent.len() as u64;
         totals.pages += 1;
         totals.tasks += tasks;
-        totals.files += Counters::get(&c.files);
-        totals.bytes += Counters::get(&c.bytes);
-        totals.missing += Counters::get(&c.missing);
-        totals.deletes += Counters::get(&c.deletes);
-        totals.rejected += Counters::get(&c.rejected);
-        crate::metrics::global().page_done(
-            tasks,
-            Counters::get(&c.deletes),
-            Counters::get(&c.missing),
-            Counters::get(&c.rejected),
-            Counters::get(&c.failed),
-        );
+        totals.counts += &counts;
+        crate::metrics::global().page_done(tasks, &counts);
     }
 
     /// Waits until every page of the window is finished and the journal says so (or
