@@ -97,8 +97,8 @@ pub struct Config {
     /// `SP_TASK_SYNC_LEASE_TTL`: how long the journal lease lasts without renewal.
     pub lease_ttl: Duration,
     pub storage: StorageSettings,
-    /// Extra trusted CAs and proxies (`crate::net`).
-    pub network: crate::net::Network,
+    /// Extra trusted CAs and proxies (`crate::http::proxy`).
+    pub network: crate::http::proxy::Network,
     /// `SP_METRICS_ADDR`: where `/metrics`, `/healthz` and `/readyz` are served (opt-in).
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub log_format: crate::logging::LogFormat,
@@ -273,7 +273,7 @@ impl Config {
             &mut errors,
         ) as u32;
         let storage = parse_storage(env, &mut errors);
-        let network = crate::net::Network::from_env(env, &mut errors);
+        let network = crate::http::proxy::Network::from_env(env, &mut errors);
         let metrics_addr = parse_metrics_addr(env, &mut errors);
         let log_format = parse_log_format(env, &mut errors);
 

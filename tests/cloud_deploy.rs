@@ -707,7 +707,7 @@ fn key_store(
     use spinoco_connector::store::azure::{AzureSettings, AzureStore};
     let env = spinoco_connector::env::Env::from_pairs([("SP_TLS_CA_FILE", ca.to_str().unwrap())]);
     let mut errors = Vec::new();
-    let network = spinoco_connector::net::Network::from_env(&env, &mut errors);
+    let network = spinoco_connector::http::proxy::Network::from_env(&env, &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     let http = spinoco_connector::http::Http::new(Duration::from_secs(10), 2, &network);
     let dsn =

@@ -151,7 +151,7 @@ pub fn exchange(
             crate::http::error_message(strip_query(url), &e)
         );
         // A certificate that does not verify will not verify on the next try either.
-        match crate::tls::verification_failure(&e) {
+        match crate::http::tls::verification_failure(&e) {
             Some(_) => StoreError::new(StoreErrorKind::Denied, message),
             None => StoreError::transient(message),
         }

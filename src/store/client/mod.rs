@@ -221,7 +221,7 @@ impl Client {
                             MAX_MESSAGE_CHARS,
                         );
                         let message = format!("{what}: {message}");
-                        if crate::tls::verification_failure(&e).is_some() {
+                        if crate::http::tls::verification_failure(&e).is_some() {
                             return Step::Fail(StoreError::new(
                                 StoreErrorKind::Denied,
                                 format!("{message} (nothing was stored, and retrying cannot help)"),
