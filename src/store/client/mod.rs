@@ -25,6 +25,7 @@
 //! | any other 4xx | `Rejected`: this object cannot be stored as sent |
 
 pub mod claim;
+pub mod identity;
 pub mod parts;
 pub mod token;
 
