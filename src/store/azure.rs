@@ -42,8 +42,6 @@ use crate::retry::{Reason, RetryBudget, Rng};
 pub const API_VERSION: &str = "2021-08-06";
 /// The error code given to a 403 AuthenticationFailed for an expired bearer token.
 const EXPIRED_TOKEN: &str = "AuthenticationFailed (the token is expired)";
-/// An identity token is fetched again this long before it expires.
-const TOKEN_REFRESH_EARLY: std::time::Duration = std::time::Duration::from_secs(300);
 /// The block size of large uploads: also the one buffer a `put` holds.
 pub const DEFAULT_BLOCK_SIZE: usize = 8 * 1024 * 1024;
 /// Bounds of `SP_TASK_SYNC_AZURE_BLOCK_SIZE` (one block is held in memory).
@@ -385,7 +383,7 @@ impl AzureStore {
                     _ => API_VERSION,
                 },
                 agent: agent.clone(),
-                tokens: TokenCache::new(TOKEN_REFRESH_EARLY),
+                tokens: TokenCache::new(),
             },
             pool: PartPool::new(settings.block_size.max(1)),
             claims: Claims::default(),
@@ -998,7 +996,7 @@ mod tests {
             container: "container-typo".into(),
             version: API_VERSION,
             agent: crate::http::agent(std::time::Duration::from_secs(1), 1),
-            tokens: TokenCache::new(TOKEN_REFRESH_EARLY),
+            tokens: TokenCache::new(),
         };
         let table: &[(u16, &str, Class)] = &[
             (201, "", Class::Answer),

@@ -15,7 +15,7 @@
 //!
 //! With an emulator endpoint only an explicit `GOOGLE_APPLICATION_CREDENTIALS` is used;
 //! otherwise no `Authorization` is sent (fake-gcs-server has no authentication).
-//! Tokens are cached and fetched again [`REFRESH_EARLY`] before they expire. Tokens,
+//! Tokens are cached in the shared token cache ([`super::client::token`]). Tokens,
 //! keys, refresh tokens and assertions never appear in a message or a `Debug` output.
 
 use std::fmt;
@@ -37,8 +37,6 @@ pub const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 pub const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 pub const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
 const METADATA_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
-/// A cached token is replaced this long before it expires.
-pub const REFRESH_EARLY: Duration = Duration::from_secs(300);
 /// Lifetime asked for in a service-account assertion (Google's maximum).
 const ASSERTION_LIFETIME: u64 = 3600;
 
@@ -260,7 +258,7 @@ impl ServiceAccount {
 }
 
 /// Hands out the `Authorization` header value through the shared token cache
-/// ([`super::client::token`]): fetched when missing or within [`REFRESH_EARLY`] of its
+/// ([`super::client::token`]): fetched when missing or within [`REFRESH_MARGIN`](super::client::token::REFRESH_MARGIN) of its
 /// expiry, the old one served while still valid when a refresh fails, and dropped when
 /// the storage answers 401. Shared by all workers; one fetch at a time.
 pub struct TokenSource {
@@ -272,7 +270,7 @@ impl TokenSource {
     pub fn new(credentials: Credentials) -> TokenSource {
         TokenSource {
             credentials,
-            cache: TokenCache::new(REFRESH_EARLY),
+            cache: TokenCache::new(),
         }
     }
 

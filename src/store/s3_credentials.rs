@@ -32,9 +32,6 @@ use crate::env::{ConfigError, Env, Secret};
 
 pub const DEFAULT_ECS_HOST: &str = "http://169.254.170.2";
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
-/// Temporary credentials are replaced this long before they expire, so a part upload
-/// that starts with them still ends with valid ones.
-pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// The metadata services are on the local link: a host without them must not stall
 /// the start for the whole HTTP timeout.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
@@ -76,6 +73,7 @@ pub struct AwsCredentials {
 impl AwsCredentials {
     #[cfg(test)]
     fn needs_refresh(&self, now: SystemTime) -> bool {
+        use super::client::token::REFRESH_MARGIN;
         self.expires.is_some_and(|t| now + REFRESH_MARGIN >= t)
     }
 
@@ -252,7 +250,7 @@ impl CredentialProvider {
         CredentialProvider {
             settings,
             agent,
-            cache: TokenCache::new(REFRESH_MARGIN),
+            cache: TokenCache::new(),
         }
     }
 
@@ -610,6 +608,7 @@ mod tests {
 
     #[test]
     fn refresh_margin() {
+        use super::super::client::token::REFRESH_MARGIN;
         let now = SystemTime::now();
         let mut c = parse_credentials_json(
             r#"{"AccessKeyId":"a","SecretAccessKey":"b"}"#,
