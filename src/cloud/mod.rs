@@ -1,7 +1,6 @@
 //! Cloud-native identities and the cloud SDKs' configuration conventions (moving into
 //! the storage providers).
 
-pub mod aws;
 pub mod azure;
 pub mod gcp;
 

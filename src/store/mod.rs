@@ -24,7 +24,6 @@ pub mod gcs;
 pub mod gcs_auth;
 pub mod local;
 pub mod s3;
-pub mod s3_credentials;
 
 use std::path::PathBuf;
 
