@@ -2,6 +2,5 @@
 //! the storage providers).
 
 pub mod azure;
-pub mod gcp;
 
 pub(crate) use crate::store::client::identity::*;

@@ -21,7 +21,6 @@ pub mod azure;
 pub mod azure_auth;
 pub mod client;
 pub mod gcs;
-pub mod gcs_auth;
 pub mod local;
 pub mod s3;
 
