@@ -4,7 +4,6 @@
 //! The binary is a thin shell over this library; the integration tests, the benchmark
 //! and the demo use the same pieces (the platform emulator above all).
 
-pub mod cloud;
 pub mod config;
 pub mod date_pattern;
 pub mod demo;

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::fake_http::{FakeServer, Request};
-use spinoco_connector::cloud::azure::{AzureIdentity, STORAGE_SCOPE};
 use spinoco_connector::env::Env;
+use spinoco_connector::store::azure::identity::{AzureIdentity, STORAGE_SCOPE};
 use spinoco_connector::store::gcs::identity::{ExternalAccount, STORAGE_SCOPE as GCS_SCOPE};
 use spinoco_connector::store::s3::identity::WebIdentity;
 use spinoco_connector::store::StoreErrorKind;

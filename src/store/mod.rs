@@ -18,7 +18,6 @@ use std::fmt;
 use std::io::{self, Read};
 
 pub mod azure;
-pub mod azure_auth;
 pub mod client;
 pub mod gcs;
 pub mod local;

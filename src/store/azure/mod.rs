@@ -1,372 +1,61 @@
 //! Azure Blob Storage through a small hand-written REST client.
 //!
 //! Small objects go up in one Put Blob (for a task's file a conditional create, so that
-//! another task's blob is never replaced: [`super::client::claim`]). Larger ones (above
+//! another task's blob is never replaced: [`crate::store::client::claim`]). Larger ones (above
 //! one block: 8 MiB, or `SP_TASK_SYNC_AZURE_BLOCK_SIZE`) are streamed as Put Block calls
 //! from one reusable block buffer and become a blob only with the final Put Block
 //! List: uncommitted blocks are never visible, so an upload that fails earlier leaves
 //! nothing new behind and an older blob under the same name untouched (Azure drops
 //! uncommitted blocks after a week). Requests go through the shared REST layer
-//! ([`super::client`]): each is retried under the store's budget, a refused key or SAS
+//! ([`crate::store::client`]): each is retried under the store's budget, a refused key or SAS
 //! is a `Denied` error at once, a missing container names SP_TASK_SYNC_AZURE_CLIENT_NAME.
 //! Every Put Blob, Put Block and Put Block List carries `x-ms-content-crc64` (computed
 //! while the block is read), which Azure and Azurite check before they take the bytes.
 //!
 //! The account is named by the connection string (`SP_TASK_SYNC_AZURE_DSN`: Shared Key
 //! or SAS), or by `SP_TASK_SYNC_AZURE_ACCOUNT_URL` with a token from AKS workload
-//! identity or a managed identity ([`crate::cloud::azure`]) sent as `Bearer`, kept in
+//! identity or a managed identity ([`identity`]) sent as `Bearer`, kept in
 //! the shared token cache and dropped when the service answers 401. The access tier
 //! (`SP_TASK_SYNC_AZURE_ACCESS_TIER`) and the task's metadata (`x-ms-meta-task_id`,
 //! `x-ms-meta-data_type`) go with every Put Blob and Put Block List.
+//!
+//! The files: [`builder`] reads the settings, [`credential`] parses the connection
+//! string and signs with its key or SAS (workload and managed identities in
+//! [`identity`]), `client` says what Azure adds to the shared REST layer, and this
+//! file is the store.
 
 use std::io::Read;
 
-use ureq::http::HeaderMap;
+pub mod builder;
+mod client;
+pub mod credential;
+pub mod identity;
 
-use super::azure_auth::{self, AzureAccount, Credential};
-use super::client::claim::{Claim, Claims, Existing, Upload};
-use super::client::parts::{PartPool, PartReader, Sums};
-use super::client::token::{Fetched, TokenCache};
-use super::client::{clip, xml_tag, Answer, Class, Client, Container, Protocol, Request};
-use super::ObjectInfo;
-use super::{
+pub use builder::AzureSettings;
+
+use crate::retry::{RetryBudget, Rng};
+use crate::store::client::claim::{Claim, Claims, Existing, Upload};
+use crate::store::client::parts::{PartPool, PartReader, Sums};
+use crate::store::client::token::TokenCache;
+use crate::store::client::{Answer, Client, Request};
+use crate::store::ObjectInfo;
+use crate::store::{
     content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
     StoreErrorKind, Versioned,
 };
-use crate::cloud::azure::{AccessTier, AzureIdentity};
-use crate::env::{ConfigError, Env, Secret};
-use crate::retry::{Reason, RetryBudget, Rng};
+use client::{AzureProtocol, API_VERSION};
 
-/// The REST API version every request names (bearer tokens need 2017-11-09 or later;
-/// the Cold tier 2021-12-02, which is then named instead).
-pub const API_VERSION: &str = "2021-08-06";
-/// The error code given to a 403 AuthenticationFailed for an expired bearer token.
-const EXPIRED_TOKEN: &str = "AuthenticationFailed (the token is expired)";
-/// The block size of large uploads: also the one buffer a `put` holds.
-pub const DEFAULT_BLOCK_SIZE: usize = 8 * 1024 * 1024;
-/// Bounds of `SP_TASK_SYNC_AZURE_BLOCK_SIZE` (one block is held in memory).
-pub const MIN_BLOCK_SIZE: usize = 64 * 1024;
-pub const MAX_BLOCK_SIZE: usize = 1024 * 1024 * 1024;
 /// A blob is committed from at most this many blocks.
 const MAX_BLOCKS: usize = 50_000;
 /// Longest blob name the service accepts.
 const MAX_NAME_LEN: usize = 1024;
-
-/// The checked settings of the azure provider.
-#[derive(Debug, Clone)]
-pub struct AzureSettings {
-    pub account: AzureAccount,
-    /// SP_TASK_SYNC_AZURE_CLIENT_NAME: the container.
-    pub container: String,
-    /// SP_TASK_SYNC_SAVE_TO: prepended to every blob name (may be empty).
-    pub prefix: String,
-    pub block_size: usize,
-    /// SP_TASK_SYNC_AZURE_ACCESS_TIER, set on every blob.
-    pub access_tier: Option<AccessTier>,
-}
-
-impl AzureSettings {
-    /// Reads SP_TASK_SYNC_AZURE_DSN, SP_TASK_SYNC_AZURE_CLIENT_NAME and
-    /// SP_TASK_SYNC_SAVE_TO; every mistake is pushed to `errors`.
-    pub fn from_env(env: &Env, errors: &mut Vec<ConfigError>) -> Option<AzureSettings> {
-        let dsn_var = "SP_TASK_SYNC_AZURE_DSN";
-        let url_var = "SP_TASK_SYNC_AZURE_ACCOUNT_URL";
-        let account = match env.get(dsn_var) {
-            None if env.get(url_var).is_some() => {
-                let url = crate::cloud::azure::account_url(env, errors);
-                let identity = AzureIdentity::from_env(env, errors);
-                match (url, identity) {
-                    (Some(url), Some(identity)) => Some(AzureAccount {
-                        account: Some(url.account),
-                        endpoint: url.endpoint,
-                        credential: Credential::Identity(identity),
-                    }),
-                    _ => None,
-                }
-            }
-            None => {
-                errors.push(ConfigError::new(
-                    dsn_var,
-                    None,
-                    "is required for azure storage: the storage account connection string \
-                     (or SP_TASK_SYNC_AZURE_ACCOUNT_URL with a workload or managed identity)",
-                ));
-                None
-            }
-            Some(_) if env.get(url_var).is_some() => {
-                // Reported once, under the account URL.
-                crate::cloud::azure::account_url(env, errors);
-                None
-            }
-            Some(dsn) => match azure_auth::parse_connection_string(dsn) {
-                Ok(a) => Some(a),
-                Err(problem) => {
-                    errors.push(ConfigError::new(
-                        dsn_var,
-                        Some(&Secret::new(dsn).to_string()),
-                        problem,
-                    ));
-                    None
-                }
-            },
-        };
-        let container_var = "SP_TASK_SYNC_AZURE_CLIENT_NAME";
-        let container = match env.get(container_var) {
-            None => {
-                errors.push(ConfigError::new(
-                    container_var,
-                    None,
-                    "is required for azure storage: the container",
-                ));
-                None
-            }
-            Some(c) if !valid_container_name(c) => {
-                errors.push(ConfigError::new(
-                    container_var,
-                    Some(c),
-                    "is not a container name: 3 to 63 lowercase letters, digits and single hyphens, \
-                     starting and ending with a letter or digit",
-                ));
-                None
-            }
-            Some(c) => Some(c.to_string()),
-        };
-        let prefix = env
-            .get("SP_TASK_SYNC_SAVE_TO")
-            .unwrap_or("")
-            .trim_matches('/')
-            .to_string();
-        let block_var = "SP_TASK_SYNC_AZURE_BLOCK_SIZE";
-        let block_size = match env.get(block_var) {
-            None => Some(DEFAULT_BLOCK_SIZE),
-            Some(raw) => match crate::env::parse_size(raw) {
-                Some(n) if (MIN_BLOCK_SIZE as u64..=MAX_BLOCK_SIZE as u64).contains(&n) => {
-                    Some(n as usize)
-                }
-                _ => {
-                    errors.push(ConfigError::new(
-                        block_var,
-                        Some(raw),
-                        "must be a size from 64KiB to 1GiB (e.g. 8MiB), in bytes or with K, M, G",
-                    ));
-                    None
-                }
-            },
-        };
-        let before = errors.len();
-        let access_tier = crate::cloud::azure::access_tier(env, errors);
-        if errors.len() > before {
-            return None;
-        }
-        Some(AzureSettings {
-            account: account?,
-            container: container?,
-            prefix,
-            block_size: block_size?,
-            access_tier,
-        })
-    }
-
-    /// Lines for `check`: the connection string itself is never shown.
-    pub fn describe(&self) -> Vec<(&'static str, String)> {
-        let account = match &self.account.credential {
-            Credential::Identity(_) => ("SP_TASK_SYNC_AZURE_ACCOUNT_URL", self.account.summary()),
-            _ => (
-                "SP_TASK_SYNC_AZURE_DSN",
-                format!("*** ({})", self.account.summary()),
-            ),
-        };
-        vec![
-            account,
-            (
-                "SP_TASK_SYNC_AZURE_ACCESS_TIER",
-                self.access_tier
-                    .map(|t| t.header_value().to_string())
-                    .unwrap_or_else(|| "- (the account's default)".into()),
-            ),
-            ("SP_TASK_SYNC_AZURE_CLIENT_NAME", self.container.clone()),
-            (
-                "SP_TASK_SYNC_SAVE_TO",
-                if self.prefix.is_empty() {
-                    "-".into()
-                } else {
-                    self.prefix.clone()
-                },
-            ),
-        ]
-    }
-}
-
-/// Azure's container naming rules.
-pub fn valid_container_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    (3..=63).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-        && !name.contains("--")
-}
-
-/// What Azure adds to the shared REST layer: Shared Key signing or the SAS, the
-/// `x-ms-error-code` header, and the codes that differ from their status.
-struct AzureProtocol {
-    account: AzureAccount,
-    container: String,
-    /// `x-ms-version`: [`API_VERSION`], or newer when the access tier needs it.
-    version: &'static str,
-    /// For fetching identity tokens; `Bearer ...` values are kept here.
-    agent: ureq::Agent,
-    tokens: TokenCache<Secret>,
-}
-
-impl Protocol for AzureProtocol {
-    fn authorize(&self, req: &mut Request) -> Result<(), StoreError> {
-        req.headers.push(("x-ms-date".into(), http_date()));
-        req.headers
-            .push(("x-ms-version".into(), self.version.into()));
-        match &self.account.credential {
-            Credential::Identity(identity) => {
-                let header = self.tokens.get(|| {
-                    let t = identity.fetch(&self.agent)?;
-                    Ok(Fetched {
-                        value: Secret::new(format!("Bearer {}", t.token.expose())),
-                        expires: Some(t.expires),
-                    })
-                })?;
-                req.headers
-                    .push(("authorization".into(), header.expose().to_string()));
-            }
-            Credential::Sas(token) => {
-                let sep = if req.url.contains('?') { '&' } else { '?' };
-                req.url = format!("{}{sep}{}", req.url, token.expose());
-            }
-            Credential::SharedKey(key) => {
-                let SignedParts { path, query } = split_url(&req.url);
-                let mut signed: Vec<(&str, &str)> = req
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                let length = req.body.len().to_string();
-                if req.method == "PUT" {
-                    signed.push(("Content-Length", &length));
-                }
-                let query: Vec<(&str, &str)> = query
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                let name = self.account.account.as_deref().unwrap_or_default();
-                let to_sign = azure_auth::string_to_sign(req.method, &signed, name, &path, &query);
-                let signature = azure_auth::sign(key, &to_sign);
-                req.headers.push((
-                    "authorization".into(),
-                    format!("SharedKey {name}:{signature}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn error_code(&self, _status: u16, headers: &HeaderMap, body: &[u8]) -> String {
-        let code = headers
-            .get("x-ms-error-code")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        // An expired bearer token is a 401 InvalidAuthenticationInfo today, but the
-        // service (and Azurite) also answer 403 AuthenticationFailed with this detail:
-        // both mean "fetch a new token", not "refused".
-        let expired = code == "AuthenticationFailed"
-            && matches!(self.account.credential, Credential::Identity(_))
-            && String::from_utf8_lossy(&body[..body.len().min(4096)])
-                .contains("The token is expired");
-        if expired {
-            EXPIRED_TOKEN.to_string()
-        } else {
-            code.to_string()
-        }
-    }
-
-    fn error_message(&self, body: &[u8]) -> String {
-        let text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]);
-        let message = xml_tag(&text, "Message").unwrap_or_default();
-        clip(message.lines().next().unwrap_or_default(), 300)
-    }
-
-    fn special(&self, _status: u16, code: &str) -> Option<Class> {
-        Some(match code {
-            "ContainerNotFound" => Class::MissingContainer,
-            // The bytes changed on the way: the block is still in memory.
-            "Md5Mismatch" | "Crc64Mismatch" => Class::Retry(Reason::BrokenBody),
-            "ServerBusy" | "OperationTimedOut" => Class::Retry(Reason::Throttled),
-            EXPIRED_TOKEN => Class::Unauthorized,
-            "ContainerBeingDeleted" | "ContainerBeingDisabled" => Class::Retry(Reason::ServerError),
-            // 409 with If-None-Match: * on an existing blob: the caller's answer.
-            "BlobAlreadyExists" | "ConditionNotMet" => Class::Answer,
-            // A block list the store no longer has (another upload of the blob was
-            // committed meanwhile): `put_block_list` restarts the blob from its source.
-            "InvalidBlockList" => Class::Answer,
-            _ => return None,
-        })
-    }
-
-    fn drop_credentials(&self) -> bool {
-        matches!(self.account.credential, Credential::Identity(_)) && self.tokens.invalidate()
-    }
-
-    fn redact(&self, text: &str) -> String {
-        match &self.account.credential {
-            Credential::Sas(token) if !token.expose().is_empty() => {
-                text.replace(token.expose(), "***")
-            }
-            _ => text.to_string(),
-        }
-    }
-
-    fn container(&self) -> Container<'_> {
-        Container {
-            var: "SP_TASK_SYNC_AZURE_CLIENT_NAME",
-            value: &self.container,
-            noun: "container",
-        }
-    }
-}
-
-/// What Shared Key signs of a URL.
-struct SignedParts {
-    /// The encoded path.
-    path: String,
-    /// The query pairs, values decoded.
-    query: Vec<(String, String)>,
-}
-
-fn split_url(url: &str) -> SignedParts {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let path_and_query = rest.find('/').map_or("/", |i| &rest[i..]);
-    let (path, query) = path_and_query
-        .split_once('?')
-        .unwrap_or((path_and_query, ""));
-    let pairs = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (n, v) = p.split_once('=').unwrap_or((p, ""));
-            let v = crate::encoding::percent_decode(v).unwrap_or_else(|| v.to_string());
-            (n.to_string(), v)
-        })
-        .collect();
-    SignedParts {
-        path: path.to_string(),
-        query: pairs,
-    }
-}
 
 pub struct AzureStore {
     settings: AzureSettings,
     client: Client,
     proto: AzureProtocol,
     pool: PartPool,
-    /// No task's blob is replaced by another task's (see [`super::client::claim`]).
+    /// No task's blob is replaced by another task's (see [`crate::store::client::claim`]).
     claims: Claims,
 }
 
@@ -425,12 +114,12 @@ impl AzureStore {
     }
 
     fn blob_url(&self, name: &str, query: &[(&str, &str)]) -> String {
-        let mut url = format!("{}/{}", self.container_url(), azure_auth::encode_path(name));
+        let mut url = format!("{}/{}", self.container_url(), credential::encode_path(name));
         for (i, (n, v)) in query.iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
             url.push_str(n);
             url.push('=');
-            url.push_str(&azure_auth::encode_query_value(v));
+            url.push_str(&credential::encode_query_value(v));
         }
         url
     }
@@ -589,7 +278,7 @@ impl AzureStore {
             ids.len(),
             self.where_()
         );
-        let crc = super::client::parts::crc64(xml.as_bytes());
+        let crc = crate::store::client::parts::crc64(xml.as_bytes());
         let answer = self.client.send(&self.proto, &what, || {
             let mut r = Request::new("PUT", url.clone())
                 .header("x-ms-blob-content-type", content_type(name))
@@ -728,7 +417,7 @@ impl BlobStore for AzureStore {
             "conditional upload of blob {name} to container {}",
             self.where_()
         );
-        let crc = super::client::parts::crc64(bytes);
+        let crc = crate::store::client::parts::crc64(bytes);
         let answer = self.put_blob(&name, bytes, crc, &[header], &ObjectInfo::default())?;
         match answer.status {
             201 => Ok(PutIf::Written(ObjectVersion(
@@ -742,129 +431,9 @@ impl BlobStore for AzureStore {
     }
 }
 
-/// `Sun, 11 Oct 2009 21:49:13 GMT` for now.
-fn http_date() -> String {
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&'static str, &'static str)]) -> Env {
-        Env::from_pairs(pairs.iter().copied())
-    }
-
-    #[test]
-    fn container_names() {
-        for ok in ["abc", "my-container-1", &"a".repeat(63)] {
-            assert!(valid_container_name(ok), "{ok}");
-        }
-        for bad in ["ab", "-abc", "abc-", "a--b", "ABC", "a_b", &"a".repeat(64)] {
-            assert!(!valid_container_name(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn settings_from_env_mask_the_dsn() {
-        let secret = "AccountName=acct;AccountKey=U3VwZXJTZWNyZXQ=;EndpointSuffix=core.windows.net";
-        let mut errors = Vec::new();
-        let s = AzureSettings::from_env(
-            &env(&[
-                ("SP_TASK_SYNC_AZURE_DSN", secret),
-                ("SP_TASK_SYNC_AZURE_CLIENT_NAME", "calls"),
-                ("SP_TASK_SYNC_SAVE_TO", "/spinoco/"),
-            ]),
-            &mut errors,
-        )
-        .unwrap();
-        assert!(errors.is_empty());
-        assert_eq!(s.prefix, "spinoco");
-        let shown = format!("{s:?} {:?}", s.describe());
-        assert!(!shown.contains("U3VwZXJTZWNyZXQ"), "{shown}");
-        assert!(shown.contains("account acct"), "{shown}");
-
-        let mut errors = Vec::new();
-        let bad = "AccountName=acct;SharedAccessSignature=sv=1&se=SuperSecret";
-        let s = AzureSettings::from_env(
-            &env(&[
-                ("SP_TASK_SYNC_AZURE_DSN", bad),
-                ("SP_TASK_SYNC_AZURE_CLIENT_NAME", "No_Such"),
-            ]),
-            &mut errors,
-        );
-        assert!(s.is_none());
-        let vars: Vec<&str> = errors.iter().map(|e| e.var.as_str()).collect();
-        assert_eq!(
-            vars,
-            ["SP_TASK_SYNC_AZURE_DSN", "SP_TASK_SYNC_AZURE_CLIENT_NAME"]
-        );
-        let text = format!("{errors:?}");
-        assert!(!text.contains("SuperSecret"), "{text}");
-        assert!(text.contains("sig="), "{text}");
-    }
-
-    #[test]
-    fn block_size_can_be_set_and_is_checked() {
-        let dsn = "AccountName=acct;AccountKey=U3VwZXJTZWNyZXQ=;EndpointSuffix=core.windows.net";
-        let with = |size: &'static str| {
-            let mut errors = Vec::new();
-            let s = AzureSettings::from_env(
-                &env(&[
-                    ("SP_TASK_SYNC_AZURE_DSN", dsn),
-                    ("SP_TASK_SYNC_AZURE_CLIENT_NAME", "calls"),
-                    ("SP_TASK_SYNC_AZURE_BLOCK_SIZE", size),
-                ]),
-                &mut errors,
-            );
-            (s.map(|s| s.block_size), errors)
-        };
-        assert_eq!(with("256K").0, Some(256 * 1024));
-        assert_eq!(with("16MiB").0, Some(16 << 20));
-        for bad in ["1K", "2G", "lots", "-5"] {
-            let (s, errors) = with(bad);
-            assert!(s.is_none(), "{bad}");
-            assert_eq!(errors[0].var, "SP_TASK_SYNC_AZURE_BLOCK_SIZE", "{bad}");
-        }
-    }
-
-    #[test]
-    fn missing_settings_are_named() {
-        let mut errors = Vec::new();
-        assert!(AzureSettings::from_env(&env(&[]), &mut errors).is_none());
-        let vars: Vec<&str> = errors.iter().map(|e| e.var.as_str()).collect();
-        assert_eq!(
-            vars,
-            ["SP_TASK_SYNC_AZURE_DSN", "SP_TASK_SYNC_AZURE_CLIENT_NAME"]
-        );
-    }
-
-    #[test]
-    fn config_selects_azure_and_masks_the_dsn_in_describe() {
-        let key = azure_auth::DEV_KEY;
-        let dsn = format!("AccountName=acct;AccountKey={key}");
-        let env = Env::from_pairs([
-            ("SP_API_TOKEN", "t"),
-            ("SP_TASK_SYNC_TAG", "tag"),
-            ("SP_TASK_SYNC_FILE_NAME_TEMPLATE", "{{task_id}}"),
-            ("SP_TASK_SYNC_STORAGE_PROVIDER", "Azure"),
-            ("SP_TASK_SYNC_AZURE_DSN", dsn.as_str()),
-            ("SP_TASK_SYNC_AZURE_CLIENT_NAME", "calls"),
-        ]);
-        let config = crate::config::Config::from_env(&env).unwrap();
-        assert_eq!(config.storage.provider(), "azure");
-        let lines = format!("{:?} {config:?}", config.describe());
-        assert!(!lines.contains(&key[..20]), "{lines}");
-        assert!(
-            lines.contains("https://acct.blob.core.windows.net") && lines.contains("calls"),
-            "{lines}"
-        );
-    }
 
     /// A one-request-per-connection HTTP server answering with the given statuses
     /// in turn; returns its base URL and the request lines it saw.
@@ -917,7 +486,7 @@ mod tests {
             "BlobEndpoint={endpoint}/acct;SharedAccessSignature=sv=2021-08-06&sig=TopSecretSig"
         );
         let settings = AzureSettings {
-            account: azure_auth::parse_connection_string(&dsn).unwrap(),
+            account: credential::parse_connection_string(&dsn).unwrap(),
             container: "calls".into(),
             prefix: "p".into(),
             block_size: 1024,
@@ -978,64 +547,6 @@ mod tests {
         assert!(
             !err.message.contains("TopSecret") && err.message.contains("deleting blob p/x"),
             "{err}"
-        );
-    }
-
-    #[test]
-    fn date_is_rfc1123() {
-        let d = http_date();
-        assert!(d.ends_with(" GMT") && d.len() == 29, "{d}");
-    }
-
-    /// Every status Azure can answer on the journal path, mapped deliberately.
-    #[test]
-    fn status_table() {
-        use super::super::client::classify;
-        let p = AzureProtocol {
-            account: azure_auth::parse_connection_string("UseDevelopmentStorage=true").unwrap(),
-            container: "container-typo".into(),
-            version: API_VERSION,
-            agent: crate::http::agent(std::time::Duration::from_secs(1), 1),
-            tokens: TokenCache::new(),
-        };
-        let table: &[(u16, &str, Class)] = &[
-            (201, "", Class::Answer),
-            (401, "", Class::Unauthorized),
-            (403, "AuthenticationFailed", Class::Denied),
-            (403, "AuthorizationPermissionMismatch", Class::Denied),
-            (404, "ContainerNotFound", Class::MissingContainer),
-            (404, "BlobNotFound", Class::Answer),
-            (409, "BlobAlreadyExists", Class::Answer),
-            (
-                409,
-                "ContainerBeingDeleted",
-                Class::Retry(Reason::ServerError),
-            ),
-            (409, "LeaseIdMissing", Class::Answer),
-            (412, "ConditionNotMet", Class::Answer),
-            (400, "Crc64Mismatch", Class::Retry(Reason::BrokenBody)),
-            (400, "Md5Mismatch", Class::Retry(Reason::BrokenBody)),
-            (400, "InvalidHeaderValue", Class::Rejected),
-            // put_block_list restarts the blob from its source on this one.
-            (400, "InvalidBlockList", Class::Answer),
-            (503, "ServerBusy", Class::Retry(Reason::Throttled)),
-            (500, "InternalError", Class::Retry(Reason::ServerError)),
-            (507, "", Class::Retry(Reason::ServerError)),
-        ];
-        for (status, code, class) in table {
-            assert_eq!(classify(&p, *status, code), *class, "{status} {code}");
-        }
-        let e = super::super::client::missing(&p);
-        assert!(
-            e.message.starts_with(
-                "SP_TASK_SYNC_AZURE_CLIENT_NAME=\"container-typo\": the container does not exist"
-            ),
-            "{e}"
-        );
-        // The crc64 goes out as its eight little-endian bytes in base64.
-        assert_eq!(
-            crc64_b64(super::super::client::parts::crc64(b"123456789")),
-            crate::encoding::base64(&0xAE8B_1486_0A79_9888u64.to_le_bytes())
         );
     }
 }
