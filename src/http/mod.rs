@@ -184,8 +184,12 @@ pub fn retry_reason(e: &ureq::Error) -> crate::retry::Reason {
 
 /// The `Retry-After` of an answer, when it is a number of seconds.
 pub fn retry_after<B>(response: &ureq::http::Response<B>) -> Option<Duration> {
-    response
-        .headers()
+    retry_after_in(response.headers())
+}
+
+/// [`retry_after`] from an answer's headers.
+pub fn retry_after_in(headers: &ureq::http::HeaderMap) -> Option<Duration> {
+    headers
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
