@@ -7,8 +7,9 @@
 //! References: "Configure Azure Storage connection strings", "Authorize with Shared
 //! Key" (version 2015-02-21 and later: a zero Content-Length signs as an empty line)
 //! and "Create an account SAS" on learn.microsoft.com.
-//! Shared Key signing of a request URL ([`split_url`]) is here too; a bearer token from
-//! a workload or managed identity comes from [`super::identity`].
+//!
+//! What Shared Key signs of a request URL (`split_url`) is here too; a bearer token
+//! from a workload or managed identity comes from [`super::identity`].
 
 use std::fmt;
 

@@ -259,9 +259,9 @@ impl ServiceAccount {
 }
 
 /// Hands out the `Authorization` header value through the shared token cache
-/// ([`crate::store::client::token`]): fetched when missing or within [`REFRESH_MARGIN`](super::client::token::REFRESH_MARGIN) of its
-/// expiry, the old one served while still valid when a refresh fails, and dropped when
-/// the storage answers 401. Shared by all workers; one fetch at a time.
+/// ([`crate::store::client::token`]): fetched when missing or near its expiry, the old
+/// one served while still valid when a refresh fails, and dropped when the storage
+/// answers 401. Shared by all workers; one fetch at a time.
 pub struct TokenSource {
     credentials: Credentials,
     cache: TokenCache<Secret>,
