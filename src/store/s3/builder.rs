@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use super::identity::{configured_endpoint, WebIdentity};
 use super::options::S3Options;
 use crate::env::{ConfigError, Env, Secret};
+use crate::store::client::identity::is_loopback_host;
 
 const MIB: u64 = 1024 * 1024;
 /// The part size: every upload then holds at most one part buffer (a larger threshold
@@ -456,12 +457,8 @@ fn check_full_uri(uri: &str) -> Result<(), &'static str> {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
         _ => authority,
     };
-    let allowed = host == "localhost"
-        || host == "[::1]"
-        || host.starts_with("127.")
-        || host == "169.254.170.2"
-        || host == "169.254.170.23"
-        || host == "[fd00:ec2::23]";
+    let allowed = is_loopback_host(authority)
+        || ["169.254.170.2", "169.254.170.23", "[fd00:ec2::23]"].contains(&host);
     if allowed {
         Ok(())
     } else {

@@ -21,6 +21,7 @@
 //!    `http://169.254.169.254`) unless `AWS_EC2_METADATA_DISABLED=true`.
 //!
 //! Every value is kept in a [`Secret`]; errors and logs name the source, never a value.
+//!
 //! What the chain may look at is read with the rest of the settings
 //! ([`super::builder::CredentialSettings`]).
 
