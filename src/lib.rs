@@ -4,7 +4,6 @@
 //! The binary is a thin shell over this library; the integration tests, the benchmark
 //! and the demo use the same pieces (the platform emulator above all).
 
-pub mod cloud;
 pub mod config;
 pub mod date_pattern;
 pub mod demo;
@@ -17,7 +16,6 @@ pub mod journal;
 pub mod lease;
 pub mod logging;
 pub mod metrics;
-pub mod net;
 pub mod platform;
 pub mod process;
 pub mod redact;
@@ -27,4 +25,3 @@ pub mod store;
 pub mod sync;
 pub mod task;
 pub mod template;
-pub mod tls;

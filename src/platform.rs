@@ -481,7 +481,7 @@ fn transient(reason: Reason, message: String) -> PlatformError {
 }
 
 fn transport(base: &str, what: &str, e: &ureq::Error) -> PlatformError {
-    if let Some(reason) = crate::tls::verification_failure(e) {
+    if let Some(reason) = crate::http::tls::verification_failure(e) {
         let host = base.split_once("://").map_or(base, |(_, rest)| rest);
         return PlatformError::Tls {
             host: host.to_string(),

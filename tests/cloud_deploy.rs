@@ -707,13 +707,14 @@ fn key_store(
     use spinoco_connector::store::azure::{AzureSettings, AzureStore};
     let env = spinoco_connector::env::Env::from_pairs([("SP_TLS_CA_FILE", ca.to_str().unwrap())]);
     let mut errors = Vec::new();
-    let network = spinoco_connector::net::Network::from_env(&env, &mut errors);
+    let network = spinoco_connector::http::proxy::Network::from_env(&env, &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     let http = spinoco_connector::http::Http::new(Duration::from_secs(10), 2, &network);
     let dsn =
         format!("AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}");
     let settings = AzureSettings {
-        account: spinoco_connector::store::azure_auth::parse_connection_string(&dsn).unwrap(),
+        account: spinoco_connector::store::azure::credential::parse_connection_string(&dsn)
+            .unwrap(),
         container: container.into(),
         prefix: String::new(),
         block_size: 8 << 20,

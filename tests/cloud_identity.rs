@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::fake_http::{FakeServer, Request};
-use spinoco_connector::cloud::aws::WebIdentity;
-use spinoco_connector::cloud::azure::{AzureIdentity, STORAGE_SCOPE};
-use spinoco_connector::cloud::gcp::{ExternalAccount, STORAGE_SCOPE as GCS_SCOPE};
 use spinoco_connector::env::Env;
+use spinoco_connector::store::azure::identity::{AzureIdentity, STORAGE_SCOPE};
+use spinoco_connector::store::gcs::identity::{ExternalAccount, STORAGE_SCOPE as GCS_SCOPE};
+use spinoco_connector::store::s3::identity::WebIdentity;
 use spinoco_connector::store::StoreErrorKind;
 
 /// The fields of an `application/x-www-form-urlencoded` body, decoded.
@@ -458,10 +458,9 @@ fn gcs_external_account_file_sourced_with_impersonation() {
         })
         .to_string(),
     );
-    let account = spinoco_connector::cloud::gcp::external_account_from_env(&Env::from_pairs([(
-        "GOOGLE_APPLICATION_CREDENTIALS",
-        creds.as_str(),
-    )]))
+    let account = spinoco_connector::store::gcs::identity::external_account_from_env(
+        &Env::from_pairs([("GOOGLE_APPLICATION_CREDENTIALS", creds.as_str())]),
+    )
     .unwrap()
     .expect("an external account");
     let t = account.fetch(&agent()).unwrap();

@@ -16,8 +16,9 @@ use common::fake_http::{FakeServer, Request};
 use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use spinoco_connector::env::Env;
 use spinoco_connector::retry::RetryBudget;
+use spinoco_connector::store::gcs::credential::{pem_to_der, Credentials, TokenSource};
+use spinoco_connector::store::gcs::identity::STORAGE_SCOPE;
 use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
-use spinoco_connector::store::gcs_auth::{pem_to_der, Credentials, TokenSource, SCOPE};
 use spinoco_connector::store::{BlobStore, StoreErrorKind};
 
 const EMAIL: &str = "connector-test@spinoco-test.iam.gserviceaccount.com";
@@ -90,7 +91,7 @@ fn check_assertion(assertion: &str, public_der: &[u8], token_uri: &str) -> Resul
         claims["exp"].as_u64().ok_or("no exp")?,
     );
     let ok = claims["iss"] == EMAIL
-        && claims["scope"] == SCOPE
+        && claims["scope"] == STORAGE_SCOPE
         && claims["aud"] == token_uri
         && iat.abs_diff(now()) <= 60
         && exp > iat

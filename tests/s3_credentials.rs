@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use common::fake_http::FakeServer;
 use spinoco_connector::env::Env;
-use spinoco_connector::store::s3_credentials::{CredentialProvider, CredentialSettings, Source};
+use spinoco_connector::store::s3::builder::CredentialSettings;
+use spinoco_connector::store::s3::credential::{CredentialProvider, Source};
 use spinoco_connector::store::StoreErrorKind;
 use time::format_description::well_known::Rfc3339;
 

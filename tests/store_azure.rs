@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::behaviour::{self, FailingReader, PatternReader};
 use spinoco_connector::retry::RetryBudget;
+use spinoco_connector::store::azure::credential::{self, DEV_ACCOUNT, DEV_KEY};
 use spinoco_connector::store::azure::{AzureSettings, AzureStore};
-use spinoco_connector::store::azure_auth::{self, DEV_ACCOUNT, DEV_KEY};
 use spinoco_connector::store::{put_bytes, BlobStore, StoreErrorKind};
 
 const CONTAINER: &str = "spinoco-tests";
@@ -24,7 +24,7 @@ fn key_dsn(endpoint: &str, key: &str) -> String {
 }
 
 fn sas_dsn(endpoint: &str) -> String {
-    let sas = azure_auth::account_sas(
+    let sas = credential::account_sas(
         DEV_ACCOUNT,
         DEV_KEY,
         "rwdlac",
@@ -36,7 +36,7 @@ fn sas_dsn(endpoint: &str) -> String {
 }
 
 fn store(dsn: &str, prefix: &str, block_size: usize) -> AzureStore {
-    let account = azure_auth::parse_connection_string(dsn).expect("valid connection string");
+    let account = credential::parse_connection_string(dsn).expect("valid connection string");
     let settings = AzureSettings {
         account,
         container: CONTAINER.to_string(),
@@ -90,7 +90,7 @@ fn development_storage_shortcut_names_the_same_account() {
         return;
     };
     key_store(&endpoint, BLOCK);
-    let mut account = azure_auth::parse_connection_string("UseDevelopmentStorage=true").unwrap();
+    let mut account = credential::parse_connection_string("UseDevelopmentStorage=true").unwrap();
     account.endpoint = endpoint;
     let settings = AzureSettings {
         account,
@@ -198,7 +198,7 @@ fn wrong_sas_is_denied_without_the_token() {
     };
     key_store(&endpoint, BLOCK);
     let wrong_key = spinoco_connector::encoding::base64(b"another-wrong-key");
-    let sas = azure_auth::account_sas(
+    let sas = credential::account_sas(
         DEV_ACCOUNT,
         &wrong_key,
         "rwdlac",
@@ -249,7 +249,7 @@ fn missing_container_is_reported_by_name() {
     let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
         return;
     };
-    let account = azure_auth::parse_connection_string(&key_dsn(&endpoint, DEV_KEY)).unwrap();
+    let account = credential::parse_connection_string(&key_dsn(&endpoint, DEV_KEY)).unwrap();
     let settings = AzureSettings {
         account,
         container: "no-such-container".into(),
@@ -279,7 +279,7 @@ fn large_upload_holds_about_one_block_in_memory() {
     let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
         return;
     };
-    let block = spinoco_connector::store::azure::DEFAULT_BLOCK_SIZE;
+    let block = spinoco_connector::store::azure::builder::DEFAULT_BLOCK_SIZE;
     let s = key_store(&endpoint, block);
     let len = 12 * block as u64 + 99;
     let before = peak_rss_bytes().expect("/proc/self/status");

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::behaviour::{self, FailingReader, PatternReader};
 use spinoco_connector::retry::RetryBudget;
+use spinoco_connector::store::gcs::credential::Credentials;
 use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
-use spinoco_connector::store::gcs_auth::Credentials;
 use spinoco_connector::store::{BlobStore, StoreErrorKind};
 
 const CHUNK: usize = 256 * 1024;

@@ -374,7 +374,7 @@ fn s3_memory_500mb() {
 fn s3_memory_threshold_put() {
     let Some(srv) = server() else { return };
     let store = open(&default_sizes(&srv));
-    let size = spinoco_connector::store::s3::DEFAULT_MULTIPART_THRESHOLD;
+    let size = spinoco_connector::store::s3::builder::DEFAULT_MULTIPART_THRESHOLD;
     store
         .put(
             "memory/threshold.bin",
@@ -393,7 +393,7 @@ fn default_sizes(srv: &Server) -> S3Settings {
         &srv.secret_key,
         &[],
     );
-    s.multipart_threshold = spinoco_connector::store::s3::DEFAULT_MULTIPART_THRESHOLD;
-    s.part_size = spinoco_connector::store::s3::DEFAULT_PART_SIZE;
+    s.multipart_threshold = spinoco_connector::store::s3::builder::DEFAULT_MULTIPART_THRESHOLD;
+    s.part_size = spinoco_connector::store::s3::builder::DEFAULT_PART_SIZE;
     s
 }

@@ -153,7 +153,7 @@ fn azure_sync_matches_local_with_a_sas() {
     ) else {
         return;
     };
-    let sas = spinoco_connector::store::azure_auth::account_sas(
+    let sas = spinoco_connector::store::azure::credential::account_sas(
         "devstoreaccount1",
         AZURITE_KEY,
         "rwdlac",

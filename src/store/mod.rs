@@ -5,10 +5,13 @@
 //! never knows which provider is behind it. Each provider lives in its own module and
 //! promises the same thing: an object becomes visible only when it is complete.
 //!
-//! Retries: the store retries each of its own requests (or file operations) under the
-//! [`RetryBudget`] it was opened with, so an error that reaches the engine is final:
-//! `Denied`, `Rejected`, `Source`, or `Transient` meaning the budget is spent. The three
-//! cloud providers share one REST layer ([`client`]) for that; local storage retries
+//! What reaches the engine from a store (stated here once): the store retries each of
+//! its own requests (or file operations) under the [`RetryBudget`] it was opened with,
+//! so a [`StoreErrorKind`] that reaches the engine means: `Denied`, stop (nothing more
+//! is deleted from the platform); `Rejected`, this file cannot be stored; `Transient`,
+//! the budget is spent; `Source` (the download broke) and `Restart` (the store lost
+//! the upload itself), the engine transfers the file anew. The three cloud providers
+//! share one REST layer ([`client`]) for their retries; local storage retries
 //! transient file-system errors (a full disk) itself.
 
 // rust-s3's own client must never send (clippy.toml lists its sending methods).
@@ -18,13 +21,10 @@ use std::fmt;
 use std::io::{self, Read};
 
 pub mod azure;
-pub mod azure_auth;
 pub mod client;
 pub mod gcs;
-pub mod gcs_auth;
 pub mod local;
 pub mod s3;
-pub mod s3_credentials;
 
 use std::path::PathBuf;
 

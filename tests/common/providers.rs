@@ -98,7 +98,8 @@ pub fn target(p: Provider, name: &str) -> Option<BTreeMap<String, String>> {
 /// Creates the test container through the provider itself (Azurite starts empty).
 pub fn azure_container(dsn: &str) {
     use spinoco_connector::store::azure::{AzureSettings, AzureStore};
-    let account = spinoco_connector::store::azure_auth::parse_connection_string(dsn).unwrap();
+    let account =
+        spinoco_connector::store::azure::credential::parse_connection_string(dsn).unwrap();
     let settings = AzureSettings {
         account,
         container: AZURE_CONTAINER.into(),
@@ -250,7 +251,7 @@ fn list_all_objects(e: &BTreeMap<String, String>) -> BTreeSet<String> {
         }
         Provider::Azure => {
             let blob = std::env::var("SPINOCO_TEST_AZURITE_BLOB").expect("azurite endpoint");
-            let sas = spinoco_connector::store::azure_auth::account_sas(
+            let sas = spinoco_connector::store::azure::credential::account_sas(
                 "devstoreaccount1",
                 AZURITE_KEY,
                 "rl",

@@ -5,9 +5,10 @@
 //! exchange (a request, the provider's signature, the shared ureq agent), classifies
 //! every answer once, and decides about retries: each request is retried on its own
 //! under the [`RetryBudget`] the store was opened with (a part, block or chunk is resent,
-//! never a whole recording), and what reaches the engine is final: success, `Denied`,
-//! `Rejected`, a missing bucket or container (a `Denied` naming the variable), or
-//! `Transient` meaning the budget is spent. A provider only says what differs through
+//! never a whole recording), and it ends in an answer for the provider to judge,
+//! `Denied` (a missing bucket or container is one, naming the variable), `Rejected`, or
+//! `Transient` meaning the budget is spent; what the engine makes of each is stated in
+//! [`crate::store`]. A provider only says what differs through
 //! [`Protocol`]: its signature, where its error code lives, the codes whose meaning is
 //! not their status (`NoSuchBucket`, `ContainerNotFound`, `ExpiredToken`, digest
 //! mismatches), and how to forget a refused token.
@@ -25,10 +26,9 @@
 //! | any other 4xx | `Rejected`: this object cannot be stored as sent |
 
 pub mod claim;
+pub mod identity;
 pub mod parts;
 pub mod token;
-
-use std::time::Duration;
 
 use ureq::http::HeaderMap;
 
@@ -221,7 +221,7 @@ impl Client {
                             MAX_MESSAGE_CHARS,
                         );
                         let message = format!("{what}: {message}");
-                        if crate::tls::verification_failure(&e).is_some() {
+                        if crate::http::tls::verification_failure(&e).is_some() {
                             return Step::Fail(StoreError::new(
                                 StoreErrorKind::Denied,
                                 format!("{message} (nothing was stored, and retrying cannot help)"),
@@ -246,7 +246,7 @@ impl Client {
                             }
                         }
                         Class::Retry(reason) => {
-                            let after = retry_after_of(&answer.headers);
+                            let after = crate::http::retry_after_in(&answer.headers);
                             return Step::Retry {
                                 error: self.error(proto, what, &answer, StoreErrorKind::Transient),
                                 reason,
@@ -397,14 +397,6 @@ pub fn missing(proto: &dyn Protocol) -> StoreError {
     )
 }
 
-fn retry_after_of(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
 /// The text of the first `<tag>` in an XML document (S3 and Azure error bodies).
 pub fn xml_tag(body: &str, tag: &str) -> Option<String> {
     let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
@@ -422,6 +414,7 @@ pub fn clip(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     struct Plain;
     impl Protocol for Plain {

@@ -1,7 +1,8 @@
-//! The one token cache: GCS access tokens and AWS temporary credentials.
+//! The one token cache: AWS temporary credentials, GCS access tokens and Azure
+//! identity tokens.
 //!
-//! Why one: both are short-lived secrets fetched from an endpoint, and the rules that
-//! keep a run going are the same: fetch again some minutes before the expiry, keep
+//! Why one: all are short-lived secrets fetched from an endpoint, and the rules that
+//! keep a run going are the same: fetch again [`REFRESH_MARGIN`] before the expiry, keep
 //! serving the old value while it is still valid when that fetch fails (the endpoint
 //! may be down for a moment), and drop it when the storage refuses it (401,
 //! `ExpiredToken`) so the next request fetches a fresh one. One fetch at a time: the
@@ -11,6 +12,10 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use crate::store::StoreError;
+
+/// A cached value is replaced this long before it expires, so a part upload that
+/// starts with it still ends with a valid one.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
 /// A value from a token endpoint and when it stops being valid (`None`: never).
 pub struct Fetched<T> {
@@ -24,22 +29,25 @@ struct Cached<T> {
 }
 
 pub struct TokenCache<T: Clone> {
-    /// How long before the expiry a fresh value is fetched.
-    early: Duration,
     cached: Mutex<Option<Cached<T>>>,
 }
 
+impl<T: Clone> Default for TokenCache<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<T: Clone> TokenCache<T> {
-    pub fn new(early: Duration) -> TokenCache<T> {
+    pub fn new() -> TokenCache<T> {
         TokenCache {
-            early,
             cached: Mutex::new(None),
         }
     }
 
     /// The cached value, or a fresh one from `fetch` when there is none or it is
-    /// within `early` of its expiry. A failed fetch while the old value is still
-    /// valid serves the old value (logged at warn).
+    /// within [`REFRESH_MARGIN`] of its expiry. A failed fetch while the old value is
+    /// still valid serves the old value (logged at warn).
     pub fn get(
         &self,
         fetch: impl FnOnce() -> Result<Fetched<T>, StoreError>,
@@ -47,7 +55,7 @@ impl<T: Clone> TokenCache<T> {
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         let now = SystemTime::now();
         if let Some(c) = cached.as_ref() {
-            if c.expires.is_none_or(|t| now + self.early < t) {
+            if c.expires.is_none_or(|t| now + REFRESH_MARGIN < t) {
                 return Ok(c.value.clone());
             }
         }
@@ -86,7 +94,7 @@ mod tests {
 
     #[test]
     fn refreshes_early_keeps_the_old_one_and_drops_it_on_refusal() {
-        let cache = TokenCache::new(Duration::from_secs(300));
+        let cache = TokenCache::new();
         let soon = SystemTime::now() + Duration::from_secs(120);
         let later = SystemTime::now() + Duration::from_secs(3600);
         let fetched = |v: &'static str, expires| {

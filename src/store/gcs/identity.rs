@@ -1,5 +1,5 @@
-//! Google: workload identity federation (`external_account` credential files) and the
-//! GCS upload options bucket policies demand.
+//! Google workload identity federation (`external_account` credential files), one of
+//! the credentials of [`super::credential`].
 //!
 //! Why: outside GKE's own metadata server (EKS, AKS, on-premises Kubernetes, or GKE
 //! with a federated pool) a pod proves who it is with a token the platform mounts or
@@ -18,12 +18,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{exchange, form, oauth_error, strip_query, AccessToken};
 use crate::encoding::base64;
 use crate::env::{ConfigError, Env, Secret};
+use crate::store::client::identity::{
+    check_file_url, exchange, form, oauth_error, parse_rfc3339, refusal_kind, seconds_field,
+    strip_query, AccessToken, LOCAL_ENDPOINT_TIMEOUT,
+};
 use crate::store::{StoreError, StoreErrorKind};
 
-/// The scope of the storage token: read and write objects.
+/// The scope of every storage token (federated, impersonated, or from the other
+/// credentials of [`super::credential`]): read and write objects, nothing more.
 pub const STORAGE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 /// Asked of STS when the federated token only buys a service account's token: what the
 /// Google libraries ask for (IAM limits it to what the bindings allow).
@@ -132,7 +136,7 @@ impl ExternalAccount {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| missing("subject_token_type"))?;
         let url_field = |name: &str, raw: String| {
-            super::check_file_url(&raw).map_err(|problem| format!("its {name} {problem}"))?;
+            check_file_url(&raw).map_err(|problem| format!("its {name} {problem}"))?;
             Ok::<String, String>(raw)
         };
         let token_url = url_field(
@@ -313,7 +317,7 @@ impl ExternalAccount {
             )));
         };
         let Some(impersonation_url) = &self.impersonation_url else {
-            let lifetime = super::seconds_field(&json, "expires_in").unwrap_or(3600);
+            let lifetime = seconds_field(&json, "expires_in").unwrap_or(3600);
             return Ok(AccessToken::valid_for(
                 federated.to_string(),
                 Duration::from_secs(lifetime),
@@ -353,7 +357,7 @@ impl ExternalAccount {
         let expires = json
             .get("expireTime")
             .and_then(|t| t.as_str())
-            .and_then(super::parse_rfc3339);
+            .and_then(parse_rfc3339);
         match (token, expires) {
             (Some(token), Some(expires)) => Ok(AccessToken {
                 token: Secret::new(token),
@@ -389,7 +393,7 @@ impl ExternalAccount {
                 let answer = exchange(
                     request
                         .config()
-                        .timeout_global(Some(super::LOCAL_ENDPOINT_TIMEOUT))
+                        .timeout_global(Some(LOCAL_ENDPOINT_TIMEOUT))
                         .build()
                         .call(),
                     url,
@@ -397,7 +401,7 @@ impl ExternalAccount {
                 )?;
                 if answer.status != 200 {
                     return Err(StoreError::new(
-                        super::refusal_kind(answer.status),
+                        refusal_kind(answer.status),
                         format!(
                             "the subject token URL {} named in {} answered HTTP {}",
                             strip_query(url),
@@ -433,7 +437,7 @@ impl ExternalAccount {
 
 fn refused(url: &str, who: &str, status: u16, body: &str) -> StoreError {
     StoreError::new(
-        super::refusal_kind(status),
+        refusal_kind(status),
         format!(
             "{} refused a token for {who}: HTTP {status} {}",
             strip_query(url),
@@ -451,81 +455,6 @@ fn parse_json(body: &str, url: &str, who: &str) -> Result<serde_json::Value, Sto
             strip_query(url)
         ))
     })
-}
-
-/// The GCS upload options a bucket policy may demand.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GcsOptions {
-    /// `projects/P/locations/L/keyRings/R/cryptoKeys/K`: the Cloud KMS key of every
-    /// object (sent as the `kmsKeyName` parameter of each upload).
-    pub kms_key_name: Option<String>,
-    /// `STANDARD`, `NEARLINE`, `COLDLINE` or `ARCHIVE`: the `storageClass` of every
-    /// object's metadata.
-    pub storage_class: Option<String>,
-}
-
-impl GcsOptions {
-    /// `SP_TASK_SYNC_GCS_KMS_KEY_NAME` and `SP_TASK_SYNC_GCS_STORAGE_CLASS`; every
-    /// mistake is pushed. (Every GCS class is read at once, so none is refused; the
-    /// colder ones bill a minimum storage duration and each read.)
-    pub fn from_env(env: &Env, errors: &mut Vec<ConfigError>) -> GcsOptions {
-        let kms_key_name = env.get("SP_TASK_SYNC_GCS_KMS_KEY_NAME").and_then(|raw| {
-            let parts: Vec<&str> = raw.split('/').collect();
-            let ok = parts.len() == 8
-                && parts[0] == "projects"
-                && parts[2] == "locations"
-                && parts[4] == "keyRings"
-                && parts[6] == "cryptoKeys"
-                && parts.iter().all(|p| {
-                    !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                });
-            if ok {
-                Some(raw.to_string())
-            } else {
-                errors.push(ConfigError::new(
-                    "SP_TASK_SYNC_GCS_KMS_KEY_NAME",
-                    Some(raw),
-                    "must be projects/<project>/locations/<location>/keyRings/<ring>/cryptoKeys/<key>",
-                ));
-                None
-            }
-        });
-        let storage_class = env.get("SP_TASK_SYNC_GCS_STORAGE_CLASS").and_then(|raw| {
-            let upper = raw.to_ascii_uppercase();
-            if ["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"].contains(&upper.as_str()) {
-                Some(upper)
-            } else {
-                errors.push(ConfigError::new(
-                    "SP_TASK_SYNC_GCS_STORAGE_CLASS",
-                    Some(raw),
-                    "must be STANDARD, NEARLINE, COLDLINE or ARCHIVE",
-                ));
-                None
-            }
-        });
-        GcsOptions {
-            kms_key_name,
-            storage_class,
-        }
-    }
-
-    /// `name = value` lines for `check`.
-    pub fn describe(&self) -> Vec<(&'static str, String)> {
-        vec![
-            (
-                "SP_TASK_SYNC_GCS_KMS_KEY_NAME",
-                self.kms_key_name
-                    .clone()
-                    .unwrap_or_else(|| "- (the bucket's default)".into()),
-            ),
-            (
-                "SP_TASK_SYNC_GCS_STORAGE_CLASS",
-                self.storage_class
-                    .clone()
-                    .unwrap_or_else(|| "- (the bucket's default)".into()),
-            ),
-        ]
-    }
 }
 
 /// `GOOGLE_APPLICATION_CREDENTIALS` read as an external account, if it is one: `None`
@@ -633,40 +562,5 @@ mod tests {
         assert!(!ExternalAccount::is_external_account(
             r#"{"type":"service_account"}"#
         ));
-    }
-
-    #[test]
-    fn storage_options() {
-        let mut errors = Vec::new();
-        let o = GcsOptions::from_env(
-            &Env::from_pairs([
-                (
-                    "SP_TASK_SYNC_GCS_KMS_KEY_NAME",
-                    "projects/p-1/locations/europe-west3/keyRings/r/cryptoKeys/k",
-                ),
-                ("SP_TASK_SYNC_GCS_STORAGE_CLASS", "nearline"),
-            ]),
-            &mut errors,
-        );
-        assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(o.storage_class.as_deref(), Some("NEARLINE"));
-        GcsOptions::from_env(
-            &Env::from_pairs([
-                (
-                    "SP_TASK_SYNC_GCS_KMS_KEY_NAME",
-                    "projects/p/keyRings/r/cryptoKeys/k",
-                ),
-                ("SP_TASK_SYNC_GCS_STORAGE_CLASS", "GLACIER"),
-            ]),
-            &mut errors,
-        );
-        let vars: Vec<&str> = errors.iter().map(|e| e.var.as_str()).collect();
-        assert_eq!(
-            vars,
-            [
-                "SP_TASK_SYNC_GCS_KMS_KEY_NAME",
-                "SP_TASK_SYNC_GCS_STORAGE_CLASS"
-            ]
-        );
     }
 }

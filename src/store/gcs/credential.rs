@@ -1,22 +1,23 @@
 //! Google credentials for the GCS store: where an access token comes from, and
 //! keeping it fresh.
 //!
-//! Split off `gcs.rs` because it is its own protocol (OAuth 2.0) with its own
+//! Apart from the store because it is its own protocol (OAuth 2.0) with its own
 //! secrets. The sources are looked for in the order of Google's client libraries
 //! ("Application Default Credentials"):
 //! 1. `GOOGLE_APPLICATION_CREDENTIALS` naming a service-account key file (an RS256 JWT
 //!    signed with its key is exchanged at the file's `token_uri`), an authorized-user
 //!    file (its refresh token is exchanged) or an `external_account` file (workload
 //!    identity federation: a subject token from a file or URL exchanged at Google STS,
-//!    see [`crate::cloud::gcp`]);
+//!    see [`super::identity`]);
 //! 2. gcloud's well-known file, `$CLOUDSDK_CONFIG/application_default_credentials.json`
 //!    or `~/.config/gcloud/application_default_credentials.json`;
 //! 3. the metadata server of the machine (`GCE_METADATA_HOST` overrides its host).
 //!
 //! With an emulator endpoint only an explicit `GOOGLE_APPLICATION_CREDENTIALS` is used;
 //! otherwise no `Authorization` is sent (fake-gcs-server has no authentication).
-//! Tokens are cached and fetched again [`REFRESH_EARLY`] before they expire. Tokens,
-//! keys, refresh tokens and assertions never appear in a message or a `Debug` output.
+//! Tokens are cached in the shared token cache ([`crate::store::client::token`]).
+//! Tokens, keys, refresh tokens and assertions never appear in a message or a `Debug`
+//! output.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -27,18 +28,16 @@ use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde::Deserialize;
 
-use super::client::token::{Fetched, TokenCache};
-use super::{StoreError, StoreErrorKind};
-use crate::encoding::{base64_decode_loose, base64url, percent_encode};
+use super::identity::{ExternalAccount, STORAGE_SCOPE};
+use crate::encoding::{base64_decode_loose, base64url};
 use crate::env::{ConfigError, Env, Secret};
+use crate::store::client::identity::form;
+use crate::store::client::token::{Fetched, TokenCache};
+use crate::store::{StoreError, StoreErrorKind};
 
-/// The OAuth scope asked for: read and write objects, nothing more.
-pub const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 pub const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 pub const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
 const METADATA_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
-/// A cached token is replaced this long before it expires.
-pub const REFRESH_EARLY: Duration = Duration::from_secs(300);
 /// Lifetime asked for in a service-account assertion (Google's maximum).
 const ASSERTION_LIFETIME: u64 = 3600;
 
@@ -50,7 +49,7 @@ pub enum Credentials {
     ServiceAccount(ServiceAccount),
     AuthorizedUser(AuthorizedUser),
     /// Workload identity federation (`external_account`).
-    ExternalAccount(Box<crate::cloud::gcp::ExternalAccount>),
+    ExternalAccount(Box<ExternalAccount>),
     /// The metadata server at `host` (`host[:port]`).
     Metadata {
         host: String,
@@ -131,8 +130,8 @@ impl Credentials {
 
     /// Parses the text of a credentials file found at `source`.
     pub fn from_json(text: &str, source: &Path) -> Result<Credentials, String> {
-        if crate::cloud::gcp::ExternalAccount::is_external_account(text) {
-            return crate::cloud::gcp::ExternalAccount::from_json(text, source)
+        if ExternalAccount::is_external_account(text) {
+            return ExternalAccount::from_json(text, source)
                 .map(|a| Credentials::ExternalAccount(Box::new(a)));
         }
         #[derive(Deserialize)]
@@ -227,7 +226,7 @@ impl fmt::Debug for Credentials {
 }
 
 impl ServiceAccount {
-    /// The signed JWT asking `token_uri` for a token with [`SCOPE`], issued at `now`
+    /// The signed JWT asking `token_uri` for a token with [`STORAGE_SCOPE`], issued at `now`
     /// (seconds since the epoch).
     pub fn assertion(&self, now: u64) -> Result<String, String> {
         let mut header = serde_json::json!({ "alg": "RS256", "typ": "JWT" });
@@ -236,7 +235,7 @@ impl ServiceAccount {
         }
         let claims = serde_json::json!({
             "iss": self.client_email,
-            "scope": SCOPE,
+            "scope": STORAGE_SCOPE,
             "aud": self.token_uri,
             "iat": now,
             "exp": now + ASSERTION_LIFETIME,
@@ -260,9 +259,9 @@ impl ServiceAccount {
 }
 
 /// Hands out the `Authorization` header value through the shared token cache
-/// ([`super::client::token`]): fetched when missing or within [`REFRESH_EARLY`] of its
-/// expiry, the old one served while still valid when a refresh fails, and dropped when
-/// the storage answers 401. Shared by all workers; one fetch at a time.
+/// ([`crate::store::client::token`]): fetched when missing or near its expiry, the old
+/// one served while still valid when a refresh fails, and dropped when the storage
+/// answers 401. Shared by all workers; one fetch at a time.
 pub struct TokenSource {
     credentials: Credentials,
     cache: TokenCache<Secret>,
@@ -272,7 +271,7 @@ impl TokenSource {
     pub fn new(credentials: Credentials) -> TokenSource {
         TokenSource {
             credentials,
-            cache: TokenCache::new(REFRESH_EARLY),
+            cache: TokenCache::new(),
         }
     }
 
@@ -422,15 +421,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// `application/x-www-form-urlencoded` body.
-fn form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", percent_encode(k, false), percent_encode(v, false)))
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 /// The DER bytes of the first PEM block labelled `label`.

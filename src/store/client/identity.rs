@@ -1,28 +1,19 @@
-//! Cloud-native identities and the cloud SDKs' configuration conventions.
+//! What the workload identities of the three providers share: the token exchange and
+//! how its answers and refusals are read, token files, URL checks.
 //!
-//! Why a module of its own: on Kubernetes in EKS, GKE and AKS the storage credentials
-//! are not keys but short-lived tokens that the platform hands the pod (a projected
-//! service-account token in a file) and that are exchanged at the cloud's token
-//! service: AWS STS `AssumeRoleWithWebIdentity` ([`aws`]), Google STS and IAM
-//! credentials for an `external_account` file ([`gcp`]), Entra ID and the managed
-//! identity endpoints ([`azure`]). These exchanges are protocols of their own, apart
-//! from signing storage requests, so they live here as plain fetchers: each reads its
-//! settings with the rest of the configuration (every mistake reported at once, before
-//! any network call), and each fetch returns a value with its expiry for the storage
-//! client's one token cache, which decides when to fetch again. The token files are
-//! read again on every fetch: the kubelet rotates them.
-//!
-//! The same files hold the variables the official SDKs honour (`AWS_ENDPOINT_URL_S3`,
-//! `AWS_REGION`, ...) and the storage options bucket policies demand (server-side
-//! encryption, storage class, access tier), parsed here so that each provider's
-//! `from_env` calls one function per concern.
+//! On Kubernetes in EKS, GKE and AKS the storage credentials are not keys but
+//! short-lived tokens that the platform hands the pod (a projected service-account
+//! token in a file) and that are exchanged at the cloud's token service: AWS STS
+//! `AssumeRoleWithWebIdentity`, Google STS and IAM credentials for an
+//! `external_account` file, Entra ID and the managed identity endpoints. These
+//! exchanges are protocols of their own, apart from signing storage requests: each
+//! provider's fetcher reads its settings with the rest of the configuration (every
+//! mistake reported at once, before any network call), and each fetch returns a value
+//! with its expiry for the one token cache ([`super::token`]), which decides when to
+//! fetch again. The token files are read again on every fetch: the kubelet rotates them.
 //!
 //! Secrets (tokens, assertions, keys) are [`Secret`]s; a message names the source and
 //! the variable, never a value.
-
-pub mod aws;
-pub mod azure;
-pub mod gcp;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -151,7 +142,7 @@ pub fn exchange(
             crate::http::error_message(strip_query(url), &e)
         );
         // A certificate that does not verify will not verify on the next try either.
-        match crate::tls::verification_failure(&e) {
+        match crate::http::tls::verification_failure(&e) {
             Some(_) => StoreError::new(StoreErrorKind::Denied, message),
             None => StoreError::transient(message),
         }
@@ -299,7 +290,7 @@ mod tests {
 
     #[test]
     fn token_files_are_read_trimmed_and_named_in_errors() {
-        let dir = std::env::temp_dir().join(format!("spinoco-cloud-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("spinoco-identity-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("token");
         std::fs::write(&file, "eyJ.token.sig\n").unwrap();

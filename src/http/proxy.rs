@@ -13,8 +13,8 @@
 //!   for plain-http targets (lower-case first, as curl does), `all_proxy`/`ALL_PROXY`
 //!   as a fallback for both, and `no_proxy`/`NO_PROXY` for the hosts reached directly.
 //!
-//! Providers that do not use the shared agent (S3 through its own client) take the
-//! same settings from [`Network::extra_ca_certs`] and [`Network::proxy_for`].
+//! Every request (the platform, the three cloud storages, their token endpoints) goes
+//! through the shared agent ([`super::Http`]), which applies these settings.
 
 use std::fmt;
 use std::path::PathBuf;

@@ -12,60 +12,12 @@ use crate::store::StorageSettings;
 use crate::task::{join_types, DataType, NameSource};
 use crate::template::FileNameTemplate;
 
-/// Where the platform API is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiEndpoint {
-    pub secure: bool,
-    pub host: String,
-    pub port: u16,
-}
+mod api;
+mod filters;
 
-impl ApiEndpoint {
-    /// `scheme://host:port`, without a trailing slash.
-    pub fn base_url(&self) -> String {
-        let scheme = if self.secure { "https" } else { "http" };
-        format!("{scheme}://{}:{}", self.host, self.port)
-    }
-
-    /// The warning for plain HTTP towards another machine, where the token crosses the
-    /// network in clear; `None` with TLS or towards loopback (127.0.0.0/8, `::1`,
-    /// `localhost`), where a test platform or a local TLS proxy is the usual reason.
-    pub fn clear_text_warning(&self) -> Option<String> {
-        if self.secure || is_loopback(&self.host) {
-            return None;
-        }
-        Some(format!(
-            "SP_API_SECURE=false: the API token is sent to {} in clear text (plain HTTP, no \
-             TLS), where anyone on the network path can read and reuse it; use HTTPS, or plain \
-             HTTP only towards this machine",
-            self.host
-        ))
-    }
-}
-
-/// `127.0.0.0/8`, `::1` (also IPv4-mapped), `localhost`: names and addresses that
-/// never leave the machine.
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.to_canonical().is_loopback(),
-        Err(_) => {
-            let name = bare.strip_suffix('.').unwrap_or(bare);
-            name.eq_ignore_ascii_case("localhost")
-        }
-    }
-}
-
-/// The six task filters, sent to the platform as they are.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filters {
-    pub skills_must: Vec<String>,
-    pub skills_should: Vec<String>,
-    pub skills_must_not: Vec<String>,
-    pub hashtags_must: Vec<String>,
-    pub hashtags_should: Vec<String>,
-    pub hashtags_must_not: Vec<String>,
-}
+use api::parse_api;
+pub use api::ApiEndpoint;
+pub use filters::{is_type1_uuid, Filters};
 
 /// The whole, checked configuration.
 #[derive(Debug, Clone)]
@@ -97,8 +49,8 @@ pub struct Config {
     /// `SP_TASK_SYNC_LEASE_TTL`: how long the journal lease lasts without renewal.
     pub lease_ttl: Duration,
     pub storage: StorageSettings,
-    /// Extra trusted CAs and proxies (`crate::net`).
-    pub network: crate::net::Network,
+    /// Extra trusted CAs and proxies (`crate::http::proxy`).
+    pub network: crate::http::proxy::Network,
     /// `SP_METRICS_ADDR`: where `/metrics`, `/healthz` and `/readyz` are served (opt-in).
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub log_format: crate::logging::LogFormat,
@@ -183,14 +135,7 @@ impl Config {
         }
 
         let start_from = parse_start_from(env, &mut errors);
-        let filters = Filters {
-            skills_must: parse_skills(env, "SP_TASK_SYNC_SKILLS_MUST", &mut errors),
-            skills_should: parse_skills(env, "SP_TASK_SYNC_SKILLS_SHOULD", &mut errors),
-            skills_must_not: parse_skills(env, "SP_TASK_SYNC_SKILLS_MUSTNOT", &mut errors),
-            hashtags_must: parse_hashtags(env, "SP_TASK_SYNC_HASHTAGS_MUST", &mut errors),
-            hashtags_should: parse_hashtags(env, "SP_TASK_SYNC_HASHTAGS_SHOULD", &mut errors),
-            hashtags_must_not: parse_hashtags(env, "SP_TASK_SYNC_HASHTAGS_MUSTNOT", &mut errors),
-        };
+        let filters = Filters::from_env(env, &mut errors);
 
         let log_level = match env.get("SP_LOG_LEVEL") {
             None => log::LevelFilter::Info,
@@ -273,7 +218,7 @@ impl Config {
             &mut errors,
         ) as u32;
         let storage = parse_storage(env, &mut errors);
-        let network = crate::net::Network::from_env(env, &mut errors);
+        let network = crate::http::proxy::Network::from_env(env, &mut errors);
         let metrics_addr = parse_metrics_addr(env, &mut errors);
         let log_format = parse_log_format(env, &mut errors);
 
@@ -504,73 +449,6 @@ fn parse_types(
     types
 }
 
-fn list(env: &Env, var: &str) -> Vec<String> {
-    env.get(var)
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn parse_skills(env: &Env, var: &str, errors: &mut Vec<ConfigError>) -> Vec<String> {
-    let skills = list(env, var);
-    for s in &skills {
-        let n = s.chars().count();
-        if n > 4 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            errors.push(ConfigError::new(
-                var,
-                Some(s),
-                "a skill id is 1 to 4 characters, without spaces",
-            ));
-        }
-    }
-    skills
-}
-
-fn parse_hashtags(env: &Env, var: &str, errors: &mut Vec<ConfigError>) -> Vec<String> {
-    let tags = list(env, var);
-    for t in &tags {
-        let (uuid, value) = match t.split_once(':') {
-            Some((u, v)) => (u, Some(v)),
-            None => (t.as_str(), None),
-        };
-        if !is_type1_uuid(uuid) {
-            errors.push(ConfigError::new(
-                var,
-                Some(t),
-                "a hashtag is a type-1 UUID (xxxxxxxx-xxxx-1xxx-xxxx-xxxxxxxxxxxx), optionally followed by :value",
-            ));
-        } else if value == Some("") {
-            errors.push(ConfigError::new(
-                var,
-                Some(t),
-                "the value after ':' is empty",
-            ));
-        }
-    }
-    tags
-}
-
-/// `xxxxxxxx-xxxx-1xxx-[89ab]xxx-xxxxxxxxxxxx`, hex digits in either case.
-pub fn is_type1_uuid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    let lens = [8, 4, 4, 4, 12];
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip(lens)
-            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
-        && groups[2].starts_with('1')
-        && matches!(
-            groups[3].as_bytes()[0].to_ascii_lowercase(),
-            b'8' | b'9' | b'a' | b'b'
-        )
-}
-
 fn parse_start_from(env: &Env, errors: &mut Vec<ConfigError>) -> Option<i64> {
     // The official connector documents SP_TASK_START_FROM; the issue names
     // SP_TASK_SYNC_START_FROM. Both are read, the latter wins.
@@ -607,73 +485,6 @@ pub fn parse_iso_date(raw: &str) -> Option<i64> {
     Date::parse(raw, &date_only)
         .ok()
         .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
-}
-
-fn parse_api(env: &Env, errors: &mut Vec<ConfigError>) -> ApiEndpoint {
-    let secure_var = env.get("SP_API_SECURE");
-    let mut secure = match secure_var.map(str::to_ascii_lowercase).as_deref() {
-        None => None,
-        Some("true" | "1" | "yes") => Some(true),
-        Some("false" | "0" | "no") => Some(false),
-        Some(_) => {
-            errors.push(ConfigError::new(
-                "SP_API_SECURE",
-                secure_var,
-                "must be true or false",
-            ));
-            None
-        }
-    };
-    let raw = env.get("SP_API_URL").unwrap_or("api.spinoco.com");
-    let mut rest = raw;
-    for (scheme, is_secure) in [("https://", true), ("http://", false)] {
-        if let Some(r) = raw.strip_prefix(scheme) {
-            if secure.is_some_and(|s| s != is_secure) {
-                errors.push(ConfigError::new(
-                    "SP_API_SECURE",
-                    secure_var,
-                    format!("contradicts the scheme of SP_API_URL={raw:?}"),
-                ));
-            }
-            secure = Some(is_secure);
-            rest = r;
-        }
-    }
-    let secure = secure.unwrap_or(true);
-    let rest = rest.trim_end_matches('/');
-    let (host, url_port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => match p.parse::<u16>() {
-            Ok(p) => (h, Some(p)),
-            Err(_) => (rest, None),
-        },
-        _ => (rest, None),
-    };
-    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
-        errors.push(ConfigError::new(
-            "SP_API_URL",
-            Some(raw),
-            "must be a host name or IP, or http(s)://host[:port] without a path",
-        ));
-    }
-    let port = match env.get("SP_API_PORT") {
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => n,
-            _ => {
-                errors.push(ConfigError::new(
-                    "SP_API_PORT",
-                    Some(p),
-                    "must be a TCP port from 1 to 65535",
-                ));
-                0
-            }
-        },
-        None => url_port.unwrap_or(if secure { 443 } else { 80 }),
-    };
-    ApiEndpoint {
-        secure,
-        host: host.to_string(),
-        port,
-    }
 }
 
 fn parse_duration_var(
@@ -870,47 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn plain_http_towards_another_machine_is_warned_about() {
-        let endpoint = |secure: bool, host: &str| ApiEndpoint {
-            secure,
-            host: host.to_string(),
-            port: 80,
-        };
-        for host in [
-            "example.com",
-            "10.0.0.7",
-            "[2001:db8::1]",
-            "localhost.example",
-            "127.0.0.1.nip.io",
-        ] {
-            let warning = endpoint(false, host).clear_text_warning();
-            assert!(
-                warning
-                    .as_deref()
-                    .is_some_and(|w| w.contains(host) && w.contains("in clear text")),
-                "{host}: {warning:?}"
-            );
-            assert_eq!(endpoint(true, host).clear_text_warning(), None, "{host}");
-        }
-        for host in [
-            "127.0.0.1",
-            "127.8.9.10",
-            "[::1]",
-            "::1",
-            "localhost",
-            "LocalHost",
-            "localhost.",
-            "[::ffff:127.0.0.1]",
-        ] {
-            assert_eq!(endpoint(false, host).clear_text_warning(), None, "{host}");
-        }
-    }
-
-    #[test]
-    fn hashtags_and_dates() {
-        assert!(is_type1_uuid("1d4de98c-c130-11ef-9cd2-0242ac120002"));
-        assert!(!is_type1_uuid("1d4de98c-c130-41ef-9cd2-0242ac120002"));
-        assert!(!is_type1_uuid("1d4de98c-c130-11ef-9cd2-0242ac12000"));
+    fn dates() {
         assert_eq!(
             parse_iso_date("2024-09-09T15:45:47.277Z"),
             Some(1725896747277)

@@ -1,4 +1,5 @@
-//! AWS credentials for the S3 store, looked up in the order the AWS SDKs use.
+//! AWS credentials for the S3 store, looked up in the order the AWS SDKs use, and the
+//! SigV4 signature made with them ([`sign`]).
 //!
 //! The chain is ours rather than rust-s3's (`aws-creds`) so that it runs on the shared
 //! ureq agent, its endpoints can be pointed at a test server, and temporary
@@ -6,7 +7,7 @@
 //!
 //! 1. `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`);
 //! 2. web identity (EKS IRSA): `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` traded at
-//!    STS ([`crate::cloud::aws::WebIdentity`]). Placed as the Java SDK v2 and botocore
+//!    STS ([`super::identity::WebIdentity`]). Placed as the Java SDK v2 and botocore
 //!    place it, before the shared file (the Rust and Go SDKs look at the profile first;
 //!    this chain reads only static keys from the file, which a pod rarely has);
 //! 3. the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else
@@ -20,21 +21,22 @@
 //!    `http://169.254.169.254`) unless `AWS_EC2_METADATA_DISABLED=true`.
 //!
 //! Every value is kept in a [`Secret`]; errors and logs name the source, never a value.
+//!
+//! What the chain may look at is read with the rest of the settings
+//! ([`super::builder::CredentialSettings`]).
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use s3::Region;
 use serde::Deserialize;
 
-use super::client::token::{Fetched, TokenCache};
-use super::{StoreError, StoreErrorKind};
-use crate::env::{ConfigError, Env, Secret};
+use super::builder::CredentialSettings;
+use crate::env::Secret;
+use crate::store::client::identity::parse_rfc3339;
+use crate::store::client::token::{Fetched, TokenCache};
+use crate::store::client::Request;
+use crate::store::{StoreError, StoreErrorKind};
 
-pub const DEFAULT_ECS_HOST: &str = "http://169.254.170.2";
-pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
-/// Temporary credentials are replaced this long before they expire, so a part upload
-/// that starts with them still ends with valid ones.
-pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// The metadata services are on the local link: a host without them must not stall
 /// the start for the whole HTTP timeout.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
@@ -76,6 +78,7 @@ pub struct AwsCredentials {
 impl AwsCredentials {
     #[cfg(test)]
     fn needs_refresh(&self, now: SystemTime) -> bool {
+        use crate::store::client::token::REFRESH_MARGIN;
         self.expires.is_some_and(|t| now + REFRESH_MARGIN >= t)
     }
 
@@ -85,160 +88,8 @@ impl AwsCredentials {
     }
 }
 
-/// What the chain may look at, read from the environment with the configuration.
-#[derive(Debug, Clone)]
-pub struct CredentialSettings {
-    pub access_key_id: Option<Secret>,
-    pub secret_access_key: Option<Secret>,
-    pub session_token: Option<Secret>,
-    /// `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE` (EKS IRSA).
-    pub web_identity: Option<crate::cloud::aws::WebIdentity>,
-    /// `AWS_SHARED_CREDENTIALS_FILE`, else `$HOME/.aws/credentials` (if HOME is set).
-    pub shared_file: Option<PathBuf>,
-    pub profile: String,
-    pub ecs_relative_uri: Option<String>,
-    pub ecs_full_uri: Option<String>,
-    pub ecs_token: Option<Secret>,
-    pub ecs_token_file: Option<PathBuf>,
-    /// Base for the relative URI; only tests change it.
-    pub ecs_host: String,
-    pub imds_endpoint: String,
-    pub imds_disabled: bool,
-}
-
-impl CredentialSettings {
-    /// Reads the AWS variables; mistakes are pushed to `errors` (values masked).
-    pub fn from_env(env: &Env, errors: &mut Vec<ConfigError>) -> CredentialSettings {
-        CredentialSettings::from_env_in(env, None, errors)
-    }
-
-    /// [`CredentialSettings::from_env`] for a bucket in `region`: the regional STS
-    /// endpoint of web identity when `AWS_REGION` / `AWS_DEFAULT_REGION` are unset.
-    pub fn from_env_in(
-        env: &Env,
-        region: Option<&str>,
-        errors: &mut Vec<ConfigError>,
-    ) -> CredentialSettings {
-        let secret = |name: &str| env.get(name).map(Secret::new);
-        let access_key_id = secret("AWS_ACCESS_KEY_ID");
-        let secret_access_key = secret("AWS_SECRET_ACCESS_KEY");
-        match (&access_key_id, &secret_access_key) {
-            (Some(_), None) => errors.push(ConfigError::new(
-                "AWS_SECRET_ACCESS_KEY",
-                None,
-                "is required when AWS_ACCESS_KEY_ID is set",
-            )),
-            (None, Some(_)) => errors.push(ConfigError::new(
-                "AWS_ACCESS_KEY_ID",
-                None,
-                "is required when AWS_SECRET_ACCESS_KEY is set",
-            )),
-            _ => {}
-        }
-        let shared_file = env
-            .get("AWS_SHARED_CREDENTIALS_FILE")
-            .map(PathBuf::from)
-            .or_else(|| {
-                env.get("HOME")
-                    .map(|h| PathBuf::from(h).join(".aws").join("credentials"))
-            });
-        let ecs_full_uri = env
-            .get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-            .map(str::to_string);
-        if let Some(uri) = &ecs_full_uri {
-            if let Err(problem) = check_full_uri(uri) {
-                errors.push(ConfigError::new(
-                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                    Some(uri),
-                    problem,
-                ));
-            }
-        }
-        let imds_endpoint = env
-            .get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
-            .unwrap_or(DEFAULT_IMDS_ENDPOINT)
-            .trim_end_matches('/')
-            .to_string();
-        if !(imds_endpoint.starts_with("http://") || imds_endpoint.starts_with("https://")) {
-            errors.push(ConfigError::new(
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-                Some(&imds_endpoint),
-                "must be an http:// or https:// URL",
-            ));
-        }
-        CredentialSettings {
-            access_key_id,
-            secret_access_key,
-            session_token: secret("AWS_SESSION_TOKEN"),
-            web_identity: crate::cloud::aws::WebIdentity::from_env(env, region, errors),
-            shared_file,
-            profile: env.get("AWS_PROFILE").unwrap_or("default").to_string(),
-            ecs_relative_uri: env
-                .get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-                .map(str::to_string),
-            ecs_full_uri,
-            ecs_token: secret("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
-            ecs_token_file: env
-                .get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
-                .map(PathBuf::from),
-            ecs_host: DEFAULT_ECS_HOST.to_string(),
-            imds_endpoint,
-            imds_disabled: env
-                .get("AWS_EC2_METADATA_DISABLED")
-                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
-        }
-    }
-
-    /// A one-line summary for `check` (no values).
-    pub fn describe(&self) -> String {
-        if self.access_key_id.is_some() {
-            return "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (***)".to_string();
-        }
-        if let Some(w) = &self.web_identity {
-            return w.describe();
-        }
-        let mut chain = Vec::new();
-        if let Some(f) = &self.shared_file {
-            chain.push(format!("file {} [{}]", f.display(), self.profile));
-        }
-        if self.ecs_relative_uri.is_some() || self.ecs_full_uri.is_some() {
-            chain.push("container endpoint".to_string());
-        } else if !self.imds_disabled {
-            chain.push(format!("instance metadata {}", self.imds_endpoint));
-        }
-        format!("looked up in: {}", chain.join(", then "))
-    }
-}
-
-/// The AWS SDKs accept a full container URI over plain HTTP only on the local host or
-/// the ECS/EKS link-local addresses.
-fn check_full_uri(uri: &str) -> Result<(), &'static str> {
-    if uri.starts_with("https://") {
-        return Ok(());
-    }
-    let Some(rest) = uri.strip_prefix("http://") else {
-        return Err("must be an http:// or https:// URL");
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = match authority.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => authority,
-    };
-    let allowed = host == "localhost"
-        || host == "[::1]"
-        || host.starts_with("127.")
-        || host == "169.254.170.2"
-        || host == "169.254.170.23"
-        || host == "[fd00:ec2::23]";
-    if allowed {
-        Ok(())
-    } else {
-        Err("plain http is only allowed to the local host or the ECS/EKS credential addresses")
-    }
-}
-
 /// Finds credentials once, keeps them, and replaces temporary ones before they expire,
-/// through the shared token cache ([`super::client::token`]): a failed refresh keeps
+/// through the shared token cache ([`crate::store::client::token`]): a failed refresh keeps
 /// serving the current ones until they expire, and a refusal drops them.
 /// Parallel workers share it; one of them refreshes while the others wait.
 pub struct CredentialProvider {
@@ -252,7 +103,7 @@ impl CredentialProvider {
         CredentialProvider {
             settings,
             agent,
-            cache: TokenCache::new(REFRESH_MARGIN),
+            cache: TokenCache::new(),
         }
     }
 
@@ -513,7 +364,7 @@ fn parse_credentials_json(
     };
     let expires = match json.expiration.as_deref() {
         None => None,
-        Some(raw) => Some(parse_expiration(raw).ok_or_else(|| {
+        Some(raw) => Some(parse_rfc3339(raw).ok_or_else(|| {
             StoreError::transient(format!(
                 "{what} answered with an unreadable Expiration {raw:?}"
             ))
@@ -526,12 +377,6 @@ fn parse_credentials_json(
         expires,
         source,
     })
-}
-
-fn parse_expiration(raw: &str) -> Option<SystemTime> {
-    use time::format_description::well_known::Rfc3339;
-    let t = time::OffsetDateTime::parse(raw.trim(), &Rfc3339).ok()?;
-    Some(SystemTime::from(t))
 }
 
 /// Reads `[profile]` from an INI credentials file (a `profile ` prefix is tolerated).
@@ -569,6 +414,111 @@ fn from_shared_file(text: &str, profile: &str) -> Option<AwsCredentials> {
         expires: None,
         source: Source::SharedFile,
     })
+}
+
+/// `x-amz-date`'s format (also what rust-s3's string to sign uses).
+const LONG_DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+/// The SHA-256 of an empty payload.
+pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Signs `req` for `region` with SigV4 at `now`: the payload hash comes from the
+/// request's own `x-amz-content-sha256` (computed while the part was read), the
+/// canonical request, string to sign, signing key and `Authorization` header from
+/// rust-s3's `s3::signing`, the HMAC from ring.
+pub fn sign(
+    req: &mut Request,
+    region: &Region,
+    access_key: &str,
+    secret_key: &str,
+    session_token: Option<&str>,
+    now: time::OffsetDateTime,
+) -> Result<(), StoreError> {
+    use ureq::http::{HeaderName, HeaderValue};
+    let bad = |what: &str| {
+        StoreError::new(
+            StoreErrorKind::Rejected,
+            format!("cannot sign the S3 request: {what}"),
+        )
+    };
+    let url = url::Url::parse(&req.url).map_err(|_| bad("the URL does not parse"))?;
+    let host = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        (None, _) => return Err(bad("the URL has no host")),
+    };
+    let date = now.format(LONG_DATE).map_err(|_| bad("the date"))?;
+    if !req.headers.iter().any(|(n, _)| n == "x-amz-content-sha256") {
+        req.headers
+            .push(("x-amz-content-sha256".into(), EMPTY_SHA256.into()));
+    }
+    req.headers
+        .retain(|(n, _)| n != "host" && n != "x-amz-date");
+    req.headers.push(("host".into(), host));
+    req.headers.push(("x-amz-date".into(), date));
+    if let Some(token) = session_token {
+        req.headers
+            .push(("x-amz-security-token".into(), token.to_string()));
+    }
+    let mut headers = ureq::http::HeaderMap::new();
+    for (n, v) in &req.headers {
+        let name = HeaderName::from_bytes(n.as_bytes()).map_err(|_| bad("a header name"))?;
+        let value = HeaderValue::from_str(v).map_err(|_| bad("a header value"))?;
+        headers.insert(name, value);
+    }
+    let payload = req
+        .headers
+        .iter()
+        .find(|(n, _)| n == "x-amz-content-sha256")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let fail = |e: s3::error::S3Error| bad(&e.to_string());
+    let canonical = canonical_request(req.method, &url, &headers, &payload)?;
+    let to_sign = s3::signing::string_to_sign(&now, region, &canonical).map_err(fail)?;
+    let key = s3::signing::signing_key(&now, secret_key, region, "s3").map_err(fail)?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let signature =
+        crate::store::client::parts::hex(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
+    let signed = s3::signing::signed_header_string(&headers);
+    let authorization =
+        s3::signing::authorization_header(access_key, &now, region, &signed, &signature)
+            .map_err(fail)?;
+    req.headers.push(("authorization".into(), authorization));
+    Ok(())
+}
+
+/// SigV4's canonical request. The URI and query are rust-s3's; the headers are sorted
+/// here by name, as the specification says: rust-s3 0.38 sorts whole `name:value`
+/// lines, which puts `x-amz-server-side-encryption-aws-kms-key-id:...` before
+/// `x-amz-server-side-encryption:...` (`-` sorts before `:`) and so signs a request
+/// with a KMS key id in a way no server accepts (s3s-fs answered
+/// SignatureDoesNotMatch).
+pub fn canonical_request(
+    method: &str,
+    url: &url::Url,
+    headers: &ureq::http::HeaderMap,
+    payload_sha256: &str,
+) -> Result<String, StoreError> {
+    let mut lines: Vec<(String, String)> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let value = value.to_str().map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Rejected,
+                format!("cannot sign the S3 request: the header {name} is not text"),
+            )
+        })?;
+        lines.push((name.as_str().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    lines.sort();
+    let canonical_headers: Vec<String> = lines.iter().map(|(n, v)| format!("{n}:{v}")).collect();
+    let signed: Vec<&str> = lines.iter().map(|(n, _)| n.as_str()).collect();
+    Ok(format!(
+        "{method}\n{}\n{}\n{}\n\n{}\n{payload_sha256}",
+        s3::signing::canonical_uri_string(url),
+        s3::signing::canonical_query_string(url),
+        canonical_headers.join("\n"),
+        signed.join(";"),
+    ))
 }
 
 #[cfg(test)]
@@ -610,6 +560,7 @@ mod tests {
 
     #[test]
     fn refresh_margin() {
+        use crate::store::client::token::REFRESH_MARGIN;
         let now = SystemTime::now();
         let mut c = parse_credentials_json(
             r#"{"AccessKeyId":"a","SecretAccessKey":"b"}"#,
@@ -625,19 +576,68 @@ mod tests {
     }
 
     #[test]
-    fn full_uri_rules() {
-        assert!(check_full_uri("http://127.0.0.1:8080/creds").is_ok());
-        assert!(check_full_uri("http://169.254.170.23/v1/credentials").is_ok());
-        assert!(check_full_uri("https://anything.example/creds").is_ok());
-        assert!(check_full_uri("http://evil.example/creds").is_err());
-        assert!(check_full_uri("ftp://127.0.0.1/").is_err());
+    fn canonical_headers_sort_by_name_even_when_one_name_prefixes_another() {
+        let mut headers = ureq::http::HeaderMap::new();
+        for (n, v) in [
+            (
+                "x-amz-server-side-encryption-aws-kms-key-id",
+                "arn:aws:kms:k",
+            ),
+            ("x-amz-server-side-encryption", "aws:kms"),
+            ("host", "s3.local"),
+        ] {
+            headers.insert(
+                ureq::http::HeaderName::from_static(n),
+                ureq::http::HeaderValue::from_static(v),
+            );
+        }
+        let url = url::Url::parse("https://s3.local/b/k?uploads").unwrap();
+        let c = canonical_request("POST", &url, &headers, EMPTY_SHA256).unwrap();
+        assert_eq!(
+            c,
+            format!(
+                "POST\n/b/k\nuploads=\nhost:s3.local\nx-amz-server-side-encryption:aws:kms\n\
+                 x-amz-server-side-encryption-aws-kms-key-id:arn:aws:kms:k\n\n\
+                 host;x-amz-server-side-encryption;x-amz-server-side-encryption-aws-kms-key-id\n{EMPTY_SHA256}"
+            )
+        );
     }
 
+    /// AWS's published SigV4 example "GET Object" (S3 API reference, "Signature
+    /// Calculations for the Authorization Header: Transferring Payload in a Single
+    /// Chunk"): the first 10 bytes of examplebucket/test.txt, 2013-05-24.
     #[test]
-    fn half_a_key_pair_is_a_config_error() {
-        let mut errors = Vec::new();
-        CredentialSettings::from_env(&Env::from_pairs([("AWS_ACCESS_KEY_ID", "AK")]), &mut errors);
-        assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].var, "AWS_SECRET_ACCESS_KEY");
+    fn signature_matches_the_aws_test_vector() {
+        let mut req = Request::new(
+            "GET",
+            "https://examplebucket.s3.amazonaws.com/test.txt".into(),
+        )
+        .header("range", "bytes=0-9");
+        let now = time::macros::datetime!(2013-05-24 0:00 UTC);
+        let region = Region::Custom {
+            region: "us-east-1".into(),
+            endpoint: "https://s3.amazonaws.com".into(),
+        };
+        sign(
+            &mut req,
+            &region,
+            "AKIAIOSFODNN7EXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            None,
+            now,
+        )
+        .unwrap();
+        let auth = &req
+            .headers
+            .iter()
+            .find(|(n, _)| n == "authorization")
+            .unwrap()
+            .1;
+        assert_eq!(
+            auth,
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,\
+             SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,\
+             Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Azure: Entra ID tokens for Blob Storage from AKS workload identity or a managed
-//! identity, the account URL that replaces the connection string for them, and the
-//! access tier bucket policies demand.
+//! identity (with `SP_TASK_SYNC_AZURE_ACCOUNT_URL` instead of a connection string,
+//! [`super::builder::account_url`]).
 //!
 //! Why: on AKS a pod gets no account key, only a federated token in
 //! `AZURE_FEDERATED_TOKEN_FILE` (with `AZURE_CLIENT_ID` and `AZURE_TENANT_ID`, all set
@@ -24,9 +24,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{exchange, form, oauth_error, read_token_file, strip_query, AccessToken};
 use crate::encoding::percent_encode;
 use crate::env::{ConfigError, Env, Secret};
+use crate::store::client::identity::{
+    check_token_file, check_url, exchange, form, is_loopback_host, oauth_error, read_token_file,
+    refusal_kind, seconds_field, shown_url, strip_query, AccessToken, Answer,
+    LOCAL_ENDPOINT_TIMEOUT,
+};
 use crate::store::StoreError;
 
 /// What the token is for: Azure Storage, nothing else.
@@ -112,7 +116,7 @@ impl AzureIdentity {
                 }
                 Some(_) => {}
             }
-            if let Err(problem) = super::check_token_file(std::path::Path::new(file)) {
+            if let Err(problem) = check_token_file(std::path::Path::new(file)) {
                 errors.push(ConfigError::new(
                     "AZURE_FEDERATED_TOKEN_FILE",
                     Some(file),
@@ -144,12 +148,12 @@ impl AzureIdentity {
         }
         match (env.get("IDENTITY_ENDPOINT"), env.get("IDENTITY_HEADER")) {
             (Some(endpoint), Some(header)) => {
-                let endpoint = match super::check_url(endpoint) {
+                let endpoint = match check_url(endpoint) {
                     Ok(url) => url,
                     Err(problem) => {
                         errors.push(ConfigError::new(
                             "IDENTITY_ENDPOINT",
-                            Some(super::shown_url(endpoint)),
+                            Some(shown_url(endpoint)),
                             problem,
                         ));
                         String::new()
@@ -255,7 +259,7 @@ impl AzureIdentity {
                         .get(&url)
                         .header("metadata", "true")
                         .config()
-                        .timeout_global(Some(super::LOCAL_ENDPOINT_TIMEOUT))
+                        .timeout_global(Some(LOCAL_ENDPOINT_TIMEOUT))
                         .build()
                         .call(),
                     &url,
@@ -280,7 +284,7 @@ impl AzureIdentity {
                         .get(&url)
                         .header("x-identity-header", header.expose())
                         .config()
-                        .timeout_global(Some(super::LOCAL_ENDPOINT_TIMEOUT))
+                        .timeout_global(Some(LOCAL_ENDPOINT_TIMEOUT))
                         .build()
                         .call(),
                     &url,
@@ -309,7 +313,7 @@ fn endpoint_var(
     errors: &mut Vec<ConfigError>,
 ) -> String {
     let raw = env.get(var).unwrap_or(default);
-    match super::check_url(raw) {
+    match check_url(raw) {
         Ok(url) => {
             let authority = url
                 .split("://")
@@ -318,7 +322,7 @@ fn endpoint_var(
                 .split('/')
                 .next()
                 .unwrap_or("");
-            if https_only && url.starts_with("http://") && !super::is_loopback_host(authority) {
+            if https_only && url.starts_with("http://") && !is_loopback_host(authority) {
                 errors.push(ConfigError::new(
                     var,
                     Some(raw),
@@ -328,7 +332,7 @@ fn endpoint_var(
             url
         }
         Err(problem) => {
-            errors.push(ConfigError::new(var, Some(super::shown_url(raw)), problem));
+            errors.push(ConfigError::new(var, Some(shown_url(raw)), problem));
             String::new()
         }
     }
@@ -336,7 +340,7 @@ fn endpoint_var(
 
 /// Reads an access token answer: Entra ID's (`expires_in` a number) or a managed
 /// identity endpoint's (`expires_in` / `expires_on` as strings).
-fn read_token(answer: super::Answer, url: &str, who: &str) -> Result<AccessToken, StoreError> {
+fn read_token(answer: Answer, url: &str, who: &str) -> Result<AccessToken, StoreError> {
     let shown = strip_query(url);
     if answer.status != 200 {
         let detail = oauth_error(&answer.body);
@@ -347,7 +351,7 @@ fn read_token(answer: super::Answer, url: &str, who: &str) -> Result<AccessToken
             _ => "",
         };
         return Err(StoreError::new(
-            super::refusal_kind(answer.status),
+            refusal_kind(answer.status),
             format!(
                 "{shown} refused a storage token for {who}: HTTP {} {detail}{hint}",
                 answer.status
@@ -370,8 +374,8 @@ fn read_token(answer: super::Answer, url: &str, who: &str) -> Result<AccessToken
         )));
     };
     let expires = match (
-        super::seconds_field(&json, "expires_in"),
-        super::seconds_field(&json, "expires_on"),
+        seconds_field(&json, "expires_in"),
+        seconds_field(&json, "expires_on"),
     ) {
         (Some(secs), _) => SystemTime::now() + Duration::from_secs(secs),
         (None, Some(epoch)) => UNIX_EPOCH + Duration::from_secs(epoch),
@@ -390,139 +394,6 @@ fn is_guid(s: &str) -> bool {
             .iter()
             .zip([8, 4, 4, 4, 12])
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// `SP_TASK_SYNC_AZURE_ACCOUNT_URL`: the blob service of the account, used with a token
-/// instead of a connection string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccountUrl {
-    /// Without a trailing slash: `https://acct.blob.core.windows.net`, or path-style
-    /// `https://127.0.0.1:10000/devstoreaccount1` (Azurite).
-    pub endpoint: String,
-    /// From the host's first label, or the path for a path-style URL.
-    pub account: String,
-}
-
-/// Reads `SP_TASK_SYNC_AZURE_ACCOUNT_URL`; `None` when it is unset or wrong (pushed to
-/// `errors`). It and `SP_TASK_SYNC_AZURE_DSN` exclude each other. Only https: the
-/// storage refuses bearer tokens over plain http.
-pub fn account_url(env: &Env, errors: &mut Vec<ConfigError>) -> Option<AccountUrl> {
-    const VAR: &str = "SP_TASK_SYNC_AZURE_ACCOUNT_URL";
-    let raw = env.get(VAR)?;
-    if env.get("SP_TASK_SYNC_AZURE_DSN").is_some() {
-        errors.push(ConfigError::new(
-            VAR,
-            Some(super::shown_url(raw)),
-            "and SP_TASK_SYNC_AZURE_DSN are both set: use the DSN for an account key or SAS, the \
-             account URL for a workload or managed identity, not both",
-        ));
-        return None;
-    }
-    if raw.contains('?') {
-        errors.push(ConfigError::new(
-            VAR,
-            Some("***"),
-            "must not have a query: a SAS goes into SP_TASK_SYNC_AZURE_DSN \
-             (BlobEndpoint=...;SharedAccessSignature=...)",
-        ));
-        return None;
-    }
-    let endpoint = match super::check_url(raw) {
-        Ok(u) if u.starts_with("https://") => u,
-        Ok(_) => {
-            errors.push(ConfigError::new(
-                VAR,
-                Some(raw),
-                "must be https://: Azure Storage accepts bearer tokens only over https",
-            ));
-            return None;
-        }
-        Err(problem) => {
-            errors.push(ConfigError::new(VAR, Some(super::shown_url(raw)), problem));
-            return None;
-        }
-    };
-    let rest = &endpoint["https://".len()..];
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let host_name = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    let account = if !path.is_empty() {
-        path.split('/').next().unwrap_or("").to_string()
-    } else if host_name.parse::<std::net::IpAddr>().is_ok() || host_name == "localhost" {
-        String::new()
-    } else {
-        host_name.split('.').next().unwrap_or("").to_string()
-    };
-    let valid = (3..=24).contains(&account.len())
-        && account
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if !valid {
-        errors.push(ConfigError::new(
-            VAR,
-            Some(raw),
-            "names no storage account: expected https://<account>.blob.core.windows.net (or \
-             https://host:port/<account> for an emulator), the account 3 to 24 lowercase letters and digits",
-        ));
-        return None;
-    }
-    Some(AccountUrl { endpoint, account })
-}
-
-/// The access tier set on every blob (`x-ms-access-tier` on Put Blob and Put Block List).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessTier {
-    Hot,
-    Cool,
-    Cold,
-}
-
-impl AccessTier {
-    pub fn header_value(self) -> &'static str {
-        match self {
-            AccessTier::Hot => "Hot",
-            AccessTier::Cool => "Cool",
-            AccessTier::Cold => "Cold",
-        }
-    }
-
-    /// The oldest `x-ms-version` that knows the tier.
-    pub fn min_version(self) -> &'static str {
-        match self {
-            AccessTier::Cold => "2021-12-02",
-            _ => "2018-11-09",
-        }
-    }
-}
-
-/// `SP_TASK_SYNC_AZURE_ACCESS_TIER=Hot|Cool|Cold` (any case). Archive is refused: an
-/// archived blob cannot be read without rehydrating it, and the connector reads its
-/// journal back at every round start (a lifecycle rule can archive recordings).
-pub fn access_tier(env: &Env, errors: &mut Vec<ConfigError>) -> Option<AccessTier> {
-    const VAR: &str = "SP_TASK_SYNC_AZURE_ACCESS_TIER";
-    let raw = env.get(VAR)?;
-    match raw.to_ascii_lowercase().as_str() {
-        "hot" => Some(AccessTier::Hot),
-        "cool" => Some(AccessTier::Cool),
-        "cold" => Some(AccessTier::Cold),
-        "archive" => {
-            errors.push(ConfigError::new(
-                VAR,
-                Some(raw),
-                "archived blobs cannot be read back without rehydrating them, and the connector \
-                 reads its journal back at every round start; upload Hot, Cool or Cold and let a \
-                 lifecycle management rule archive the recordings",
-            ));
-            None
-        }
-        _ => {
-            errors.push(ConfigError::new(
-                VAR,
-                Some(raw),
-                "must be Hot, Cool or Cold",
-            ));
-            None
-        }
-    }
 }
 
 #[cfg(test)]
@@ -634,65 +505,5 @@ mod tests {
             &mut errors,
         );
         assert!(errors[0].problem.contains("Arc"), "{}", errors[0]);
-    }
-
-    #[test]
-    fn account_url_forms_and_mistakes() {
-        let mut errors = Vec::new();
-        let u = |raw: &str, errors: &mut Vec<ConfigError>| {
-            account_url(&env(&[("SP_TASK_SYNC_AZURE_ACCOUNT_URL", raw)]), errors)
-        };
-        assert_eq!(
-            u("https://spinocorec.blob.core.windows.net/", &mut errors).unwrap(),
-            AccountUrl {
-                endpoint: "https://spinocorec.blob.core.windows.net".into(),
-                account: "spinocorec".into()
-            }
-        );
-        assert_eq!(
-            u("https://127.0.0.1:10000/devstoreaccount1", &mut errors)
-                .unwrap()
-                .account,
-            "devstoreaccount1"
-        );
-        assert!(errors.is_empty());
-        assert!(u("http://acct.blob.core.windows.net", &mut errors).is_none());
-        assert!(u(
-            "https://acct.blob.core.windows.net/?sv=2022&sig=abc",
-            &mut errors
-        )
-        .is_none());
-        assert!(u("https://127.0.0.1:10000", &mut errors).is_none());
-        assert_eq!(errors.len(), 3);
-        assert!(errors[0].problem.contains("https"));
-        assert_eq!(
-            errors[1].value.as_deref(),
-            Some("***"),
-            "a SAS is not shown"
-        );
-        errors.clear();
-        let both = env(&[
-            (
-                "SP_TASK_SYNC_AZURE_ACCOUNT_URL",
-                "https://a1b.blob.core.windows.net",
-            ),
-            ("SP_TASK_SYNC_AZURE_DSN", "UseDevelopmentStorage=true"),
-        ]);
-        assert!(account_url(&both, &mut errors).is_none());
-        assert!(errors[0].problem.contains("both"));
-    }
-
-    #[test]
-    fn access_tiers() {
-        let mut errors = Vec::new();
-        let t = |raw: &str, errors: &mut Vec<ConfigError>| {
-            access_tier(&env(&[("SP_TASK_SYNC_AZURE_ACCESS_TIER", raw)]), errors)
-        };
-        assert_eq!(t("cool", &mut errors), Some(AccessTier::Cool));
-        assert_eq!(t("Cold", &mut errors).unwrap().min_version(), "2021-12-02");
-        assert!(errors.is_empty());
-        assert_eq!(t("Archive", &mut errors), None);
-        assert_eq!(t("Premium", &mut errors), None);
-        assert!(errors[0].problem.contains("journal") && errors.len() == 2);
     }
 }

@@ -8,30 +8,31 @@
 //! | `SP_TASK_SYNC_S3_REGION` (else `AWS_REGION`, `AWS_DEFAULT_REGION`) | region, e.g. `eu-central-1` (required; S3-compatible services often accept `us-east-1`) |
 //! | `SP_TASK_SYNC_S3_ENDPOINT` (else `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`) | optional `http(s)://host[:port]` of an S3-compatible service; requests then use path-style addressing (`<endpoint>/<bucket>/<key>`). Unset: AWS, `https://s3.<region>.amazonaws.com`, virtual-hosted style |
 //! | `SP_TASK_SYNC_S3_ADDRESSING` | `path` or `virtual` instead of that default |
-//! | `SP_TASK_SYNC_S3_SSE`, `_SSE_KMS_KEY_ID`, `_BUCKET_KEY`, `_STORAGE_CLASS` | encryption and class of every upload ([`crate::cloud::aws::S3Options`]): on PutObject and CreateMultipartUpload, never on UploadPart |
+//! | `SP_TASK_SYNC_S3_SSE`, `_SSE_KMS_KEY_ID`, `_BUCKET_KEY`, `_STORAGE_CLASS` | encryption and class of every upload ([`options::S3Options`]): on PutObject and CreateMultipartUpload, never on UploadPart |
 //! | `SP_TASK_SYNC_SAVE_TO` | optional key prefix (as in the official connector) |
 //! | `SP_TASK_SYNC_S3_MULTIPART_THRESHOLD` | objects above this size go up as multipart uploads (default 8MiB, the part size) |
 //! | `SP_TASK_SYNC_S3_PART_SIZE` | size of one multipart part, 5MiB to 5GiB (default 8MiB) |
 //!
 //! Sizes are bytes, or a number with `K`, `M`, `G` (`KB`/`KiB`, ...: all powers of 1024).
-//! Credentials come from the usual AWS chain, see [`super::s3_credentials`].
+//! Credentials come from the usual AWS chain, see [`credential`].
 //!
 //! How an object is written: an object of known size up to the threshold, or one whose
 //! stream ends within the first part, is one PUT (for a task's file a conditional
-//! create, so that another task's object is never replaced: [`super::client::claim`]).
-//! Anything larger is a multipart upload
-//! fed from the stream one part at a time through the shared part reader
-//! ([`super::client::parts`]), so memory stays at one part buffer per worker, reused.
-//! S3 makes an object visible only when the PUT or CompleteMultipartUpload finishes, so
+//! create, so that another task's object is never replaced:
+//! [`crate::store::client::claim`]). Anything larger is a multipart upload fed from the
+//! stream one part at a time through the shared part reader
+//! ([`crate::store::client::parts`]), so memory stays at one part buffer per worker,
+//! reused. S3 makes an object visible only when the PUT or CompleteMultipartUpload finishes, so
 //! no temporary key is needed. A multipart upload that fails (source or storage) is
 //! aborted; an abort that fails too is remembered and retried before the next upload.
 //! As a safety net for a killed process, give the bucket a lifecycle rule
 //! `AbortIncompleteMultipartUpload`.
 //!
 //! Transport: rust-s3 only builds the URLs (`AttoRequest::url`), the multipart XML and
-//! the SigV4 signature (`s3::signing`); every request goes through the shared REST layer
-//! ([`super::client`]) on the shared ureq agent, so the CA bundle, proxies, `NO_PROXY`,
-//! timeouts, keep-alive and retries are those of the other providers. Nothing calls
+//! the SigV4 signature (`s3::signing`); every request goes through the shared REST
+//! layer ([`crate::store::client`]) on the shared ureq agent, so the CA bundle,
+//! proxies, `NO_PROXY`, timeouts, keep-alive and retries are those of the other
+//! providers. Nothing calls
 //! rust-s3's own client (clippy.toml forbids its sending methods).
 //!
 //! Integrity: every PUT and UploadPart is signed with the SHA-256 of its payload
@@ -42,6 +43,10 @@
 //! on this machine, ring with SHA extensions) but leave the part without a checksum the
 //! store checks, since s3s-fs verifies neither `Content-MD5` nor `x-amz-checksum-*` on
 //! UploadPart.
+//!
+//! The files: [`builder`] reads the settings (the upload options in [`options`]),
+//! [`credential`] finds the credentials and signs (the web identity in [`identity`]),
+//! `client` says what S3 adds to the shared REST layer, and this file is the store.
 
 use std::io::Read;
 use std::sync::Mutex;
@@ -52,383 +57,34 @@ use s3::request::blocking::AttoRequest;
 use s3::request::Request as _;
 use s3::serde_types::CompleteMultipartUploadData;
 use s3::{Bucket, Region};
-use ureq::http::HeaderMap;
 
-use super::client::claim::{Claim, Claims, Existing, Upload};
-use super::client::parts::{sha256_hex, PartPool, PartReader, Sums};
-use super::client::{clip, missing, xml_tag, Answer, Class, Client, Container, Protocol, Request};
-use super::s3_credentials::{CredentialProvider, CredentialSettings};
-use super::ObjectInfo;
-use super::{
+pub mod builder;
+mod client;
+pub mod credential;
+pub mod identity;
+pub mod options;
+
+pub use builder::S3Settings;
+
+use crate::retry::RetryBudget;
+use crate::store::client::claim::{Claim, Claims, Existing, Upload};
+use crate::store::client::parts::{sha256_hex, PartPool, PartReader, Sums};
+use crate::store::client::{missing, xml_tag, Answer, Client, Request};
+use crate::store::ObjectInfo;
+use crate::store::{
     content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
     StoreErrorKind, Versioned,
 };
-use crate::cloud::aws::{s3_addressing, s3_endpoint, s3_region, Addressing, S3Options};
-use crate::env::{ConfigError, Env};
-use crate::retry::{Reason, RetryBudget};
+use builder::Addressing;
+use client::S3Protocol;
+use credential::CredentialProvider;
 
-const MIB: u64 = 1024 * 1024;
-/// The part size: every upload then holds at most one part buffer (a larger threshold
-/// holds one buffer of the threshold size for objects between the two).
-pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 8 * MIB;
-pub const DEFAULT_PART_SIZE: u64 = 8 * MIB;
-/// S3's smallest part (all but the last).
-pub const MIN_PART_SIZE: u64 = 5 * MIB;
-/// S3's largest part, and largest single PUT.
-pub const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 const MAX_PARTS: u32 = 10_000;
-
-/// The S3 settings from the environment.
-#[derive(Debug, Clone)]
-pub struct S3Settings {
-    pub bucket: String,
-    pub region: String,
-    /// `http(s)://host[:port]` of an S3-compatible service, without a trailing slash.
-    pub endpoint: Option<String>,
-    /// Key prefix (`SP_TASK_SYNC_SAVE_TO`), may be empty.
-    pub prefix: String,
-    pub multipart_threshold: u64,
-    pub part_size: u64,
-    pub credentials: CredentialSettings,
-    /// The variables the region and the endpoint came from (for `check`).
-    pub region_from: &'static str,
-    pub endpoint_from: &'static str,
-    /// `SP_TASK_SYNC_S3_ADDRESSING`, or the default for the endpoint and bucket.
-    pub addressing: Addressing,
-    /// Encryption and storage class sent with every upload.
-    pub options: S3Options,
-}
-
-impl S3Settings {
-    /// Reads every S3 variable; all mistakes are pushed to `errors`.
-    pub fn from_env(env: &Env, errors: &mut Vec<ConfigError>) -> Option<S3Settings> {
-        let before = errors.len();
-        let mut required = |var: &str, what: &str| match env.get(var) {
-            Some(v) if v.contains(char::is_whitespace) || v.contains('/') => {
-                errors.push(ConfigError::new(
-                    var,
-                    Some(v),
-                    format!("is not a valid {what}"),
-                ));
-                String::new()
-            }
-            Some(v) => v.to_string(),
-            None => {
-                errors.push(ConfigError::new(
-                    var,
-                    None,
-                    format!("is required for S3 storage: the {what}"),
-                ));
-                String::new()
-            }
-        };
-        let bucket = required("SP_TASK_SYNC_S3_BUCKET", "bucket name");
-        // The connector's variable first, then the AWS SDKs' (as the official
-        // connector's SDK reads them).
-        let (region_from, region) = match s3_region(env, errors) {
-            Some((var, region)) => (var, region),
-            None => {
-                if !errors.iter().any(|e| e.var.ends_with("REGION")) {
-                    errors.push(ConfigError::new(
-                        "SP_TASK_SYNC_S3_REGION",
-                        None,
-                        "is required for S3 storage: the region (e.g. eu-central-1), or \
-                         AWS_REGION / AWS_DEFAULT_REGION",
-                    ));
-                }
-                ("SP_TASK_SYNC_S3_REGION", String::new())
-            }
-        };
-        let (endpoint_from, endpoint) = match env.get("SP_TASK_SYNC_S3_ENDPOINT") {
-            Some(raw) => match check_endpoint(raw) {
-                Ok(e) => ("SP_TASK_SYNC_S3_ENDPOINT", Some(e)),
-                Err(problem) => {
-                    // A URL with user:password in it must not be echoed.
-                    let shown = if raw.contains('@') { "***" } else { raw };
-                    errors.push(ConfigError::new(
-                        "SP_TASK_SYNC_S3_ENDPOINT",
-                        Some(shown),
-                        problem,
-                    ));
-                    ("SP_TASK_SYNC_S3_ENDPOINT", None)
-                }
-            },
-            None => match s3_endpoint(env, errors) {
-                Some((var, url)) => (var, Some(url)),
-                None => ("SP_TASK_SYNC_S3_ENDPOINT", None),
-            },
-        };
-        let addressing = s3_addressing(env, endpoint.as_deref(), &bucket, errors);
-        let options = S3Options::from_env(env, errors);
-        let mut size = |var: &str, default: u64| match env.get(var) {
-            None => default,
-            Some(raw) => match crate::env::parse_size(raw) {
-                Some(n) if (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) => n,
-                _ => {
-                    errors.push(ConfigError::new(
-                        var,
-                        Some(raw),
-                        "must be a size from 5MiB to 5GiB, in bytes or with K, M, G",
-                    ));
-                    default
-                }
-            },
-        };
-        let multipart_threshold = size(
-            "SP_TASK_SYNC_S3_MULTIPART_THRESHOLD",
-            DEFAULT_MULTIPART_THRESHOLD,
-        );
-        let part_size = size("SP_TASK_SYNC_S3_PART_SIZE", DEFAULT_PART_SIZE);
-        let credentials = CredentialSettings::from_env_in(
-            env,
-            Some(region.as_str()).filter(|r| !r.is_empty()),
-            errors,
-        );
-        (errors.len() == before).then(|| S3Settings {
-            bucket,
-            region,
-            endpoint,
-            prefix: env
-                .get("SP_TASK_SYNC_SAVE_TO")
-                .unwrap_or("")
-                .trim_matches('/')
-                .to_string(),
-            multipart_threshold,
-            part_size,
-            credentials,
-            region_from,
-            endpoint_from,
-            addressing,
-            options,
-        })
-    }
-
-    /// `name = value` lines for `check` (no secrets).
-    pub fn describe(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("SP_TASK_SYNC_S3_BUCKET", self.bucket.clone()),
-            (self.region_from, self.region.clone()),
-            (
-                self.endpoint_from,
-                self.endpoint.clone().unwrap_or_else(|| "- (AWS)".into()),
-            ),
-            (
-                "SP_TASK_SYNC_S3_ADDRESSING",
-                self.addressing.name().to_string(),
-            ),
-            (
-                "SP_TASK_SYNC_SAVE_TO",
-                if self.prefix.is_empty() {
-                    "-".into()
-                } else {
-                    self.prefix.clone()
-                },
-            ),
-            (
-                "SP_TASK_SYNC_S3_MULTIPART_THRESHOLD",
-                self.multipart_threshold.to_string(),
-            ),
-            ("SP_TASK_SYNC_S3_PART_SIZE", self.part_size.to_string()),
-            ("AWS credentials", self.credentials.describe()),
-        ]
-        .into_iter()
-        .chain(self.options.describe())
-        .collect()
-    }
-}
-
-fn check_endpoint(raw: &str) -> Result<String, &'static str> {
-    let rest = raw
-        .strip_prefix("https://")
-        .or_else(|| raw.strip_prefix("http://"))
-        .ok_or("must start with http:// or https://")?;
-    let authority = rest.trim_end_matches('/');
-    if authority.is_empty() || authority.contains(['?', '#', ' ']) {
-        return Err("must be http(s)://host[:port]");
-    }
-    if authority.contains('@') {
-        return Err("must not contain user:password (credentials come from the AWS variables)");
-    }
-    Ok(raw.trim_end_matches('/').to_string())
-}
 
 /// An upload whose abort failed, to be aborted later.
 struct PendingAbort {
     key: String,
     upload_id: String,
-}
-
-/// What S3 adds to the shared REST layer: SigV4 by rust-s3's signing functions, the
-/// error code from the XML document, and the codes that differ from their status.
-struct S3Protocol {
-    region: Region,
-    bucket: String,
-    credentials: CredentialProvider,
-}
-
-/// `x-amz-date`'s format (also what rust-s3's string to sign uses).
-const LONG_DATE: &[time::format_description::BorrowedFormatItem<'static>] =
-    time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-/// The SHA-256 of an empty payload.
-pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-
-/// Signs `req` for `region` with SigV4 at `now`: the payload hash comes from the
-/// request's own `x-amz-content-sha256` (computed while the part was read), the
-/// canonical request, string to sign, signing key and `Authorization` header from
-/// rust-s3's `s3::signing`, the HMAC from ring.
-pub fn sign(
-    req: &mut Request,
-    region: &Region,
-    access_key: &str,
-    secret_key: &str,
-    session_token: Option<&str>,
-    now: time::OffsetDateTime,
-) -> Result<(), StoreError> {
-    use ureq::http::{HeaderName, HeaderValue};
-    let bad = |what: &str| {
-        StoreError::new(
-            StoreErrorKind::Rejected,
-            format!("cannot sign the S3 request: {what}"),
-        )
-    };
-    let url = url::Url::parse(&req.url).map_err(|_| bad("the URL does not parse"))?;
-    let host = match (url.host_str(), url.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_string(),
-        (None, _) => return Err(bad("the URL has no host")),
-    };
-    let date = now.format(LONG_DATE).map_err(|_| bad("the date"))?;
-    if !req.headers.iter().any(|(n, _)| n == "x-amz-content-sha256") {
-        req.headers
-            .push(("x-amz-content-sha256".into(), EMPTY_SHA256.into()));
-    }
-    req.headers
-        .retain(|(n, _)| n != "host" && n != "x-amz-date");
-    req.headers.push(("host".into(), host));
-    req.headers.push(("x-amz-date".into(), date));
-    if let Some(token) = session_token {
-        req.headers
-            .push(("x-amz-security-token".into(), token.to_string()));
-    }
-    let mut headers = ureq::http::HeaderMap::new();
-    for (n, v) in &req.headers {
-        let name = HeaderName::from_bytes(n.as_bytes()).map_err(|_| bad("a header name"))?;
-        let value = HeaderValue::from_str(v).map_err(|_| bad("a header value"))?;
-        headers.insert(name, value);
-    }
-    let payload = req
-        .headers
-        .iter()
-        .find(|(n, _)| n == "x-amz-content-sha256")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let fail = |e: s3::error::S3Error| bad(&e.to_string());
-    let canonical = canonical_request(req.method, &url, &headers, &payload)?;
-    let to_sign = s3::signing::string_to_sign(&now, region, &canonical).map_err(fail)?;
-    let key = s3::signing::signing_key(&now, secret_key, region, "s3").map_err(fail)?;
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
-    let signature = super::client::parts::hex(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
-    let signed = s3::signing::signed_header_string(&headers);
-    let authorization =
-        s3::signing::authorization_header(access_key, &now, region, &signed, &signature)
-            .map_err(fail)?;
-    req.headers.push(("authorization".into(), authorization));
-    Ok(())
-}
-
-/// SigV4's canonical request. The URI and query are rust-s3's; the headers are sorted
-/// here by name, as the specification says: rust-s3 0.38 sorts whole `name:value`
-/// lines, which puts `x-amz-server-side-encryption-aws-kms-key-id:...` before
-/// `x-amz-server-side-encryption:...` (`-` sorts before `:`) and so signs a request
-/// with a KMS key id in a way no server accepts (s3s-fs answered
-/// SignatureDoesNotMatch).
-pub fn canonical_request(
-    method: &str,
-    url: &url::Url,
-    headers: &ureq::http::HeaderMap,
-    payload_sha256: &str,
-) -> Result<String, StoreError> {
-    let mut lines: Vec<(String, String)> = Vec::with_capacity(headers.len());
-    for (name, value) in headers {
-        let value = value.to_str().map_err(|_| {
-            StoreError::new(
-                StoreErrorKind::Rejected,
-                format!("cannot sign the S3 request: the header {name} is not text"),
-            )
-        })?;
-        lines.push((name.as_str().to_ascii_lowercase(), value.trim().to_string()));
-    }
-    lines.sort();
-    let canonical_headers: Vec<String> = lines.iter().map(|(n, v)| format!("{n}:{v}")).collect();
-    let signed: Vec<&str> = lines.iter().map(|(n, _)| n.as_str()).collect();
-    Ok(format!(
-        "{method}\n{}\n{}\n{}\n\n{}\n{payload_sha256}",
-        s3::signing::canonical_uri_string(url),
-        s3::signing::canonical_query_string(url),
-        canonical_headers.join("\n"),
-        signed.join(";"),
-    ))
-}
-
-impl Protocol for S3Protocol {
-    fn authorize(&self, req: &mut Request) -> Result<(), StoreError> {
-        let c = self.credentials.current()?;
-        sign(
-            req,
-            &self.region,
-            c.access_key_id.expose(),
-            c.secret_access_key.expose(),
-            c.session_token.as_ref().map(|t| t.expose()),
-            time::OffsetDateTime::now_utc(),
-        )
-    }
-
-    fn error_code(&self, _status: u16, _headers: &HeaderMap, body: &[u8]) -> String {
-        let text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]);
-        if !text.contains("<Error>") {
-            return String::new();
-        }
-        xml_tag(&text, "Code").unwrap_or_default()
-    }
-
-    fn error_message(&self, body: &[u8]) -> String {
-        // Only Code and Message: AWS error documents can carry the provided signature.
-        let text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]);
-        clip(&xml_tag(&text, "Message").unwrap_or_default(), 300)
-    }
-
-    fn special(&self, status: u16, code: &str) -> Option<Class> {
-        Some(match code {
-            "NoSuchBucket" => Class::MissingContainer,
-            "ExpiredToken" | "TokenRefreshRequired" | "RequestExpired" => Class::Unauthorized,
-            // The bytes arrived changed: the part is still in memory, send it again.
-            "BadDigest" | "XAmzContentSHA256Mismatch" | "InvalidDigest" => {
-                Class::Retry(Reason::BrokenBody)
-            }
-            "SlowDown" => Class::Retry(Reason::Throttled),
-            "RequestTimeout" | "InternalError" | "OperationAborted" => {
-                Class::Retry(Reason::ServerError)
-            }
-            // A header the service does not implement (a conditional PUT on some
-            // S3-compatible ones): the caller's answer, retrying cannot help.
-            "NotImplemented" => Class::Answer,
-            // CompleteMultipartUpload may answer 200 with an error document.
-            _ if status == 200 && !code.is_empty() => Class::Rejected,
-            _ => return None,
-        })
-    }
-
-    fn drop_credentials(&self) -> bool {
-        self.credentials.invalidate()
-    }
-
-    fn container(&self) -> Container<'_> {
-        Container {
-            var: "SP_TASK_SYNC_S3_BUCKET",
-            value: &self.bucket,
-            noun: "bucket",
-        }
-    }
 }
 
 pub struct S3Store {
@@ -441,7 +97,7 @@ pub struct S3Store {
     /// Buffers of the threshold size, for single PUTs larger than a part.
     single: PartPool,
     pending_aborts: Mutex<Vec<PendingAbort>>,
-    /// No task's object is replaced by another task's (see [`super::client::claim`]).
+    /// No task's object is replaced by another task's (see [`crate::store::client::claim`]).
     claims: Claims,
 }
 
@@ -994,76 +650,14 @@ impl BlobStore for S3Store {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::env::Env;
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         Env::from_pairs(pairs.iter().copied())
-    }
-
-    #[test]
-    fn canonical_headers_sort_by_name_even_when_one_name_prefixes_another() {
-        let mut headers = ureq::http::HeaderMap::new();
-        for (n, v) in [
-            (
-                "x-amz-server-side-encryption-aws-kms-key-id",
-                "arn:aws:kms:k",
-            ),
-            ("x-amz-server-side-encryption", "aws:kms"),
-            ("host", "s3.local"),
-        ] {
-            headers.insert(
-                ureq::http::HeaderName::from_static(n),
-                ureq::http::HeaderValue::from_static(v),
-            );
-        }
-        let url = url::Url::parse("https://s3.local/b/k?uploads").unwrap();
-        let c = canonical_request("POST", &url, &headers, EMPTY_SHA256).unwrap();
-        assert_eq!(
-            c,
-            format!(
-                "POST\n/b/k\nuploads=\nhost:s3.local\nx-amz-server-side-encryption:aws:kms\n\
-                 x-amz-server-side-encryption-aws-kms-key-id:arn:aws:kms:k\n\n\
-                 host;x-amz-server-side-encryption;x-amz-server-side-encryption-aws-kms-key-id\n{EMPTY_SHA256}"
-            )
-        );
-    }
-
-    #[test]
-    fn required_settings_are_named() {
-        let mut errors = Vec::new();
-        assert!(S3Settings::from_env(&env(&[]), &mut errors).is_none());
-        let vars: Vec<&str> = errors.iter().map(|e| e.var.as_str()).collect();
-        assert_eq!(vars, ["SP_TASK_SYNC_S3_BUCKET", "SP_TASK_SYNC_S3_REGION"]);
-    }
-
-    #[test]
-    fn settings_parse() {
-        let mut errors = Vec::new();
-        let s = S3Settings::from_env(
-            &env(&[
-                ("SP_TASK_SYNC_S3_BUCKET", "calls"),
-                ("SP_TASK_SYNC_S3_REGION", "eu-central-1"),
-                ("SP_TASK_SYNC_S3_ENDPOINT", "http://127.0.0.1:9000/"),
-                ("SP_TASK_SYNC_SAVE_TO", "/spinoco/"),
-                ("SP_TASK_SYNC_S3_MULTIPART_THRESHOLD", "32MiB"),
-                ("SP_TASK_SYNC_S3_PART_SIZE", "5242880"),
-                ("AWS_ACCESS_KEY_ID", "AKIDSECRETISH"),
-                ("AWS_SECRET_ACCESS_KEY", "very-secret"),
-            ]),
-            &mut errors,
-        )
-        .unwrap();
-        assert!(errors.is_empty());
-        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
-        assert_eq!(s.prefix, "spinoco");
-        assert_eq!((s.multipart_threshold, s.part_size), (32 * MIB, 5 * MIB));
-        let shown = format!("{s:?} {:?}", s.describe());
-        assert!(
-            !shown.contains("very-secret") && !shown.contains("AKIDSECRETISH"),
-            "{shown}"
-        );
     }
 
     #[test]
@@ -1105,133 +699,6 @@ mod tests {
         assert_eq!(
             path.url("k", Command::GetObject).unwrap(),
             "https://s3.eu-central-1.amazonaws.com/calls/k"
-        );
-    }
-
-    #[test]
-    fn bad_values_are_reported_and_masked() {
-        let mut errors = Vec::new();
-        let e = env(&[
-            ("SP_TASK_SYNC_S3_BUCKET", "a bucket"),
-            ("SP_TASK_SYNC_S3_REGION", "eu-central-1"),
-            ("SP_TASK_SYNC_S3_ENDPOINT", "https://user:pw@minio.local"),
-            ("SP_TASK_SYNC_S3_PART_SIZE", "1MiB"),
-            ("SP_TASK_SYNC_S3_MULTIPART_THRESHOLD", "lots"),
-        ]);
-        assert!(S3Settings::from_env(&e, &mut errors).is_none());
-        let vars: Vec<&str> = errors.iter().map(|e| e.var.as_str()).collect();
-        assert_eq!(
-            vars,
-            [
-                "SP_TASK_SYNC_S3_BUCKET",
-                "SP_TASK_SYNC_S3_ENDPOINT",
-                "SP_TASK_SYNC_S3_MULTIPART_THRESHOLD",
-                "SP_TASK_SYNC_S3_PART_SIZE"
-            ]
-        );
-        assert!(!format!("{errors:?}").contains("pw@"));
-    }
-
-    fn proto() -> S3Protocol {
-        let mut errors = Vec::new();
-        let credentials = CredentialSettings::from_env(&env(&[]), &mut errors);
-        S3Protocol {
-            region: Region::Custom {
-                region: "us-east-1".into(),
-                endpoint: "http://127.0.0.1:1".into(),
-            },
-            bucket: "typo".into(),
-            credentials: CredentialProvider::new(
-                credentials,
-                crate::http::agent(std::time::Duration::from_secs(1), 1),
-            ),
-        }
-    }
-
-    #[test]
-    fn error_documents_are_reduced_and_codes_mapped() {
-        let body = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request \
-                    signature we calculated does not match</Message><SignatureProvided>abcdef0123</SignatureProvided></Error>";
-        let p = proto();
-        let code = p.error_code(403, &HeaderMap::new(), body.as_bytes());
-        assert_eq!(code, "SignatureDoesNotMatch");
-        let message = p.error_message(body.as_bytes());
-        assert!(
-            message.contains("does not match") && !message.contains("abcdef0123"),
-            "{message}"
-        );
-        use super::super::client::classify;
-        let table: &[(u16, &str, Class)] = &[
-            (403, "SignatureDoesNotMatch", Class::Denied),
-            (403, "AccessDenied", Class::Denied),
-            (401, "", Class::Unauthorized),
-            (400, "ExpiredToken", Class::Unauthorized),
-            (404, "NoSuchBucket", Class::MissingContainer),
-            (404, "NoSuchKey", Class::Answer),
-            (404, "NoSuchUpload", Class::Answer),
-            (409, "OperationAborted", Class::Retry(Reason::ServerError)),
-            (412, "PreconditionFailed", Class::Answer),
-            (400, "BadDigest", Class::Retry(Reason::BrokenBody)),
-            (
-                400,
-                "XAmzContentSHA256Mismatch",
-                Class::Retry(Reason::BrokenBody),
-            ),
-            (503, "SlowDown", Class::Retry(Reason::Throttled)),
-            (507, "", Class::Retry(Reason::ServerError)),
-            (200, "InternalError", Class::Retry(Reason::ServerError)),
-            (200, "", Class::Answer),
-            (400, "InvalidArgument", Class::Rejected),
-            (501, "NotImplemented", Class::Answer),
-        ];
-        for (status, code, class) in table {
-            assert_eq!(classify(&p, *status, code), *class, "{status} {code}");
-        }
-        let missing = super::super::client::missing(&p);
-        assert_eq!(missing.kind, StoreErrorKind::Denied);
-        assert!(
-            missing
-                .message
-                .starts_with("SP_TASK_SYNC_S3_BUCKET=\"typo\": the bucket does not exist"),
-            "{missing}"
-        );
-    }
-
-    /// AWS's published SigV4 example "GET Object" (S3 API reference, "Signature
-    /// Calculations for the Authorization Header: Transferring Payload in a Single
-    /// Chunk"): the first 10 bytes of examplebucket/test.txt, 2013-05-24.
-    #[test]
-    fn signature_matches_the_aws_test_vector() {
-        let mut req = Request::new(
-            "GET",
-            "https://examplebucket.s3.amazonaws.com/test.txt".into(),
-        )
-        .header("range", "bytes=0-9");
-        let now = time::macros::datetime!(2013-05-24 0:00 UTC);
-        let region = Region::Custom {
-            region: "us-east-1".into(),
-            endpoint: "https://s3.amazonaws.com".into(),
-        };
-        sign(
-            &mut req,
-            &region,
-            "AKIAIOSFODNN7EXAMPLE",
-            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-            None,
-            now,
-        )
-        .unwrap();
-        let auth = &req
-            .headers
-            .iter()
-            .find(|(n, _)| n == "authorization")
-            .unwrap()
-            .1;
-        assert_eq!(
-            auth,
-            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,\
-             SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,\
-             Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
         );
     }
 

@@ -3,7 +3,7 @@
 //! A hand-written client for the four calls the connector needs, instead of an async
 //! SDK: simple media upload (`uploadType=media`) for objects that fit in one chunk,
 //! resumable upload (`uploadType=resumable`) for larger ones, `alt=media` reads and
-//! deletes. Credentials live in [`super::gcs_auth`].
+//! deletes. Credentials live in [`credential`].
 //!
 //! A resumable upload streams `src` one chunk at a time (a multiple of 256 KiB, 8 MiB
 //! by default, `SP_TASK_SYNC_GCS_CHUNK_SIZE`), so memory stays at one chunk. One byte is read ahead after a full chunk
@@ -20,12 +20,12 @@
 //! the tests run against, finalises the upload on it and would publish a truncated
 //! object; real GCS ignores resent bytes below its committed offset, so the resend is
 //! safe there. Should the session report fewer bytes than the chunk's start (data
-//! acknowledged earlier was lost) or be gone (404/410), the put fails as `Transient`
-//! and the caller starts over. (fake-gcs appends a resent body without checking its
+//! acknowledged earlier was lost) or be gone (404/410), the put fails as `Restart`:
+//! nothing is visible, and the engine transfers the file anew. (fake-gcs appends a resent body without checking its
 //! offset, so there a chunk whose answer alone was lost would be stored twice; real
 //! GCS does not do that.)
 //!
-//! Requests go through the shared REST layer ([`super::client`]), which retries each
+//! Requests go through the shared REST layer ([`crate::store::client`]), which retries each
 //! under the store's budget. GCS answers the same 404 for a missing bucket and a
 //! missing object, so a 404 of an object request is followed by one bucket GET (until
 //! the bucket answered once). Integrity: the media upload and the last resumable chunk
@@ -36,256 +36,41 @@
 //! A resumable session is the `Location` its start answers with; it must be on the
 //! endpoint's origin, since every request to it carries the bearer token. A task's
 //! small file is a conditional create, so that another task's object is never
-//! replaced ([`super::client::claim`]).
+//! replaced ([`crate::store::client::claim`]).
 //!
 //! Every upload names `SP_TASK_SYNC_GCS_KMS_KEY_NAME` (`kmsKeyName`) and carries the
 //! object resource with `SP_TASK_SYNC_GCS_STORAGE_CLASS` and the task's metadata
 //! (`task-id`, `data-type`): in a resumable session's start, or in a multipart upload
 //! instead of a media upload for a small object (a media upload cannot carry one).
+//!
+//! The files: [`builder`] reads the settings, [`credential`] finds the credentials and
+//! keeps the token (workload identity federation in [`identity`]), `client` says what
+//! GCS adds to the shared REST layer, and this file is the store.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ureq::http::HeaderMap;
+pub mod builder;
+mod client;
+pub mod credential;
+pub mod identity;
 
-use super::client::claim::{Claim, Claims, Existing, Upload};
-use super::client::parts::{PartPool, PartReader, Sums};
-use super::client::{clip, missing, Answer, Class, Client, Container, Protocol, Request};
-use super::gcs_auth::{Credentials, TokenSource};
-use super::ObjectInfo;
-use super::{
+pub use builder::GcsSettings;
+
+use crate::encoding::percent_encode;
+use crate::retry::RetryBudget;
+use crate::store::client::claim::{Claim, Claims, Existing, Upload};
+use crate::store::client::parts::{PartPool, PartReader, Sums};
+use crate::store::client::{missing, Answer, Client, Request};
+use crate::store::ObjectInfo;
+use crate::store::{
     content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
     StoreErrorKind, Versioned,
 };
-use crate::cloud::gcp::GcsOptions;
-use crate::encoding::percent_encode;
-use crate::env::{ConfigError, Env};
-use crate::retry::{Reason, RetryBudget};
-
-pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
-/// Resumable chunks (except the last) must be a multiple of this.
-pub const CHUNK_GRANULARITY: usize = 256 * 1024;
-pub const DEFAULT_CHUNK_SIZE: usize = 8 * 1024 * 1024;
-/// The largest `SP_TASK_SYNC_GCS_CHUNK_SIZE` accepted (one chunk is held in memory).
-pub const MAX_CHUNK_SIZE: usize = 1024 * 1024 * 1024;
-
-/// The checked `SP_TASK_SYNC_GCS_*` settings.
-#[derive(Debug, Clone)]
-pub struct GcsSettings {
-    pub bucket: String,
-    /// Sent as `userProject` (billed for requester-pays buckets).
-    pub project: String,
-    /// `SP_TASK_SYNC_SAVE_TO`: the object name prefix.
-    pub prefix: String,
-    /// Base URL without a trailing slash.
-    pub endpoint: String,
-    pub credentials: Credentials,
-    /// Resumable chunk size; a multiple of [`CHUNK_GRANULARITY`].
-    pub chunk_size: usize,
-    /// The KMS key and storage class of every upload.
-    pub options: GcsOptions,
-}
-
-impl GcsSettings {
-    /// Reads the settings; every mistake is pushed to `errors`. Reads local files (the
-    /// credentials), never the network.
-    pub fn from_env(env: &Env, errors: &mut Vec<ConfigError>) -> Option<GcsSettings> {
-        let before = errors.len();
-        let bucket = env
-            .get("SP_TASK_SYNC_GCS_BUCKET")
-            .unwrap_or_default()
-            .to_string();
-        if bucket.is_empty() {
-            errors.push(ConfigError::new(
-                "SP_TASK_SYNC_GCS_BUCKET",
-                None,
-                "is required for gcs storage",
-            ));
-        } else if !valid_bucket(&bucket) {
-            errors.push(ConfigError::new(
-                "SP_TASK_SYNC_GCS_BUCKET",
-                Some(&bucket),
-                "is not a bucket name: 3 to 222 characters of a-z, 0-9, '-', '_' and '.', \
-                 starting and ending with a letter or digit",
-            ));
-        }
-        let project = env
-            .get("SP_TASK_SYNC_GCS_PROJECT")
-            .unwrap_or_default()
-            .to_string();
-        if project.is_empty() {
-            errors.push(ConfigError::new(
-                "SP_TASK_SYNC_GCS_PROJECT",
-                None,
-                "is required for gcs storage: the project billed for requests (userProject)",
-            ));
-        }
-        let (endpoint_var, raw_endpoint) = match (
-            env.get("SP_TASK_SYNC_GCS_ENDPOINT"),
-            env.get("STORAGE_EMULATOR_HOST"),
-        ) {
-            (Some(e), _) => ("SP_TASK_SYNC_GCS_ENDPOINT", Some(e)),
-            (None, Some(e)) => ("STORAGE_EMULATOR_HOST", Some(e)),
-            (None, None) => ("", None),
-        };
-        let emulator = raw_endpoint.is_some();
-        let endpoint = match raw_endpoint {
-            None => DEFAULT_ENDPOINT.to_string(),
-            Some(raw) => {
-                // Google's libraries take STORAGE_EMULATOR_HOST as host:port, plain HTTP.
-                let url = if raw.contains("://") {
-                    raw.to_string()
-                } else {
-                    format!("http://{raw}")
-                };
-                let url = url.trim_end_matches('/').to_string();
-                let rest = url
-                    .strip_prefix("http://")
-                    .or_else(|| url.strip_prefix("https://"));
-                if rest.is_none_or(|r| r.is_empty() || r.contains(['?', '#', '@', ' '])) {
-                    errors.push(ConfigError::new(
-                        endpoint_var,
-                        Some(raw),
-                        "must be http(s)://host[:port] or host:port",
-                    ));
-                }
-                url
-            }
-        };
-        let chunk_var = "SP_TASK_SYNC_GCS_CHUNK_SIZE";
-        let chunk_size = match env.get(chunk_var) {
-            None => DEFAULT_CHUNK_SIZE,
-            Some(raw) => match crate::env::parse_size(raw) {
-                Some(n)
-                    if n > 0 && n % CHUNK_GRANULARITY as u64 == 0 && n <= MAX_CHUNK_SIZE as u64 =>
-                {
-                    n as usize
-                }
-                _ => {
-                    errors.push(ConfigError::new(
-                        chunk_var,
-                        Some(raw),
-                        "must be a multiple of 256KiB up to 1GiB (e.g. 8MiB): GCS takes \
-                         resumable chunks only in such sizes",
-                    ));
-                    DEFAULT_CHUNK_SIZE
-                }
-            },
-        };
-        let options = GcsOptions::from_env(env, errors);
-        let credentials = match Credentials::discover(env, emulator) {
-            Ok(c) => c,
-            Err(e) => {
-                errors.push(e);
-                Credentials::Anonymous
-            }
-        };
-        (errors.len() == before).then(|| GcsSettings {
-            bucket,
-            project,
-            prefix: env
-                .get("SP_TASK_SYNC_SAVE_TO")
-                .unwrap_or_default()
-                .trim_matches('/')
-                .to_string(),
-            endpoint,
-            credentials,
-            chunk_size,
-            options,
-        })
-    }
-
-    /// `name = value` lines for `check` (no secrets: credentials are described).
-    pub fn describe(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("SP_TASK_SYNC_GCS_BUCKET", self.bucket.clone()),
-            ("SP_TASK_SYNC_GCS_PROJECT", self.project.clone()),
-            (
-                "SP_TASK_SYNC_SAVE_TO",
-                if self.prefix.is_empty() {
-                    "-".into()
-                } else {
-                    self.prefix.clone()
-                },
-            ),
-            ("SP_TASK_SYNC_GCS_ENDPOINT", self.endpoint.clone()),
-            ("GCS credentials", self.credentials.describe()),
-        ]
-        .into_iter()
-        .chain(self.options.describe())
-        .collect()
-    }
-}
-
-/// Bucket naming rules, loosely: lowercase letters, digits, `-`, `_`, `.`.
-fn valid_bucket(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    (3..=222).contains(&bytes.len())
-        && bytes.iter().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
-        })
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-}
-
-/// What GCS adds to the shared REST layer: a bearer token, the JSON error body, and
-/// the codes whose status does not say it all.
-struct GcsProtocol {
-    agent: ureq::Agent,
-    tokens: TokenSource,
-    bucket: String,
-}
-
-impl Protocol for GcsProtocol {
-    fn authorize(&self, req: &mut Request) -> Result<(), StoreError> {
-        if let Some(auth) = self.tokens.authorization(&self.agent)? {
-            req.headers.push(("authorization".into(), auth));
-        }
-        Ok(())
-    }
-
-    fn error_code(&self, _status: u16, _headers: &HeaderMap, body: &[u8]) -> String {
-        let v = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
-        let message = v["error"]["message"].as_str().unwrap_or_default();
-        // GCS refuses an x-goog-hash that does not match with a 400 "invalid"; say so.
-        if message.contains("match calculated") || message.contains("hash mismatch") {
-            return CHECKSUM_MISMATCH.to_string();
-        }
-        v["error"]["errors"][0]["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    fn error_message(&self, body: &[u8]) -> String {
-        serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(|m| clip(m, 300)))
-            .unwrap_or_default()
-    }
-
-    fn special(&self, _status: u16, code: &str) -> Option<Class> {
-        match code {
-            // The bytes changed on the way: the chunk is still in memory, send it again.
-            CHECKSUM_MISMATCH => Some(Class::Retry(Reason::BrokenBody)),
-            "rateLimitExceeded" | "userRateLimitExceeded" => Some(Class::Retry(Reason::Throttled)),
-            _ => None,
-        }
-    }
-
-    fn drop_credentials(&self) -> bool {
-        self.tokens.invalidate()
-    }
-
-    fn container(&self) -> Container<'_> {
-        Container {
-            var: "SP_TASK_SYNC_GCS_BUCKET",
-            value: &self.bucket,
-            noun: "bucket",
-        }
-    }
-}
+use builder::{CHUNK_GRANULARITY, DEFAULT_ENDPOINT};
+use client::GcsProtocol;
+use credential::TokenSource;
 
 pub struct GcsStore {
     settings: GcsSettings,
@@ -295,7 +80,7 @@ pub struct GcsStore {
     /// The bucket answered once: a 404 is then about the object (GCS and
     /// fake-gcs-server answer both with the same 404).
     bucket_seen: AtomicBool,
-    /// No task's object is replaced by another task's (see [`super::client::claim`]).
+    /// No task's object is replaced by another task's (see [`crate::store::client::claim`]).
     claims: Claims,
 }
 
@@ -747,9 +532,6 @@ impl GcsStore {
     }
 }
 
-/// The code given to a refused `x-goog-hash` (GCS's own is the generic "invalid").
-const CHECKSUM_MISMATCH: &str = "checksumMismatch";
-
 /// Consecutive 308s confirming nothing new before a chunk gives up.
 const STALLS: u32 = 4;
 
@@ -887,7 +669,7 @@ impl BlobStore for GcsStore {
             self.upload_url(&name, "multipart"),
             percent_encode(&generation, false)
         );
-        let crc = crc32c_b64(super::client::parts::crc32c(bytes));
+        let crc = crc32c_b64(crate::store::client::parts::crc32c(bytes));
         let mut resource = self.resource(&name, &ObjectInfo::default());
         resource["crc32c"] = crc.into();
         let (boundary, body) = self.multipart_body(&resource, &name, bytes);
@@ -927,85 +709,7 @@ fn committed_offset(range: Option<&str>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        Env::from_pairs(pairs.iter().copied())
-    }
-
-    #[test]
-    fn chunk_size_can_be_set_and_is_checked() {
-        let with = |size: &str| {
-            let mut errors = Vec::new();
-            let s = GcsSettings::from_env(
-                &env(&[
-                    ("SP_TASK_SYNC_GCS_BUCKET", "my-bucket"),
-                    ("SP_TASK_SYNC_GCS_PROJECT", "p"),
-                    ("STORAGE_EMULATOR_HOST", "localhost:4443"),
-                    ("SP_TASK_SYNC_GCS_CHUNK_SIZE", size),
-                ]),
-                &mut errors,
-            );
-            (s.map(|s| s.chunk_size), errors)
-        };
-        assert_eq!(with("256K").0, Some(256 * 1024));
-        assert_eq!(with("16MiB").0, Some(16 << 20));
-        for bad in ["100K", "0", "2G", "big"] {
-            let (s, errors) = with(bad);
-            assert!(s.is_none(), "{bad}");
-            assert_eq!(errors[0].var, "SP_TASK_SYNC_GCS_CHUNK_SIZE", "{bad}");
-        }
-    }
-
-    #[test]
-    fn settings_are_checked() {
-        let mut errors = Vec::new();
-        let s = GcsSettings::from_env(
-            &env(&[
-                ("SP_TASK_SYNC_GCS_BUCKET", "my-bucket"),
-                ("SP_TASK_SYNC_GCS_PROJECT", "proj-1"),
-                ("SP_TASK_SYNC_SAVE_TO", "/calls/"),
-                ("STORAGE_EMULATOR_HOST", "localhost:4443"),
-            ]),
-            &mut errors,
-        )
-        .unwrap();
-        assert!(errors.is_empty());
-        assert_eq!(s.endpoint, "http://localhost:4443");
-        assert_eq!(s.prefix, "calls");
-        assert!(matches!(s.credentials, Credentials::Anonymous));
-
-        let s = GcsSettings::from_env(
-            &env(&[
-                ("SP_TASK_SYNC_GCS_BUCKET", "b.example"),
-                ("SP_TASK_SYNC_GCS_PROJECT", "p"),
-                ("HOME", "/nonexistent"),
-            ]),
-            &mut errors,
-        )
-        .unwrap();
-        assert_eq!(s.endpoint, DEFAULT_ENDPOINT);
-        assert!(matches!(s.credentials, Credentials::Metadata { .. }));
-
-        let mut errors = Vec::new();
-        let s = GcsSettings::from_env(
-            &env(&[
-                ("SP_TASK_SYNC_GCS_BUCKET", "Bad_Bucket!"),
-                ("SP_TASK_SYNC_GCS_ENDPOINT", "ftp://x"),
-            ]),
-            &mut errors,
-        );
-        assert!(s.is_none());
-        let vars: Vec<&str> = errors.iter().map(|e| e.var.as_str()).collect();
-        assert_eq!(
-            vars,
-            [
-                "SP_TASK_SYNC_GCS_BUCKET",
-                "SP_TASK_SYNC_GCS_PROJECT",
-                "SP_TASK_SYNC_GCS_ENDPOINT"
-            ]
-        );
-        assert_eq!(errors[0].value.as_deref(), Some("Bad_Bucket!"));
-    }
+    use credential::Credentials;
 
     /// Only the endpoint's own scheme, host and port get the session's requests (each
     /// carries the bearer token).
@@ -1064,60 +768,5 @@ mod tests {
         assert_eq!(committed_offset(None), 0);
         assert_eq!(committed_offset(Some("bytes=0-262143")), 262_144);
         assert_eq!(committed_offset(Some("garbage")), 0);
-    }
-
-    #[test]
-    fn bucket_names() {
-        assert!(valid_bucket("abc") && valid_bucket("a.b-c_d1"));
-        assert!(
-            !valid_bucket("ab")
-                && !valid_bucket("-ab")
-                && !valid_bucket("ABC")
-                && !valid_bucket("a/b")
-        );
-    }
-
-    /// Every status GCS can answer on the journal path, mapped deliberately. A 404
-    /// is the caller's (object or bucket: a bucket GET tells, see `not_found`).
-    #[test]
-    fn status_table() {
-        use super::super::client::classify;
-        let p = GcsProtocol {
-            agent: crate::http::agent(Duration::from_secs(1), 1),
-            tokens: TokenSource::new(Credentials::Anonymous),
-            bucket: "bucket-typo".into(),
-        };
-        let mismatch = br#"{"error":{"code":400,"message":"Provided CRC32C \"AAAAAA==\" doesn't match calculated CRC32C \"mnG7TA==\".","errors":[{"reason":"invalid"}]}}"#;
-        assert_eq!(
-            p.error_code(400, &HeaderMap::new(), mismatch),
-            CHECKSUM_MISMATCH
-        );
-        let table: &[(u16, &str, Class)] = &[
-            (200, "", Class::Answer),
-            (308, "", Class::Answer),
-            (401, "authError", Class::Unauthorized),
-            (403, "forbidden", Class::Denied),
-            (404, "notFound", Class::Answer),
-            (409, "conflict", Class::Answer),
-            (412, "conditionNotMet", Class::Answer),
-            (429, "rateLimitExceeded", Class::Retry(Reason::Throttled)),
-            (400, CHECKSUM_MISMATCH, Class::Retry(Reason::BrokenBody)),
-            (400, "invalid", Class::Rejected),
-            (503, "backendError", Class::Retry(Reason::ServerError)),
-            (507, "", Class::Retry(Reason::ServerError)),
-        ];
-        for (status, code, class) in table {
-            assert_eq!(classify(&p, *status, code), *class, "{status} {code}");
-        }
-        assert!(
-            !p.drop_credentials(),
-            "no token to refresh for anonymous access"
-        );
-        let e = missing(&p);
-        assert!(
-            e.message
-                .starts_with("SP_TASK_SYNC_GCS_BUCKET=\"bucket-typo\": the bucket does not exist"),
-            "{e}"
-        );
     }
 }

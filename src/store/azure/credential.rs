@@ -7,13 +7,16 @@
 //! References: "Configure Azure Storage connection strings", "Authorize with Shared
 //! Key" (version 2015-02-21 and later: a zero Content-Length signs as an empty line)
 //! and "Create an account SAS" on learn.microsoft.com.
+//!
+//! What Shared Key signs of a request URL (`split_url`) is here too; a bearer token
+//! from a workload or managed identity comes from [`super::identity`].
 
 use std::fmt;
 
-use crate::encoding::{base64, base64_decode, percent_encode};
-
 use ring::hmac;
 
+use super::identity::AzureIdentity;
+use crate::encoding::{base64, base64_decode, percent_encode};
 use crate::env::Secret;
 
 /// Azurite's (and the old storage emulator's) well-known development account.
@@ -34,7 +37,7 @@ pub enum Credential {
     Sas(Secret),
     /// An Entra ID token from a workload or managed identity, sent as
     /// `Authorization: Bearer` (with `SP_TASK_SYNC_AZURE_ACCOUNT_URL`).
-    Identity(crate::cloud::azure::AzureIdentity),
+    Identity(AzureIdentity),
 }
 
 impl fmt::Debug for Credential {
@@ -372,6 +375,35 @@ pub fn encode_path(name: &str) -> String {
 /// Percent-encodes a query parameter value (`+`, `/` and `=` of base64 included).
 pub fn encode_query_value(value: &str) -> String {
     percent_encode(value, false)
+}
+
+/// What Shared Key signs of a URL.
+pub(super) struct SignedParts {
+    /// The encoded path.
+    pub(super) path: String,
+    /// The query pairs, values decoded.
+    pub(super) query: Vec<(String, String)>,
+}
+
+pub(super) fn split_url(url: &str) -> SignedParts {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path_and_query = rest.find('/').map_or("/", |i| &rest[i..]);
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let pairs = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (n, v) = p.split_once('=').unwrap_or((p, ""));
+            let v = crate::encoding::percent_decode(v).unwrap_or_else(|| v.to_string());
+            (n.to_string(), v)
+        })
+        .collect();
+    SignedParts {
+        path: path.to_string(),
+        query: pairs,
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! must go through a proxy to a second agent configured with that proxy (one for https
 //! targets, one for plain http). ureq speaks CONNECT to the proxy for both, with Basic
 //! credentials when the proxy URL has them. Every agent verifies TLS with
-//! [`crate::tls`]: built-in roots plus the extra CA bundles.
+//! [`tls`]: built-in roots plus the extra CA bundles.
 
 use std::time::Duration;
 
@@ -17,8 +17,11 @@ use ureq::http::Uri;
 use ureq::unversioned::resolver::DefaultResolver;
 use ureq::unversioned::transport::{ConnectProxyConnector, Connector, TcpConnector};
 
-use crate::net::{Network, ProxySetting};
-use crate::tls::{self, TlsConnector, TrustRecord, TrustSource};
+pub mod proxy;
+pub mod tls;
+
+use proxy::{Network, ProxySetting};
+use tls::{TlsConnector, TrustRecord, TrustSource};
 
 /// Builds the shared agent with the built-in roots and no proxy. `timeout` is the
 /// longest silence accepted while connecting, waiting for an answer or reading a
@@ -143,7 +146,7 @@ fn proxy_of<'a>(network: &'a Network, uri: &Uri) -> Option<&'a ProxySetting> {
 
 /// A transport error in words; a refused TLS certificate names the host and why.
 pub fn error_message(url: &str, e: &ureq::Error) -> String {
-    match crate::tls::verification_failure(e) {
+    match tls::verification_failure(e) {
         Some(reason) => {
             let rest = url.split_once("://").map_or(url, |(_, r)| r);
             let authority = rest.split('/').next().unwrap_or(rest);
@@ -153,8 +156,6 @@ pub fn error_message(url: &str, e: &ureq::Error) -> String {
     }
 }
 
-/// The `Retry-After` of an answer, when it is a number of seconds.
-/// Why a failed request is worth another try, for `/metrics`.
 /// Whether a request certainly never reached the server: its host did not resolve, or
 /// the connection (or the proxy's tunnel) could not be set up. Anything else may have
 /// been received and acted on, even when no answer came back.
@@ -173,6 +174,7 @@ pub fn never_sent(e: &ureq::Error) -> bool {
     }
 }
 
+/// Why a failed request is worth another try, for `/metrics`.
 pub fn retry_reason(e: &ureq::Error) -> crate::retry::Reason {
     match e {
         ureq::Error::Timeout(_) => crate::retry::Reason::Timeout,
@@ -180,9 +182,14 @@ pub fn retry_reason(e: &ureq::Error) -> crate::retry::Reason {
     }
 }
 
+/// The `Retry-After` of an answer, when it is a number of seconds.
 pub fn retry_after<B>(response: &ureq::http::Response<B>) -> Option<Duration> {
-    response
-        .headers()
+    retry_after_in(response.headers())
+}
+
+/// [`retry_after`] from an answer's headers.
+pub fn retry_after_in(headers: &ureq::http::HeaderMap) -> Option<Duration> {
+    headers
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
