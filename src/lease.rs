@@ -165,7 +165,6 @@ impl Lease {
         when_held: WhenHeld,
     ) -> Result<Arc<Lease>, LeaseError> {
         let key = lease_key(tag);
-        warn_if_conditions_ignored(store.as_ref(), &key);
         let me = Owner::of_this_process();
         // The version of the other owner's lease we are watching, since when.
         let mut watched: Option<(ObjectVersion, Instant)> = None;
@@ -254,6 +253,7 @@ impl Lease {
                         "holding the journal lease of tag {tag:?} ({key}, renewed every {}s)",
                         poll_interval(ttl).as_secs()
                     );
+                    warn_if_conditions_ignored(store.as_ref(), &key);
                     return Ok(Arc::new(Lease {
                         store,
                         key,
@@ -431,10 +431,12 @@ fn unknown_holder(ttl: Duration) -> LeaseRecord {
 }
 
 /// A store that ignores conditional headers (some S3-compatible ones do) cannot keep
-/// a second connector out: say so once, and go on as the README describes.
+/// a second connector out: say so once, and go on as the README describes. Probed by
+/// the holder right after it took the lease.
 fn warn_if_conditions_ignored(store: &dyn BlobStore, lease_key: &str) {
-    // Named by the run, not the pid: containers starting at once are all pid 1.
-    let probe = format!("{lease_key}.probe-{}", process::run_id());
+    // Only the lease holder probes, so one name per tag serves: a probe left by a
+    // holder killed in the middle is removed by the next one's.
+    let probe = format!("{lease_key}.probe");
     match crate::store::honours_conditions(store, &probe) {
         Ok(true) => {}
         Ok(false) => warn!(
