@@ -165,8 +165,8 @@ pub struct Client {
     pub budget: RetryBudget,
 }
 
-/// One try's outcome before the retry decision.
-enum Try {
+/// What one attempt of a request came to, before the retry decision.
+enum Attempt {
     Answer(Answer),
     /// The request's URL without its query (it may hold a SAS).
     Transport(ureq::Error, String),
@@ -215,7 +215,7 @@ impl Client {
                         }
                     }
                     Err(e) => return Step::Fail(e),
-                    Ok(Try::Transport(e, url)) => {
+                    Ok(Attempt::Transport(e, url)) => {
                         let message = redact::remote(
                             &proto.redact(&crate::http::error_message(&url, &e)),
                             MAX_MESSAGE_CHARS,
@@ -233,53 +233,60 @@ impl Client {
                             after: None,
                         };
                     }
-                    Ok(Try::Answer(answer)) => match classify(proto, answer.status, &answer.code) {
-                        Class::Answer => {
-                            return match verify(&answer) {
-                                Ok(()) => Step::Done(answer),
-                                Err(e) if e.kind == StoreErrorKind::Transient => Step::Retry {
-                                    error: e,
-                                    reason: Reason::BrokenBody,
-                                    after: None,
-                                },
-                                Err(e) => Step::Fail(e),
+                    Ok(Attempt::Answer(answer)) => {
+                        match classify(proto, answer.status, &answer.code) {
+                            Class::Answer => {
+                                return match verify(&answer) {
+                                    Ok(()) => Step::Done(answer),
+                                    Err(e) if e.kind == StoreErrorKind::Transient => Step::Retry {
+                                        error: e,
+                                        reason: Reason::BrokenBody,
+                                        after: None,
+                                    },
+                                    Err(e) => Step::Fail(e),
+                                }
+                            }
+                            Class::Retry(reason) => {
+                                let after = crate::http::retry_after_in(&answer.headers);
+                                return Step::Retry {
+                                    error: self.error(
+                                        proto,
+                                        what,
+                                        &answer,
+                                        StoreErrorKind::Transient,
+                                    ),
+                                    reason,
+                                    after,
+                                };
+                            }
+                            Class::Unauthorized if !refreshed && proto.drop_credentials() => {
+                                log::info!(
+                                    "{what}: HTTP {} {}: fetching a new token once",
+                                    answer.status,
+                                    answer.code
+                                );
+                                refreshed = true;
+                                continue;
+                            }
+                            Class::Unauthorized | Class::Denied => {
+                                return Step::Fail(self.error(
+                                    proto,
+                                    what,
+                                    &answer,
+                                    StoreErrorKind::Denied,
+                                ))
+                            }
+                            Class::MissingContainer => return Step::Fail(missing(proto)),
+                            Class::Rejected => {
+                                return Step::Fail(self.error(
+                                    proto,
+                                    what,
+                                    &answer,
+                                    StoreErrorKind::Rejected,
+                                ))
                             }
                         }
-                        Class::Retry(reason) => {
-                            let after = crate::http::retry_after_in(&answer.headers);
-                            return Step::Retry {
-                                error: self.error(proto, what, &answer, StoreErrorKind::Transient),
-                                reason,
-                                after,
-                            };
-                        }
-                        Class::Unauthorized if !refreshed && proto.drop_credentials() => {
-                            log::info!(
-                                "{what}: HTTP {} {}: fetching a new token once",
-                                answer.status,
-                                answer.code
-                            );
-                            refreshed = true;
-                            continue;
-                        }
-                        Class::Unauthorized | Class::Denied => {
-                            return Step::Fail(self.error(
-                                proto,
-                                what,
-                                &answer,
-                                StoreErrorKind::Denied,
-                            ))
-                        }
-                        Class::MissingContainer => return Step::Fail(missing(proto)),
-                        Class::Rejected => {
-                            return Step::Fail(self.error(
-                                proto,
-                                what,
-                                &answer,
-                                StoreErrorKind::Rejected,
-                            ))
-                        }
-                    },
+                    }
                 }
             }
         });
@@ -297,7 +304,7 @@ impl Client {
         proto: &dyn Protocol,
         what: &str,
         build: &mut impl FnMut() -> Result<Request<'a>, StoreError>,
-    ) -> Result<Try, StoreError> {
+    ) -> Result<Attempt, StoreError> {
         let mut req = build()?;
         proto.authorize(&mut req)?;
         let mut http = ureq::http::Request::builder()
@@ -327,7 +334,7 @@ impl Client {
         let bare = || req.url.split('?').next().unwrap_or_default().to_string();
         let mut response = match sent {
             Ok(r) => r,
-            Err(e) => return Ok(Try::Transport(e, bare())),
+            Err(e) => return Ok(Attempt::Transport(e, bare())),
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -341,11 +348,11 @@ impl Client {
                 .read_to_vec()
             {
                 Ok(b) => b,
-                Err(e) => return Ok(Try::Transport(e, bare())),
+                Err(e) => return Ok(Attempt::Transport(e, bare())),
             }
         };
         let code = proto.error_code(status, &headers, &body);
-        Ok(Try::Answer(Answer {
+        Ok(Attempt::Answer(Answer {
             status,
             headers,
             code,
