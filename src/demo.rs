@@ -52,7 +52,7 @@ pub fn render_names(env: &Env, opts: &RenderOptions) -> Result<Vec<String>, Conf
         ConfigErrors(vec![crate::env::ConfigError::new(
             "SP_TASK_SYNC_FILE_NAME_TEMPLATE",
             None,
-            e.to_string(),
+            crate::report::Report(&e).to_string(),
         )])
     })?;
     let mut lines = Vec::new();

@@ -62,7 +62,7 @@ pub fn serve(
             let reachable = match store.get(PROBE_KEY) {
                 Ok(_) => true,
                 Err(e) => {
-                    warn!("readiness probe of the storage failed: {e}");
+                    warn!("readiness probe of the storage failed: {}", e.report());
                     false
                 }
             };

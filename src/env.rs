@@ -94,6 +94,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl std::error::Error for ConfigError {}
+
 /// All the mistakes found, in the order of the variables.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<ConfigError>);

@@ -245,7 +245,7 @@ pub enum JournalError {
 impl fmt::Display for JournalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JournalError::Store(e) => write!(f, "page journal: {e}"),
+            JournalError::Store(_) => f.write_str("page journal"),
             JournalError::Damaged { key, reason } => write!(
                 f,
                 "the page journal {key} cannot be read ({reason}); it holds tasks the platform \
@@ -255,7 +255,14 @@ impl fmt::Display for JournalError {
     }
 }
 
-impl std::error::Error for JournalError {}
+impl std::error::Error for JournalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JournalError::Store(e) => Some(e),
+            JournalError::Damaged { .. } => None,
+        }
+    }
+}
 
 impl From<StoreError> for JournalError {
     fn from(e: StoreError) -> Self {

@@ -91,18 +91,22 @@ impl fmt::Display for LeaseError {
                 holder.describe()
             ),
             LeaseError::Store(e) if e.kind == StoreErrorKind::Denied => {
-                write!(
-                    f,
-                    "the storage refused access (taking the journal lease): {e}"
-                )
+                f.write_str("the storage refused access (taking the journal lease)")
             }
-            LeaseError::Store(e) => write!(f, "the journal lease: {e}"),
+            LeaseError::Store(_) => f.write_str("the journal lease"),
             LeaseError::Stopped => f.write_str("stopped while waiting for the journal lease"),
         }
     }
 }
 
-impl std::error::Error for LeaseError {}
+impl std::error::Error for LeaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LeaseError::Store(e) => Some(e),
+            LeaseError::Held { .. } | LeaseError::Stopped => None,
+        }
+    }
+}
 
 impl From<StoreError> for LeaseError {
     fn from(e: StoreError) -> Self {
@@ -327,8 +331,9 @@ impl Lease {
                     ))
                 }
                 Err(e) => warn!(
-                    "renewing the journal lease {}: {e}; trying again in {}s",
+                    "renewing the journal lease {}: {}; trying again in {}s",
                     self.key,
+                    e.report(),
                     every.as_secs()
                 ),
             }
@@ -402,8 +407,9 @@ impl Lease {
                 )
             }
             Err(e) => warn!(
-                "could not release the journal lease {} ({e}); a successor takes over after {}s",
+                "could not release the journal lease {} ({}); a successor takes over after {}s",
                 self.key,
+                e.report(),
                 self.ttl.as_secs()
             ),
         }
@@ -444,7 +450,10 @@ fn warn_if_conditions_ignored(store: &dyn BlobStore, lease_key: &str) {
              second connector on this tag out; make sure only one runs per tag",
             store.describe()
         ),
-        Err(e) => warn!("could not check that the storage honours conditional writes: {e}"),
+        Err(e) => warn!(
+            "could not check that the storage honours conditional writes: {}",
+            e.report()
+        ),
     }
 }
 

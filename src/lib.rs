@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod platform;
 pub mod process;
 pub mod redact;
+pub mod report;
 pub mod retry;
 pub mod shutdown;
 pub mod store;

@@ -11,6 +11,7 @@ use spinoco_connector::env::Env;
 use spinoco_connector::lease::{self, Lease, LeaseError, WhenHeld};
 use spinoco_connector::logging::{self, LogFormat};
 use spinoco_connector::platform::{Platform, PlatformError};
+use spinoco_connector::report::Report;
 use spinoco_connector::retry::{self, RetryBudget};
 use spinoco_connector::store::{self, BlobStore, StoreErrorKind};
 use spinoco_connector::sync::{Engine, Mode, SyncError};
@@ -137,7 +138,7 @@ fn run(mode: Mode) -> u8 {
     let store: Arc<dyn BlobStore> = match store::open(&cfg.storage, &agent, budget) {
         Ok(s) => Arc::from(s),
         Err(e) => {
-            error!("cannot open the storage: {e}");
+            error!("cannot open the storage: {}", Report(&e));
             return if e.kind == StoreErrorKind::Denied {
                 exit::STORAGE_DENIED
             } else {
@@ -172,7 +173,7 @@ fn run(mode: Mode) -> u8 {
         Ok(lease) => lease,
         Err(LeaseError::Stopped) => return exit::OK,
         Err(e) => {
-            error!("{e}");
+            error!("{}", Report(&e));
             return match e {
                 LeaseError::Held { .. } => exit::TAG_HELD,
                 LeaseError::Store(s) if s.kind == StoreErrorKind::Denied => exit::STORAGE_DENIED,
@@ -199,7 +200,7 @@ fn run(mode: Mode) -> u8 {
             exit::OK
         }
         Err(e) => {
-            error!("{e}");
+            error!("{}", Report(&e));
             code_of(&e)
         }
     }
@@ -275,12 +276,12 @@ fn check(connect: bool) -> u8 {
                         "journal lease: free (no connector works on tag {:?})",
                         cfg.tag
                     ),
-                    Err(e) => println!("journal lease: cannot be read: {e}"),
+                    Err(e) => println!("journal lease: cannot be read: {}", Report(&e)),
                 }
                 exit::OK
             }
             Err(e) => {
-                println!("storage: {e}");
+                println!("storage: {}", Report(&e));
                 if e.kind == StoreErrorKind::Denied {
                     exit::STORAGE_DENIED
                 } else {
@@ -408,7 +409,7 @@ fn demo_cmd(dir: &str) -> u8 {
     match demo::run(std::path::Path::new(dir)) {
         Ok(()) => exit::OK,
         Err(e) => {
-            error!("demo failed: {e}");
+            error!("demo failed: {}", Report(e.as_ref()));
             exit::FAILURE
         }
     }

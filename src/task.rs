@@ -276,9 +276,7 @@ impl fmt::Display for TaskError {
                 write!(f, "malformed task {excerpt}: {reason}")
             }
             TaskError::Template(e) => e.fmt(f),
-            TaskError::BadName { name, problem } => {
-                write!(f, "unsafe file name {name:?}: {problem}")
-            }
+            TaskError::BadName { name, .. } => write!(f, "unsafe file name {name:?}"),
             TaskError::DuplicateName(name) => {
                 write!(f, "two files of the task would be named {name:?}")
             }
@@ -286,7 +284,16 @@ impl fmt::Display for TaskError {
     }
 }
 
-impl std::error::Error for TaskError {}
+impl std::error::Error for TaskError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TaskError::BadName { problem, .. } => Some(problem),
+            // Shown as the template's own error: its cause comes next.
+            TaskError::Template(e) => std::error::Error::source(e),
+            TaskError::Malformed { .. } | TaskError::DuplicateName(_) => None,
+        }
+    }
+}
 
 /// How deep a task object may nest. A task of the contract is four levels deep; the
 /// journal holds each task a few levels below the feed's envelope, so a task nested

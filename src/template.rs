@@ -55,19 +55,44 @@ pub struct TaskFields<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplateError {
     Pattern(PatternError),
-    Syntax(String),
+    Syntax(JinjaError),
     UnknownPlaceholder(String),
     NoTaskId,
     UnsafeSample { name: String, problem: NameError },
-    Render(String),
+    Render(JinjaError),
     DueDateOutOfRange(i64),
 }
+
+/// minijinja's error about the user's template, told in the template's own terms: its
+/// internal name replaced by "template", and the line it is on.
+#[derive(Debug, Clone)]
+pub struct JinjaError(Arc<minijinja::Error>);
+
+impl fmt::Display for JinjaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut msg = self.0.to_string();
+        if let Some(line) = self.0.line() {
+            msg = format!("{msg} (line {line})");
+        }
+        f.write_str(&msg.replace(TEMPLATE_NAME, "template"))
+    }
+}
+
+impl std::error::Error for JinjaError {}
+
+impl PartialEq for JinjaError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for JinjaError {}
 
 impl fmt::Display for TemplateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TemplateError::Pattern(e) => e.fmt(f),
-            TemplateError::Syntax(e) => write!(f, "the template does not parse: {e}"),
+            TemplateError::Syntax(_) => f.write_str("the template does not parse"),
             TemplateError::UnknownPlaceholder(name) => write!(
                 f,
                 "unknown placeholder {{{{{name}}}}}; the placeholders are {}",
@@ -77,19 +102,31 @@ impl fmt::Display for TemplateError {
                 "the template must contain {{task_id}}: without it two tasks with the same \
                  date or numbers get the same name and one overwrites the other",
             ),
-            TemplateError::UnsafeSample { name, problem } => {
+            TemplateError::UnsafeSample { name, .. } => {
                 write!(
                     f,
-                    "the template gives names like {name:?}, which cannot be used: {problem}"
+                    "the template gives names like {name:?}, which cannot be used"
                 )
             }
-            TemplateError::Render(e) => write!(f, "the template failed to render: {e}"),
+            TemplateError::Render(_) => f.write_str("the template failed to render"),
             TemplateError::DueDateOutOfRange(ms) => write!(f, "due date {ms} is out of range"),
         }
     }
 }
 
-impl std::error::Error for TemplateError {}
+impl std::error::Error for TemplateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TemplateError::Syntax(e) | TemplateError::Render(e) => Some(e),
+            TemplateError::UnsafeSample { problem, .. } => Some(problem),
+            // Shown as the pattern's own error.
+            TemplateError::Pattern(e) => std::error::Error::source(e),
+            TemplateError::UnknownPlaceholder(_)
+            | TemplateError::NoTaskId
+            | TemplateError::DueDateOutOfRange(_) => None,
+        }
+    }
+}
 
 impl FileNameTemplate {
     pub fn parse(source: &str) -> Result<FileNameTemplate, TemplateError> {
@@ -97,7 +134,7 @@ impl FileNameTemplate {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.add_template_owned(TEMPLATE_NAME, jinja)
-            .map_err(|e| TemplateError::Syntax(describe_jinja_error(&e)))?;
+            .map_err(|e| TemplateError::Syntax(JinjaError(Arc::new(e))))?;
         let template = env.get_template(TEMPLATE_NAME).expect("just added");
         let used: BTreeSet<String> = template.undeclared_variables(false).into_iter().collect();
         if let Some(unknown) = used
@@ -160,16 +197,8 @@ impl FileNameTemplate {
         self.env
             .get_template(TEMPLATE_NAME)
             .and_then(|t| t.render(ctx))
-            .map_err(|e| TemplateError::Render(describe_jinja_error(&e)))
+            .map_err(|e| TemplateError::Render(JinjaError(Arc::new(e))))
     }
-}
-
-fn describe_jinja_error(e: &minijinja::Error) -> String {
-    let mut msg = e.to_string();
-    if let Some(line) = e.line() {
-        msg = format!("{msg} (line {line})");
-    }
-    msg.replace(TEMPLATE_NAME, "template")
 }
 
 /// Cuts each `{{ due_date | PATTERN }}` out of the template and replaces it with a
@@ -394,6 +423,25 @@ fn is_reserved(part: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn template_errors_read_with_their_causes() {
+        let report = |src: &str| {
+            crate::report::Report(&FileNameTemplate::parse(src).unwrap_err()).to_string()
+        };
+        assert_eq!(
+            report("{{ task_id"),
+            "the template does not parse: syntax error: unexpected end of input, expected end of variable block (in template:1) (line 1)"
+        );
+        assert_eq!(
+            report("{{task_id}}/.."),
+            "the template gives names like \"b808d74e-84b2-11ef-b864-0242ac120002/..\", which cannot be used: the name contains '..'"
+        );
+        assert_eq!(
+            report("{{ task_id | nofilter }}"),
+            "the template failed to render: unknown filter: filter nofilter is unknown (in template:1) (line 1)"
+        );
+    }
 
     #[test]
     fn tags_escape_to_distinct_safe_names() {

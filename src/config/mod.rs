@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::env::{parse_duration, ConfigError, ConfigErrors, Env, Secret};
+use crate::report::Report;
 use crate::store::StorageSettings;
 use crate::task::{join_types, DataType, NameSource};
 use crate::template::FileNameTemplate;
@@ -102,7 +103,7 @@ impl Config {
                     errors.push(ConfigError::new(
                         "SP_TASK_SYNC_FILE_NAME_TEMPLATE",
                         Some(&template_source),
-                        e.to_string(),
+                        Report(&e).to_string(),
                     ));
                     None
                 }
@@ -400,7 +401,7 @@ pub fn naming_from_env(env: &Env) -> Result<(FileNameTemplate, Vec<DataType>), C
             None
         }
         Some(src) => FileNameTemplate::parse(src)
-            .map_err(|e| errors.push(ConfigError::new(var, Some(src), e.to_string())))
+            .map_err(|e| errors.push(ConfigError::new(var, Some(src), Report(&e).to_string())))
             .ok(),
     };
     let get = parse_types(

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::data::{Kind, Task};
 use crate::config::Filters;
+use crate::report::Report;
 use crate::task::DataType;
 use crate::template::{FileNameTemplate, TaskFields};
 
@@ -110,7 +111,7 @@ pub fn parse_sync_body(body: &[u8]) -> Result<SyncRequest, String> {
             }
             let source = string_field(q, "fileNameTemplate")?;
             let template = FileNameTemplate::parse(source)
-                .map_err(|e| format!("query.fileNameTemplate: {e}"))?;
+                .map_err(|e| format!("query.fileNameTemplate: {}", Report(&e)))?;
             let start_from = match q.get("startFrom") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.parse::<i64>().map_err(|_| {
@@ -195,7 +196,7 @@ pub fn render_task(q: &Query, task: &Task, deleted: &HashSet<String>) -> Result<
     let base = q
         .template
         .render(&fields)
-        .map_err(|e| format!("task {}: {e}", task.id))?;
+        .map_err(|e| format!("task {}: {}", task.id, Report(&e)))?;
     let old = task.old_platform;
     let entry = |t: DataType, k: usize, rec: Option<&str>, path: String| {
         let mut e = Map::new();

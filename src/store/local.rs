@@ -51,6 +51,7 @@ use super::{
     Versioned,
 };
 use crate::process::run_id;
+use crate::report::Chained;
 use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
 
 /// Folder (below the root) that holds the connector's own state and temp files.
@@ -86,12 +87,12 @@ impl LocalStore {
             root.to_path_buf()
         } else {
             std::env::current_dir()
-                .map_err(|e| StoreError::from_io("cannot read the working directory", &e))?
+                .map_err(|e| StoreError::from_io("cannot read the working directory", e))?
                 .join(root)
         };
         let temp = root.join(STATE_DIR).join(TEMP_DIR);
         fs::create_dir_all(&temp).map_err(|e| {
-            StoreError::from_io(&format!("cannot create folder {}", temp.display()), &e)
+            StoreError::from_io(&format!("cannot create folder {}", temp.display()), e)
         })?;
         Ok(LocalStore {
             root,
@@ -120,19 +121,19 @@ impl LocalStore {
         with_retries(self.budget, Side::Storage, what, || match op() {
             Ok(v) => Step::Done(v),
             Err(e) => {
-                let err = StoreError::from_io(what, &e);
+                let err = StoreError::from_io(what, e);
                 if err.kind == StoreErrorKind::Transient {
                     Step::Retry {
-                        error: err,
+                        error: Chained(err),
                         reason: Reason::Io,
                         after: None,
                     }
                 } else {
-                    Step::Fail(err)
+                    Step::Fail(Chained(err))
                 }
             }
         })
-        .map_err(|e| e.error)
+        .map_err(|e| e.error.0)
     }
 
     /// Removes the leftovers in one temp folder; returns how many.
@@ -438,7 +439,7 @@ impl BlobStore for LocalStore {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         return Ok(PutIf::ConditionFailed)
                     }
-                    Err(e) => return Err(StoreError::from_io(&what, &e)),
+                    Err(e) => return Err(StoreError::from_io(&what, e)),
                 },
                 PutCondition::IfMatch(_) => self.retried(&what, || fs::rename(&temp, &target))?,
             }

@@ -214,11 +214,13 @@ pub enum StoreErrorKind {
     Restart,
 }
 
-/// A storage failure with a message a user can act on (no secrets in it).
+/// A storage failure with a message a user can act on (no secrets in it), and the
+/// error that caused it, if any (printed after it: see [`crate::report`]).
 #[derive(Debug)]
 pub struct StoreError {
     pub kind: StoreErrorKind,
     pub message: String,
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StoreError {
@@ -226,7 +228,13 @@ impl StoreError {
         StoreError {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// The message with its cause, as a user reads it.
+    pub fn report(&self) -> String {
+        crate::report::Report(self).to_string()
     }
 
     pub fn transient(message: impl Into<String>) -> Self {
@@ -240,7 +248,7 @@ impl StoreError {
     /// Classifies a local I/O error met while doing `what`. A missing file or folder
     /// while storing is a temp file (or its folder) that vanished under the write: it
     /// never comes back by retrying, the file must be written again from its source.
-    pub fn from_io(what: &str, err: &io::Error) -> Self {
+    pub fn from_io(what: &str, err: io::Error) -> Self {
         use io::ErrorKind::*;
         let kind = match err.kind() {
             PermissionDenied | ReadOnlyFilesystem => StoreErrorKind::Denied,
@@ -250,7 +258,11 @@ impl StoreError {
             NotFound => StoreErrorKind::Restart,
             _ => StoreErrorKind::Transient,
         };
-        StoreError::new(kind, format!("{what}: {err}"))
+        StoreError {
+            kind,
+            message: what.to_string(),
+            source: Some(Box::new(err)),
+        }
     }
 }
 
@@ -260,7 +272,11 @@ impl fmt::Display for StoreError {
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
 
 /// The `Content-Type` stored with an object, from its suffix.
 pub fn content_type(key: &str) -> &'static str {
@@ -298,7 +314,7 @@ mod tests {
 
     #[test]
     fn io_errors_sort_into_kinds() {
-        let kind = |k| StoreError::from_io("x", &io::Error::from(k)).kind;
+        let kind = |k| StoreError::from_io("x", io::Error::from(k)).kind;
         assert_eq!(kind(io::ErrorKind::NotFound), StoreErrorKind::Restart);
         assert_eq!(kind(io::ErrorKind::StorageFull), StoreErrorKind::Transient);
         assert_eq!(

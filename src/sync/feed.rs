@@ -20,6 +20,7 @@ use super::{now_ms, SyncError};
 use crate::journal::{self, BacklogRef, Journal};
 use crate::metrics::Counts;
 use crate::platform::{FeedPage, PlatformError};
+use crate::report::Report;
 use crate::retry::Side;
 use crate::task::DataType;
 use crate::task::{excerpt, FileJob, Task};
@@ -256,7 +257,7 @@ impl<'e> Round<'e> {
             let task = match Task::from_value(value) {
                 Ok(t) => t,
                 Err(e) => {
-                    error!("skipping a task the platform sent: {e}");
+                    error!("skipping a task the platform sent: {}", Report(&e));
                     Counts::bump(&counts.rejected, 1);
                     continue;
                 }
@@ -265,8 +266,9 @@ impl<'e> Round<'e> {
                 Ok(f) => f,
                 Err(e) => {
                     error!(
-                        "task {}: {e}; nothing of it is stored and nothing deleted",
-                        excerpt(value)
+                        "task {}: {}; nothing of it is stored and nothing deleted",
+                        excerpt(value),
+                        Report(&e)
                     );
                     Counts::bump(&counts.rejected, 1);
                     continue;

@@ -52,6 +52,7 @@ use crate::config::Config;
 use crate::journal::{Journal, JournalError, PageJournal};
 use crate::metrics::Counts;
 use crate::platform::{Platform, PlatformError};
+use crate::report::Report;
 use crate::retry::{with_retries, RetryBudget, Side, Step};
 use crate::shutdown;
 use crate::store::{BlobStore, StoreError, StoreErrorKind};
@@ -114,7 +115,7 @@ impl fmt::Display for SyncError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SyncError::Auth(e) => e.fmt(f),
-            SyncError::StorageDenied(e) => write!(f, "the storage refused access: {e}"),
+            SyncError::StorageDenied(_) => f.write_str("the storage refused access"),
             SyncError::Refused(m) => f.write_str(m),
             SyncError::Tls(e) => e.fmt(f),
             SyncError::Unavailable(m) => write!(f, "gave up when the retry budget (SP_TASK_SYNC_RETRY_TIMEOUT) was spent: {m}"),
@@ -150,7 +151,16 @@ impl fmt::Display for SyncError {
     }
 }
 
-impl std::error::Error for SyncError {}
+impl std::error::Error for SyncError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SyncError::StorageDenied(e) => Some(e),
+            // Shown as the journal's own error: its cause comes next.
+            SyncError::Journal(e) => std::error::Error::source(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<JournalError> for SyncError {
     fn from(e: JournalError) -> Self {
@@ -422,7 +432,7 @@ impl<'a> Engine<'a> {
             Ok(found) => done(found),
             Err(JournalError::Store(e)) => store_step(e),
             Err(e) => {
-                let message = e.to_string();
+                let message = Report(&e).to_string();
                 damaged = Some(e);
                 Step::Done(Outcome::Rejected(message))
             }
@@ -457,14 +467,15 @@ impl<'a> Engine<'a> {
                 Err(e) => {
                     if e.kind != StoreErrorKind::Transient && !std::mem::replace(&mut told, true) {
                         error!(
-                            "{what}: {e}; {} task(s) exist only in memory now, so the write is retried \
+                            "{what}: {}; {} task(s) exist only in memory now, so the write is retried \
                              until the storage takes it (a stop now puts them at risk)",
+                            e.report(),
                             at_risk().len()
                         );
                     }
                     Step::Retry {
                         reason: store_reason(e.kind),
-                        error: e.message,
+                        error: e.report(),
                         after: None,
                     }
                 }
@@ -549,5 +560,56 @@ impl<'a> Engine<'a> {
             Ok(()) => done(()),
             Err(e) => platform_step(e),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseError;
+    use crate::report::Report;
+
+    /// Each error says what failed at its level; the cause is its source, and the
+    /// report joins them into the line users read.
+    #[test]
+    fn a_storage_failure_reads_with_its_causes() {
+        let denied = || {
+            StoreError::from_io(
+                "cannot write /data/x.part",
+                std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            )
+        };
+        let cases: Vec<(Box<dyn std::error::Error>, &str)> = vec![
+            (
+                Box::new(denied()),
+                "cannot write /data/x.part: permission denied",
+            ),
+            (
+                Box::new(JournalError::Store(denied())),
+                "page journal: cannot write /data/x.part: permission denied",
+            ),
+            (
+                Box::new(LeaseError::Store(denied())),
+                "the storage refused access (taking the journal lease): cannot write /data/x.part: permission denied",
+            ),
+            (
+                Box::new(LeaseError::Store(StoreError::transient("S3 GET: 503"))),
+                "the journal lease: S3 GET: 503",
+            ),
+            (
+                Box::new(SyncError::StorageDenied(denied())),
+                "the storage refused access: cannot write /data/x.part: permission denied",
+            ),
+            (
+                Box::new(SyncError::Journal(JournalError::Store(StoreError::transient("x: y")))),
+                "page journal: x: y",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(Report(e.as_ref()).to_string(), want);
+        }
+        let io = denied();
+        let cause = std::error::Error::source(&io).expect("the I/O error is kept");
+        assert_eq!(cause.to_string(), "permission denied");
     }
 }

@@ -71,12 +71,12 @@ pub(super) fn store_step<T>(e: StoreError) -> Try<T> {
     let outcome = match e.kind {
         StoreErrorKind::Transient if shutdown::requested() => Outcome::Stopped,
         StoreErrorKind::Denied => Outcome::Fatal(SyncError::StorageDenied(e)),
-        StoreErrorKind::Rejected => Outcome::Rejected(e.message),
-        StoreErrorKind::Transient => Outcome::GaveUp(e.message),
+        StoreErrorKind::Rejected => Outcome::Rejected(e.report()),
+        StoreErrorKind::Transient => Outcome::GaveUp(e.report()),
         StoreErrorKind::Restart | StoreErrorKind::Source => {
             return Step::Retry {
                 reason: store_reason(e.kind),
-                error: e.message,
+                error: e.report(),
                 after: None,
             }
         }

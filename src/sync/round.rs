@@ -15,6 +15,7 @@ use super::outcome::Outcome;
 use super::{megabytes, Engine, Summary, SyncError};
 use crate::journal::BacklogRef;
 use crate::metrics::Counts;
+use crate::report::Report;
 use crate::shutdown;
 use crate::task::FileJob;
 
@@ -176,7 +177,7 @@ impl<'e> Round<'e> {
     }
 
     pub(super) fn fail(&self, e: SyncError) {
-        error!("{e}");
+        error!("{}", Report(&e));
         self.abort.store(true, Ordering::Relaxed);
         self.fatal.lock().unwrap().get_or_insert(e);
         self.work.notify_all();
@@ -389,7 +390,10 @@ impl<'e> Round<'e> {
         if st.backlog_used && backlog_done && !self.halted() {
             // The last durable entry no longer refers to it.
             if let Err(e) = self.engine.journal.clear_backlog() {
-                warn!("could not remove the page journal's backlog, which nothing needs any more: {e}");
+                warn!(
+                    "could not remove the page journal's backlog, which nothing needs any more: {}",
+                    e.report()
+                );
             }
         }
         Ok((totals, self.failed.load(Ordering::Relaxed)))

@@ -9,6 +9,7 @@ use log::error;
 use super::round::{Job, Page, Round};
 use super::SyncError;
 use crate::journal::{self, EncodedPage, Tail};
+use crate::report::Report;
 
 /// How long the journal writer lets more tasks join a write that only records tasks
 /// as stored (their deletes wait that long at most; no worker waits).
@@ -119,7 +120,10 @@ impl<'e> Round<'e> {
                 Err(e) => {
                     drop(st);
                     if !matches!(e, SyncError::DataAtRisk { .. }) {
-                        error!("cannot record tasks as stored, so they are not deleted now: {e}");
+                        error!(
+                            "cannot record tasks as stored, so they are not deleted now: {}",
+                            Report(&e)
+                        );
                     }
                     return self.fail(e);
                 }

@@ -69,7 +69,7 @@ impl<T: Clone> TokenCache<T> {
             }
             Err(e) => match cached.as_ref() {
                 Some(old) if old.expires.is_none_or(|t| now < t) => {
-                    log::warn!("{e}; using the current token until it expires");
+                    log::warn!("{}; using the current token until it expires", e.report());
                     Ok(old.value.clone())
                 }
                 _ => Err(e),

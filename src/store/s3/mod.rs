@@ -456,7 +456,7 @@ impl S3Store {
         match self.try_abort(key, upload_id) {
             Ok(()) => log::debug!("multipart upload to {} aborted", self.location(key)),
             Err(e) => {
-                log::warn!("{e}; will try again before the next upload");
+                log::warn!("{}; will try again before the next upload", e.report());
                 self.pending_aborts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
