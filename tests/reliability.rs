@@ -18,6 +18,7 @@ use common::behaviour::unique;
 use common::harness::*;
 use common::providers::*;
 use common::proxy::{Mode, TcpProxy};
+use common::s3fs::PrivateS3;
 use spinoco_connector::emulator::{Emulator, EmulatorConfig, Faults, RawReply};
 
 /// Whether the longer variants run (`SPINOCO_LONG_TESTS=1`).
@@ -551,7 +552,20 @@ fn piecewise(p: Provider, t: &mut BTreeMap<String, String>) -> (u64, u64) {
 /// `kill -9` at seeded random instants (`SPINOCO_KILL_SEED` repeats a run), restart
 /// each time, then a last `--once`: the same names and bytes as an uninterrupted run.
 fn kill_9_at_random_instants(p: Provider) {
-    let Some(mut t) = target(p, "kill9") else {
+    // Killed uploads stay open on S3: on a server of the test's own, they are counted
+    // as this test's alone.
+    let private = match p {
+        Provider::S3 => match PrivateS3::start("kill9") {
+            Some(s3) => Some(s3),
+            None => return,
+        },
+        _ => None,
+    };
+    let Some(mut t) = private
+        .as_ref()
+        .map(|s3| s3.target("kill9"))
+        .or_else(|| target(p, "kill9"))
+    else {
         return;
     };
     let seed: u64 = std::env::var("SPINOCO_KILL_SEED")
@@ -656,20 +670,13 @@ fn kill_9_at_random_instants(p: Provider) {
         "seed {seed}: only {resumed} restarts found a journaled page: the kills missed the work"
     );
     // A killed process cannot abort its multipart uploads: they stay invisible and
-    // are the bucket lifecycle rule's job (README). Do that rule's work here, so the
-    // S3 store tests that check for open uploads find none of ours.
-    let mut abandoned = 0;
-    if p == Provider::S3 {
-        let data = std::env::var("SPINOCO_TEST_S3_DATA_DIR").unwrap();
-        for entry in std::fs::read_dir(&data).unwrap().flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with(".upload") || name.contains(".upload-") {
-                abandoned += usize::from(name.starts_with(".upload"));
-                let path = entry.path();
-                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
-            }
-        }
-    }
+    // are the bucket lifecycle rule's job (README).
+    let abandoned = private.as_ref().map_or(0, |s3| {
+        s3.open_uploads()
+            .iter()
+            .filter(|n| n.ends_with(".json"))
+            .count()
+    });
     if v.window_lost > 0 {
         eprintln!(
             "seed {seed}: {} file(s) lost in the first-page window (the contract's known limit)",

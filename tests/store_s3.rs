@@ -3,28 +3,23 @@
 //! mid-upload, and refused credentials.
 //!
 //! s3s-fs cannot list multipart uploads (501), so leftovers are looked for in its data
-//! folder: an open upload is a `.upload-<id>.json` file plus `.upload_id-<id>.part-<n>`
-//! files in the root of that folder.
+//! folder, on a server of the test's own (`common::s3fs`).
 
 mod common;
 
 use std::io::{self, Read};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::behaviour::{self, PatternReader};
+use common::s3fs::{PrivateS3, BUCKET};
 use spinoco_connector::env::Env;
 use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::s3::{S3Settings, S3Store};
 use spinoco_connector::store::{put_bytes, BlobStore, StoreErrorKind};
 
 const MIB: u64 = 1024 * 1024;
-
-/// Tests that look at the shared server's data folder for leftovers run one at a time.
-static SHARED_SERVER: Mutex<()> = Mutex::new(());
 
 struct Server {
     endpoint: String,
@@ -76,31 +71,28 @@ fn open(s: &S3Settings) -> S3Store {
     S3Store::open(s, &agent, RetryBudget::tries(3)).unwrap()
 }
 
-/// Multipart uploads still open in an s3s-fs data folder.
-fn open_uploads(data_dir: &Path) -> Vec<String> {
-    std::fs::read_dir(data_dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(".upload"))
-        .collect()
+/// A store on a private s3s-fs.
+fn open_private(s3: &PrivateS3) -> S3Store {
+    open(&settings(
+        &s3.endpoint(),
+        BUCKET,
+        &s3.access_key,
+        &s3.secret_key,
+        &[],
+    ))
 }
 
 #[test]
 fn s3_store_behaves() {
-    let Some(srv) = server() else { return };
-    let _lock = SHARED_SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    let store = open(&settings(
-        &srv.endpoint,
-        &srv.bucket,
-        &srv.access_key,
-        &srv.secret_key,
-        &[],
-    ));
+    let Some(s3) = PrivateS3::start("behaves") else {
+        return;
+    };
+    let store = open_private(&s3);
     // 12 MiB + 1: three parts of the 5 MiB part size.
     behaviour::run(&store, 12 * MIB + 1);
     assert_eq!(store.pending_aborts(), 0);
     assert_eq!(
-        open_uploads(&srv.data_dir),
+        s3.open_uploads(),
         Vec::<String>::new(),
         "multipart uploads left open"
     );
@@ -136,15 +128,10 @@ impl Read for Probe<'_> {
 
 #[test]
 fn s3_multipart_upload_is_complete_and_invisible_until_done() {
-    let Some(srv) = server() else { return };
-    let _lock = SHARED_SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    let store = open(&settings(
-        &srv.endpoint,
-        &srv.bucket,
-        &srv.access_key,
-        &srv.secret_key,
-        &[],
-    ));
+    let Some(s3) = PrivateS3::start("multipart") else {
+        return;
+    };
+    let store = open_private(&s3);
     let key = format!("{}/multi.ogg", behaviour::unique("multipart"));
     put_bytes(&store, &key, b"previous version").unwrap();
     // Four times the threshold and a bit, size unknown; half-way through, the old
@@ -160,7 +147,7 @@ fn s3_multipart_upload_is_complete_and_invisible_until_done() {
                 Some(&b"previous version"[..])
             );
             assert!(
-                !open_uploads(&srv.data_dir).is_empty(),
+                !s3.open_uploads().is_empty(),
                 "no multipart upload open mid-way"
             );
         })),
@@ -183,7 +170,7 @@ fn s3_multipart_upload_is_complete_and_invisible_until_done() {
         "bytes differ"
     );
     store.delete(&key).unwrap();
-    assert_eq!(open_uploads(&srv.data_dir), Vec::<String>::new());
+    assert_eq!(s3.open_uploads(), Vec::<String>::new());
 }
 
 #[test]
@@ -213,87 +200,13 @@ fn s3_wrong_secret_is_denied_without_leaking_it() {
     }
 }
 
-/// A private s3s-fs on its own port and data folder, to be killed and restarted.
-struct Private {
-    bin: String,
-    port: u16,
-    data: PathBuf,
-    child: Option<Child>,
-}
-
-impl Private {
-    fn start(bin: &str, data: PathBuf, srv: &Server) -> Private {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let _ = std::fs::remove_dir_all(&data);
-        std::fs::create_dir_all(data.join("private")).unwrap();
-        let mut p = Private {
-            bin: bin.to_string(),
-            port,
-            data,
-            child: None,
-        };
-        p.restart(srv);
-        p
-    }
-
-    fn restart(&mut self, srv: &Server) {
-        let child = Command::new(&self.bin)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--access-key",
-                &srv.access_key,
-                "--secret-key",
-                &srv.secret_key,
-            ])
-            .arg(&self.data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "private s3s-fs did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Private {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
-
 #[test]
 fn s3_upload_cut_by_a_dead_server_leaves_no_object_and_is_aborted_later() {
-    let Some(srv) = server() else { return };
-    let bin = std::env::var("SPINOCO_TEST_S3_BIN").expect("SPINOCO_TEST_S3_BIN");
-    let data = srv
-        .data_dir
-        .with_file_name(format!("private-{}", std::process::id()));
-    let server = Mutex::new(Private::start(&bin, data.clone(), &srv));
-    let endpoint = format!("http://127.0.0.1:{}", server.lock().unwrap().port);
-    let store = open(&settings(
-        &endpoint,
-        "private",
-        &srv.access_key,
-        &srv.secret_key,
-        &[],
-    ));
+    let Some(s3) = PrivateS3::start("cut") else {
+        return;
+    };
+    let store = open_private(&s3);
+    let server = Mutex::new(s3);
     let key = "cut/recording.ogg";
 
     // The server dies after two parts of a 30 MiB stream.
@@ -311,21 +224,21 @@ fn s3_upload_cut_by_a_dead_server_leaves_no_object_and_is_aborted_later() {
         "the abort cannot have reached a dead server"
     );
 
-    server.lock().unwrap().restart(&srv);
+    server.lock().unwrap().restart();
     assert_eq!(
         store.get(key).unwrap(),
         None,
         "a cut upload must not be visible"
     );
     assert!(
-        !open_uploads(&data).is_empty(),
+        !server.lock().unwrap().open_uploads().is_empty(),
         "s3s-fs should still hold the parts"
     );
     // The next upload first aborts the one left open.
     put_bytes(&store, "cut/next.json", b"{}").unwrap();
     assert_eq!(store.pending_aborts(), 0);
     assert_eq!(
-        open_uploads(&data),
+        server.lock().unwrap().open_uploads(),
         Vec::<String>::new(),
         "parts left behind"
     );
@@ -337,7 +250,7 @@ fn s3_upload_cut_by_a_dead_server_leaves_no_object_and_is_aborted_later() {
         .unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Source);
     assert_eq!(
-        open_uploads(&data),
+        server.lock().unwrap().open_uploads(),
         Vec::<String>::new(),
         "parts left behind after a source error"
     );

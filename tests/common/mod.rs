@@ -1,6 +1,7 @@
 //! Pieces the integration tests share.
 #![allow(dead_code)]
 
+pub mod alone;
 pub mod behaviour;
 pub mod capture;
 pub mod fake_http;
@@ -9,4 +10,5 @@ pub mod hostile;
 pub mod pki;
 pub mod providers;
 pub mod proxy;
+pub mod s3fs;
 pub mod static_build;
