@@ -1,5 +1,4 @@
 //! Pieces the integration tests share.
-#![allow(dead_code)]
 
 pub mod alone;
 pub mod behaviour;

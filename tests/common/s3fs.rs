@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,10 +55,6 @@ impl PrivateS3 {
     /// `http://127.0.0.1:PORT`
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data
     }
 
     /// The connector's variables for [`BUCKET`] under a fresh prefix, as

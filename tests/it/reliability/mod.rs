@@ -7,18 +7,16 @@
 //! Platform-side faults per provider are in `sync_providers.rs`; the soak run is the
 //! ignored `soak` test here.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::behaviour::unique;
-use common::harness::*;
-use common::providers::*;
-use common::proxy::{Mode, TcpProxy};
-use common::s3fs::PrivateS3;
+use crate::common::behaviour::unique;
+use crate::common::harness::*;
+use crate::common::providers::*;
+use crate::common::proxy::{Mode, TcpProxy};
+use crate::common::s3fs::PrivateS3;
 use spinoco_connector::emulator::{Emulator, EmulatorConfig, Faults, RawReply};
 
 /// Whether the longer variants run (`SPINOCO_LONG_TESTS=1`).
@@ -943,7 +941,7 @@ fn hostile_download_answers_are_retried() {
     });
     let dir = scratch("hostile-dl");
     guard_deletes(&emu, &dir);
-    let body = common::behaviour::PatternReader::bytes(100_000, 9);
+    let body = crate::common::behaviour::PatternReader::bytes(100_000, 9);
     let path = "/recording-direct/hostile-dl/r1";
     emu.inject_task(
         serde_json::json!({

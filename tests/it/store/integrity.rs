@@ -3,14 +3,14 @@
 //! the part sent again, never stored; one TCP connection per worker for a whole run;
 //! and S3's CompleteMultipartUpload whose answer is lost counts as stored.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use common::behaviour::PatternReader;
-use common::providers::{endpoint, open_store, open_store_with, target, with_endpoint, Provider};
-use common::proxy::TcpProxy;
+use crate::common::behaviour::PatternReader;
+use crate::common::providers::{
+    endpoint, open_store, open_store_with, target, with_endpoint, Provider,
+};
+use crate::common::proxy::TcpProxy;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -1,12 +1,10 @@
 //! Azure Blob storage against Azurite: the shared behaviour through the account-key
 //! and the SAS connection strings, block uploads, a refused key, a broken source.
 
-mod common;
-
 use std::time::Duration;
 
-use common::alone;
-use common::behaviour::{self, FailingReader, PatternReader};
+use crate::common::alone;
+use crate::common::behaviour::{self, FailingReader, PatternReader};
 use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::azure::{AzureSettings, AzureStore};
 use spinoco_connector::store::azure_auth::{self, DEV_ACCOUNT, DEV_KEY};

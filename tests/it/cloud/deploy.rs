@@ -12,15 +12,13 @@
 //! shows that it was sent, on which requests, and that it was not sent where the
 //! service refuses it (UploadPart, Put Block).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::capture::CaptureProxy;
-use common::fake_http::{FakeServer, Request};
-use common::harness::*;
-use common::providers::*;
+use crate::common::capture::CaptureProxy;
+use crate::common::fake_http::{FakeServer, Request};
+use crate::common::harness::*;
+use crate::common::providers::*;
 use spinoco_connector::emulator::EmulatorConfig;
 use spinoco_connector::store::BlobStore;
 
@@ -599,7 +597,7 @@ fn gcs_with_workload_identity_federation_kms_key_class_and_metadata() {
 /// A private CA and a certificate for 127.0.0.1 signed by it: the folder holds ca.pem,
 /// server.pem and server.key.
 fn pki() -> std::path::PathBuf {
-    let pki = common::pki::Pki::new("azurite");
+    let pki = crate::common::pki::Pki::new("azurite");
     pki.server("server", "IP:127.0.0.1", 30);
     pki.dir
 }
@@ -614,7 +612,7 @@ struct OAuthAzurite {
 impl OAuthAzurite {
     fn start(pki: &std::path::Path) -> Option<OAuthAzurite> {
         // Installed by tests/servers/azurite.sh, which the test script runs.
-        let bin = common::behaviour::server("SPINOCO_TEST_AZURITE_BIN")?;
+        let bin = crate::common::behaviour::server("SPINOCO_TEST_AZURITE_BIN")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -760,7 +758,7 @@ fn azure_workload_and_managed_identity_tokens_into_azurite_with_oauth() {
         )
     }));
     let token = token_file("aks-wi", "eyJaks.federated");
-    let prefix = common::behaviour::unique("aks");
+    let prefix = crate::common::behaviour::unique("aks");
     let emu = emulator(account());
     let mut e = env(&emu, &scratch("unused"));
     for (k, v) in [
@@ -834,7 +832,7 @@ fn azure_workload_and_managed_identity_tokens_into_azurite_with_oauth() {
         recording_size: (3_000, 60_000),
         ..account()
     });
-    let prefix2 = common::behaviour::unique("vm");
+    let prefix2 = crate::common::behaviour::unique("vm");
     let mut e2 = env(&emu2, &scratch("unused"));
     e2.extend(e.clone().into_iter().filter(|(k, _)| {
         !k.starts_with("AZURE_") && k != "SP_TASK_SYNC_SAVE_TO" && !k.starts_with("SP_API")
@@ -873,7 +871,7 @@ fn azure_workload_and_managed_identity_tokens_into_azurite_with_oauth() {
         recording_size: (3_000, 60_000),
         ..account()
     });
-    let prefix3 = common::behaviour::unique("expired");
+    let prefix3 = crate::common::behaviour::unique("expired");
     let mut e3 = env(&emu3, &scratch("unused"));
     e3.extend(
         e.clone()

@@ -17,8 +17,6 @@
 //! kubernetes-validate) is missing or cannot run here; under `tests/run.sh`
 //! (`SPINOCO_TEST_REQUIRE_SERVERS=1`, which installs them) or with `CI=true` it fails instead.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -28,8 +26,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::harness::*;
-use common::static_build::{build_static, host_triple};
+use crate::common::harness::*;
+use crate::common::static_build::{build_static, host_triple};
 use serde_json::Value;
 use spinoco_connector::emulator::{Emulator, EmulatorConfig};
 

@@ -1,12 +1,10 @@
 //! Operations: the metrics endpoint against a real run, `health` exit codes, JSON logs.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::harness::*;
+use crate::common::harness::*;
 use serde_json::Value;
 use spinoco_connector::emulator::{EmulatorConfig, Faults};
 

@@ -4,14 +4,12 @@
 //! with a clear message; a killed owner on this host is taken over at once; `check
 //! --connect` shows the owner.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
 use std::time::Duration;
 
-use common::harness::*;
-use common::providers::*;
+use crate::common::harness::*;
+use crate::common::providers::*;
 use spinoco_connector::emulator::{Emulator, EmulatorConfig};
 
 fn env_for(emu: &Emulator, t: &BTreeMap<String, String>) -> BTreeMap<String, String> {

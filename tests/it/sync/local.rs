@@ -1,10 +1,8 @@
 //! The real binary against the platform emulator over HTTP, into a local folder.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::harness::*;
+use crate::common::harness::*;
 use spinoco_connector::emulator::{EmulatorConfig, Faults};
 
 fn small(tasks: usize) -> EmulatorConfig {

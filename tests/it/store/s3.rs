@@ -3,17 +3,15 @@
 //! mid-upload, and refused credentials.
 //!
 //! s3s-fs cannot list multipart uploads (501), so leftovers are looked for in its data
-//! folder, on a server of the test's own (`common::s3fs`).
-
-mod common;
+//! folder, on a server of the test's own (`crate::common::s3fs`).
 
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::behaviour::{self, PatternReader};
-use common::s3fs::{PrivateS3, BUCKET};
+use crate::common::behaviour::{self, PatternReader};
+use crate::common::s3fs::{PrivateS3, BUCKET};
 use spinoco_connector::env::Env;
 use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::s3::{S3Settings, S3Store};

@@ -5,8 +5,6 @@
 //!
 //! Certificates are made at test time by the `openssl` command into a temp folder.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -14,8 +12,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use common::harness::*;
-use common::pki::Pki;
+use crate::common::harness::*;
+use crate::common::pki::Pki;
 use spinoco_connector::emulator::{Emulator, EmulatorConfig, EmulatorTls};
 
 const PROXY_USER: &str = "edge";
@@ -445,7 +443,7 @@ fn tls_front(tls: &EmulatorTls, upstream: String) -> u16 {
 /// bypasses it, as for the platform and the other providers.
 #[test]
 fn s3_over_https_with_a_private_ca_and_through_the_proxy() {
-    use common::providers::{endpoint, target, verify, with_endpoint, Provider};
+    use crate::common::providers::{endpoint, target, verify, with_endpoint, Provider};
     let Some(direct) = target(Provider::S3, "s3-tls") else {
         return;
     };
@@ -462,7 +460,7 @@ fn s3_over_https_with_a_private_ca_and_through_the_proxy() {
         recording_size: (2_000, 40_000),
         ..Default::default()
     });
-    common::providers::guard_via_store(&platform, &direct);
+    crate::common::providers::guard_via_store(&platform, &direct);
     let mut e = env(&platform, &scratch("unused"));
     e.extend(https.clone());
 

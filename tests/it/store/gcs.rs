@@ -2,15 +2,13 @@
 //! behaviour, a resumable upload that survives a connection dropped mid-chunk, and a
 //! broken source that leaves nothing behind.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::behaviour::{self, FailingReader, PatternReader};
+use crate::common::behaviour::{self, FailingReader, PatternReader};
 use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
 use spinoco_connector::store::gcs_auth::Credentials;

@@ -2,9 +2,7 @@
 //! on every provider against its real test server: what each server honours is
 //! asserted, so a server that stops honouring a condition fails here.
 
-mod common;
-
-use common::providers::{open_store, target, Provider};
+use crate::common::providers::{open_store, target, Provider};
 use spinoco_connector::store::{
     honours_conditions, put_bytes, BlobStore, PutCondition, PutIf, StoreErrorKind,
 };
@@ -117,8 +115,8 @@ fn azure_missing_container_is_named() {
 /// s3s-fs creates a missing bucket, so the test's proxy answers like AWS does.
 #[test]
 fn s3_missing_bucket_is_named() {
-    use common::providers::{endpoint, with_endpoint};
-    use common::proxy::{Mode, TcpProxy};
+    use crate::common::providers::{endpoint, with_endpoint};
+    use crate::common::proxy::{Mode, TcpProxy};
     let Some(t) = target(Provider::S3, "missing") else {
         return;
     };
@@ -143,8 +141,8 @@ fn s3_missing_bucket_is_named() {
 /// provider, and the refusal is Denied (exit 5).
 #[test]
 fn reads_pass_and_writes_are_denied_behind_forbid_put() {
-    use common::providers::{endpoint, with_endpoint};
-    use common::proxy::{Mode, TcpProxy};
+    use crate::common::providers::{endpoint, with_endpoint};
+    use crate::common::proxy::{Mode, TcpProxy};
     for p in [Provider::S3, Provider::Gcs, Provider::Azure] {
         let Some(t) = target(p, "forbid-put") else {
             continue;

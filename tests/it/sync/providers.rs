@@ -4,14 +4,12 @@
 //! latency spikes, re-delivered tasks): every file complete, nothing else visible,
 //! every delete after its task's files were stored, and every delete done.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::behaviour::server;
-use common::harness::*;
-use common::providers::*;
+use crate::common::behaviour::server;
+use crate::common::harness::*;
+use crate::common::providers::*;
 use spinoco_connector::emulator::{EmulatorConfig, Faults};
 
 fn account() -> EmulatorConfig {
@@ -270,8 +268,8 @@ fn outage_30s(p: Provider) {
             None => return,
         },
     };
-    let proxy =
-        endpoint(&t).map(|u| common::proxy::TcpProxy::start(u.trim_start_matches("http://")));
+    let proxy = endpoint(&t)
+        .map(|u| crate::common::proxy::TcpProxy::start(u.trim_start_matches("http://")));
     let connector_vars = match &proxy {
         Some(proxy) => with_endpoint(&t, &proxy.url()),
         None => t.clone(),
@@ -296,7 +294,7 @@ fn outage_30s(p: Provider) {
     });
     let ballast = match &proxy {
         Some(proxy) => {
-            proxy.set(common::proxy::Mode::Down);
+            proxy.set(crate::common::proxy::Mode::Down);
             None
         }
         None => Some(fill(&tmpfs_dir(&e))),
@@ -308,7 +306,7 @@ fn outage_30s(p: Provider) {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     match (&proxy, ballast) {
-        (Some(proxy), _) => proxy.set(common::proxy::Mode::Pass),
+        (Some(proxy), _) => proxy.set(crate::common::proxy::Mode::Pass),
         (None, Some(b)) => std::fs::remove_file(b).unwrap(),
         (None, None) => unreachable!(),
     }

@@ -11,13 +11,11 @@
 //! Skipped (with the reason) when chroot is not possible, for example when not run as
 //! root; under `tests/run.sh` (`SPINOCO_TEST_REQUIRE_SERVERS=1`) it fails instead.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::harness::*;
-use common::static_build::{build_static, host_triple};
+use crate::common::harness::*;
+use crate::common::static_build::{build_static, host_triple};
 use spinoco_connector::emulator::EmulatorConfig;
 
 /// The image's user and group.

@@ -6,14 +6,12 @@
 //! fetches to show that each fetch reads them again (the kubelet rotates them), and
 //! refusals are checked for their kind and for secrets in their messages.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::fake_http::{FakeServer, Request};
+use crate::common::fake_http::{FakeServer, Request};
 use spinoco_connector::cloud::aws::WebIdentity;
 use spinoco_connector::cloud::azure::{AzureIdentity, STORAGE_SCOPE};
 use spinoco_connector::cloud::gcp::{ExternalAccount, STORAGE_SCOPE as GCS_SCOPE};

@@ -3,13 +3,11 @@
 //! token handshake, EKS Pod Identity's rotated token file, refresh before expiry, and
 //! errors without secrets.
 
-mod common;
-
 use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::fake_http::FakeServer;
+use crate::common::fake_http::FakeServer;
 use spinoco_connector::env::Env;
 use spinoco_connector::store::s3_credentials::{CredentialProvider, CredentialSettings, Source};
 use spinoco_connector::store::StoreErrorKind;

@@ -5,14 +5,12 @@
 //! claims, so a service-account file with a wrong key is refused: proof that a real
 //! signature is produced.
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::fake_http::{FakeServer, Request};
+use crate::common::fake_http::{FakeServer, Request};
 use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use spinoco_connector::env::Env;
 use spinoco_connector::retry::RetryBudget;

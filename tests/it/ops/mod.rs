@@ -1,0 +1,8 @@
+//! Running it: the image and the files that deploy and watch it, the static binary,
+//! the metrics endpoint and health, one connector per journal, TLS and proxies.
+
+mod image;
+mod lease;
+mod metrics;
+mod static_binary;
+mod tls;
