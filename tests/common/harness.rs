@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -22,9 +23,21 @@ pub fn emulator(cfg: EmulatorConfig) -> Emulator {
     .expect("emulator starts")
 }
 
+/// A name no other test and no earlier run uses: `prefix`, this process and a count
+/// of this process's names, and the time.
+pub fn unique(prefix: &str) -> String {
+    static NAMES: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = NAMES.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}-{nanos}", std::process::id())
+}
+
 /// A fresh folder for one test.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(super::behaviour::unique(&format!("spinoco-it-{name}")));
+    let dir = std::env::temp_dir().join(unique(&format!("spinoco-it-{name}")));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -91,6 +104,27 @@ pub fn spawn(env: &BTreeMap<String, String>, args: &[&str], log: &Path) -> Child
         .unwrap()
 }
 
+/// The checkout: the files the tests check (README, Dockerfile, deploy/) are in it.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A program on PATH or in the usual places.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Standard output and standard error, one after the other.
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",

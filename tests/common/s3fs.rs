@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::behaviour::{server, unique};
+use super::harness::unique;
 use super::providers::S3_DATA_DIR;
+use super::skip::server;
 
 /// The bucket every private server has.
 pub const BUCKET: &str = "private";

@@ -1,22 +1,23 @@
 //! The AWS credential chain against fake STS, ECS and IMDS endpoints on 127.0.0.1: the
 //! order (environment, web identity, file, container, instance metadata), the IMDSv2
-//! token handshake, EKS Pod Identity's rotated token file, refresh before expiry, and
-//! errors without secrets.
+//! token handshake, EKS Pod Identity's rotated token file, the token cache behind the
+//! provider (refresh before expiry, a failed refresh, credentials dropped after a
+//! refusal), and errors without secrets.
 
 use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::common::fake_http::FakeServer;
+use crate::common::harness::scratch;
 use spinoco_connector::env::Env;
 use spinoco_connector::store::s3_credentials::{CredentialProvider, CredentialSettings, Source};
 use spinoco_connector::store::StoreErrorKind;
-use time::format_description::well_known::Rfc3339;
+
+use super::{in_an_hour, rfc3339_from_now};
 
 fn creds_json(key: &str, expires_in: Duration) -> String {
-    let expiration = (time::OffsetDateTime::now_utc() + expires_in)
-        .format(&Rfc3339)
-        .unwrap();
+    let expiration = rfc3339_from_now(expires_in);
     format!(
         r#"{{"Code":"Success","AccessKeyId":"{key}","SecretAccessKey":"secret-of-{key}","Token":"token-of-{key}","Expiration":"{expiration}"}}"#
     )
@@ -24,9 +25,19 @@ fn creds_json(key: &str, expires_in: Duration) -> String {
 
 const IMDS_TOKEN: &str = "imds-session-token-123";
 
+/// How the fake IMDS answers one request for the role's credentials.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// Keys named after `key`, expiring `life` from now.
+    Keys(&'static str, Duration),
+    /// `500`: the endpoint is down for a moment.
+    Fails,
+}
+
 /// A fake IMDSv2: hands out a session token on PUT and insists on it for the GETs.
-/// `keys` are served one after another for the credentials, each with its lifetime.
-fn fake_imds(keys: Vec<(&'static str, Duration)>) -> FakeServer {
+/// The `answers` go to the credentials requests one after another, the last one
+/// repeated.
+fn fake_imds(answers: Vec<Answer>) -> FakeServer {
     let next = Mutex::new(0usize);
     FakeServer::start(Box::new(move |r| {
         match (r.method.as_str(), r.target.as_str()) {
@@ -46,9 +57,12 @@ fn fake_imds(keys: Vec<(&'static str, Duration)>) -> FakeServer {
             }
             ("GET", "/latest/meta-data/iam/security-credentials/spinoco-role") => {
                 let mut n = next.lock().unwrap();
-                let (key, life) = keys[(*n).min(keys.len() - 1)];
+                let answer = answers[(*n).min(answers.len() - 1)];
                 *n += 1;
-                (200, creds_json(key, life))
+                match answer {
+                    Answer::Keys(key, life) => (200, creds_json(key, life)),
+                    Answer::Fails => (500, String::new()),
+                }
             }
             _ => (404, String::new()),
         }
@@ -80,8 +94,7 @@ fn provider(pairs: &[(&str, &str)], ecs_host: Option<&str>) -> CredentialProvide
 
 #[test]
 fn chain_order_env_file_container_imds() {
-    let dir = std::env::temp_dir().join(format!("spinoco-aws-creds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("aws-creds");
     let file = dir.join("credentials");
     std::fs::write(
         &file,
@@ -92,7 +105,7 @@ fn chain_order_env_file_container_imds() {
     let file_str = file.to_str().unwrap().to_string();
     let missing = dir.join("missing").to_str().unwrap().to_string();
     let ecs = fake_ecs();
-    let imds = fake_imds(vec![("AK_IMDS", Duration::from_secs(3600))]);
+    let imds = fake_imds(vec![Answer::Keys("AK_IMDS", Duration::from_secs(3600))]);
 
     let env_vars = [
         ("AWS_ACCESS_KEY_ID", "AK_ENV"),
@@ -195,8 +208,8 @@ fn chain_order_env_file_container_imds() {
 fn temporary_credentials_are_refreshed_before_expiry() {
     // The first set expires within the refresh margin (5 min), the second in an hour.
     let imds = fake_imds(vec![
-        ("AK_SHORT", Duration::from_secs(120)),
-        ("AK_LONG", Duration::from_secs(3600)),
+        Answer::Keys("AK_SHORT", Duration::from_secs(120)),
+        Answer::Keys("AK_LONG", Duration::from_secs(3600)),
     ]);
     let p = provider(
         &[
@@ -223,6 +236,51 @@ fn temporary_credentials_are_refreshed_before_expiry() {
     p.invalidate();
     p.current().unwrap();
     assert_eq!(imds.requests().len(), 9);
+}
+
+/// The token cache behind the provider: keys inside the refresh margin are fetched
+/// again, a refresh that fails keeps serving them while they are still valid, and keys
+/// dropped after the storage refused them are never served again.
+#[test]
+fn a_failed_refresh_keeps_valid_credentials_and_dropped_ones_are_gone() {
+    let imds = fake_imds(vec![
+        Answer::Keys("AK_SHORT", Duration::from_secs(120)),
+        Answer::Fails,
+        Answer::Keys("AK_LONG", Duration::from_secs(3600)),
+        Answer::Fails,
+    ]);
+    let p = provider(
+        &[
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.url),
+        ],
+        None,
+    );
+    let fetches = || {
+        imds.requests()
+            .iter()
+            .filter(|r| r.target.ends_with("/spinoco-role"))
+            .count()
+    };
+    assert_eq!(p.current().unwrap().access_key_id.expose(), "AK_SHORT");
+    assert_eq!(
+        p.current().unwrap().access_key_id.expose(),
+        "AK_SHORT",
+        "valid for two more minutes: kept while the refresh fails"
+    );
+    assert_eq!(fetches(), 2, "the refresh was tried");
+    assert_eq!(
+        p.current().unwrap().access_key_id.expose(),
+        "AK_LONG",
+        "the next refresh replaces them"
+    );
+    assert_eq!(fetches(), 3);
+    // The storage refused them: dropped, and with the endpoint down nothing is served.
+    assert!(p.invalidate());
+    let err = p.current().unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Transient, "{err}");
+    assert!(err.message.contains("HTTP 500"), "{err}");
+    assert_eq!(fetches(), 4);
 }
 
 #[test]
@@ -279,9 +337,7 @@ fn fake_sts() -> FakeServer {
             .find_map(|p| p.strip_prefix("WebIdentityToken="))
             .unwrap_or_default()
             .to_string();
-        let expiration = (time::OffsetDateTime::now_utc() + Duration::from_secs(3600))
-            .format(&Rfc3339)
-            .unwrap();
+        let expiration = in_an_hour();
         (
             200,
             format!(
@@ -296,8 +352,7 @@ fn fake_sts() -> FakeServer {
 
 #[test]
 fn web_identity_comes_after_the_environment_and_before_file_container_and_imds() {
-    let dir = std::env::temp_dir().join(format!("spinoco-aws-wi-chain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("aws-wi-chain");
     let file = dir.join("credentials");
     std::fs::write(
         &file,
@@ -312,7 +367,7 @@ fn web_identity_comes_after_the_environment_and_before_file_container_and_imds()
     );
     let sts = fake_sts();
     let ecs = fake_ecs();
-    let imds = fake_imds(vec![("AK_IMDS", Duration::from_secs(3600))]);
+    let imds = fake_imds(vec![Answer::Keys("AK_IMDS", Duration::from_secs(3600))]);
     let everything_else = [
         ("AWS_SHARED_CREDENTIALS_FILE", file.as_str()),
         (
@@ -365,8 +420,7 @@ fn web_identity_comes_after_the_environment_and_before_file_container_and_imds()
 fn eks_pod_identity_reads_its_token_file_at_every_fetch() {
     // EKS Pod Identity: a full URI on the agent's link-local address (here 127.0.0.1)
     // and the authorization token in a file the kubelet rotates.
-    let dir = std::env::temp_dir().join(format!("spinoco-eks-pod-id-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("eks-pod-id");
     let token = dir.join("eks-pod-identity-token");
     std::fs::write(&token, "ecs-auth-token\n").unwrap();
     let ecs = fake_ecs();

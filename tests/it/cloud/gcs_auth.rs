@@ -10,39 +10,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::codec::base64_decode;
 use crate::common::fake_http::{FakeServer, Request};
 use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use spinoco_connector::env::Env;
 use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
-use spinoco_connector::store::gcs_auth::{pem_to_der, Credentials, TokenSource, SCOPE};
+use spinoco_connector::store::gcs_auth::{Credentials, TokenSource};
 use spinoco_connector::store::{BlobStore, StoreErrorKind};
 
 const EMAIL: &str = "connector-test@spinoco-test.iam.gserviceaccount.com";
-
-/// A field of an `application/x-www-form-urlencoded` body.
-fn form(r: &Request, name: &str) -> Option<String> {
-    r.body.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (percent_decode(k) == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(if b[i] == b'+' { b' ' } else { b[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
+/// The scope of a Google Cloud Storage token that may read and write objects.
+const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 
 fn data(name: &str) -> String {
     std::fs::read_to_string(
@@ -51,6 +30,12 @@ fn data(name: &str) -> String {
             .join(name),
     )
     .unwrap()
+}
+
+/// The DER inside a PEM text.
+fn pem_body(pem: &str) -> Vec<u8> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64_decode(&body).expect("PEM holds base64")
 }
 
 fn now() -> u64 {
@@ -67,17 +52,13 @@ fn check_assertion(assertion: &str, public_der: &[u8], token_uri: &str) -> Resul
         return Err("not a JWT".into());
     }
     let json = |p: &str| -> Result<serde_json::Value, String> {
-        serde_json::from_slice(
-            &spinoco_connector::encoding::base64_decode_loose(p).ok_or("bad base64")?,
-        )
-        .map_err(|e| e.to_string())
+        serde_json::from_slice(&base64_decode(p).ok_or("bad base64")?).map_err(|e| e.to_string())
     };
     let header = json(parts[0])?;
     if header["alg"] != "RS256" || header["typ"] != "JWT" {
         return Err(format!("bad header {header}"));
     }
-    let signature = spinoco_connector::encoding::base64_decode_loose(parts[2])
-        .ok_or("bad signature encoding")?;
+    let signature = base64_decode(parts[2]).ok_or("bad signature encoding")?;
     let signed = format!("{}.{}", parts[0], parts[1]);
     UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, public_der)
         .verify(signed.as_bytes(), &signature)
@@ -102,13 +83,13 @@ fn check_assertion(assertion: &str, public_der: &[u8], token_uri: &str) -> Resul
 
 /// A token endpoint at `/token` handing out `tok-1`, `tok-2`, … valid `expires_in`.
 fn token_endpoint(expires_in: u64) -> FakeServer {
-    let public = pem_to_der(&data("gcs-test-key.pub.pem"), "RSA PUBLIC KEY").unwrap();
+    let public = pem_body(&data("gcs-test-key.pub.pem"));
     let issued = AtomicUsize::new(0);
     let uri = Arc::new(Mutex::new(String::new()));
     let uri2 = uri.clone();
     let fake = FakeServer::start(Box::new(move |r: &Request| {
         let token_uri = uri2.lock().unwrap().clone();
-        let grant = form(r, "grant_type").unwrap_or_default();
+        let grant = r.field("grant_type").unwrap_or_default();
         if r.method != "POST"
             || r.target != "/token"
             || grant != "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -116,7 +97,7 @@ fn token_endpoint(expires_in: u64) -> FakeServer {
             return (400, r#"{"error":"unsupported_grant_type"}"#.into());
         }
         match check_assertion(
-            &form(r, "assertion").unwrap_or_default(),
+            &r.field("assertion").unwrap_or_default(),
             &public,
             &token_uri,
         ) {
@@ -213,7 +194,7 @@ fn wrong_key_is_rejected_by_the_token_endpoint() {
         err.message.contains("invalid_grant") && err.message.contains("Invalid JWT Signature"),
         "{err}"
     );
-    let assertion = form(&endpoint.requests()[0], "assertion").unwrap();
+    let assertion = endpoint.requests()[0].field("assertion").unwrap();
     assert!(
         !err.message.contains(&assertion[assertion.len() - 20..]),
         "the assertion leaked: {err}"
@@ -259,10 +240,10 @@ fn metadata_server_token_needs_the_flavor_header() {
 fn authorized_user_refresh_token_grant() {
     let fake = FakeServer::start(Box::new(|r: &Request| {
         let ok = r.target == "/token"
-            && form(r, "grant_type").as_deref() == Some("refresh_token")
-            && form(r, "refresh_token").as_deref() == Some("1//refresh+me/please")
-            && form(r, "client_id").as_deref() == Some("client-1.apps.googleusercontent.com")
-            && form(r, "client_secret").as_deref() == Some("very secret");
+            && r.field("grant_type").as_deref() == Some("refresh_token")
+            && r.field("refresh_token").as_deref() == Some("1//refresh+me/please")
+            && r.field("client_id").as_deref() == Some("client-1.apps.googleusercontent.com")
+            && r.field("client_secret").as_deref() == Some("very secret");
         if ok {
             (200, r#"{"access_token":"user-1","expires_in":3599}"#.into())
         } else {
@@ -333,8 +314,8 @@ fn store_sends_the_token_and_user_project_and_maps_403_to_denied() {
     assert_eq!(endpoint.requests().len(), 1, "the token is reused");
 }
 
-/// Issue 12: a 401 with a cached token drops it and fetches a new one once; a second
-/// 401 with the fresh token is a refusal (exit 5), not a loop.
+/// A 401 with a cached token drops it and fetches a new one once; a second 401 with the
+/// fresh token is a refusal (exit 5), not a loop.
 #[test]
 fn a_401_fetches_a_new_token_once() {
     let endpoint = token_endpoint(3600);

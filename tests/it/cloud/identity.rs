@@ -12,38 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::common::fake_http::{FakeServer, Request};
+use crate::common::harness::scratch;
+
+use super::in_an_hour;
+
+/// The scope of an Azure Storage token.
+const AZURE_STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
+/// The scope of a Google Cloud Storage token that may read and write objects.
+const GCS_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 use spinoco_connector::cloud::aws::WebIdentity;
-use spinoco_connector::cloud::azure::{AzureIdentity, STORAGE_SCOPE};
-use spinoco_connector::cloud::gcp::{ExternalAccount, STORAGE_SCOPE as GCS_SCOPE};
+use spinoco_connector::cloud::azure::AzureIdentity;
+use spinoco_connector::cloud::gcp::ExternalAccount;
 use spinoco_connector::env::Env;
 use spinoco_connector::store::StoreErrorKind;
-
-/// The fields of an `application/x-www-form-urlencoded` body, decoded.
-fn form(r: &Request) -> Vec<(String, String)> {
-    let decode =
-        |s: &str| spinoco_connector::encoding::percent_decode(&s.replace('+', " ")).unwrap();
-    r.body
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-fn field(r: &Request, name: &str) -> Option<String> {
-    form(r).into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
-}
-
-/// The query parameters of a request target, decoded.
-fn query(r: &Request, name: &str) -> Option<String> {
-    let q = r.target.split_once('?')?.1;
-    q.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| spinoco_connector::encoding::percent_decode(v).unwrap())
-    })
-}
 
 fn agent() -> ureq::Agent {
     spinoco_connector::http::agent(Duration::from_secs(5), 1)
@@ -54,9 +35,7 @@ struct Dir(PathBuf);
 
 impl Dir {
     fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("spinoco-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
+        Dir(scratch(name))
     }
     fn file(&self, name: &str, text: &str) -> String {
         let p = self.0.join(name);
@@ -71,12 +50,6 @@ impl Drop for Dir {
     }
 }
 
-fn in_an_hour() -> String {
-    (time::OffsetDateTime::now_utc() + Duration::from_secs(3600))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
-}
-
 // ---------------------------------------------------------------- AWS
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/spinoco-connector";
@@ -89,11 +62,11 @@ fn fake_sts() -> FakeServer {
             && r.target == "/"
             && r.header("content-type") == Some("application/x-www-form-urlencoded")
             && r.header("authorization").is_none()
-            && field(r, "Action").as_deref() == Some("AssumeRoleWithWebIdentity")
-            && field(r, "Version").as_deref() == Some("2011-06-15")
-            && field(r, "RoleArn").as_deref() == Some(ROLE)
-            && field(r, "RoleSessionName").as_deref() == Some("pod-7");
-        let token = field(r, "WebIdentityToken").unwrap_or_default();
+            && r.field("Action").as_deref() == Some("AssumeRoleWithWebIdentity")
+            && r.field("Version").as_deref() == Some("2011-06-15")
+            && r.field("RoleArn").as_deref() == Some(ROLE)
+            && r.field("RoleSessionName").as_deref() == Some("pod-7");
+        let token = r.field("WebIdentityToken").unwrap_or_default();
         if !well_formed {
             return (400, "<ErrorResponse><Error><Code>MalformedQueryString</Code><Message>bad</Message></Error></ErrorResponse>".into());
         }
@@ -163,7 +136,7 @@ fn aws_web_identity_sends_the_current_token_file_to_sts() {
     let sent: Vec<String> = sts
         .requests()
         .iter()
-        .filter_map(|r| field(r, "WebIdentityToken"))
+        .filter_map(|r| r.field("WebIdentityToken"))
         .collect();
     assert_eq!(sent, ["eyJfirst", "eyJsecond"]);
 }
@@ -213,12 +186,12 @@ fn entra() -> FakeServer {
         let well_formed = r.method == "POST"
             && r.target == format!("/{TENANT}/oauth2/v2.0/token")
             && r.header("content-type") == Some("application/x-www-form-urlencoded")
-            && field(r, "client_id").as_deref() == Some(CLIENT)
-            && field(r, "scope").as_deref() == Some(STORAGE_SCOPE)
-            && field(r, "grant_type").as_deref() == Some("client_credentials")
-            && field(r, "client_assertion_type").as_deref()
+            && r.field("client_id").as_deref() == Some(CLIENT)
+            && r.field("scope").as_deref() == Some(AZURE_STORAGE_SCOPE)
+            && r.field("grant_type").as_deref() == Some("client_credentials")
+            && r.field("client_assertion_type").as_deref()
                 == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer");
-        let assertion = field(r, "client_assertion").unwrap_or_default();
+        let assertion = r.field("client_assertion").unwrap_or_default();
         if well_formed && assertion.starts_with("eyJ") {
             (
                 200,
@@ -285,9 +258,9 @@ fn azure_managed_identity_from_imds_with_a_user_assigned_client_id() {
         let ok = r.method == "GET"
             && r.target.starts_with("/metadata/identity/oauth2/token?")
             && r.header("metadata") == Some("true")
-            && query(r, "api-version").as_deref() == Some("2018-02-01")
-            && query(r, "resource").as_deref() == Some("https://storage.azure.com");
-        match (ok, query(r, "client_id")) {
+            && r.query("api-version").as_deref() == Some("2018-02-01")
+            && r.query("resource").as_deref() == Some("https://storage.azure.com");
+        match (ok, r.query("client_id")) {
             (true, Some(id)) if id == CLIENT => (
                 200,
                 r#"{"access_token":"imds-token","expires_in":"86399","expires_on":"1999999999","resource":"https://storage.azure.com","token_type":"Bearer"}"#.into(),
@@ -330,8 +303,8 @@ fn azure_managed_identity_of_app_service_sends_the_identity_header() {
     let server = FakeServer::start(Box::new(|r| {
         let ok = r.target.starts_with("/msi/token?")
             && r.header("x-identity-header") == Some("hdr-5ecret")
-            && query(r, "api-version").as_deref() == Some("2019-08-01")
-            && query(r, "resource").as_deref() == Some("https://storage.azure.com");
+            && r.query("api-version").as_deref() == Some("2019-08-01")
+            && r.query("resource").as_deref() == Some("https://storage.azure.com");
         if ok {
             (200, r#"{"access_token":"app-token","expires_on":"1999999999","resource":"https://storage.azure.com","token_type":"Bearer"}"#.into())
         } else {
@@ -388,22 +361,18 @@ fn fake_google() -> FakeServer {
         if r.target == "/v1/token" {
             let mut ok = r.method == "POST"
                 && r.header("content-type") == Some("application/x-www-form-urlencoded")
-                && field(r, "grant_type").as_deref()
+                && r.field("grant_type").as_deref()
                     == Some("urn:ietf:params:oauth:grant-type:token-exchange")
-                && field(r, "audience").as_deref() == Some(AUDIENCE)
-                && field(r, "requested_token_type").as_deref()
+                && r.field("audience").as_deref() == Some(AUDIENCE)
+                && r.field("requested_token_type").as_deref()
                     == Some("urn:ietf:params:oauth:token-type:access_token")
-                && field(r, "subject_token_type").as_deref()
+                && r.field("subject_token_type").as_deref()
                     == Some("urn:ietf:params:oauth:token-type:jwt");
-            // With client credentials, they must be Basic auth (cid:csecret).
+            // With client credentials, they must be Basic auth (base64 of cid:csecret).
             if let Some(auth) = r.header("authorization") {
-                ok &= auth
-                    == format!(
-                        "Basic {}",
-                        spinoco_connector::encoding::base64(b"cid:csecret")
-                    );
+                ok &= auth == "Basic Y2lkOmNzZWNyZXQ=";
             }
-            let subject = field(r, "subject_token").unwrap_or_default();
+            let subject = r.field("subject_token").unwrap_or_default();
             return if ok && subject.starts_with("eyJ") {
                 (
                     200,
@@ -473,11 +442,11 @@ fn gcs_external_account_file_sourced_with_impersonation() {
         .filter(|r| r.target == "/v1/token")
         .collect();
     assert_eq!(
-        field(&sts[0], "scope").as_deref(),
+        sts[0].field("scope").as_deref(),
         Some("https://www.googleapis.com/auth/cloud-platform")
     );
     assert_eq!(
-        field(&sts[0], "subject_token").as_deref(),
+        sts[0].field("subject_token").as_deref(),
         Some("eyJsubject1")
     );
 
@@ -487,7 +456,7 @@ fn gcs_external_account_file_sourced_with_impersonation() {
         .requests()
         .iter()
         .filter(|r| r.target == "/v1/token")
-        .filter_map(|r| field(r, "subject_token"))
+        .filter_map(|r| r.field("subject_token"))
         .collect();
     assert_eq!(
         subjects,
@@ -544,7 +513,7 @@ fn gcs_external_account_url_sourced_json_with_client_auth_and_no_impersonation()
     let sts = &google.requests()[0];
     assert!(sts.header("authorization").is_some());
     assert_eq!(
-        field(sts, "scope").as_deref(),
+        sts.field("scope").as_deref(),
         Some(GCS_SCOPE),
         "without impersonation the token is for storage"
     );

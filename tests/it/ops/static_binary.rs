@@ -8,25 +8,17 @@
 //! /dev, no /proc, no NSS modules, no CA files. 127.0.0.1 must therefore need no name
 //! service, and the stored files must be complete.
 //!
-//! Skipped (with the reason) when chroot is not possible, for example when not run as
-//! root; under `tests/run.sh` (`SPINOCO_TEST_REQUIRE_SERVERS=1`) it fails instead.
+//! Skipped (with the reason, `common::skip`) when chroot is not possible, for example
+//! when not run as root.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::harness::*;
-use crate::common::static_build::{build_static, host_triple};
+use crate::common::podman::USER;
+use crate::common::skip::skip;
+use crate::common::static_build::{host_triple, static_binary};
 use spinoco_connector::emulator::EmulatorConfig;
-
-/// The image's user and group.
-const USER: u32 = 10001;
-
-fn skip_or_fail(reason: &str) {
-    if std::env::var("SPINOCO_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") {
-        panic!("the static-binary check cannot run: {reason}");
-    }
-    eprintln!("SKIPPED static binary in an empty root: {reason}");
-}
 
 fn find(candidates: &[&str]) -> Option<PathBuf> {
     candidates.iter().map(PathBuf::from).find(|p| p.exists())
@@ -34,27 +26,29 @@ fn find(candidates: &[&str]) -> Option<PathBuf> {
 
 #[test]
 fn static_binary_syncs_in_an_empty_root_as_an_unprivileged_user() {
-    let Some(triple) = host_triple() else {
-        return skip_or_fail("the host is not a glibc Linux");
-    };
+    if host_triple().is_none() {
+        return skip("the host is not a glibc Linux (the static binary is built for it)");
+    }
     let Some(chroot) = find(&["/usr/sbin/chroot", "/usr/bin/chroot", "/sbin/chroot"]) else {
-        return skip_or_fail("no chroot command");
+        return skip("no chroot command");
     };
     let Some(ldd) = find(&["/usr/bin/ldd", "/bin/ldd"]) else {
-        return skip_or_fail("no ldd command");
+        return skip("no ldd command");
     };
     if let Some(t) = find(&["/bin/true", "/usr/bin/true"]) {
         let probe = Command::new(&chroot).arg("/").arg(t).output().unwrap();
         if !probe.status.success() {
-            return skip_or_fail(&format!(
+            return skip(&format!(
                 "chroot is not permitted (not root?): {}",
                 String::from_utf8_lossy(&probe.stderr).trim()
             ));
         }
     }
 
-    let binary = build_static(&triple);
-    let ldd_out = Command::new(ldd).arg(&binary).output().unwrap();
+    let Some(binary) = static_binary() else {
+        return;
+    };
+    let ldd_out = Command::new(ldd).arg(binary).output().unwrap();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&ldd_out.stdout),
@@ -67,7 +61,7 @@ fn static_binary_syncs_in_an_empty_root_as_an_unprivileged_user() {
 
     // The whole root: the binary and an empty /data owned by the image's user.
     let root = scratch("static-root");
-    std::fs::copy(&binary, root.join("spinoco-connector")).unwrap();
+    std::fs::copy(binary, root.join("spinoco-connector")).unwrap();
     let data = root.join("data");
     std::fs::create_dir(&data).unwrap();
     std::os::unix::fs::chown(&data, Some(USER), Some(USER)).unwrap();

@@ -4,7 +4,11 @@
 use std::time::Duration;
 
 use crate::common::alone;
-use crate::common::behaviour::{self, FailingReader, PatternReader};
+use crate::common::behaviour;
+use crate::common::codec::base64;
+use crate::common::data::{FailingReader, PatternReader};
+use crate::common::harness::unique;
+use crate::common::skip::server;
 use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::azure::{AzureSettings, AzureStore};
 use spinoco_connector::store::azure_auth::{self, DEV_ACCOUNT, DEV_KEY};
@@ -55,7 +59,7 @@ fn key_store(endpoint: &str, block_size: usize) -> AzureStore {
 
 #[test]
 fn account_key_form_behaves() {
-    let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
+    let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
         return;
     };
     let s = key_store(&endpoint, BLOCK);
@@ -68,7 +72,7 @@ fn account_key_form_behaves() {
 
 #[test]
 fn sas_form_behaves() {
-    let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
+    let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
         return;
     };
     key_store(&endpoint, BLOCK);
@@ -85,7 +89,7 @@ fn sas_form_behaves() {
 fn development_storage_shortcut_names_the_same_account() {
     // UseDevelopmentStorage=true points at port 10000; the signature it makes must be
     // the one Azurite checks on our port, so swap only the endpoint.
-    let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
+    let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
         return;
     };
     key_store(&endpoint, BLOCK);
@@ -99,7 +103,7 @@ fn development_storage_shortcut_names_the_same_account() {
         access_tier: None,
     };
     let s = AzureStore::new(settings, agent(), RetryBudget::tries(5));
-    let key = behaviour::unique("dev");
+    let key = unique("dev");
     put_bytes(&s, &key, b"hello").unwrap();
     assert_eq!(s.get(&key).unwrap().as_deref(), Some(&b"hello"[..]));
     s.delete(&key).unwrap();
@@ -107,7 +111,7 @@ fn development_storage_shortcut_names_the_same_account() {
 
 #[test]
 fn many_blocks_round_trip_with_exact_and_ragged_ends() {
-    let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
+    let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
         return;
     };
     let block = 4096;
@@ -121,7 +125,7 @@ fn many_blocks_round_trip_with_exact_and_ragged_ends() {
     .into_iter()
     .enumerate()
     {
-        let key = behaviour::unique(&format!("blocks-{i}"));
+        let key = unique(&format!("blocks-{i}"));
         assert_eq!(
             s.put(&key, &mut PatternReader::new(len, i as u64), None)
                 .unwrap(),
@@ -136,7 +140,7 @@ fn many_blocks_round_trip_with_exact_and_ragged_ends() {
         s.delete(&key).unwrap();
     }
     // A size hint smaller than the truth still stores everything.
-    let key = behaviour::unique("short-hint");
+    let key = unique("short-hint");
     assert_eq!(
         s.put(&key, &mut PatternReader::new(3 * block as u64, 9), Some(10))
             .unwrap(),
@@ -151,12 +155,11 @@ fn many_blocks_round_trip_with_exact_and_ragged_ends() {
 
 #[test]
 fn wrong_key_is_denied_without_key_material() {
-    let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
+    let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
         return;
     };
     key_store(&endpoint, BLOCK);
-    let wrong =
-        spinoco_connector::encoding::base64(b"definitely-not-the-devstoreaccount1-key-0123456789");
+    let wrong = base64(b"definitely-not-the-devstoreaccount1-key-0123456789");
     let s = store(&key_dsn(&endpoint, &wrong), "wrong", BLOCK);
     let started = std::time::Instant::now();
     let errors = [
@@ -192,11 +195,11 @@ fn wrong_key_is_denied_without_key_material() {
 
 #[test]
 fn wrong_sas_is_denied_without_the_token() {
-    let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
+    let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
         return;
     };
     key_store(&endpoint, BLOCK);
-    let wrong_key = spinoco_connector::encoding::base64(b"another-wrong-key");
+    let wrong_key = base64(b"another-wrong-key");
     let sas = azure_auth::account_sas(
         DEV_ACCOUNT,
         &wrong_key,
@@ -221,11 +224,11 @@ fn wrong_sas_is_denied_without_the_token() {
 
 #[test]
 fn failed_source_mid_block_upload_leaves_no_blob() {
-    let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
+    let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
         return;
     };
     let s = key_store(&endpoint, BLOCK);
-    let key = behaviour::unique("broken");
+    let key = unique("broken");
     // Several blocks are staged before the source breaks.
     let err = s
         .put(&key, &mut FailingReader::new(4 * BLOCK as u64 + 10), None)
@@ -245,7 +248,7 @@ fn failed_source_mid_block_upload_leaves_no_blob() {
 
 #[test]
 fn missing_container_is_reported_by_name() {
-    let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
+    let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
         return;
     };
     let account = azure_auth::parse_connection_string(&key_dsn(&endpoint, DEV_KEY)).unwrap();
@@ -275,7 +278,7 @@ fn peak_rss_bytes() -> Option<u64> {
 
 #[test]
 fn large_upload_holds_about_one_block_in_memory() {
-    let Some(endpoint) = behaviour::server("SPINOCO_TEST_AZURITE_BLOB") else {
+    let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
         return;
     };
     if !alone::in_own_process(
@@ -288,7 +291,7 @@ fn large_upload_holds_about_one_block_in_memory() {
     let s = key_store(&endpoint, block);
     let len = 12 * block as u64 + 99;
     let before = peak_rss_bytes().expect("/proc/self/status");
-    let key = behaviour::unique("memory");
+    let key = unique("memory");
     assert_eq!(
         s.put(&key, &mut PatternReader::new(len, 5), Some(len))
             .unwrap(),

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::behaviour::{self, FailingReader, PatternReader};
+use crate::common::behaviour;
+use crate::common::data::{FailingReader, PatternReader};
+use crate::common::harness::unique;
+use crate::common::skip;
 use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
 use spinoco_connector::store::gcs_auth::Credentials;
@@ -20,7 +23,7 @@ fn settings(endpoint: &str, bucket: &str) -> GcsSettings {
     GcsSettings {
         bucket: bucket.to_string(),
         project: "spinoco-test-project".to_string(),
-        prefix: behaviour::unique("gcs-test"),
+        prefix: unique("gcs-test"),
         endpoint: endpoint.trim_end_matches('/').to_string(),
         credentials: Credentials::Anonymous,
         chunk_size: CHUNK,
@@ -29,8 +32,8 @@ fn settings(endpoint: &str, bucket: &str) -> GcsSettings {
 }
 
 fn server() -> Option<(String, String)> {
-    let endpoint = behaviour::server("SPINOCO_TEST_GCS_ENDPOINT")?;
-    let bucket = behaviour::server("SPINOCO_TEST_GCS_BUCKET")?;
+    let endpoint = skip::server("SPINOCO_TEST_GCS_ENDPOINT")?;
+    let bucket = skip::server("SPINOCO_TEST_GCS_BUCKET")?;
     Some((endpoint, bucket))
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use crate::common::behaviour::PatternReader;
+use crate::common::data::PatternReader;
 use crate::common::providers::{
     endpoint, open_store, open_store_with, target, with_endpoint, Provider,
 };

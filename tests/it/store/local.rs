@@ -5,7 +5,7 @@ use spinoco_connector::store::BlobStore;
 
 #[test]
 fn local_store_behaves() {
-    let root = std::env::temp_dir().join(crate::common::behaviour::unique("spinoco-store-local"));
+    let root = std::env::temp_dir().join(crate::common::harness::unique("spinoco-store-local"));
     let store = LocalStore::open(&root).unwrap();
     crate::common::behaviour::run(&store, 8 * 1024 * 1024);
     let temp = root.join(".spinoco-connector/tmp");
@@ -24,7 +24,7 @@ fn local_store_behaves() {
 #[test]
 fn another_file_system_below_the_root_never_shows_a_partial_file() {
     use std::process::Command;
-    let root = std::env::temp_dir().join(crate::common::behaviour::unique("spinoco-store-xfs"));
+    let root = std::env::temp_dir().join(crate::common::harness::unique("spinoco-store-xfs"));
     let mnt = root.join("2024");
     std::fs::create_dir_all(&mnt).unwrap();
     let mounted = Command::new("mount")

@@ -10,8 +10,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::common::behaviour::{self, PatternReader};
+use crate::common::behaviour;
+use crate::common::data::{FailingReader, PatternReader};
+use crate::common::harness::unique;
 use crate::common::s3fs::{PrivateS3, BUCKET};
+use crate::common::skip;
 use spinoco_connector::env::Env;
 use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::s3::{S3Settings, S3Store};
@@ -28,7 +31,7 @@ struct Server {
 }
 
 fn server() -> Option<Server> {
-    let endpoint = behaviour::server("SPINOCO_TEST_S3_ENDPOINT")?;
+    let endpoint = skip::server("SPINOCO_TEST_S3_ENDPOINT")?;
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
     Some(Server {
         endpoint,
@@ -130,7 +133,7 @@ fn s3_multipart_upload_is_complete_and_invisible_until_done() {
         return;
     };
     let store = open_private(&s3);
-    let key = format!("{}/multi.ogg", behaviour::unique("multipart"));
+    let key = format!("{}/multi.ogg", unique("multipart"));
     put_bytes(&store, &key, b"previous version").unwrap();
     // Four times the threshold and a bit, size unknown; half-way through, the old
     // object is still the one served and an upload is open on the server.
@@ -244,7 +247,7 @@ fn s3_upload_cut_by_a_dead_server_leaves_no_object_and_is_aborted_later() {
 
     // A broken source aborts at once (the server is up): nothing stays open.
     let err = store
-        .put(key, &mut behaviour::FailingReader::new(11 * MIB), None)
+        .put(key, &mut FailingReader::new(11 * MIB), None)
         .unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Source);
     assert_eq!(

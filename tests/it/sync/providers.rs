@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::common::behaviour::server;
 use crate::common::harness::*;
 use crate::common::providers::*;
+use crate::common::skip::server;
 use spinoco_connector::emulator::{EmulatorConfig, Faults};
 
 fn account() -> EmulatorConfig {
@@ -22,8 +22,8 @@ fn account() -> EmulatorConfig {
     }
 }
 
-/// The issue's platform fault profile. A stall outlasts `SP_HTTP_TIMEOUT` (1 s
-/// here), so the connector must time the read out and retry.
+/// The platform fault profile of the README's reliability figures. A stall outlasts
+/// `SP_HTTP_TIMEOUT` (1 s here), so the connector must time the read out and retry.
 fn fault_profile() -> Faults {
     Faults {
         server_error: 0.10,
@@ -188,148 +188,4 @@ fn local_sync_under_platform_faults() {
         return;
     };
     sync_matches_local(e, Some(fault_profile()));
-}
-
-/// Issue 12: a storage outage of 30 s in the middle of a `--once` run ends with exit 0
-/// and everything stored, on every provider: the storage client retries each request
-/// within SP_TASK_SYNC_RETRY_TIMEOUT (3 minutes). The cloud servers are cut by the
-/// test's TCP proxy; local storage gets a full tmpfs for 30 s. The four run at once,
-/// so the suite pays the 30 s once.
-#[test]
-fn storage_outage_of_30s_in_once_stores_everything() {
-    let providers = [
-        Provider::S3,
-        Provider::Gcs,
-        Provider::Azure,
-        Provider::Local,
-    ];
-    std::thread::scope(|s| {
-        let runs: Vec<_> = providers
-            .iter()
-            .map(|&p| s.spawn(move || outage_30s(p)))
-            .collect();
-        for (p, r) in providers.iter().zip(runs) {
-            if let Err(e) = r.join() {
-                std::panic::resume_unwind(Box::new(format!("{p:?}: {e:?}")));
-            }
-        }
-    });
-}
-
-/// A tmpfs mounted on a fresh folder, unmounted on drop; `None` when mounting is not
-/// allowed here (not root).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(name: &str, size: &str) -> Option<Tmpfs> {
-        let dir = scratch(name);
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Fills the file system of `dir` to its last byte.
-fn fill(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::io::Write;
-    let path = dir.join("ballast.bin");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let block = vec![0u8; 64 * 1024];
-    while f.write_all(&block).is_ok() {}
-    while f.write_all(&[0u8]).is_ok() {}
-    path
-}
-
-fn outage_30s(p: Provider) {
-    let tmpfs;
-    let t = match p {
-        Provider::Local => {
-            let Some(fs) = Tmpfs::mount("outage30-local", "64m") else {
-                eprintln!("skipped local: cannot mount a tmpfs here");
-                return;
-            };
-            tmpfs = fs;
-            vars(&[(
-                "SP_TASK_SYNC_SAVE_TO",
-                tmpfs.0.join("root").display().to_string(),
-            )])
-        }
-        _ => match target(p, "outage30") {
-            Some(t) => t,
-            None => return,
-        },
-    };
-    let proxy = endpoint(&t)
-        .map(|u| crate::common::proxy::TcpProxy::start(u.trim_start_matches("http://")));
-    let connector_vars = match &proxy {
-        Some(proxy) => with_endpoint(&t, &proxy.url()),
-        None => t.clone(),
-    };
-    let tasks = 40;
-    let emu = emulator(EmulatorConfig {
-        tasks,
-        seed: 61,
-        recording_size: (2_000, 300_000),
-        latency: Duration::from_millis(10),
-        ..Default::default()
-    });
-    guard_via_store(&emu, &t);
-    let mut e = env(&emu, &scratch("unused"));
-    e.extend(connector_vars);
-    e.insert("SP_TASK_SYNC_PAGE_SIZE".into(), "5".into());
-    e.insert("SP_HTTP_TIMEOUT".into(), "2s".into());
-    let log = scratch(&format!("outage30-{}", p.name())).join("connector.log");
-    let mut child = spawn(&e, &["--once"], &log);
-    wait_until("the first deletes", Duration::from_secs(60), || {
-        emu.deletes().len() >= 3
-    });
-    let ballast = match &proxy {
-        Some(proxy) => {
-            proxy.set(crate::common::proxy::Mode::Down);
-            None
-        }
-        None => Some(fill(&tmpfs_dir(&e))),
-    };
-    std::thread::sleep(Duration::from_secs(30));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "{p:?}: the run ended during the outage: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    match (&proxy, ballast) {
-        (Some(proxy), _) => proxy.set(crate::common::proxy::Mode::Pass),
-        (None, Some(b)) => std::fs::remove_file(b).unwrap(),
-        (None, None) => unreachable!(),
-    }
-    let status = child.wait().unwrap();
-    let logs = std::fs::read_to_string(&log).unwrap();
-    assert!(status.success(), "{p:?}: exit {status:?}: {logs}");
-    assert!(
-        logs.contains("retrying"),
-        "{p:?}: no retry in the log: {logs}"
-    );
-    let v = verify(&emu, &t, &BTreeSet::new());
-    tally(&format!(
-        "test=storage-outage-30s provider={} files={} deletes={} files_lost=0 premature_deletes=0",
-        p.name(),
-        v.files,
-        v.deletes
-    ));
-}
-
-/// The tmpfs under a local root (its parent folder).
-fn tmpfs_dir(e: &BTreeMap<String, String>) -> std::path::PathBuf {
-    std::path::Path::new(&e["SP_TASK_SYNC_SAVE_TO"])
-        .parent()
-        .unwrap()
-        .to_path_buf()
 }
