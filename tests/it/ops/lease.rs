@@ -1,8 +1,8 @@
-//! One connector per journal (issue 12 §4), on every back-end: two connectors started
-//! at once on one tag take turns (exactly one works, the other waits, then finishes
-//! everything once the first stopped); a `--once` run next to a working connector exits
-//! with a clear message; a killed owner on this host is taken over at once; `check
-//! --connect` shows the owner.
+//! One connector per journal, on every back-end: two connectors started at once on one
+//! tag take turns (exactly one works, the other waits, then finishes everything once
+//! the first stopped); a `--once` run next to a working connector exits with a clear
+//! message; a killed owner on this host is taken over at once; `check --connect` shows
+//! the owner.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;

@@ -1,11 +1,14 @@
-//! Local storage against the shared behaviour.
+//! Local storage: the shared behaviour, and a folder below the root on another file
+//! system.
 
+use crate::common::harness::scratch;
+use crate::common::tmpfs::Tmpfs;
 use spinoco_connector::store::local::LocalStore;
 use spinoco_connector::store::BlobStore;
 
 #[test]
 fn local_store_behaves() {
-    let root = std::env::temp_dir().join(crate::common::harness::unique("spinoco-store-local"));
+    let root = scratch("store-local");
     let store = LocalStore::open(&root).unwrap();
     crate::common::behaviour::run(&store, 8 * 1024 * 1024);
     let temp = root.join(".spinoco-connector/tmp");
@@ -17,37 +20,17 @@ fn local_store_behaves() {
     std::fs::remove_dir_all(root).unwrap();
 }
 
-/// Issue 12: a target folder on another file system (a tmpfs mounted below the root)
-/// gets its file through that file system's own temp folder: nothing partial is ever
-/// beside the user's files, and a killed run's leftovers there are swept by the lease
-/// holder.
+/// A target folder on another file system (a tmpfs mounted below the root) gets its
+/// file through that file system's own temp folder: nothing partial is ever beside the
+/// user's files, and a killed run's leftovers there are swept by the lease holder.
 #[test]
 fn another_file_system_below_the_root_never_shows_a_partial_file() {
-    use std::process::Command;
-    let root = std::env::temp_dir().join(crate::common::harness::unique("spinoco-store-xfs"));
+    let root = scratch("store-xfs");
     let mnt = root.join("2024");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        let root_user = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        assert!(!root_user, "running as root but cannot mount a tmpfs");
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+    let Some(_tmpfs) = Tmpfs::mount_on(mnt.clone(), "size=16m") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    };
     let store = LocalStore::open(&root).unwrap();
     // A source that checks, halfway, that nothing is in the mount's user folders yet.
     struct Watch {
