@@ -47,7 +47,7 @@ pub struct TcpProxy {
     pub accepted: Arc<AtomicUsize>,
     /// Request bodies with one byte flipped ([`TcpProxy::corrupt_next_body`]).
     pub corrupted: Arc<AtomicUsize>,
-    /// Connections cut after a matching request ([`TcpProxy::cut_after`]).
+    /// Connections cut by a rule ([`TcpProxy::cut_after`], [`TcpProxy::cut_body_after`]).
     pub cut: Arc<AtomicUsize>,
     rules: Arc<Rules>,
     locations: Arc<Locations>,
@@ -91,6 +91,8 @@ struct Rules {
     /// Forward the next request whose line starts with the method and contains the
     /// text, then cut the connection without its answer.
     cut_after: Mutex<Option<(String, String)>>,
+    /// Request body bytes still to forward before the connection is cut mid-body.
+    cut_body_after: Mutex<Option<u64>>,
 }
 
 impl TcpProxy {
@@ -120,6 +122,14 @@ impl TcpProxy {
     pub fn cut_after(&self, method: &str, text: &str) {
         assert!(self.rules.inspect, "start_inspecting is needed");
         *self.rules.cut_after.lock().unwrap() = Some((method.to_string(), text.to_string()));
+    }
+
+    /// Cuts the connection once in the middle of a request body, when `bytes` bytes of
+    /// request bodies (of every connection, from now on) have gone to the server: a
+    /// network that drops an upload half-way.
+    pub fn cut_body_after(&self, bytes: u64) {
+        assert!(self.rules.inspect, "start_inspecting is needed");
+        *self.rules.cut_body_after.lock().unwrap() = Some(bytes);
     }
 
     /// Rewrites a `Location` on the server's or the proxy's origin to `origin`
@@ -542,6 +552,28 @@ fn inspect_pipe(
                     if (offset..offset + n).contains(&at) {
                         buf[at - offset] ^= 0x01;
                     }
+                }
+                let cut_at = {
+                    let mut rule = rules.cut_body_after.lock().unwrap();
+                    match rule.as_mut() {
+                        Some(rest) if *rest < n as u64 => {
+                            let at = *rest as usize;
+                            *rule = None;
+                            Some(at)
+                        }
+                        Some(rest) => {
+                            *rest -= n as u64;
+                            None
+                        }
+                        None => None,
+                    }
+                };
+                if let Some(at) = cut_at {
+                    let _ = to.write_all(&buf[..at]);
+                    counters.cut.fetch_add(1, Ordering::SeqCst);
+                    let _ = back.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                    return;
                 }
                 if to.write_all(&buf[..n]).is_err() {
                     return;
