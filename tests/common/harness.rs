@@ -254,6 +254,27 @@ pub fn recording_deletes(emu: &Emulator) -> BTreeSet<String> {
         .collect()
 }
 
+/// Stops a service with SIGTERM; it must exit 0.
+pub fn stop(mut child: Child) {
+    signal(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// A field of `/proc/<pid>/status` (`pid` a number or `self`) in its unit: kB for the
+/// memory fields (`VmRSS:`, `VmHWM:`), a count for `Threads:`; `None` when the
+/// process or the field is not there.
+pub fn proc_status(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Sends a signal (`TERM`, `STOP`, `CONT`, …) to a process.
 pub fn signal(pid: u32, name: &str) {
     let ok = Command::new("kill")

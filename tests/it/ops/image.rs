@@ -28,16 +28,6 @@ fn owner(path: &Path) -> u32 {
     std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path).unwrap())
 }
 
-/// The peak resident memory of a running process, in kB.
-fn peak_rss_kb(pid: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 /// Every file below `dir` (the connector's folder excepted) holds the bytes the
 /// emulator has for its name: nothing partial, nothing unknown. Returns how many.
 fn nothing_partial(emu: &Emulator, dir: &Path) -> usize {
@@ -322,7 +312,7 @@ fn image_syncs_into_a_named_volume_runs_healthy_and_stops_on_sigterm() {
         200
     );
     let pid = p.inspect(&name, "{{.State.Pid}}");
-    let rss_kb = peak_rss_kb(&pid);
+    let rss_kb = proc_status(&pid, "VmHWM:").expect("VmHWM in /proc/PID/status");
 
     let stop = Instant::now();
     p.ok(&["stop", "-t", "10", &name]);

@@ -34,12 +34,6 @@ fn slow_account(tasks: usize) -> Emulator {
     })
 }
 
-fn term(mut child: Child) {
-    signal(child.id(), "TERM");
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit status {status:?}");
-}
-
 /// Everything handed out is stored and deleted, and no page is journaled.
 fn all_stored(emu: &Emulator, t: &BTreeMap<String, String>, tasks: usize) -> bool {
     let listed = list_objects(t);
@@ -86,11 +80,11 @@ fn take_turns(p: Provider) {
         "the second connector worked beside the first:\n{waiting}"
     );
     assert!(waiting.contains("(pid "), "the owner is named: {waiting}");
-    term(children[first].take().unwrap());
+    stop(children[first].take().unwrap());
     wait_until("the second one finishing", Duration::from_secs(120), || {
         all_stored(&emu, &t, tasks)
     });
-    term(children[second].take().unwrap());
+    stop(children[second].take().unwrap());
     let took = log_of(&logs[second]);
     assert!(took.contains("holding the journal lease"), "{took}");
     assert!(

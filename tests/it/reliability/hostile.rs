@@ -10,8 +10,6 @@ use crate::common::harness::*;
 use crate::common::providers::tally;
 use spinoco_connector::emulator::{EmulatorConfig, RawReply};
 
-use super::stop;
-
 fn http(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
     let mut v = format!("HTTP/1.1 {status}\r\n{headers}\r\n").into_bytes();
     v.extend_from_slice(body);

@@ -8,9 +8,8 @@
 //! `sync::providers`; the soak run is the ignored `soak::soak`.
 
 use std::collections::BTreeMap;
-use std::process::Child;
 
-use crate::common::harness::{env, expected, recording_deletes, scratch, signal};
+use crate::common::harness::{env, expected, recording_deletes, scratch};
 use crate::common::providers::list_objects;
 use spinoco_connector::emulator::Emulator;
 
@@ -49,11 +48,4 @@ fn feed_requests(emu: &Emulator) -> usize {
         .iter()
         .filter(|r| r.path.starts_with("/task/sync"))
         .count()
-}
-
-/// Stops a service with SIGTERM; it must exit 0.
-fn stop(mut child: Child) {
-    signal(child.id(), "TERM");
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit status {status:?}");
 }

@@ -12,7 +12,7 @@ use crate::common::proxy::{Mode, TcpProxy};
 use crate::common::tmpfs::{fill, Tmpfs};
 use spinoco_connector::emulator::EmulatorConfig;
 
-use super::{caught_up, env_for, stop};
+use super::{caught_up, env_for};
 
 /// The storage server goes away (every connection refused, the open ones cut) for a
 /// few seconds in the middle of a service-mode run, then comes back: the connector

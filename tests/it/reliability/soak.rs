@@ -8,14 +8,11 @@ use crate::common::harness::*;
 use crate::common::providers::*;
 use spinoco_connector::emulator::{EmulatorConfig, Faults};
 
-use super::{caught_up, env_for, stop};
+use super::{caught_up, env_for};
 
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+/// A field of the process's status, 0 once it is gone.
+fn status(pid: u32, field: &str) -> u64 {
+    proc_status(&pid.to_string(), field).unwrap_or(0)
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -69,9 +66,9 @@ fn soak() {
     let pid = child.id();
     let sample = |label: &str| {
         let (rss, hwm, threads, fds) = (
-            proc_status(pid, "VmRSS:"),
-            proc_status(pid, "VmHWM:"),
-            proc_status(pid, "Threads:"),
+            status(pid, "VmRSS:"),
+            status(pid, "VmHWM:"),
+            status(pid, "Threads:"),
             open_fds(pid),
         );
         eprintln!(
@@ -95,7 +92,7 @@ fn soak() {
         std::thread::sleep(Duration::from_secs(2));
         emu.add_tasks(3);
         added += 3;
-        max_threads = max_threads.max(proc_status(pid, "Threads:"));
+        max_threads = max_threads.max(status(pid, "Threads:"));
         max_fds = max_fds.max(open_fds(pid));
         if began.elapsed().as_secs() % 60 < 2 {
             sample("progress");

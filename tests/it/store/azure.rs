@@ -7,7 +7,7 @@ use crate::common::alone;
 use crate::common::behaviour;
 use crate::common::codec::base64;
 use crate::common::data::{FailingReader, PatternReader};
-use crate::common::harness::unique;
+use crate::common::harness::{proc_status, unique};
 use crate::common::skip::server;
 use spinoco_connector::retry::RetryBudget;
 use spinoco_connector::store::azure::{AzureSettings, AzureStore};
@@ -270,10 +270,7 @@ fn missing_container_is_reported_by_name() {
 
 /// Peak resident memory of this process so far, from /proc (Linux).
 fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    proc_status("self", "VmHWM:").map(|kb| kb * 1024)
 }
 
 #[test]
