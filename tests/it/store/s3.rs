@@ -259,7 +259,7 @@ fn s3_upload_cut_by_a_dead_server_leaves_no_object_and_is_aborted_later() {
 
 /// Peak memory while moving 500 MB of unknown size with the default part size
 /// (8 MiB). Run under `/usr/bin/time -v` and read "Maximum resident set size":
-/// `cargo test --release --test store_s3 -- --ignored --exact s3_memory_500mb`.
+/// `cargo test --release --test it -- --ignored --exact store::s3::s3_memory_500mb`.
 #[test]
 #[ignore]
 fn s3_memory_500mb() {
