@@ -97,6 +97,8 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The codec against values worked out by hand and by other tools: base64 of both
+/// alphabets, padded and not, percent escapes, and form fields.
 #[test]
 fn codec_round_trips_and_matches_known_values() {
     assert_eq!(base64(b"cid:csecret"), "Y2lkOmNzZWNyZXQ=");

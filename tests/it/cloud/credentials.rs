@@ -92,6 +92,9 @@ fn provider(pairs: &[(&str, &str)], ecs_host: Option<&str>) -> CredentialProvide
     CredentialProvider::new(settings, agent)
 }
 
+/// The chain takes the first source that has credentials: the environment, then the
+/// shared file (no network), then the container endpoint (relative and full URI), then
+/// IMDSv2 with its session-token handshake.
 #[test]
 fn chain_order_env_file_container_imds() {
     let dir = scratch("aws-creds");
@@ -204,6 +207,8 @@ fn chain_order_env_file_container_imds() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Credentials within the refresh margin of their expiry are fetched again; valid ones
+/// are kept, not fetched per request; dropped ones are fetched again.
 #[test]
 fn temporary_credentials_are_refreshed_before_expiry() {
     // The first set expires within the refresh margin (5 min), the second in an hour.
@@ -283,6 +288,8 @@ fn a_failed_refresh_keeps_valid_credentials_and_dropped_ones_are_gone() {
     assert_eq!(fetches(), 4);
 }
 
+/// No credentials anywhere, and a container endpoint refusing the token: Denied, with a
+/// message that names neither token.
 #[test]
 fn failures_are_denied_and_name_no_secret() {
     // Nothing listens on the IMDS port: no credentials anywhere.
@@ -350,6 +357,9 @@ fn fake_sts() -> FakeServer {
     }))
 }
 
+/// Web identity (IRSA) comes after keys in the environment and before every other
+/// source, and a dropped set of credentials is fetched again with the rotated token
+/// file.
 #[test]
 fn web_identity_comes_after_the_environment_and_before_file_container_and_imds() {
     let dir = scratch("aws-wi-chain");
@@ -416,6 +426,8 @@ fn web_identity_comes_after_the_environment_and_before_file_container_and_imds()
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// EKS Pod Identity: the token file wins over the variable and is read again at every
+/// fetch, and the agent's refusal of a rotated token names no token.
 #[test]
 fn eks_pod_identity_reads_its_token_file_at_every_fetch() {
     // EKS Pod Identity: a full URI on the agent's link-local address (here 127.0.0.1)

@@ -136,6 +136,8 @@ fn agent() -> ureq::Agent {
     spinoco_connector::http::agent(Duration::from_secs(5), 2)
 }
 
+/// A service account's JWT passes the endpoint's signature and claim checks, and the
+/// token it buys is reused.
 #[test]
 fn service_account_token_is_signed_checked_and_cached() {
     let endpoint = token_endpoint(3600);
@@ -161,6 +163,7 @@ fn service_account_token_is_signed_checked_and_cached() {
     );
 }
 
+/// A token inside the refresh margin is fetched again at the next use.
 #[test]
 fn short_lived_token_is_refreshed_on_next_use() {
     // 60 s is inside the 5-minute refresh margin: the token counts as expiring.
@@ -181,6 +184,8 @@ fn short_lived_token_is_refreshed_on_next_use() {
     assert_eq!(endpoint.requests().len(), 2);
 }
 
+/// A service-account file with the wrong key is refused by the endpoint's signature
+/// check: Denied, with neither the assertion nor the key in the message.
 #[test]
 fn wrong_key_is_rejected_by_the_token_endpoint() {
     let endpoint = token_endpoint(3600);
@@ -202,6 +207,8 @@ fn wrong_key_is_rejected_by_the_token_endpoint() {
     assert!(!err.message.contains("PRIVATE KEY"), "{err}");
 }
 
+/// On GCE or GKE the metadata server's token is asked for with its `Metadata-Flavor`
+/// header.
 #[test]
 fn metadata_server_token_needs_the_flavor_header() {
     let fake = FakeServer::start(Box::new(|r: &Request| {
@@ -236,6 +243,8 @@ fn metadata_server_token_needs_the_flavor_header() {
     assert_eq!(seen[0].method, "GET");
 }
 
+/// An `authorized_user` file trades its refresh token, with the client's id and secret,
+/// for a token.
 #[test]
 fn authorized_user_refresh_token_grant() {
     let fake = FakeServer::start(Box::new(|r: &Request| {
@@ -266,6 +275,8 @@ fn authorized_user_refresh_token_grant() {
     );
 }
 
+/// The store sends the bearer token and `userProject`, reads a missing object as none,
+/// and takes a 403 as Denied at once, naming the object and not the token.
 #[test]
 fn store_sends_the_token_and_user_project_and_maps_403_to_denied() {
     let endpoint = token_endpoint(3600);

@@ -110,6 +110,8 @@ fn web_identity(token_file: &str, sts: &str) -> WebIdentity {
     wi.unwrap()
 }
 
+/// AWS web identity sends STS a well-formed AssumeRoleWithWebIdentity with the token
+/// file as it is at each fetch.
 #[test]
 fn aws_web_identity_sends_the_current_token_file_to_sts() {
     let dir = Dir::new("irsa");
@@ -141,6 +143,8 @@ fn aws_web_identity_sends_the_current_token_file_to_sts() {
     assert_eq!(sent, ["eyJfirst", "eyJsecond"]);
 }
 
+/// STS refusals: an invalid token is Denied (naming the role, not the token), an IdP
+/// hiccup is Transient, and a token file gone is Denied naming its variable.
 #[test]
 fn aws_web_identity_refusals_are_denied_or_transient_and_keep_the_token_secret() {
     let dir = Dir::new("irsa-refused");
@@ -220,6 +224,8 @@ fn workload(file: &str, authority: &str) -> AzureIdentity {
     id.unwrap()
 }
 
+/// Azure workload identity sends Entra ID the federated token as it is at each fetch; a
+/// refusal is Denied without the token.
 #[test]
 fn azure_workload_identity_sends_the_current_federated_token() {
     let dir = Dir::new("aks-wi");
@@ -249,6 +255,8 @@ fn azure_workload_identity_sends_the_current_federated_token() {
     );
 }
 
+/// An Azure managed identity from the instance metadata service, with a user-assigned
+/// client id; without one on the machine, Denied with a hint.
 #[test]
 fn azure_managed_identity_from_imds_with_a_user_assigned_client_id() {
     let hits = Arc::new(AtomicUsize::new(0));
@@ -298,6 +306,8 @@ fn azure_managed_identity_from_imds_with_a_user_assigned_client_id() {
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
+/// App Service's managed identity endpoint gets its identity header; a 500 is Transient
+/// and names no header value.
 #[test]
 fn azure_managed_identity_of_app_service_sends_the_identity_header() {
     let server = FakeServer::start(Box::new(|r| {
@@ -407,6 +417,9 @@ fn fake_google() -> FakeServer {
     }))
 }
 
+/// A file-sourced external account: Google STS with the subject token as it is at each
+/// fetch, then impersonation for the storage scope; a refused subject token is Denied
+/// without it.
 #[test]
 fn gcs_external_account_file_sourced_with_impersonation() {
     let dir = Dir::new("gcp-wif");
@@ -475,6 +488,8 @@ fn gcs_external_account_file_sourced_with_impersonation() {
     );
 }
 
+/// A url-sourced external account with a JSON subject token and client credentials
+/// (Basic), without impersonation: STS is asked for the storage scope itself.
 #[test]
 fn gcs_external_account_url_sourced_json_with_client_auth_and_no_impersonation() {
     let dir = Dir::new("gcp-wif-url");

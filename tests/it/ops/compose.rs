@@ -48,6 +48,9 @@ fn relay(listen: SocketAddr, to: SocketAddr) {
     });
 }
 
+/// The compose example runs hardened (read-only, no capabilities, a memory limit),
+/// refuses to start without `SP_API_TOKEN`, and its first service syncs from the
+/// emulator, healthy, with JSON logs, until a clean stop.
 #[test]
 fn compose_example_parses_and_its_first_service_syncs_from_the_emulator() {
     let Some(compose) = which("podman-compose") else {

@@ -67,6 +67,9 @@ fn deployment_memory_request() -> u64 {
     mi * 1024 * 1024
 }
 
+/// The image's entrypoint, user, defaults, port, volume and healthcheck are the
+/// documented ones, it is the binary plus a few kilobytes, and its file system holds
+/// the binary and /data only, no shell.
 #[test]
 fn image_is_configured_as_documented_and_holds_only_the_binary() {
     let Some(b) = image() else {
@@ -156,6 +159,9 @@ fn image_is_configured_as_documented_and_holds_only_the_binary() {
     assert!(!sh.status.success(), "a shell ran: {}", text(&sh));
 }
 
+/// In the image: a `--once` sync into a named volume owned by the image's user,
+/// `check`, `render`, a service run that turns healthy and serves /metrics, a `podman
+/// stop` with exit 0 and nothing partial, and a next run that finishes the job.
 #[test]
 fn image_syncs_into_a_named_volume_runs_healthy_and_stops_on_sigterm() {
     let Some(b) = image() else {

@@ -36,6 +36,9 @@ fn manifests() -> Vec<PathBuf> {
     files
 }
 
+/// Every manifest passes `kubernetes-validate --strict` (a broken one does not), the
+/// Deployments are single, recreated, hardened and probed, and the configuration each
+/// gives the connector passes `check`.
 #[test]
 fn kubernetes_manifests_validate_and_configure_the_connector() {
     let Some(Validator { tool, python }) = kubernetes_validate() else {

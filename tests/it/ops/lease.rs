@@ -100,21 +100,25 @@ fn take_turns(p: Provider) {
     ));
 }
 
+/// [`take_turns`] on local storage.
 #[test]
 fn two_connectors_on_one_tag_take_turns_local() {
     take_turns(Provider::Local);
 }
 
+/// [`take_turns`] on S3.
 #[test]
 fn two_connectors_on_one_tag_take_turns_s3() {
     take_turns(Provider::S3);
 }
 
+/// [`take_turns`] on GCS.
 #[test]
 fn two_connectors_on_one_tag_take_turns_gcs() {
     take_turns(Provider::Gcs);
 }
 
+/// [`take_turns`] on Azure.
 #[test]
 fn two_connectors_on_one_tag_take_turns_azure() {
     take_turns(Provider::Azure);

@@ -44,6 +44,9 @@ fn health(env: &BTreeMap<String, String>, args: &[&str]) -> (Option<i32>, String
     (out.status.code(), text(&out))
 }
 
+/// After a service round with faults, every counter on /metrics matches what the
+/// emulator handed out, the retries counted are the ones logged, `health` answers from
+/// the same endpoint, and every log line is one JSON object.
 #[test]
 fn metrics_after_a_service_round_match_what_the_emulator_handed_out() {
     let emu = emulator(EmulatorConfig {
@@ -177,6 +180,8 @@ fn metrics_after_a_service_round_match_what_the_emulator_handed_out() {
     );
 }
 
+/// `health` exits 1 without an address, when nothing listens and when the connector is
+/// alive but never ready; `health --live` exits 0 once it listens.
 #[test]
 fn health_fails_when_not_ready_or_nothing_listens() {
     let dir = scratch("health");
@@ -232,6 +237,8 @@ fn health_fails_when_not_ready_or_nothing_listens() {
     assert_eq!(code, Some(1), "{said}");
 }
 
+/// A bad `SP_METRICS_ADDR` and `SP_LOG_FORMAT` are configuration errors (exit 3) before
+/// any network call.
 #[test]
 fn bad_metrics_address_and_log_format_are_configuration_errors() {
     let emu = emulator(EmulatorConfig {

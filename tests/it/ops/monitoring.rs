@@ -69,6 +69,9 @@ fn live_scrape() -> String {
     page
 }
 
+/// The alert rules pass promtool and their unit tests, the live page passes `promtool
+/// check metrics`, and every metric the rules, their tests and the dashboard name is
+/// exported.
 #[test]
 fn alert_rules_and_dashboard_name_only_exported_metrics() {
     let Some(promtool) = which("promtool") else {

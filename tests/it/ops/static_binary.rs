@@ -24,6 +24,8 @@ fn find(candidates: &[&str]) -> Option<PathBuf> {
     candidates.iter().map(PathBuf::from).find(|p| p.exists())
 }
 
+/// The static binary, alone in an empty root and run as the image's user, syncs
+/// everything with the platform's bytes.
 #[test]
 fn static_binary_syncs_in_an_empty_root_as_an_unprivileged_user() {
     if host_triple().is_none() {

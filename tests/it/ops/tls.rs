@@ -141,6 +141,9 @@ fn tls_env(emu: &Emulator, dir: &Path) -> BTreeMap<String, String> {
     e
 }
 
+/// Without the CA the run stops at once naming the unknown issuer, not retried; with it
+/// in `SSL_CERT_FILE` a full sync, and `check` says which bundle verified with
+/// `SP_TLS_CA_FILE`.
 #[test]
 fn the_private_ca_is_trusted_only_through_the_configured_bundle() {
     let Some(pki) = Pki::new("ca") else {
@@ -185,6 +188,8 @@ fn the_private_ca_is_trusted_only_through_the_configured_bundle() {
     );
 }
 
+/// A certificate for another name and an expired one are refused with their reasons;
+/// the same certificate reached by its own name is accepted.
 #[test]
 fn wrong_names_and_expired_certificates_are_refused() {
     let Some(pki) = Pki::new("bad") else {
@@ -223,6 +228,8 @@ fn wrong_names_and_expired_certificates_are_refused() {
     assert!(log.contains("expired"), "{log}");
 }
 
+/// A full sync goes through the CONNECT proxy with Basic credentials, `NO_PROXY`
+/// bypasses it, and a wrong password is refused (407); the password is never shown.
 #[test]
 fn a_full_sync_goes_through_an_authenticating_proxy_and_no_proxy_bypasses_it() {
     let Some(pki) = Pki::new("proxy") else {

@@ -176,21 +176,25 @@ fn kill_9_at_random_instants(p: Provider) {
     ));
 }
 
+/// [`kill_9_at_random_instants`] on local storage.
 #[test]
 fn kill_9_local() {
     kill_9_at_random_instants(Provider::Local);
 }
 
+/// [`kill_9_at_random_instants`] on S3, during multipart uploads.
 #[test]
 fn kill_9_s3_during_multipart_uploads() {
     kill_9_at_random_instants(Provider::S3);
 }
 
+/// [`kill_9_at_random_instants`] on GCS, during resumable uploads.
 #[test]
 fn kill_9_gcs_during_resumable_uploads() {
     kill_9_at_random_instants(Provider::Gcs);
 }
 
+/// [`kill_9_at_random_instants`] on Azure, during block uploads.
 #[test]
 fn kill_9_azure_during_block_uploads() {
     kill_9_at_random_instants(Provider::Azure);

@@ -63,16 +63,19 @@ fn storage_outage(p: Provider) {
     ));
 }
 
+/// [`storage_outage`] on S3.
 #[test]
 fn storage_outage_s3() {
     storage_outage(Provider::S3);
 }
 
+/// [`storage_outage`] on GCS.
 #[test]
 fn storage_outage_gcs() {
     storage_outage(Provider::Gcs);
 }
 
+/// [`storage_outage`] on Azure.
 #[test]
 fn storage_outage_azure() {
     storage_outage(Provider::Azure);

@@ -89,21 +89,25 @@ fn storage_refuses(p: Provider) {
     ));
 }
 
+/// [`storage_refuses`]: S3 with a wrong secret key.
 #[test]
 fn storage_refuses_s3_wrong_secret() {
     storage_refuses(Provider::S3);
 }
 
+/// [`storage_refuses`]: Azure with a wrong account key.
 #[test]
 fn storage_refuses_azure_wrong_key() {
     storage_refuses(Provider::Azure);
 }
 
+/// [`storage_refuses`]: GCS answering 403 (the test's proxy).
 #[test]
 fn storage_refuses_gcs_403() {
     storage_refuses(Provider::Gcs);
 }
 
+/// [`storage_refuses`]: a read-only local folder.
 #[test]
 fn storage_refuses_local_read_only() {
     storage_refuses(Provider::Local);
@@ -221,11 +225,14 @@ fn journal_refused_at_round_start_cloud(p: Provider, broken: Broken) {
     ));
 }
 
+/// [`journal_refused_at_round_start_cloud`]: S3 with a credential that may read but not
+/// write.
 #[test]
 fn journal_refused_at_round_start_asks_the_feed_nothing_s3_read_only_credential() {
     journal_refused_at_round_start_cloud(Provider::S3, Broken::ReadOnly);
 }
 
+/// [`journal_refused_at_round_start_cloud`]: a GCS bucket name with a typo.
 #[test]
 fn journal_refused_at_round_start_asks_the_feed_nothing_gcs_missing_bucket() {
     journal_refused_at_round_start_cloud(
@@ -237,6 +244,7 @@ fn journal_refused_at_round_start_asks_the_feed_nothing_gcs_missing_bucket() {
     );
 }
 
+/// [`journal_refused_at_round_start_cloud`]: an Azure container that does not exist.
 #[test]
 fn journal_refused_at_round_start_asks_the_feed_nothing_azure_missing_container() {
     journal_refused_at_round_start_cloud(

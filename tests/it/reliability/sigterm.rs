@@ -61,16 +61,19 @@ fn sigterm_during_large_upload(p: Provider) {
     ));
 }
 
+/// [`sigterm_during_large_upload`] on S3, during multipart uploads.
 #[test]
 fn sigterm_during_s3_multipart_upload() {
     sigterm_during_large_upload(Provider::S3);
 }
 
+/// [`sigterm_during_large_upload`] on GCS, during resumable uploads.
 #[test]
 fn sigterm_during_gcs_resumable_upload() {
     sigterm_during_large_upload(Provider::Gcs);
 }
 
+/// [`sigterm_during_large_upload`] on Azure, during block uploads.
 #[test]
 fn sigterm_during_azure_block_upload() {
     sigterm_during_large_upload(Provider::Azure);

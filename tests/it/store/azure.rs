@@ -57,6 +57,8 @@ fn key_store(endpoint: &str, block_size: usize) -> AzureStore {
     s
 }
 
+/// The shared behaviour through an account-key connection string, block uploads
+/// included; creating the container twice says it exists.
 #[test]
 fn account_key_form_behaves() {
     let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
@@ -70,6 +72,8 @@ fn account_key_form_behaves() {
     behaviour::run(&s, 5 * BLOCK as u64 + 123);
 }
 
+/// The shared behaviour through a SAS connection string, whose description shows no
+/// signature.
 #[test]
 fn sas_form_behaves() {
     let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
@@ -85,6 +89,7 @@ fn sas_form_behaves() {
     behaviour::run(&s, 3 * BLOCK as u64 + 7);
 }
 
+/// `UseDevelopmentStorage=true` signs for the development account Azurite checks.
 #[test]
 fn development_storage_shortcut_names_the_same_account() {
     // UseDevelopmentStorage=true points at port 10000; the signature it makes must be
@@ -109,6 +114,8 @@ fn development_storage_shortcut_names_the_same_account() {
     s.delete(&key).unwrap();
 }
 
+/// Uploads of many blocks, with an exact and a ragged last block, and one with a size
+/// hint smaller than the truth, come back byte for byte.
 #[test]
 fn many_blocks_round_trip_with_exact_and_ragged_ends() {
     let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
@@ -153,6 +160,8 @@ fn many_blocks_round_trip_with_exact_and_ragged_ends() {
     s.delete(&key).unwrap();
 }
 
+/// A wrong account key is Denied at once on every operation, naming the container and
+/// no part of either key.
 #[test]
 fn wrong_key_is_denied_without_key_material() {
     let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
@@ -193,6 +202,7 @@ fn wrong_key_is_denied_without_key_material() {
     }
 }
 
+/// A SAS signed with a wrong key is Denied, and the message holds no signature.
 #[test]
 fn wrong_sas_is_denied_without_the_token() {
     let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
@@ -222,6 +232,8 @@ fn wrong_sas_is_denied_without_the_token() {
     );
 }
 
+/// A source that breaks after several staged blocks leaves no blob, and the same name
+/// then uploads cleanly.
 #[test]
 fn failed_source_mid_block_upload_leaves_no_blob() {
     let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
@@ -246,6 +258,7 @@ fn failed_source_mid_block_upload_leaves_no_blob() {
     s.delete(&key).unwrap();
 }
 
+/// A container that does not exist is Denied, named in the message.
 #[test]
 fn missing_container_is_reported_by_name() {
     let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {
@@ -273,6 +286,7 @@ fn peak_rss_bytes() -> Option<u64> {
     proc_status("self", "VmHWM:").map(|kb| kb * 1024)
 }
 
+/// A 12-block upload raises the peak memory of the process by less than three blocks.
 #[test]
 fn large_upload_holds_about_one_block_in_memory() {
     let Some(endpoint) = server("SPINOCO_TEST_AZURITE_BLOB") else {

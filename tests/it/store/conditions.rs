@@ -45,11 +45,13 @@ fn conditions(store: &dyn BlobStore) {
     assert!(honours_conditions(store, ".spinoco-connector/probe").unwrap());
 }
 
+/// [`conditions`] on local storage.
 #[test]
 fn local_honours_conditions() {
     conditions(store(Provider::Local, "cond").unwrap().as_ref());
 }
 
+/// [`conditions`] on s3s-fs.
 #[test]
 fn s3_honours_conditions() {
     let Some(s) = store(Provider::S3, "cond") else {
@@ -58,6 +60,7 @@ fn s3_honours_conditions() {
     conditions(s.as_ref());
 }
 
+/// [`conditions`] on fake-gcs-server.
 #[test]
 fn gcs_honours_conditions() {
     let Some(s) = store(Provider::Gcs, "cond") else {
@@ -66,6 +69,7 @@ fn gcs_honours_conditions() {
     conditions(s.as_ref());
 }
 
+/// [`conditions`] on Azurite.
 #[test]
 fn azure_honours_conditions() {
     let Some(s) = store(Provider::Azure, "cond") else {
@@ -92,6 +96,7 @@ fn missing(p: Provider, var: &str, value: &str, noun: &str) {
     }
 }
 
+/// [`missing`]: a GCS bucket with a typo.
 #[test]
 fn gcs_missing_bucket_is_named() {
     missing(
@@ -102,6 +107,7 @@ fn gcs_missing_bucket_is_named() {
     );
 }
 
+/// [`missing`]: an Azure container with a typo.
 #[test]
 fn azure_missing_container_is_named() {
     missing(

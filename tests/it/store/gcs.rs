@@ -39,6 +39,7 @@ fn agent() -> ureq::Agent {
     spinoco_connector::http::agent(Duration::from_secs(10), 4)
 }
 
+/// The shared behaviour, resumable uploads of several chunks included.
 #[test]
 fn gcs_store_behaves() {
     let Some((endpoint, bucket)) = server() else {
@@ -54,6 +55,7 @@ fn gcs_store_behaves() {
     behaviour::run(&store, 3 * CHUNK as u64 + 12_345);
 }
 
+/// A source that breaks in the sixth chunk of a resumable upload leaves no object.
 #[test]
 fn broken_source_in_a_later_chunk_leaves_no_object() {
     let Some((endpoint, bucket)) = server() else {
@@ -80,6 +82,8 @@ fn broken_source_in_a_later_chunk_leaves_no_object() {
     );
 }
 
+/// A connection cut in the middle of a chunk: the resumable upload goes on, and the
+/// object is complete.
 #[test]
 fn resumable_upload_survives_a_dropped_chunk() {
     let Some((endpoint, bucket)) = server() else {

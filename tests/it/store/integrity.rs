@@ -72,11 +72,13 @@ fn corrupted_bytes_are_never_stored(p: Provider) {
     }
 }
 
+/// [`corrupted_bytes_are_never_stored`] on S3.
 #[test]
 fn s3_corrupted_bytes_are_never_stored() {
     corrupted_bytes_are_never_stored(Provider::S3);
 }
 
+/// [`corrupted_bytes_are_never_stored`] on Azure.
 #[test]
 fn azure_corrupted_bytes_are_never_stored() {
     corrupted_bytes_are_never_stored(Provider::Azure);
@@ -141,16 +143,19 @@ fn one_connection_per_worker(p: Provider) {
     );
 }
 
+/// [`one_connection_per_worker`] on S3.
 #[test]
 fn s3_one_connection_per_worker() {
     one_connection_per_worker(Provider::S3);
 }
 
+/// [`one_connection_per_worker`] on GCS.
 #[test]
 fn gcs_one_connection_per_worker() {
     one_connection_per_worker(Provider::Gcs);
 }
 
+/// [`one_connection_per_worker`] on Azure.
 #[test]
 fn azure_one_connection_per_worker() {
     one_connection_per_worker(Provider::Azure);

@@ -6,6 +6,7 @@ use crate::common::tmpfs::Tmpfs;
 use spinoco_connector::store::local::LocalStore;
 use spinoco_connector::store::BlobStore;
 
+/// The shared behaviour, and no temp file left.
 #[test]
 fn local_store_behaves() {
     let root = scratch("store-local");

@@ -83,6 +83,7 @@ fn open_private(s3: &PrivateS3) -> S3Store {
     ))
 }
 
+/// The shared behaviour, multipart uploads included, and no upload left open.
 #[test]
 fn s3_store_behaves() {
     let Some(s3) = PrivateS3::start("behaves") else {
@@ -127,6 +128,8 @@ impl Read for Probe<'_> {
     }
 }
 
+/// Half-way through a multipart upload the old object is still the one served and an
+/// upload is open; at the end the new bytes are whole and no upload is left open.
 #[test]
 fn s3_multipart_upload_is_complete_and_invisible_until_done() {
     let Some(s3) = PrivateS3::start("multipart") else {
@@ -174,6 +177,8 @@ fn s3_multipart_upload_is_complete_and_invisible_until_done() {
     assert_eq!(s3.open_uploads(), Vec::<String>::new());
 }
 
+/// A wrong secret key is Denied on writes and reads, and neither secret is in the
+/// message.
 #[test]
 fn s3_wrong_secret_is_denied_without_leaking_it() {
     let Some(srv) = server() else { return };
@@ -201,6 +206,8 @@ fn s3_wrong_secret_is_denied_without_leaking_it() {
     }
 }
 
+/// An upload cut by the server dying leaves no object; its parts are aborted before the
+/// next upload once the server is back, and a broken source aborts at once.
 #[test]
 fn s3_upload_cut_by_a_dead_server_leaves_no_object_and_is_aborted_later() {
     let Some(s3) = PrivateS3::start("cut") else {

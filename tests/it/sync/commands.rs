@@ -5,6 +5,8 @@ use crate::common::harness::*;
 
 use super::small;
 
+/// Every configuration error is reported at once (exit 3) by the service, `--once`,
+/// `check` and `check --connect`, before any network call and without the token.
 #[test]
 fn configuration_errors_are_all_reported_before_any_network_call() {
     let emu = emulator(small(3));
@@ -50,6 +52,9 @@ fn configuration_errors_are_all_reported_before_any_network_call() {
     );
 }
 
+/// `check --connect` calls the platform and probes the storage without consuming tasks;
+/// `render` shows the names a task gets and compares a platform name; `--help`,
+/// `--version` and an unknown flag (exit 2).
 #[test]
 fn check_render_help_and_version() {
     let emu = emulator(small(3));

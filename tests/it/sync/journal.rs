@@ -9,6 +9,8 @@ use spinoco_connector::emulator::EmulatorConfig;
 
 use super::small;
 
+/// `kill -9` at five instants in the work on a page, then a `--once`: everything stored
+/// and deleted, and at least three restarts finished a journaled page.
 #[test]
 fn kill_9_mid_page_then_restart_loses_nothing() {
     let emu = emulator(EmulatorConfig {
@@ -44,6 +46,8 @@ fn kill_9_mid_page_then_restart_loses_nothing() {
     );
 }
 
+/// SIGTERM while a 40-60 MB recording is written: exit 0 within 10 s, no temp file,
+/// nothing partial visible, and the next run finishes the job.
 #[test]
 fn sigterm_during_a_large_transfer_exits_promptly_leaving_nothing_partial() {
     let emu = emulator(EmulatorConfig {
@@ -91,6 +95,7 @@ fn sigterm_during_a_large_transfer_exits_promptly_leaving_nothing_partial() {
     verify_complete(&emu, &dir);
 }
 
+/// A journal whose page token has expired starts a new round, and everything is stored.
 #[test]
 fn an_expired_page_token_in_the_journal_starts_a_new_round() {
     let emu = emulator(small(30));
@@ -109,6 +114,8 @@ fn an_expired_page_token_in_the_journal_starts_a_new_round() {
     verify_complete(&emu, &dir);
 }
 
+/// The process frozen and killed while its journal holds several pages in work, every
+/// page token expired: the restart finishes every page of the window.
 #[test]
 fn pages_in_flight_survive_a_crash_and_expired_tokens() {
     let emu = emulator(EmulatorConfig {

@@ -10,6 +10,8 @@ use spinoco_connector::emulator::{EmulatorConfig, Faults};
 
 use super::small;
 
+/// A full `--once` sync of every data type: every file with the platform's bytes, every
+/// recording deleted once stored and not before, the token nowhere in the output.
 #[test]
 fn full_sync_of_every_data_type_with_deletes_after_stores() {
     let emu = emulator(small(60));
@@ -41,6 +43,8 @@ fn full_sync_of_every_data_type_with_deletes_after_stores() {
     );
 }
 
+/// Re-delivered tasks, older platforms' tasks and a second run rewrite the same files
+/// with the same bytes.
 #[test]
 fn second_run_and_redelivered_tasks_rewrite_harmlessly() {
     let emu = emulator(EmulatorConfig {
@@ -59,6 +63,8 @@ fn second_run_and_redelivered_tasks_rewrite_harmlessly() {
     assert_eq!(verify_complete(&emu, &dir), first);
 }
 
+/// `SP_TASK_SYNC_START_FROM` and a skill filter reach the platform and narrow what it
+/// hands out.
 #[test]
 fn filters_and_start_from_are_sent_and_honoured() {
     let emu = emulator(small(60));
@@ -104,6 +110,8 @@ fn filters_and_start_from_are_sent_and_honoured() {
     );
 }
 
+/// A refused API token stops the run with exit 4 and a clear message, without the token
+/// even at trace level.
 #[test]
 fn revoked_token_stops_with_exit_4_and_a_clear_message() {
     let emu = emulator(small(5));
@@ -118,6 +126,8 @@ fn revoked_token_stops_with_exit_4_and_a_clear_message() {
     assert!(!t.contains("wrong-token-value"), "token leaked: {t}");
 }
 
+/// 5xx, 429, dropped, stalled and chunked answers are retried, and every file is
+/// complete.
 #[test]
 fn transient_faults_are_retried_and_leave_no_partial_files() {
     let faults = Faults {
@@ -146,6 +156,8 @@ fn transient_faults_are_retried_and_leave_no_partial_files() {
     assert!(t.contains("retrying"), "no retry was needed? {t}");
 }
 
+/// Unsafe file names and a malformed task are refused (exit 1) naming why, nothing is
+/// written outside the root, and the good tasks are stored.
 #[test]
 fn hostile_names_are_rejected_and_nothing_leaves_the_root() {
     let emu = emulator(small(5));
@@ -183,6 +195,8 @@ fn hostile_names_are_rejected_and_nothing_leaves_the_root() {
     assert!(files_in(&dir).iter().any(|f| f.ends_with(".ogg")));
 }
 
+/// A file gone from the platform (404) is a warning: the task's other files are stored
+/// and its recording is not deleted.
 #[test]
 fn a_404_download_is_a_warning_and_suppresses_the_tasks_deletes() {
     let emu = emulator(small(4));
@@ -209,6 +223,8 @@ fn a_404_download_is_a_warning_and_suppresses_the_tasks_deletes() {
     );
 }
 
+/// The service picks up tasks that arrive after its first round and stops cleanly on
+/// SIGTERM.
 #[test]
 fn service_mode_picks_up_tasks_that_arrive_later() {
     let emu = emulator(small(5));
@@ -241,6 +257,9 @@ fn service_mode_picks_up_tasks_that_arrive_later() {
     verify_complete(&emu, &dir);
 }
 
+/// A platform file name that differs from the template's is reported once per round and
+/// stored under the name `SP_TASK_SYNC_NAMES` chooses; a bad value of it is a
+/// configuration error.
 #[test]
 fn a_platform_file_name_that_differs_is_reported_and_chosen_by_sp_task_sync_names() {
     const ID: &str = "b808d74e-84b2-11ef-b864-0242ac120002";

@@ -111,6 +111,7 @@ fn sync_matches_local(provider_env: BTreeMap<String, String>, faults: Option<Fau
     }
 }
 
+/// [`sync_matches_local`] into GCS.
 #[test]
 fn gcs_sync_matches_local() {
     let Some(e) = target(Provider::Gcs, "sync") else {
@@ -119,6 +120,7 @@ fn gcs_sync_matches_local() {
     sync_matches_local(e, None);
 }
 
+/// [`sync_matches_local`] into GCS, under platform faults.
 #[test]
 fn gcs_sync_under_platform_faults() {
     let Some(e) = target(Provider::Gcs, "sync") else {
@@ -127,6 +129,7 @@ fn gcs_sync_under_platform_faults() {
     sync_matches_local(e, Some(fault_profile()));
 }
 
+/// [`sync_matches_local`] into Azure with an account key.
 #[test]
 fn azure_sync_matches_local_with_an_account_key() {
     let Some(e) = target(Provider::Azure, "sync") else {
@@ -135,6 +138,7 @@ fn azure_sync_matches_local_with_an_account_key() {
     sync_matches_local(e, None);
 }
 
+/// [`sync_matches_local`] into Azure, under platform faults.
 #[test]
 fn azure_sync_under_platform_faults() {
     let Some(e) = target(Provider::Azure, "sync") else {
@@ -143,6 +147,7 @@ fn azure_sync_under_platform_faults() {
     sync_matches_local(e, Some(fault_profile()));
 }
 
+/// [`sync_matches_local`] into Azure with a SAS.
 #[test]
 fn azure_sync_matches_local_with_a_sas() {
     let (Some(mut e), Some(endpoint)) = (
@@ -166,6 +171,7 @@ fn azure_sync_matches_local_with_a_sas() {
     sync_matches_local(e, None);
 }
 
+/// [`sync_matches_local`] into S3.
 #[test]
 fn s3_sync_matches_local() {
     let Some(e) = target(Provider::S3, "sync") else {
@@ -174,6 +180,7 @@ fn s3_sync_matches_local() {
     sync_matches_local(e, None);
 }
 
+/// [`sync_matches_local`] into S3, under platform faults.
 #[test]
 fn s3_sync_under_platform_faults() {
     let Some(e) = target(Provider::S3, "sync") else {
@@ -182,6 +189,7 @@ fn s3_sync_under_platform_faults() {
     sync_matches_local(e, Some(fault_profile()));
 }
 
+/// [`sync_matches_local`] into a local folder, under platform faults.
 #[test]
 fn local_sync_under_platform_faults() {
     let Some(e) = target(Provider::Local, "faults") else {

@@ -72,6 +72,9 @@ fn key_store(
     )
 }
 
+/// AKS workload identity and a managed identity each sync fully into Azurite with
+/// OAuth; an expired token is dropped and replaced, and a token for another audience
+/// stops the run (exit 5) before the feed hands out more.
 #[test]
 fn azure_workload_and_managed_identity_tokens_into_azurite_with_oauth() {
     let Some(azurite) = OAuthAzurite::start() else {
@@ -261,6 +264,9 @@ fn azure_workload_and_managed_identity_tokens_into_azurite_with_oauth() {
     );
 }
 
+/// A connection string with an access tier: the tier and the task's metadata on every
+/// commit (none on the blocks), and the README's role holds exactly the data actions
+/// the sync used.
 #[test]
 fn azure_connection_string_keeps_working_with_access_tier_and_metadata() {
     let Some(mut e) = target(Provider::Azure, "tier") else {

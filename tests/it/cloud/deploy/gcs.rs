@@ -64,6 +64,9 @@ fn gcs_object(endpoint: &str, bucket: &str, name: &str) -> serde_json::Value {
     serde_json::from_str(&answer.body_mut().read_to_string().unwrap()).unwrap()
 }
 
+/// Workload identity federation with impersonation syncs fully; every upload names the
+/// KMS key and the storage class, every object carries its task's metadata, and the
+/// README's roles are exactly the permissions the sync used.
 #[test]
 fn gcs_with_workload_identity_federation_kms_key_class_and_metadata() {
     let Some(mut e) = target(Provider::Gcs, "wif") else {

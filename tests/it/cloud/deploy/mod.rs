@@ -103,6 +103,8 @@ fn policy_actions(policy: &serde_json::Value, key: &str) -> BTreeMap<String, Vec
     out
 }
 
+/// Every mistake in the S3, Azure and GCS settings is reported by `check --connect` at
+/// once (exit 3), before any network call.
 #[test]
 fn cloud_configuration_mistakes_are_all_reported_before_any_network_call() {
     let emu = emulator(account());

@@ -14,6 +14,10 @@ use spinoco_connector::emulator::EmulatorConfig;
 use super::super::in_an_hour;
 use super::{account, authority, handed_out_info, policy_actions, readme_block, token_file};
 
+/// IRSA syncs fully with the STS session on every request; SSE-KMS, the bucket key and
+/// the storage class on every upload (none on the parts), the task's metadata on every
+/// data file, and the README's IAM policy allows what the sync used and, beyond it, only
+/// the two actions it explains.
 #[test]
 fn s3_with_web_identity_encryption_class_and_metadata() {
     let Some(mut e) = target(Provider::S3, "irsa") else {
@@ -250,6 +254,8 @@ fn s3_with_web_identity_encryption_class_and_metadata() {
     );
 }
 
+/// EKS Pod Identity: credentials from the agent with the token from its file, and a
+/// full sync with them.
 #[test]
 fn s3_with_eks_pod_identity() {
     let Some(mut e) = target(Provider::S3, "podid") else {
