@@ -1,4 +1,6 @@
-//! Runs the real binary against the platform emulator and checks what it stored.
+//! Runs the real binary against the platform emulator and checks what it stored, with
+//! the small things most tests need: fresh folders and unique names, signals, waiting,
+//! and reading `/proc`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
