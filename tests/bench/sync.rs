@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use spinoco_connector::emulator::{Emulator, EmulatorConfig};
 
+// The integration tests' helpers, of which the benchmark uses the providers and a proxy.
 #[path = "../common/mod.rs"]
+#[allow(dead_code)]
 mod common;
 
 use common::providers::{self, Provider};

@@ -1,80 +1,9 @@
 //! The storage behaviour every provider must show, run against each one's real server.
 
-use std::io::{self, Read};
-
 use spinoco_connector::store::{put_bytes, BlobStore, StoreErrorKind};
 
-/// Deterministic bytes of a given length, produced while read (never held whole).
-pub struct PatternReader {
-    left: u64,
-    state: u64,
-}
-
-impl PatternReader {
-    pub fn new(len: u64, seed: u64) -> PatternReader {
-        PatternReader {
-            left: len,
-            state: seed | 1,
-        }
-    }
-
-    pub fn bytes(len: u64, seed: u64) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len as usize);
-        PatternReader::new(len, seed).read_to_end(&mut v).unwrap();
-        v
-    }
-}
-
-impl Read for PatternReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.left) as usize;
-        for b in &mut buf[..n] {
-            self.state ^= self.state << 13;
-            self.state ^= self.state >> 7;
-            self.state ^= self.state << 17;
-            *b = self.state as u8;
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// Gives `good` bytes, then fails like a dropped download.
-pub struct FailingReader {
-    inner: PatternReader,
-    good: u64,
-}
-
-impl FailingReader {
-    pub fn new(good: u64) -> FailingReader {
-        FailingReader {
-            inner: PatternReader::new(u64::MAX, 7),
-            good,
-        }
-    }
-}
-
-impl Read for FailingReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.good == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "download cut off (test)",
-            ));
-        }
-        let n = (buf.len() as u64).min(self.good) as usize;
-        self.good -= n as u64;
-        self.inner.read(&mut buf[..n])
-    }
-}
-
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
+use super::data::{FailingReader, PatternReader};
+use super::harness::unique;
 
 /// The shared behaviour. `large` is the size of the streamed object: choose it above
 /// the provider's multipart / block / resumable threshold.
@@ -173,23 +102,5 @@ pub fn run(store: &dyn BlobStore, large: u64) {
     }
     for t in 0..4 {
         store.delete(&format!("{base}/parallel/{t}.bin")).unwrap();
-    }
-}
-
-/// The address of a test server the test script started, or `None` to skip when run
-/// outside it. Under the test script (`SPINOCO_TEST_REQUIRE_SERVERS=1`) a missing
-/// server is a failure, never a silent skip.
-pub fn server(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("SPINOCO_TEST_REQUIRE_SERVERS").as_deref() == Ok("1") => {
-            panic!("{var} is not set: the test script should have started this server")
-        }
-        _ => {
-            eprintln!(
-                "skipped: {var} is not set (run the README's test command to start the servers)"
-            );
-            None
-        }
     }
 }

@@ -1,9 +1,14 @@
-//! A one-request-per-connection HTTP server on a thread that records what it was sent:
-//! the stand-in for token endpoints and metadata servers in credential tests.
+//! The tests' one fake HTTP server: one request per connection, on a thread, answered
+//! by the test's handler and recorded. It stands in for every endpoint no real server
+//! can play here: the token endpoints (STS, Entra ID, Google), the metadata services
+//! (IMDS, ECS and EKS Pod Identity, App Service, GCE), and a storage that checks a
+//! token. Requests are read with the tests' own decoding (`super::codec`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
+
+use super::codec::form_decode;
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -19,6 +24,20 @@ impl Request {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// A field of an `application/x-www-form-urlencoded` body, decoded.
+    pub fn field(&self, name: &str) -> Option<String> {
+        form_decode(&self.body)
+            .into_iter()
+            .find_map(|(k, v)| (k == name).then_some(v))
+    }
+
+    /// A parameter of the target's query, decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        form_decode(self.target.split_once('?')?.1)
+            .into_iter()
+            .find_map(|(k, v)| (k == name).then_some(v))
     }
 }
 

@@ -1,8 +1,11 @@
-//! Runs the real binary against the platform emulator and checks what it stored.
+//! Runs the real binary against the platform emulator and checks what it stored, with
+//! the small things most tests need: fresh folders and unique names, signals, waiting,
+//! and reading `/proc`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -22,9 +25,21 @@ pub fn emulator(cfg: EmulatorConfig) -> Emulator {
     .expect("emulator starts")
 }
 
+/// A name no other test and no earlier run uses: `prefix`, this process and a count
+/// of this process's names, and the time.
+pub fn unique(prefix: &str) -> String {
+    static NAMES: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = NAMES.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}-{nanos}", std::process::id())
+}
+
 /// A fresh folder for one test.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(super::behaviour::unique(&format!("spinoco-it-{name}")));
+    let dir = std::env::temp_dir().join(unique(&format!("spinoco-it-{name}")));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -91,6 +106,27 @@ pub fn spawn(env: &BTreeMap<String, String>, args: &[&str], log: &Path) -> Child
         .unwrap()
 }
 
+/// The checkout: the files the tests check (README, Dockerfile, deploy/) are in it.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A program on PATH or in the usual places.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Standard output and standard error, one after the other.
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -218,6 +254,27 @@ pub fn recording_deletes(emu: &Emulator) -> BTreeSet<String> {
         .flat_map(|t| t["delete"].as_array().cloned().unwrap_or_default())
         .map(|d| d["path"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Stops a service with SIGTERM; it must exit 0.
+pub fn stop(mut child: Child) {
+    signal(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// A field of `/proc/<pid>/status` (`pid` a number or `self`) in its unit: kB for the
+/// memory fields (`VmRSS:`, `VmHWM:`), a count for `Threads:`; `None` when the
+/// process or the field is not there.
+pub fn proc_status(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Sends a signal (`TERM`, `STOP`, `CONT`, …) to a process.

@@ -47,8 +47,6 @@ pub enum DownloadMode {
     /// `200` with `Content-Length`.
     #[default]
     Whole,
-    /// `200` with chunked coding.
-    Chunked,
     /// `200` with neither `Content-Length` nor chunked coding: the body ends when the
     /// connection closes; `cut_after` closes it after that many bytes.
     CloseDelimited { cut_after: Option<usize> },
@@ -79,13 +77,6 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
@@ -100,8 +91,6 @@ struct State {
     feed_mode: FeedMode,
     download_modes: HashMap<String, DownloadMode>,
     seen: Vec<Seen>,
-    /// Tasks as they were handed out, in order (a cut answer counts: the cursor moved).
-    handed_out: Vec<Value>,
 }
 
 pub struct HostilePlatform {
@@ -175,10 +164,6 @@ impl HostilePlatform {
             .iter()
             .filter(|s| s.method == "GET" && s.path == path)
             .count()
-    }
-
-    pub fn handed_out(&self) -> Vec<Value> {
-        self.lock().handed_out.clone()
     }
 
     /// Tasks not handed out yet.
@@ -274,7 +259,6 @@ fn answer_feed<'a>(out: &mut TcpStream, seen: &Seen, lock: impl Fn() -> MutexGua
     let page: Vec<Value> = st.tasks[from..until].to_vec();
     // The cursor moves as soon as the page is answered.
     st.cursor = st.cursor.max(until);
-    st.handed_out.extend(page.iter().cloned());
     let mut body = json!({ "result": page });
     if until < st.tasks.len() {
         body["next"] = json!(format!("at-{until}"));
@@ -311,18 +295,6 @@ fn answer_download(out: &mut TcpStream, seen: &Seen, mode: DownloadMode, body: &
     let ogg = "Content-Type: audio/ogg\r\nConnection: close\r\n";
     match mode {
         DownloadMode::Whole => respond(out, "200 OK", "Content-Type: audio/ogg\r\n", body),
-        DownloadMode::Chunked => {
-            let _ = write!(
-                out,
-                "HTTP/1.1 200 OK\r\n{ogg}Transfer-Encoding: chunked\r\n\r\n"
-            );
-            for chunk in body.chunks(4096) {
-                let _ = write!(out, "{:x}\r\n", chunk.len());
-                let _ = out.write_all(chunk);
-                let _ = out.write_all(b"\r\n");
-            }
-            let _ = out.write_all(b"0\r\n\r\n");
-        }
         DownloadMode::CloseDelimited { cut_after } => {
             let _ = write!(out, "HTTP/1.1 200 OK\r\n{ogg}\r\n");
             let n = cut_after.unwrap_or(body.len()).min(body.len());

@@ -12,8 +12,8 @@ use spinoco_connector::emulator::Emulator;
 use spinoco_connector::env::Env;
 use spinoco_connector::store::{self, BlobStore};
 
-use super::behaviour::{server, unique};
-use super::harness::{expected, guard_deletes_with, recording_deletes, scratch};
+use super::harness::{expected, guard_deletes_with, recording_deletes, scratch, unique};
+use super::skip::server;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
@@ -38,6 +38,11 @@ pub const AZURE_CONTAINER: &str = "spinoco-sync";
 /// Azurite's published development account key (its README): not a secret.
 pub const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Where an S3 target's server keeps its files: the test's own variable, which the
+/// connector ignores, so that listing reads the folder of the server the target names
+/// (the script's or a private one, `common::s3fs`).
+pub const S3_DATA_DIR: &str = "SPINOCO_TEST_S3_DATA_DIR";
 
 pub fn vars(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
     pairs
@@ -68,6 +73,7 @@ pub fn target(p: Provider, name: &str) -> Option<BTreeMap<String, String>> {
                 server("SPINOCO_TEST_S3_SECRET_KEY")?,
             ),
             ("SP_TASK_SYNC_SAVE_TO", prefix),
+            (S3_DATA_DIR, server(S3_DATA_DIR)?),
         ]),
         Provider::Gcs => vars(&[
             (
@@ -214,8 +220,7 @@ fn list_all_objects(e: &BTreeMap<String, String>) -> BTreeSet<String> {
     match provider_of(e) {
         Provider::Local => walk(Path::new(&e["SP_TASK_SYNC_SAVE_TO"])),
         Provider::S3 => {
-            let data = std::env::var("SPINOCO_TEST_S3_DATA_DIR").expect("s3 data dir");
-            let root = Path::new(&data)
+            let root = Path::new(&e[S3_DATA_DIR])
                 .join(&e["SP_TASK_SYNC_S3_BUCKET"])
                 .join(&prefix);
             if root.exists() {

@@ -1,18 +1,34 @@
-//! The fully static binary that `tests/static_binary.rs` runs in an empty root and
-//! `tests/image.rs` puts into the scratch image: one build, shared, so whichever test
-//! runs second finds it done.
+//! The fully static binary (the release settings, `crt-static`) that
+//! `ops::static_binary` runs in an empty root, `ops::image` puts into the scratch image
+//! and `boundary::metrics_port` attacks: built once per run of the suite, in a target
+//! folder of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
-/// The glibc target of this machine (the tests are built for the host).
+use super::skip::skip;
+
+/// The glibc target of this machine (the tests are built for the host); `None` on any
+/// other host.
 pub fn host_triple() -> Option<String> {
     cfg!(all(target_os = "linux", target_env = "gnu"))
         .then(|| format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
 }
 
+/// The static binary, built at the first call; `None` (the test skipped) on a host
+/// that is not a glibc Linux.
+pub fn static_binary() -> Option<&'static Path> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| host_triple().map(|triple| build(&triple)));
+    if built.is_none() {
+        skip("the host is not a glibc Linux (the static binary is built for it)");
+    }
+    built.as_deref()
+}
+
 /// Builds the static binary into its own target folder and returns its path.
-pub fn build_static(triple: &str) -> PathBuf {
+fn build(triple: &str) -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target_dir = manifest.join("target").join("static-check");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

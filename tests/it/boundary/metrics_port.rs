@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::harness::*;
-use crate::common::static_build::{build_static, host_triple};
+use crate::common::static_build::static_binary;
 use spinoco_connector::emulator::{Emulator, EmulatorConfig};
 
 const FD_LIMIT: u32 = 256;
@@ -269,11 +269,9 @@ fn descriptors_exhausted(connector: &mut Connector) {
 
 #[test]
 fn the_metrics_port_cannot_take_the_connector_down() {
-    let Some(triple) = host_triple() else {
-        eprintln!("SKIPPED the metrics port attacks: the host is not a glibc Linux");
+    let Some(binary) = static_binary() else {
         return;
     };
-    let binary = build_static(&triple);
     let emu = emulator(EmulatorConfig {
         tasks: 20,
         seed: 64,
@@ -281,7 +279,7 @@ fn the_metrics_port_cannot_take_the_connector_down() {
         ..Default::default()
     });
     let dir = scratch("metrics-port");
-    let mut connector = Connector::start(&binary, &emu, &dir);
+    let mut connector = Connector::start(binary, &emu, &dir);
     connector.assert_healthy_within("after the start", Duration::from_secs(60));
     // Every file of at least `tasks` handed-out tasks is in the folder.
     let stored = |tasks: usize| {
