@@ -20,10 +20,10 @@ use super::in_an_hour;
 const AZURE_STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 /// The scope of a Google Cloud Storage token that may read and write objects.
 const GCS_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
-use spinoco_connector::store::s3::identity::WebIdentity;
+use spinoco_connector::env::Env;
 use spinoco_connector::store::azure::identity::AzureIdentity;
 use spinoco_connector::store::gcs::identity::ExternalAccount;
-use spinoco_connector::env::Env;
+use spinoco_connector::store::s3::identity::WebIdentity;
 use spinoco_connector::store::StoreErrorKind;
 
 fn agent() -> ureq::Agent {

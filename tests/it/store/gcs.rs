@@ -11,8 +11,8 @@ use crate::common::harness::unique;
 use crate::common::proxy::TcpProxy;
 use crate::common::skip;
 use spinoco_connector::retry::RetryBudget;
-use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
 use spinoco_connector::store::gcs::credential::Credentials;
+use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
 use spinoco_connector::store::{BlobStore, StoreErrorKind};
 
 const CHUNK: usize = 256 * 1024;

@@ -10,7 +10,8 @@ use spinoco_connector::emulator::EmulatorConfig;
 use super::small;
 
 /// `kill -9` at five instants in the work on a page, then a `--once`: everything stored
-/// and deleted, and at least three restarts finished a journaled page.
+/// and deleted (but a task a reported lost query answer held), and at least three
+/// restarts finished a journaled page.
 #[test]
 fn kill_9_mid_page_then_restart_loses_nothing() {
     let emu = emulator(EmulatorConfig {
@@ -30,15 +31,25 @@ fn kill_9_mid_page_then_restart_loses_nothing() {
         child.wait().unwrap();
     }
     let out = run(&e, &["--once"]);
-    assert!(out.status.success(), "{}", text(&out));
-    verify_complete(&emu, &dir);
-    let done: std::collections::BTreeSet<String> = emu.deletes().into_iter().collect();
-    assert_eq!(
-        done,
-        recording_deletes(&emu),
-        "deletes complete after restarts"
-    );
     let logs = std::fs::read_to_string(&log).unwrap() + &text(&out);
+    // A kill while the query's answer was on its way may cost the one task it held
+    // (the contract's window): always reported, never more than one per report. The
+    // next start reports it; when that start is the last run, it exits 1 for it.
+    let gaps = logs.matches("at most one task").count();
+    let lost = tasks_not_stored(&emu, &dir);
+    assert!(lost.len() <= gaps, "{lost:?} lost, {gaps} reported\n{logs}");
+    assert!(
+        out.status.success() || (gaps > 0 && out.status.code() == Some(1)),
+        "{}",
+        text(&out)
+    );
+    verify_complete_except(&emu, &dir, &lost);
+    let done: std::collections::BTreeSet<String> = emu.deletes().into_iter().collect();
+    let wanted: std::collections::BTreeSet<String> = recording_deletes(&emu)
+        .into_iter()
+        .filter(|d| !lost.iter().any(|t| d.contains(&format!("/{t}/"))))
+        .collect();
+    assert_eq!(done, wanted, "deletes complete after restarts");
     let resumed = logs.matches("finishing the journaled page").count();
     assert!(
         resumed >= 3,

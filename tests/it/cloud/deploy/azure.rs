@@ -59,7 +59,8 @@ fn key_store(
     let dsn =
         format!("AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}");
     let settings = AzureSettings {
-        account: spinoco_connector::store::azure::credential::parse_connection_string(&dsn).unwrap(),
+        account: spinoco_connector::store::azure::credential::parse_connection_string(&dsn)
+            .unwrap(),
         container: container.into(),
         prefix: String::new(),
         block_size: 8 << 20,
