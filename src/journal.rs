@@ -321,7 +321,8 @@ impl<'a> PageJournal<'a> {
         self.store.delete(&self.backlog_key)
     }
 
-    pub fn key(&self) -> &str {
+    #[cfg(test)]
+    fn key(&self) -> &str {
         &self.key
     }
 
@@ -346,10 +347,6 @@ impl<'a> PageJournal<'a> {
     pub fn save_bytes(&self, bytes: &[u8]) -> Result<(), StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         put_bytes(self.store, &self.key, bytes).map(|_| ())
-    }
-
-    pub fn save(&self, journal: &Journal) -> Result<(), StoreError> {
-        self.save_bytes(&serde_json::to_vec(journal).expect("a journal serialises"))
     }
 
     /// Proves that the storage takes the journal before the feed is asked for a page

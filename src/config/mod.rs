@@ -18,7 +18,7 @@ mod filters;
 
 use api::parse_api;
 pub use api::ApiEndpoint;
-pub use filters::{is_type1_uuid, Filters};
+pub use filters::Filters;
 
 /// The whole, checked configuration.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ mod feed;
 mod http;
 mod serve;
 
-pub use cli::{parse_cli, run_cli};
+pub use cli::run_cli;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};

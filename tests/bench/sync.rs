@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use spinoco_connector::emulator::{Emulator, EmulatorConfig};
+use spinoco_connector::{Emulator, EmulatorConfig};
 
 // The integration tests' helpers, of which the benchmark uses the providers and a proxy.
 #[path = "../common/mod.rs"]
@@ -542,7 +542,7 @@ fn run_limit(
         Delete(&'j String),
     }
     let emu = Emulator::start(s.emulator.clone()).map_err(|e| e.to_string())?;
-    let agent = spinoco_connector::http::agent(Duration::from_secs(30), c);
+    let agent = spinoco_connector::agent(Duration::from_secs(30), c);
     let base = emu.url();
     let mut first: Vec<Req> = files.iter().map(|(n, p)| Req::Get(n, p)).collect();
     let mut then: Vec<Req> = Vec::new();

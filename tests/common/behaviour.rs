@@ -1,6 +1,6 @@
 //! The storage behaviour every provider must show, run against each one's real server.
 
-use spinoco_connector::store::{put_bytes, BlobStore, StoreErrorKind};
+use spinoco_connector::{put_bytes, BlobStore, StoreErrorKind};
 
 use super::data::{FailingReader, PatternReader};
 use super::harness::unique;

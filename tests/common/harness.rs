@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use spinoco_connector::emulator::{Emulator, EmulatorConfig};
+use spinoco_connector::{Emulator, EmulatorConfig};
 
 pub const TOKEN: &str = "test-token-5ecr3t-value";
 pub const TEMPLATE: &str =
@@ -336,7 +336,7 @@ pub fn free_port() -> u16 {
 
 /// GET `url`: the status and the body (any status; `None` when nothing answers).
 pub fn get(url: &str) -> Option<(u16, String)> {
-    let agent = spinoco_connector::http::agent(Duration::from_secs(5), 1);
+    let agent = spinoco_connector::agent(Duration::from_secs(5), 1);
     let mut response = agent.get(url).call().ok()?;
     let status = response.status().as_u16();
     Some((status, response.body_mut().read_to_string().unwrap()))

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use spinoco_connector::emulator::EmulatorTls;
+use spinoco_connector::EmulatorTls;
 
 use super::harness::scratch;
 use super::skip::skip;

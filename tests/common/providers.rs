@@ -7,10 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use spinoco_connector::config::Config;
-use spinoco_connector::emulator::Emulator;
-use spinoco_connector::env::Env;
-use spinoco_connector::store::{self, BlobStore};
+use spinoco_connector::Config;
+use spinoco_connector::Emulator;
+use spinoco_connector::Env;
+use spinoco_connector::{open_store as open, BlobStore};
 
 use super::harness::{expected, guard_deletes_with, recording_deletes, scratch, unique};
 use super::skip::server;
@@ -103,9 +103,8 @@ pub fn target(p: Provider, name: &str) -> Option<BTreeMap<String, String>> {
 
 /// Creates the test container through the provider itself (Azurite starts empty).
 pub fn azure_container(dsn: &str) {
-    use spinoco_connector::store::azure::{AzureSettings, AzureStore};
-    let account =
-        spinoco_connector::store::azure::credential::parse_connection_string(dsn).unwrap();
+    use spinoco_connector::azure::{AzureSettings, AzureStore};
+    let account = spinoco_connector::azure::parse_connection_string(dsn).unwrap();
     let settings = AzureSettings {
         account,
         container: AZURE_CONTAINER.into(),
@@ -115,8 +114,8 @@ pub fn azure_container(dsn: &str) {
     };
     AzureStore::new(
         settings,
-        spinoco_connector::http::agent(Duration::from_secs(10), 1),
-        spinoco_connector::retry::RetryBudget::tries(5),
+        spinoco_connector::agent(Duration::from_secs(10), 1),
+        spinoco_connector::RetryBudget::tries(5),
     )
     .ensure_container()
     .unwrap();
@@ -178,10 +177,10 @@ pub fn open_store_with(e: &BTreeMap<String, String>, concurrency: usize) -> Box<
         e.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     ))
     .unwrap();
-    store::open(
+    open(
         &cfg.storage,
-        &spinoco_connector::http::agent(Duration::from_secs(10), concurrency),
-        spinoco_connector::retry::RetryBudget::tries(5),
+        &spinoco_connector::agent(Duration::from_secs(10), concurrency),
+        spinoco_connector::RetryBudget::tries(5),
     )
     .unwrap()
 }
@@ -256,7 +255,7 @@ fn list_all_objects(e: &BTreeMap<String, String>) -> BTreeSet<String> {
         }
         Provider::Azure => {
             let blob = std::env::var("SPINOCO_TEST_AZURITE_BLOB").expect("azurite endpoint");
-            let sas = spinoco_connector::store::azure::credential::account_sas(
+            let sas = spinoco_connector::azure::account_sas(
                 "devstoreaccount1",
                 AZURITE_KEY,
                 "rl",

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::*;
+use crate::emulator::cli::parse_cli;
 
 fn first_recording(all: &[Value]) -> (Value, String) {
     for t in all {

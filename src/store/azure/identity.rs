@@ -7,7 +7,7 @@
 //! by the workload identity webhook); on a VM, VM scale set or App Service it has a
 //! managed identity. Either gives an OAuth 2.0 access token for
 //! `https://storage.azure.com`, sent as `Authorization: Bearer` (which needs
-//! `x-ms-version` 2017-11-09 or later, [`MIN_BEARER_VERSION`]).
+//! `x-ms-version` 2017-11-09 or later, the oldest that accepts them).
 //!
 //! The sources and their order are those of the Azure Identity SDKs'
 //! `DefaultAzureCredential` (leaving out the developer-tool and client-secret ones):
@@ -39,8 +39,6 @@ pub const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 pub const STORAGE_RESOURCE: &str = "https://storage.azure.com";
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
 pub const DEFAULT_IMDS_HOST: &str = "http://169.254.169.254";
-/// The oldest Blob service version that accepts OAuth bearer tokens.
-pub const MIN_BEARER_VERSION: &str = "2017-11-09";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// A token endpoint answer without a lifetime is taken as valid this long (the storage
 /// answers 401 when it is not, and the token is then fetched again).

@@ -38,10 +38,6 @@ impl PartPool {
         }
     }
 
-    pub fn part_size(&self) -> usize {
-        self.size
-    }
-
     fn take(&self) -> Vec<u8> {
         let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
         reused.unwrap_or_else(|| vec![0u8; self.size])
@@ -56,8 +52,9 @@ impl PartPool {
         }
     }
 
-    /// How many buffers wait for reuse (tests).
-    pub fn idle(&self) -> usize {
+    /// How many buffers wait for reuse.
+    #[cfg(test)]
+    fn idle(&self) -> usize {
         self.free.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }

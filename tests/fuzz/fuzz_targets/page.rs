@@ -3,9 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spinoco_connector::platform::decode_page;
-use spinoco_connector::task::Task;
-use spinoco_connector::template::FileNameTemplate;
+use spinoco_connector::decode_page;
+use spinoco_connector::Task;
+use spinoco_connector::FileNameTemplate;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(page) = decode_page(data) else { return };
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     .unwrap();
     for raw in &page.tasks {
         let Ok(task) = Task::from_value(raw) else { continue };
-        if let Ok(files) = task.files(&template, spinoco_connector::task::NameSource::Template) {
+        if let Ok(files) = task.files(&template, spinoco_connector::NameSource::Template) {
             for f in files {
                 assert!(!f.name.starts_with('/'), "{}", f.name);
                 assert!(!f.name.split('/').any(|p| p == ".." || p == "." || p.is_empty()), "{}", f.name);

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spinoco_connector::date_pattern::DatePattern;
-use spinoco_connector::template::{check_name, path_safe, FileNameTemplate, TaskFields};
+use spinoco_connector::DatePattern;
+use spinoco_connector::{check_name, path_safe, FileNameTemplate, TaskFields};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::harness::*;
 use crate::common::static_build::static_binary;
-use spinoco_connector::emulator::{Emulator, EmulatorConfig};
+use spinoco_connector::{Emulator, EmulatorConfig};
 
 const FD_LIMIT: u32 = 256;
 const PEAK_RSS_LIMIT_KB: u64 = 64 * 1024;

@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
-use spinoco_connector::store::{BlobStore, ObjectInfo, StoreErrorKind};
+use spinoco_connector::{BlobStore, ObjectInfo, StoreErrorKind};
 
 use crate::common::fake_http::{FakeServer, Request};
 use crate::common::harness::{env_for_url, run, scratch, text};

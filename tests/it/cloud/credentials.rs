@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use crate::common::fake_http::FakeServer;
 use crate::common::harness::scratch;
-use spinoco_connector::env::Env;
-use spinoco_connector::store::s3::builder::CredentialSettings;
-use spinoco_connector::store::s3::credential::{CredentialProvider, Source};
-use spinoco_connector::store::StoreErrorKind;
+use spinoco_connector::s3::CredentialSettings;
+use spinoco_connector::s3::{CredentialProvider, Source};
+use spinoco_connector::Env;
+use spinoco_connector::StoreErrorKind;
 
 use super::{in_an_hour, rfc3339_from_now};
 
@@ -89,7 +89,7 @@ fn provider(pairs: &[(&str, &str)], ecs_host: Option<&str>) -> CredentialProvide
     if let Some(host) = ecs_host {
         settings.ecs_host = host.to_string();
     }
-    let agent = spinoco_connector::http::agent(Duration::from_secs(5), 1);
+    let agent = spinoco_connector::agent(Duration::from_secs(5), 1);
     CredentialProvider::new(settings, agent)
 }
 

@@ -13,11 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::common::codec::base64_decode;
 use crate::common::fake_http::{FakeServer, Request};
 use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
-use spinoco_connector::env::Env;
-use spinoco_connector::retry::RetryBudget;
-use spinoco_connector::store::gcs::credential::{Credentials, TokenSource};
-use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
-use spinoco_connector::store::{BlobStore, StoreErrorKind};
+use spinoco_connector::gcs::{Credentials, TokenSource};
+use spinoco_connector::gcs::{GcsSettings, GcsStore};
+use spinoco_connector::Env;
+use spinoco_connector::RetryBudget;
+use spinoco_connector::{BlobStore, StoreErrorKind};
 
 const EMAIL: &str = "connector-test@spinoco-test.iam.gserviceaccount.com";
 /// The scope of a Google Cloud Storage token that may read and write objects.
@@ -133,7 +133,7 @@ fn service_account(key_file: &str, token_uri: &str) -> Credentials {
 }
 
 fn agent() -> ureq::Agent {
-    spinoco_connector::http::agent(Duration::from_secs(5), 2)
+    spinoco_connector::agent(Duration::from_secs(5), 2)
 }
 
 /// A service account's JWT passes the endpoint's signature and claim checks, and the

@@ -20,14 +20,14 @@ use super::in_an_hour;
 const AZURE_STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 /// The scope of a Google Cloud Storage token that may read and write objects.
 const GCS_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
-use spinoco_connector::env::Env;
-use spinoco_connector::store::azure::identity::AzureIdentity;
-use spinoco_connector::store::gcs::identity::ExternalAccount;
-use spinoco_connector::store::s3::identity::WebIdentity;
-use spinoco_connector::store::StoreErrorKind;
+use spinoco_connector::azure::AzureIdentity;
+use spinoco_connector::gcs::ExternalAccount;
+use spinoco_connector::s3::WebIdentity;
+use spinoco_connector::Env;
+use spinoco_connector::StoreErrorKind;
 
 fn agent() -> ureq::Agent {
-    spinoco_connector::http::agent(Duration::from_secs(5), 1)
+    spinoco_connector::agent(Duration::from_secs(5), 1)
 }
 
 /// A folder for token files, removed at the end of the test.
@@ -438,9 +438,10 @@ fn gcs_external_account_file_sourced_with_impersonation() {
         })
         .to_string(),
     );
-    let account = spinoco_connector::store::gcs::identity::external_account_from_env(
-        &Env::from_pairs([("GOOGLE_APPLICATION_CREDENTIALS", creds.as_str())]),
-    )
+    let account = spinoco_connector::gcs::external_account_from_env(&Env::from_pairs([(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        creds.as_str(),
+    )]))
     .unwrap()
     .expect("an external account");
     let t = account.fetch(&agent()).unwrap();

@@ -11,7 +11,7 @@ use crate::common::harness::*;
 use crate::common::podman::{image, Cleanup};
 use crate::common::skip::skip;
 use serde_json::Value;
-use spinoco_connector::emulator::EmulatorConfig;
+use spinoco_connector::EmulatorConfig;
 
 /// Forwards connections to `listen` (once it can be bound) to `to`, in background
 /// threads: the containers of a compose network reach the host's 127.0.0.1 this way.

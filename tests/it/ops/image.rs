@@ -12,7 +12,7 @@ use crate::common::harness::*;
 use crate::common::podman::{image, Cleanup, IMAGE_ENV, USER};
 use crate::common::skip::say;
 use serde_json::Value;
-use spinoco_connector::emulator::{Emulator, EmulatorConfig};
+use spinoco_connector::{Emulator, EmulatorConfig};
 
 /// The bound on the image: the binary plus a few kilobytes of metadata.
 const MAX_IMAGE_BYTES: u64 = 6_000_000;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::common::harness::*;
 use crate::common::providers::*;
-use spinoco_connector::emulator::{Emulator, EmulatorConfig};
+use spinoco_connector::{Emulator, EmulatorConfig};
 
 fn env_for(emu: &Emulator, t: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut e = env(emu, &scratch("unused"));

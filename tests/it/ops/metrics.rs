@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::harness::*;
 use serde_json::Value;
-use spinoco_connector::emulator::{EmulatorConfig, Faults};
+use spinoco_connector::{EmulatorConfig, Faults};
 
 /// Polls `url` until it answers `status`, or fails after a minute.
 fn wait_for(url: &str, status: u16, child: &mut Child, log: &std::path::Path) -> String {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::harness::*;
 use crate::common::skip::skip;
 use serde_json::Value;
-use spinoco_connector::emulator::{EmulatorConfig, Faults};
+use spinoco_connector::{EmulatorConfig, Faults};
 
 /// Metric names (`spinoco_…`) in a text.
 fn metric_names(text: &str) -> BTreeSet<String> {

@@ -18,7 +18,7 @@ use crate::common::harness::*;
 use crate::common::podman::USER;
 use crate::common::skip::skip;
 use crate::common::static_build::{host_triple, static_binary};
-use spinoco_connector::emulator::EmulatorConfig;
+use spinoco_connector::EmulatorConfig;
 
 fn find(candidates: &[&str]) -> Option<PathBuf> {
     candidates.iter().map(PathBuf::from).find(|p| p.exists())

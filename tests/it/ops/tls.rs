@@ -14,7 +14,7 @@ use std::thread;
 
 use crate::common::harness::*;
 use crate::common::pki::Pki;
-use spinoco_connector::emulator::{Emulator, EmulatorConfig, EmulatorTls};
+use spinoco_connector::{Emulator, EmulatorConfig, EmulatorTls};
 
 const PROXY_USER: &str = "edge";
 const PROXY_PASSWORD: &str = "pr0xy-pa55word-xyz";

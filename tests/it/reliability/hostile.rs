@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::data::PatternReader;
 use crate::common::harness::*;
 use crate::common::providers::tally;
-use spinoco_connector::emulator::{EmulatorConfig, RawReply};
+use spinoco_connector::{EmulatorConfig, RawReply};
 
 fn http(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
     let mut v = format!("HTTP/1.1 {status}\r\n{headers}\r\n").into_bytes();

@@ -8,7 +8,7 @@ use crate::common::data::Rng;
 use crate::common::harness::*;
 use crate::common::providers::*;
 use crate::common::s3fs::PrivateS3;
-use spinoco_connector::emulator::EmulatorConfig;
+use spinoco_connector::EmulatorConfig;
 
 use super::{env_for, long};
 

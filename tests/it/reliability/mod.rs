@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::common::harness::{env, expected, recording_deletes, scratch};
 use crate::common::providers::list_objects;
-use spinoco_connector::emulator::Emulator;
+use spinoco_connector::Emulator;
 
 mod hostile;
 mod kill;

@@ -10,7 +10,7 @@ use crate::common::harness::*;
 use crate::common::providers::*;
 use crate::common::proxy::{Mode, TcpProxy};
 use crate::common::tmpfs::{fill, Tmpfs};
-use spinoco_connector::emulator::EmulatorConfig;
+use spinoco_connector::EmulatorConfig;
 
 use super::{caught_up, env_for};
 

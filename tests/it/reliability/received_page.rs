@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::common::harness::*;
 use crate::common::providers::*;
 use crate::common::tmpfs::Tmpfs;
-use spinoco_connector::emulator::{Emulator, EmulatorConfig};
+use spinoco_connector::{Emulator, EmulatorConfig};
 
 use super::env_for;
 

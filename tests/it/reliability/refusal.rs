@@ -10,7 +10,7 @@ use crate::common::harness::*;
 use crate::common::providers::*;
 use crate::common::proxy::{Mode, TcpProxy};
 use crate::common::tmpfs::Tmpfs;
-use spinoco_connector::emulator::EmulatorConfig;
+use spinoco_connector::EmulatorConfig;
 
 use super::{env_for, feed_requests};
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::harness::*;
 use crate::common::providers::*;
-use spinoco_connector::emulator::EmulatorConfig;
+use spinoco_connector::EmulatorConfig;
 
 use super::env_for;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::harness::*;
 use crate::common::providers::*;
-use spinoco_connector::emulator::{EmulatorConfig, Faults};
+use spinoco_connector::{EmulatorConfig, Faults};
 
 use super::{caught_up, env_for};
 

@@ -9,17 +9,17 @@ use crate::common::codec::base64;
 use crate::common::data::{FailingReader, PatternReader};
 use crate::common::harness::{proc_status, unique};
 use crate::common::skip::server;
-use spinoco_connector::retry::RetryBudget;
-use spinoco_connector::store::azure::credential::{self, DEV_ACCOUNT, DEV_KEY};
-use spinoco_connector::store::azure::{AzureSettings, AzureStore};
-use spinoco_connector::store::{put_bytes, BlobStore, StoreErrorKind};
+use spinoco_connector::azure::{self as credential, DEV_ACCOUNT, DEV_KEY};
+use spinoco_connector::azure::{AzureSettings, AzureStore};
+use spinoco_connector::RetryBudget;
+use spinoco_connector::{put_bytes, BlobStore, StoreErrorKind};
 
 const CONTAINER: &str = "spinoco-tests";
 /// Small blocks keep the block-upload paths fast.
 const BLOCK: usize = 64 * 1024;
 
 fn agent() -> ureq::Agent {
-    spinoco_connector::http::agent(Duration::from_secs(30), 4)
+    spinoco_connector::agent(Duration::from_secs(30), 4)
 }
 
 fn key_dsn(endpoint: &str, key: &str) -> String {
@@ -298,7 +298,7 @@ fn large_upload_holds_about_one_block_in_memory() {
     ) {
         return;
     }
-    let block = spinoco_connector::store::azure::builder::DEFAULT_BLOCK_SIZE;
+    let block = spinoco_connector::azure::DEFAULT_BLOCK_SIZE;
     let s = key_store(&endpoint, block);
     let len = 12 * block as u64 + 99;
     let before = peak_rss_bytes().expect("/proc/self/status");

@@ -3,7 +3,7 @@
 //! asserted, so a server that stops honouring a condition fails here.
 
 use crate::common::providers::{open_store, target, Provider};
-use spinoco_connector::store::{
+use spinoco_connector::{
     honours_conditions, put_bytes, BlobStore, PutCondition, PutIf, StoreErrorKind,
 };
 

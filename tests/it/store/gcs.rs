@@ -10,10 +10,10 @@ use crate::common::data::{FailingReader, PatternReader};
 use crate::common::harness::unique;
 use crate::common::proxy::TcpProxy;
 use crate::common::skip;
-use spinoco_connector::retry::RetryBudget;
-use spinoco_connector::store::gcs::credential::Credentials;
-use spinoco_connector::store::gcs::{GcsSettings, GcsStore};
-use spinoco_connector::store::{BlobStore, StoreErrorKind};
+use spinoco_connector::gcs::Credentials;
+use spinoco_connector::gcs::{GcsSettings, GcsStore};
+use spinoco_connector::RetryBudget;
+use spinoco_connector::{BlobStore, StoreErrorKind};
 
 const CHUNK: usize = 256 * 1024;
 
@@ -36,7 +36,7 @@ fn server() -> Option<(String, String)> {
 }
 
 fn agent() -> ureq::Agent {
-    spinoco_connector::http::agent(Duration::from_secs(10), 4)
+    spinoco_connector::agent(Duration::from_secs(10), 4)
 }
 
 /// The shared behaviour, resumable uploads of several chunks included.

@@ -3,8 +3,8 @@
 
 use crate::common::harness::scratch;
 use crate::common::tmpfs::Tmpfs;
-use spinoco_connector::store::local::LocalStore;
-use spinoco_connector::store::BlobStore;
+use spinoco_connector::BlobStore;
+use spinoco_connector::LocalStore;
 
 /// The shared behaviour, and no temp file left.
 #[test]

@@ -15,10 +15,10 @@ use crate::common::data::{FailingReader, PatternReader};
 use crate::common::harness::unique;
 use crate::common::s3fs::{PrivateS3, BUCKET};
 use crate::common::skip;
-use spinoco_connector::env::Env;
-use spinoco_connector::retry::RetryBudget;
-use spinoco_connector::store::s3::{S3Settings, S3Store};
-use spinoco_connector::store::{put_bytes, BlobStore, StoreErrorKind};
+use spinoco_connector::s3::{S3Settings, S3Store};
+use spinoco_connector::Env;
+use spinoco_connector::RetryBudget;
+use spinoco_connector::{put_bytes, BlobStore, StoreErrorKind};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -68,7 +68,7 @@ fn settings(
 }
 
 fn open(s: &S3Settings) -> S3Store {
-    let agent = spinoco_connector::http::agent(Duration::from_secs(10), 4);
+    let agent = spinoco_connector::agent(Duration::from_secs(10), 4);
     S3Store::open(s, &agent, RetryBudget::tries(3)).unwrap()
 }
 
@@ -295,7 +295,7 @@ fn s3_memory_500mb() {
 fn s3_memory_threshold_put() {
     let Some(srv) = server() else { return };
     let store = open(&default_sizes(&srv));
-    let size = spinoco_connector::store::s3::builder::DEFAULT_MULTIPART_THRESHOLD;
+    let size = spinoco_connector::s3::DEFAULT_MULTIPART_THRESHOLD;
     store
         .put(
             "memory/threshold.bin",
@@ -314,7 +314,7 @@ fn default_sizes(srv: &Server) -> S3Settings {
         &srv.secret_key,
         &[],
     );
-    s.multipart_threshold = spinoco_connector::store::s3::builder::DEFAULT_MULTIPART_THRESHOLD;
-    s.part_size = spinoco_connector::store::s3::builder::DEFAULT_PART_SIZE;
+    s.multipart_threshold = spinoco_connector::s3::DEFAULT_MULTIPART_THRESHOLD;
+    s.part_size = spinoco_connector::s3::DEFAULT_PART_SIZE;
     s
 }

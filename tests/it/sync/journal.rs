@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::harness::*;
-use spinoco_connector::emulator::EmulatorConfig;
+use spinoco_connector::EmulatorConfig;
 
 use super::small;
 

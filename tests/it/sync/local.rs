@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::harness::*;
-use spinoco_connector::emulator::{EmulatorConfig, Faults};
+use spinoco_connector::{EmulatorConfig, Faults};
 
 use super::small;
 
@@ -83,7 +83,10 @@ fn filters_and_start_from_are_sent_and_honoured() {
     let mut e = env(&emu, &dir);
     e.insert("SP_TASK_SYNC_TAG".into(), "from".into());
     e.remove("SP_TASK_SYNC_DELETE_DATA");
-    let iso = spinoco_connector::template::iso_millis(mid_due);
+    let iso = time::OffsetDateTime::from_unix_timestamp_nanos(mid_due as i128 * 1_000_000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
     e.insert("SP_TASK_SYNC_START_FROM".into(), iso);
     assert!(run(&e, &["--once"]).status.success());
     let from: Vec<_> = emu.handed_out()[count..].to_vec();

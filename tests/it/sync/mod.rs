@@ -1,7 +1,7 @@
 //! A sync as users run it: the real binary against the platform emulator, into a local
 //! folder and into each cloud provider's test server.
 
-use spinoco_connector::emulator::EmulatorConfig;
+use spinoco_connector::EmulatorConfig;
 
 mod commands;
 mod journal;

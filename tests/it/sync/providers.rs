@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::common::harness::*;
 use crate::common::providers::*;
 use crate::common::skip::server;
-use spinoco_connector::emulator::{EmulatorConfig, Faults};
+use spinoco_connector::{EmulatorConfig, Faults};
 
 fn account() -> EmulatorConfig {
     EmulatorConfig {
@@ -156,7 +156,7 @@ fn azure_sync_matches_local_with_a_sas() {
     ) else {
         return;
     };
-    let sas = spinoco_connector::store::azure::credential::account_sas(
+    let sas = spinoco_connector::azure::account_sas(
         "devstoreaccount1",
         AZURITE_KEY,
         "rwdlac",

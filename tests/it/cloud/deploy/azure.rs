@@ -17,8 +17,8 @@ use crate::common::codec::{base64url, percent_decode};
 use crate::common::fake_http::{FakeServer, Request};
 use crate::common::harness::*;
 use crate::common::providers::*;
-use spinoco_connector::emulator::EmulatorConfig;
-use spinoco_connector::store::BlobStore;
+use spinoco_connector::BlobStore;
+use spinoco_connector::EmulatorConfig;
 
 use super::{account, authority, handed_out_info, readme_block, token_file};
 
@@ -49,18 +49,17 @@ fn key_store(
     endpoint: &str,
     ca: &std::path::Path,
     container: &str,
-) -> spinoco_connector::store::azure::AzureStore {
-    use spinoco_connector::store::azure::{AzureSettings, AzureStore};
-    let env = spinoco_connector::env::Env::from_pairs([("SP_TLS_CA_FILE", ca.to_str().unwrap())]);
+) -> spinoco_connector::azure::AzureStore {
+    use spinoco_connector::azure::{AzureSettings, AzureStore};
+    let env = spinoco_connector::Env::from_pairs([("SP_TLS_CA_FILE", ca.to_str().unwrap())]);
     let mut errors = Vec::new();
-    let network = spinoco_connector::http::proxy::Network::from_env(&env, &mut errors);
+    let network = spinoco_connector::Network::from_env(&env, &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
-    let http = spinoco_connector::http::Http::new(Duration::from_secs(10), 2, &network);
+    let http = spinoco_connector::Http::new(Duration::from_secs(10), 2, &network);
     let dsn =
         format!("AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}");
     let settings = AzureSettings {
-        account: spinoco_connector::store::azure::credential::parse_connection_string(&dsn)
-            .unwrap(),
+        account: spinoco_connector::azure::parse_connection_string(&dsn).unwrap(),
         container: container.into(),
         prefix: String::new(),
         block_size: 8 << 20,
@@ -69,7 +68,7 @@ fn key_store(
     AzureStore::new(
         settings,
         http.agent,
-        spinoco_connector::retry::RetryBudget::tries(3),
+        spinoco_connector::RetryBudget::tries(3),
     )
 }
 

@@ -56,7 +56,7 @@ fn gcs_object(endpoint: &str, bucket: &str, name: &str) -> serde_json::Value {
         "{endpoint}/storage/v1/b/{bucket}/o/{}",
         percent_encode(name)
     );
-    let mut answer = spinoco_connector::http::agent(Duration::from_secs(10), 1)
+    let mut answer = spinoco_connector::agent(Duration::from_secs(10), 1)
         .get(&url)
         .call()
         .unwrap();

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use crate::common::harness::*;
-use spinoco_connector::emulator::{Emulator, EmulatorConfig};
+use spinoco_connector::{Emulator, EmulatorConfig};
 
 mod azure;
 mod gcs;

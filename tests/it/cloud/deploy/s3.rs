@@ -9,7 +9,7 @@ use crate::common::codec::percent_decode;
 use crate::common::fake_http::{FakeServer, Request};
 use crate::common::harness::*;
 use crate::common::providers::*;
-use spinoco_connector::emulator::EmulatorConfig;
+use spinoco_connector::EmulatorConfig;
 
 use super::super::in_an_hour;
 use super::{account, authority, handed_out_info, policy_actions, readme_block, token_file};
