@@ -18,6 +18,7 @@ pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod platform;
 pub mod process;
 pub mod redact;

@@ -14,7 +14,7 @@ use spinoco_connector::platform::{Platform, PlatformError};
 use spinoco_connector::retry::{self, RetryBudget};
 use spinoco_connector::store::{self, BlobStore, StoreErrorKind};
 use spinoco_connector::sync::{Engine, Mode, SyncError};
-use spinoco_connector::{demo, endpoint, http, metrics, shutdown};
+use spinoco_connector::{demo, endpoint, http, metrics, notify, shutdown};
 
 /// Exit codes (README: "Exit codes").
 mod exit {
@@ -187,6 +187,8 @@ fn run(mode: Mode) -> u8 {
     let earlier_run = lease.predecessor().map(|p| p.run_id.as_str());
     store.sweep_leftovers(&cfg.tag, earlier_run.filter(|r| !r.is_empty()));
     let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
+    // Started for systemd: the lease is held and the first round begins.
+    notify::ready();
     let outcome = Engine::new(&cfg, platform, store.as_ref(), mode).run();
     lease.release();
     if lease.lost() {
