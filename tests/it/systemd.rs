@@ -282,24 +282,41 @@ impl Drop for NotifySocket {
     }
 }
 
+/// A running connector, killed if the test fails before it stops it.
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.0.try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The service against `emu` into `dir`, told to notify `socket` with a watchdog of
 /// one second (a ping about every half second).
-fn notifying_service(emu: &Emulator, dir: &Path, socket: &NotifySocket, log: &Path) -> Child {
+fn notifying_service(emu: &Emulator, dir: &Path, socket: &NotifySocket, log: &Path) -> Service {
     let mut e = env(emu, dir);
     e.insert("NOTIFY_SOCKET".into(), socket.path.display().to_string());
     e.insert("WATCHDOG_USEC".into(), "1000000".into());
-    spawn(&e, &[], log)
+    Service(spawn(&e, &[], log))
 }
 
 /// Counts the pings of a `window` from now: about two per second are asked for; the
 /// bounds are loose (a loaded machine delays pings, never adds them).
-fn assert_pinged_through(socket: &NotifySocket, window: Duration, child: &mut Child, log: &Path) {
+fn assert_pinged_through(
+    socket: &NotifySocket,
+    window: Duration,
+    service: &mut Service,
+    log: &Path,
+) {
     let from = Instant::now();
     std::thread::sleep(window);
     let pings = socket.pings(from, Instant::now());
     let expected = window.as_secs_f64() * 2.0;
     assert!(
-        child.try_wait().unwrap().is_none(),
+        service.0.try_wait().unwrap().is_none(),
         "the service exited: {}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
@@ -310,13 +327,13 @@ fn assert_pinged_through(socket: &NotifySocket, window: Duration, child: &mut Ch
     );
 }
 
-fn stop_and_expect_stopping(socket: &NotifySocket, mut child: Child) {
+fn stop_and_expect_stopping(socket: &NotifySocket, mut service: Service) {
     assert!(
         socket.find("STOPPING=1").is_none(),
         "STOPPING=1 before SIGTERM"
     );
-    signal(child.id(), "TERM");
-    let status = child.wait().unwrap();
+    signal(service.0.id(), "TERM");
+    let status = service.0.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
     // The datagram was sent before the exit; give the listener a moment to read it.
     socket.wait_for("STOPPING=1", Duration::from_secs(5));
@@ -338,11 +355,11 @@ fn the_service_says_ready_after_the_lease_feeds_the_watchdog_and_says_stopping()
     let state = scratch("notify-socket");
     let socket = NotifySocket::bind(&state, dir.join(".spinoco-connector/it.lease.json"));
     let log = state.join("connector.log");
-    let mut child = notifying_service(&emu, &dir, &socket, &log);
+    let mut service = notifying_service(&emu, &dir, &socket, &log);
 
     let ready = socket.wait_for("READY=1", Duration::from_secs(30));
     assert!(ready.lease_existed, "READY=1 before the lease was held");
-    assert_pinged_through(&socket, Duration::from_secs(3), &mut child, &log);
+    assert_pinged_through(&socket, Duration::from_secs(3), &mut service, &log);
     assert!(
         socket.statuses().is_empty(),
         "the first round ended within the window, so it did not show the round's waits: {:?}",
@@ -373,7 +390,7 @@ fn the_service_says_ready_after_the_lease_feeds_the_watchdog_and_says_stopping()
         .filter(|m| m.text.lines().any(|l| l == "READY=1"))
         .count();
     assert_eq!(readies, 1);
-    stop_and_expect_stopping(&socket, child);
+    stop_and_expect_stopping(&socket, service);
 }
 
 /// A tmpfs mounted on a fresh folder, unmounted on drop (`None`: not root, skipped).
@@ -434,7 +451,7 @@ fn the_watchdog_is_fed_through_a_storage_outage() {
     let state = scratch("notify-outage-socket");
     let socket = NotifySocket::bind(&state, dir.join(".spinoco-connector/it.lease.json"));
     let log = state.join("connector.log");
-    let mut child = notifying_service(&emu, &dir, &socket, &log);
+    let mut service = notifying_service(&emu, &dir, &socket, &log);
     wait_until("the first round's status", Duration::from_secs(30), || {
         !socket.statuses().is_empty()
     });
@@ -445,7 +462,7 @@ fn the_watchdog_is_fed_through_a_storage_outage() {
         logged().contains("No space left on device") && logged().contains("retrying in")
     });
     let rounds_before = socket.statuses().len();
-    assert_pinged_through(&socket, Duration::from_secs(3), &mut child, &log);
+    assert_pinged_through(&socket, Duration::from_secs(3), &mut service, &log);
     assert_eq!(
         socket.statuses().len(),
         rounds_before,
@@ -457,7 +474,7 @@ fn the_watchdog_is_fed_through_a_storage_outage() {
     wait_until("a round after the outage", Duration::from_secs(60), || {
         socket.statuses().len() > rounds_before
     });
-    stop_and_expect_stopping(&socket, child);
+    stop_and_expect_stopping(&socket, service);
 }
 
 // -------------------------------------------------------------------------- journald
