@@ -14,7 +14,7 @@ use crate::report::Report;
 use crate::retry::{self, RetryBudget};
 use crate::store::{self, BlobStore, StoreErrorKind};
 use crate::sync::{Engine, Mode, SyncError};
-use crate::{demo, endpoint, http, metrics, shutdown};
+use crate::{demo, endpoint, http, metrics, notify, shutdown};
 
 /// Exit codes (README: "Exit codes").
 mod exit {
@@ -183,6 +183,8 @@ fn sync(mode: Mode) -> u8 {
     let earlier_run = lease.predecessor().map(|p| p.run_id.as_str());
     store.sweep_leftovers(&cfg.tag, earlier_run.filter(|r| !r.is_empty()));
     let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
+    // Started for systemd: the lease is held and the first round begins.
+    notify::ready();
     let outcome = Engine::new(&cfg, platform, store.as_ref(), mode).run();
     lease.release();
     if lease.lost() {

@@ -11,6 +11,7 @@ mod date_pattern;
 mod encoding;
 mod env;
 mod logging;
+mod notify;
 mod process;
 mod redact;
 mod report;

@@ -34,12 +34,17 @@ pub fn request() {
     REQUESTED.store(true, Ordering::SeqCst);
 }
 
-/// Whether a stop was asked for.
+/// Whether a stop was asked for (the first time it is seen, systemd is told).
 pub fn requested() -> bool {
-    REQUESTED.load(Ordering::SeqCst)
+    let requested = REQUESTED.load(Ordering::SeqCst);
+    if requested {
+        crate::notify::stopping();
+    }
+    requested
 }
 
-/// Sleeps for `d` unless a stop is asked for first; returns false when stopped.
+/// Sleeps for `d` unless a stop is asked for first; returns false when stopped. A
+/// sleeping engine is a live one: the systemd watchdog is fed meanwhile.
 pub fn sleep(d: Duration) -> bool {
     let end = Instant::now() + d;
     loop {
@@ -50,6 +55,7 @@ pub fn sleep(d: Duration) -> bool {
         if now >= end {
             return true;
         }
+        crate::notify::alive();
         std::thread::sleep((end - now).min(Duration::from_millis(50)));
     }
 }

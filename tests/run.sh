@@ -20,6 +20,7 @@ have podman || missing+=(podman)
 have runc || missing+=(runc)
 have podman-compose || missing+=(podman-compose)
 have promtool || missing+=(prometheus)
+have systemd-analyze || missing+=(systemd)   # tests/it/ops/systemd.rs: verify and security of deploy/systemd
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && have apt-get; then
     echo "== installing ${missing[*]}"

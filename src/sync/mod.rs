@@ -208,6 +208,20 @@ impl fmt::Display for Summary {
     }
 }
 
+impl Summary {
+    /// The line `systemctl status` shows after a round: when it ended, the files stored
+    /// since the start, and the errors (rejected, given up, feed answers lost).
+    fn status(&self) -> String {
+        let errors = self.counts.rejected + self.counts.failed + self.feed_gaps;
+        format!(
+            "round {} done at {}: {} files stored since the start, {errors} error(s)",
+            self.rounds,
+            crate::template::iso_millis(now_ms() as i64),
+            self.counts.files
+        )
+    }
+}
+
 /// Unix milliseconds now.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -285,6 +299,7 @@ impl<'a> Engine<'a> {
                 warn!("{d}");
             }
             crate::metrics::global().round_done(failed == 0 && !self.summary.stopped);
+            crate::notify::status(&self.summary.status());
             if self.summary.stopped || shutdown::requested() {
                 self.summary.stopped = true;
                 info!("stopped on request; the pages in progress stay journaled and are finished on the next start");

@@ -162,11 +162,14 @@ impl<'e> Round<'e> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Waits for `cv` at most [`STOP_POLL`]. A waiting round is a live one: the systemd
+    /// watchdog is fed meanwhile.
     pub(super) fn wait<'g>(
         &self,
         cv: &Condvar,
         st: MutexGuard<'g, State>,
     ) -> MutexGuard<'g, State> {
+        crate::notify::alive();
         cv.wait_timeout(st, STOP_POLL)
             .unwrap_or_else(|e| e.into_inner())
             .0

@@ -8,4 +8,5 @@ mod lease;
 mod metrics;
 mod monitoring;
 mod static_binary;
+mod systemd;
 mod tls;
