@@ -45,11 +45,11 @@ use std::time::{Duration, SystemTime};
 
 use log::info;
 
-use super::client::parts::sha256_hex;
 use super::{
     BlobStore, ObjectInfo, ObjectVersion, PutCondition, PutIf, StoreError, StoreErrorKind,
     Versioned,
 };
+use crate::checksum::sha256_hex;
 use crate::process::run_id;
 use crate::report::Chained;
 use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};

@@ -207,7 +207,7 @@ mod tests {
         );
         // The crc64 goes out as its eight little-endian bytes in base64.
         assert_eq!(
-            crc64_b64(crate::store::client::parts::crc64(b"123456789")),
+            crc64_b64(crate::checksum::crc64(b"123456789")),
             crate::encoding::base64(&0xAE8B_1486_0A79_9888u64.to_le_bytes())
         );
     }

@@ -278,7 +278,7 @@ impl AzureStore {
             ids.len(),
             self.where_()
         );
-        let crc = crate::store::client::parts::crc64(xml.as_bytes());
+        let crc = crate::checksum::crc64(xml.as_bytes());
         let answer = self.client.send(&self.proto, &what, || {
             let mut r = Request::new("PUT", url.clone())
                 .header("x-ms-blob-content-type", content_type(name))
@@ -417,7 +417,7 @@ impl BlobStore for AzureStore {
             "conditional upload of blob {name} to container {}",
             self.where_()
         );
-        let crc = crate::store::client::parts::crc64(bytes);
+        let crc = crate::checksum::crc64(bytes);
         let answer = self.put_blob(&name, bytes, crc, &[header], &ObjectInfo::default())?;
         match answer.status {
             201 => Ok(PutIf::Written(ObjectVersion(

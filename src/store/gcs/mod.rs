@@ -669,7 +669,7 @@ impl BlobStore for GcsStore {
             self.upload_url(&name, "multipart"),
             percent_encode(&generation, false)
         );
-        let crc = crc32c_b64(crate::store::client::parts::crc32c(bytes));
+        let crc = crc32c_b64(crate::checksum::crc32c(bytes));
         let mut resource = self.resource(&name, &ObjectInfo::default());
         resource["crc32c"] = crc.into();
         let (boundary, body) = self.multipart_body(&resource, &name, bytes);

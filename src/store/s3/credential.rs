@@ -477,8 +477,7 @@ pub fn sign(
     let to_sign = s3::signing::string_to_sign(&now, region, &canonical).map_err(fail)?;
     let key = s3::signing::signing_key(&now, secret_key, region, "s3").map_err(fail)?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
-    let signature =
-        crate::store::client::parts::hex(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
+    let signature = crate::checksum::hex(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
     let signed = s3::signing::signed_header_string(&headers);
     let authorization =
         s3::signing::authorization_header(access_key, &now, region, &signed, &signature)

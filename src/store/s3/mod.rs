@@ -66,9 +66,10 @@ pub mod options;
 
 pub use builder::S3Settings;
 
+use crate::checksum::sha256_hex;
 use crate::retry::RetryBudget;
 use crate::store::client::claim::{Claim, Claims, Existing, Upload};
-use crate::store::client::parts::{sha256_hex, PartPool, PartReader, Sums};
+use crate::store::client::parts::{PartPool, PartReader, Sums};
 use crate::store::client::{missing, xml_tag, Answer, Client, Request};
 use crate::store::ObjectInfo;
 use crate::store::{
