@@ -23,6 +23,19 @@ pub(super) enum Outcome<T> {
     Stopped,
 }
 
+impl<T> Outcome<T> {
+    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+        match self {
+            Outcome::Done(v) => Outcome::Done(f(v)),
+            Outcome::Missing => Outcome::Missing,
+            Outcome::GaveUp(m) => Outcome::GaveUp(m),
+            Outcome::Rejected(m) => Outcome::Rejected(m),
+            Outcome::Fatal(e) => Outcome::Fatal(e),
+            Outcome::Stopped => Outcome::Stopped,
+        }
+    }
+}
+
 /// One try of an engine operation, as the retry loop takes it.
 pub(super) type Try<T> = Step<Outcome<T>, String>;
 
