@@ -71,8 +71,35 @@ fn sliced(t: &[[u64; 256]; 8], mut crc: u64, bytes: &[u8]) -> u64 {
 }
 
 /// Continues a CRC32C (Castagnoli) over `bytes`; start from `!0`, finish with `^ !0`.
+/// On x86-64 CPUs with SSE 4.2 the CPU's own CRC32 instruction does it, eight bytes a
+/// step (about ten times the tables' speed: every stored byte passes here once for the
+/// archive manifest); elsewhere the slicing-by-8 tables.
 pub fn crc32c_update(crc: u32, bytes: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("sse4.2") {
+            // SAFETY: the CPU was just checked to have the instructions.
+            return unsafe { crc32c_sse42(crc, bytes) };
+        }
+    }
     sliced(&CRC32C_TABLES, crc as u64, bytes) as u32
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn crc32c_sse42(crc: u32, bytes: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    let mut crc = crc as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        crc = _mm_crc32_u64(crc, v);
+    }
+    let mut crc = crc as u32;
+    for &b in chunks.remainder() {
+        crc = _mm_crc32_u8(crc, b);
+    }
+    crc
 }
 
 /// Continues a CRC-64/NVME over `bytes`; start from `!0`, finish with `^ !0`.
@@ -100,6 +127,11 @@ mod tests {
         // Slicing and the byte loop agree at every split.
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
         let whole = crc32c(&data);
+        assert_eq!(
+            sliced(&CRC32C_TABLES, u64::from(CRC32C_INIT), &data) as u32 ^ CRC32C_INIT,
+            whole,
+            "the tables and the CPU's instruction agree"
+        );
         for split in [0, 1, 7, 8, 9, 500, 999] {
             let c = crc32c_update(crc32c_update(!0, &data[..split]), &data[split..]) ^ !0;
             assert_eq!(c, whole, "{split}");
