@@ -115,6 +115,38 @@ pub fn crc64(bytes: &[u8]) -> u64 {
     crc64_update(CRC64_INIT, bytes) ^ CRC64_INIT
 }
 
+/// Reads through to `inner`, keeping the CRC-32C of every byte read.
+pub struct Crc32cReader<R> {
+    inner: R,
+    crc: u32,
+}
+
+impl<R> Crc32cReader<R> {
+    pub fn new(inner: R) -> Crc32cReader<R> {
+        Crc32cReader {
+            inner,
+            crc: CRC32C_INIT,
+        }
+    }
+
+    /// The CRC-32C of the bytes read so far.
+    pub fn crc32c(&self) -> u32 {
+        self.crc ^ CRC32C_INIT
+    }
+
+    pub fn inner(&mut self) -> &mut R {
+        &mut self.inner
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Crc32cReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc = crc32c_update(self.crc, &buf[..n]);
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +172,16 @@ mod tests {
             sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn a_reader_keeps_the_checksum_of_what_passed() {
+        use std::io::Read;
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13) as u8).collect();
+        let mut r = Crc32cReader::new(&data[..]);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(r.crc32c(), crc32c(&data));
     }
 }

@@ -12,6 +12,7 @@ mod date_pattern;
 mod encoding;
 mod env;
 mod logging;
+mod manifest;
 mod notify;
 mod process;
 mod redact;

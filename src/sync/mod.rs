@@ -48,6 +48,7 @@ use serde_json::{json, Value};
 
 use self::outcome::{done, platform_step, store_reason, store_step, Outcome, Try};
 use self::round::Round;
+use crate::checksum::Crc32cReader;
 use crate::config::Config;
 use crate::journal::{Journal, JournalError, PageJournal};
 use crate::metrics::Counts;
@@ -220,6 +221,12 @@ impl Summary {
             self.counts.files
         )
     }
+}
+
+/// A file the store took: its size and the CRC-32C of its bytes.
+pub(super) struct Stored {
+    pub(super) bytes: u64,
+    pub(super) crc32c: u32,
 }
 
 /// Unix milliseconds now.
@@ -544,26 +551,32 @@ impl<'a> Engine<'a> {
     }
 
     /// Downloads one file into the storage, retrying a broken download from the start.
-    fn transfer(&self, job: &FileJob) -> Outcome<u64> {
+    fn transfer(&self, job: &FileJob) -> Outcome<Stored> {
         let _in_flight = crate::metrics::global().transfer();
         self.retried(Side::Platform, &job.name, || {
-            let mut download = match self.platform.download(&job.path, self.cfg.max_file_size) {
+            let download = match self.platform.download(&job.path, self.cfg.max_file_size) {
                 Ok(d) => d,
                 Err(e) => return platform_step(e),
             };
             let size = download.expected_len();
+            // The archive manifest's checksum, of the very bytes the store takes.
+            let mut download = Crc32cReader::new(download);
             let stored = self
                 .store
                 .put_with(&job.name, &mut download, size, &job.info);
             // The body itself gave up (too large, stalled): it says how to take that.
             if let Some(failure) = download
+                .inner()
                 .take_failure()
                 .filter(|_| stored.is_err() && !shutdown::requested())
             {
                 return platform_step(failure);
             }
             match stored {
-                Ok(n) => done(n),
+                Ok(bytes) => done(Stored {
+                    bytes,
+                    crc32c: download.crc32c(),
+                }),
                 Err(_) if shutdown::requested() => Step::Done(Outcome::Stopped),
                 Err(e) => store_step(e),
             }
