@@ -36,6 +36,7 @@ mod demo;
 mod emulator;
 mod endpoint;
 mod sync;
+mod verify;
 
 // The binary: the whole command line, exit codes included.
 pub use cli::run;
