@@ -1,12 +1,15 @@
 //! Reading Azure back (`verify`): List Blobs page by page with its markers, the size
 //! from Get Blob Properties (a HEAD), and a blob read range by range (`x-ms-range`),
-//! each range asked with `If-Match` of the ETag the HEAD saw.
+//! each range asked with `If-Match` of the ETag the HEAD saw and refused when it names
+//! another.
 
 use std::io::Read;
 
 use super::credential::encode_query_value;
 use super::AzureStore;
-use crate::store::client::read::{all_pages, xml_elements, ListPage, RangedReader, LIST_PAGE};
+use crate::store::client::read::{
+    all_pages, xml_elements, ListPage, Pinned, RangedReader, LIST_PAGE,
+};
 use crate::store::client::{Answer, Request};
 use crate::store::{prefixed, StoreError, StoreErrorKind};
 
@@ -83,7 +86,11 @@ impl AzureStore {
         let etag = properties.header("etag").map(str::to_string);
         let url = self.blob_url(&name, &[]);
         let what = format!("reading blob {name} from container {}", self.where_());
-        let reader = RangedReader::new(&self.client, &self.proto, what, size, move |range| {
+        let pinned = Pinned {
+            size,
+            version: etag.clone().map(|e| ("etag", e)),
+        };
+        let reader = RangedReader::new(&self.client, &self.proto, what, pinned, move |range| {
             let r = Request::new("GET", url.clone()).header("x-ms-range", range);
             match &etag {
                 Some(e) => r.header("if-match", e.clone()),

@@ -141,16 +141,27 @@ pub fn xml_unescape(text: &str) -> String {
     out
 }
 
+/// The object a ranged read is of, as it was when the read began.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pinned {
+    pub size: u64,
+    /// The header that names the object's version in every answer (`etag`,
+    /// `x-goog-generation`) and its value then. An answer of another version is refused
+    /// even from a server that ignores the condition the request carries (s3s-fs and
+    /// fake-gcs-server do).
+    pub version: Option<(&'static str, String)>,
+}
+
 /// An object read one range at a time: `request(range)` builds the GET of one range
-/// (its URL and condition: the version the object had when its size was read, so a
-/// replaced object is not read half old, half new), `range` being the `Range` header's
-/// value. Each range's answer must be that range, byte for byte in number.
+/// (its URL, and its condition: the version the read began with, so a replaced object
+/// is not read half old, half new), `range` being the `Range` header's value. Each
+/// range's answer must be that range of that version, byte for byte in number.
 pub struct RangedReader<'a> {
     client: &'a Client,
     proto: &'a dyn Protocol,
     what: String,
     request: Box<dyn Fn(&str) -> Request<'static> + 'a>,
-    size: u64,
+    pinned: Pinned,
     /// The next byte to ask for.
     offset: u64,
     chunk: Vec<u8>,
@@ -163,7 +174,7 @@ impl<'a> RangedReader<'a> {
         client: &'a Client,
         proto: &'a dyn Protocol,
         what: String,
-        size: u64,
+        pinned: Pinned,
         request: impl Fn(&str) -> Request<'static> + 'a,
     ) -> RangedReader<'a> {
         RangedReader {
@@ -171,7 +182,7 @@ impl<'a> RangedReader<'a> {
             proto,
             what,
             request: Box::new(request),
-            size,
+            pinned,
             offset: 0,
             chunk: Vec::new(),
             pos: 0,
@@ -188,7 +199,7 @@ impl<'a> RangedReader<'a> {
             self.proto,
             &what,
             || Ok((self.request)(&range)),
-            |a| match judge(a, start, end, self.size) {
+            |a| match judge(a, start, end, &self.pinned) {
                 RangeAnswer::Broken(why) => Err(StoreError::transient(format!("{what}: {why}"))),
                 RangeAnswer::Changed(why) => Err(StoreError::new(
                     StoreErrorKind::Rejected,
@@ -197,7 +208,7 @@ impl<'a> RangedReader<'a> {
                 RangeAnswer::Range | RangeAnswer::Unexpected => Ok(()),
             },
         )?;
-        match judge(&answer, start, end, self.size) {
+        match judge(&answer, start, end, &self.pinned) {
             RangeAnswer::Range => Ok(answer.body),
             _ => Err(self.client.unexpected(self.proto, &what, &answer)),
         }
@@ -212,14 +223,20 @@ enum RangeAnswer {
     Range,
     /// Short, or another range: broken on the way.
     Broken(String),
-    /// A 412 or 404: the object was replaced or removed since its size was read.
+    /// A 412, 404 or another version: the object was replaced or removed since its
+    /// size was read.
     Changed(&'static str),
     /// Not an answer to a range: the caller's to report.
     Unexpected,
 }
 
-fn judge(answer: &Answer, start: u64, end: u64, size: u64) -> RangeAnswer {
+fn judge(answer: &Answer, start: u64, end: u64, pinned: &Pinned) -> RangeAnswer {
     let len = answer.body.len() as u64;
+    let size = pinned.size;
+    let replaced = pinned
+        .version
+        .as_ref()
+        .is_some_and(|(header, then)| answer.header(header).is_some_and(|now| now != then));
     let content_range = answer.header("content-range").unwrap_or_default();
     let whole = answer.status == 200 && start == 0 && end == size;
     let ranged = answer.status == 206
@@ -227,6 +244,7 @@ fn judge(answer: &Answer, start: u64, end: u64, size: u64) -> RangeAnswer {
             .trim()
             .starts_with(&format!("bytes {start}-{}/", end - 1));
     match answer.status {
+        200 | 206 if replaced => RangeAnswer::Changed("the object was replaced while it was read"),
         200 | 206 if (whole || ranged) && len == end - start => RangeAnswer::Range,
         200 | 206 if whole || ranged => RangeAnswer::Broken(format!(
             "the answer holds {len} bytes, not the {} asked for",
@@ -246,10 +264,10 @@ fn judge(answer: &Answer, start: u64, end: u64, size: u64) -> RangeAnswer {
 impl Read for RangedReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.chunk.len() {
-            if self.offset >= self.size || buf.is_empty() {
+            if self.offset >= self.pinned.size || buf.is_empty() {
                 return Ok(0);
             }
-            let end = (self.offset + RANGE).min(self.size);
+            let end = (self.offset + RANGE).min(self.pinned.size);
             // The range handed out is let go first: one range in memory, not two.
             self.chunk = Vec::new();
             self.chunk = self.fetch(self.offset, end).map_err(io::Error::other)?;
@@ -343,7 +361,11 @@ mod tests {
 
     #[test]
     fn a_range_answer_must_be_the_range_asked_for() {
-        let judged = |a: Answer| judge(&a, 4, 8, 10);
+        let pinned = Pinned {
+            size: 10,
+            version: None,
+        };
+        let judged = |a: Answer| judge(&a, 4, 8, &pinned);
         assert_eq!(
             judged(answer(206, Some("bytes 4-7/10"), b"4567")),
             RangeAnswer::Range
@@ -362,9 +384,31 @@ mod tests {
         }
         assert_eq!(judged(answer(400, None, b"")), RangeAnswer::Unexpected);
         // A server that answers the whole object to a range that is all of it.
+        let small = Pinned {
+            size: 4,
+            version: None,
+        };
         assert_eq!(
-            judge(&answer(200, None, b"0123"), 0, 4, 4),
+            judge(&answer(200, None, b"0123"), 0, 4, &small),
             RangeAnswer::Range
         );
+    }
+
+    #[test]
+    fn an_answer_of_another_version_is_refused() {
+        let pinned = Pinned {
+            size: 10,
+            version: Some(("etag", "\"v1\"".into())),
+        };
+        let mut a = answer(206, Some("bytes 4-7/10"), b"4567");
+        assert_eq!(
+            judge(&a, 4, 8, &pinned),
+            RangeAnswer::Range,
+            "no version named"
+        );
+        a.headers.insert("etag", HeaderValue::from_static("\"v1\""));
+        assert_eq!(judge(&a, 4, 8, &pinned), RangeAnswer::Range);
+        a.headers.insert("etag", HeaderValue::from_static("\"v2\""));
+        assert!(matches!(judge(&a, 4, 8, &pinned), RangeAnswer::Changed(_)));
     }
 }

@@ -1,13 +1,13 @@
 //! Reading GCS back (`verify`): the objects list page by page with its `pageToken`,
 //! the size from the object's metadata, and an object read range by range
 //! (`alt=media`), each range asked with `ifGenerationMatch` of the generation the
-//! metadata named.
+//! metadata named and refused when its `x-goog-generation` names another.
 
 use std::io::Read;
 
 use super::{generation_of, GcsStore};
 use crate::encoding::percent_encode;
-use crate::store::client::read::{all_pages, ListPage, RangedReader, LIST_PAGE};
+use crate::store::client::read::{all_pages, ListPage, Pinned, RangedReader, LIST_PAGE};
 use crate::store::client::{missing, Request};
 use crate::store::{prefixed, StoreError, StoreErrorKind};
 
@@ -75,7 +75,11 @@ impl GcsStore {
             self.object_url(&name),
             percent_encode(&generation, false)
         );
-        let reader = RangedReader::new(&self.client, &self.proto, what, size, move |range| {
+        let pinned = Pinned {
+            size,
+            version: Some(("x-goog-generation", generation.clone())),
+        };
+        let reader = RangedReader::new(&self.client, &self.proto, what, pinned, move |range| {
             Request::new("GET", url.clone()).header("range", range)
         });
         Ok(Some(Box::new(reader)))

@@ -1,13 +1,15 @@
 //! Reading S3 back (`verify`): ListObjectsV2 page by page with its continuation
 //! tokens, the size from a HEAD, and an object read range by range, each range asked
-//! with `If-Match` of the ETag the HEAD saw.
+//! with `If-Match` of the ETag the HEAD saw and refused when it names another.
 
 use std::io::Read;
 
 use s3::command::Command;
 
 use super::S3Store;
-use crate::store::client::read::{all_pages, xml_elements, ListPage, RangedReader, LIST_PAGE};
+use crate::store::client::read::{
+    all_pages, xml_elements, ListPage, Pinned, RangedReader, LIST_PAGE,
+};
 use crate::store::client::{missing, Request};
 use crate::store::{prefixed, StoreError, StoreErrorKind};
 
@@ -58,8 +60,12 @@ impl S3Store {
         };
         let url = self.url(&key, Command::GetObject)?;
         let what = format!("S3 GET of {}", self.location(&key));
+        let pinned = Pinned {
+            size: head.size,
+            version: head.etag.clone().map(|e| ("etag", e)),
+        };
         let etag = head.etag;
-        let reader = RangedReader::new(&self.client, &self.proto, what, head.size, move |range| {
+        let reader = RangedReader::new(&self.client, &self.proto, what, pinned, move |range| {
             let r = Request::new("GET", url.clone()).header("range", range);
             match &etag {
                 Some(e) => r.header("if-match", e.clone()),
