@@ -334,7 +334,7 @@ fn read_records(
     let prefix = manifest::manifest_prefix(tag);
     let mut keys = store.list(&prefix)?;
     keys.retain(|key| {
-        let ok = manifest::is_manifest(&key[prefix.len()..]);
+        let ok = key.strip_prefix(&prefix).is_some_and(manifest::is_manifest);
         if !ok {
             log::warn!(
                 "verify: {} is not a manifest (YYYY/MM/DD/<16 hex digits>.jsonl); passed over",
@@ -350,6 +350,11 @@ fn read_records(
             looked_in: format!("{prefix} in {}", store.describe()),
         });
     }
+    log::info!(
+        "verify: reading {} manifest(s) and {in_journal} record(s) of the journal in {}",
+        keys.len(),
+        store.describe()
+    );
     let shared = Mutex::new((index, std::mem::take(&mut findings.bad_lines)));
     in_parallel(threads, &keys, |source, key, _| {
         let manifest = match store.stream(key) {
