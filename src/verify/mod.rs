@@ -282,10 +282,15 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Findings, VerifyError> {
     let store = store::open_existing(&cfg.storage, &agent, budget)?;
     let store = store.as_ref();
     let threads = cfg.concurrency.max(1);
-    let (index, mut findings) = read_records(store, &cfg.tag, threads)?;
-    findings.deep = opts.deep;
-    findings.recorded = index.len();
-    let records = index.select(opts.since, opts.until);
+    let recorded = read_records(store, &cfg.tag, threads)?;
+    let mut findings = Findings {
+        deep: opts.deep,
+        manifests: recorded.manifests,
+        recorded: recorded.index.len(),
+        bad_lines: recorded.bad_lines,
+        ..Findings::default()
+    };
+    let records = recorded.index.select(opts.since, opts.until);
     log::info!(
         "verify: checking {} of {} recorded file(s) in {}{}",
         records.len(),
@@ -311,15 +316,18 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Findings, VerifyError> {
     Ok(findings)
 }
 
-/// The latest record of every name, from the journal entry and every manifest of
-/// `tag`, and what could not be read of them.
-fn read_records(
-    store: &dyn BlobStore,
-    tag: &str,
-    threads: usize,
-) -> Result<(Index, Findings), VerifyError> {
+/// What the journal entry and the manifests of a tag record.
+struct Recorded {
+    /// The latest record of every name.
+    index: Index,
+    manifests: usize,
+    /// What could not be read, by where it is.
+    bad_lines: Vec<BadLine>,
+}
+
+/// Reads the records of `tag`: the journal entry's, then every manifest's.
+fn read_records(store: &dyn BlobStore, tag: &str, threads: usize) -> Result<Recorded, VerifyError> {
     let mut index = Index::default();
-    let mut findings = Findings::default();
     // The journal first: see the module comment.
     let journal_key = manifest::journal_key(tag);
     let journal = match store.get(&journal_key)? {
@@ -330,7 +338,7 @@ fn read_records(
     for (line, record) in journal.records.into_iter().enumerate() {
         index.add(record, Place { source: 0, line });
     }
-    findings.bad_lines = journal.bad;
+    let bad_lines = journal.bad;
     let prefix = manifest::manifest_prefix(tag);
     let mut keys = store.list(&prefix)?;
     keys.retain(|key| {
@@ -344,8 +352,7 @@ fn read_records(
         ok
     });
     keys.sort();
-    findings.manifests = keys.len();
-    if keys.is_empty() && in_journal == 0 && findings.bad_lines.is_empty() {
+    if keys.is_empty() && in_journal == 0 && bad_lines.is_empty() {
         return Err(VerifyError::NothingRecorded {
             looked_in: format!("{prefix} in {}", store.describe()),
         });
@@ -355,7 +362,11 @@ fn read_records(
         keys.len(),
         store.describe()
     );
-    let shared = Mutex::new((index, std::mem::take(&mut findings.bad_lines)));
+    let shared = Mutex::new(Recorded {
+        index,
+        manifests: keys.len(),
+        bad_lines,
+    });
     in_parallel(threads, &keys, |source, key, _| {
         let manifest = match store.stream(key) {
             Ok(Some(src)) => manifest::read_manifest(std::io::BufReader::new(src), key)
@@ -369,7 +380,7 @@ fn read_records(
         match manifest {
             Ok(m) => {
                 for (line, record) in m.records.into_iter().enumerate() {
-                    shared.0.add(
+                    shared.index.add(
                         record,
                         Place {
                             source: source + 1,
@@ -377,17 +388,18 @@ fn read_records(
                         },
                     );
                 }
-                shared.1.extend(m.bad);
+                shared.bad_lines.extend(m.bad);
             }
             Err(e) if e.kind == StoreErrorKind::Denied => return Err(e),
-            Err(e) => shared.1.push(BadLine::new(key.clone(), &e.report())),
+            Err(e) => shared
+                .bad_lines
+                .push(BadLine::new(key.clone(), &e.report())),
         }
         Ok(())
     })?;
-    let (index, mut bad_lines) = shared.into_inner().unwrap_or_else(|e| e.into_inner());
-    bad_lines.sort_by(|a, b| a.at.cmp(&b.at));
-    findings.bad_lines = bad_lines;
-    Ok((index, findings))
+    let mut recorded = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+    recorded.bad_lines.sort_by(|a, b| a.at.cmp(&b.at));
+    Ok(recorded)
 }
 
 /// Checks every record on `threads` threads; the storage refusing access stops all.
