@@ -37,6 +37,7 @@ mod demo;
 mod emulator;
 mod endpoint;
 mod sync;
+mod verify;
 
 // The binary: the whole command line, exit codes included.
 pub use cli::run;
