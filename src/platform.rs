@@ -12,13 +12,19 @@
 //! grows), and so is its pace: a body slower than [`MIN_RATE`] on average over
 //! [`RATE_WINDOW`] of waiting for it has stalled, even when no single read outlasts
 //! `SP_HTTP_TIMEOUT`.
+//!
+//! Under a bandwidth cap (`SP_TASK_SYNC_BANDWIDTH`) every download takes the bytes it
+//! reads from one [`Limiter`] shared by all workers, and waits between reads as long as
+//! it says: outside the time that judges the platform's pace, and never inside a read.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::bandwidth::{Limiter, SystemClock, Timetable};
 use crate::env::Secret;
 use crate::http::retry_after;
 use crate::redact;
@@ -26,6 +32,7 @@ use crate::retry::Reason;
 
 mod download;
 
+use download::Throttle;
 pub use download::{Download, Framing};
 
 /// The largest feed page accepted: a page holds at most 100 small task objects, so
@@ -149,12 +156,14 @@ pub fn decode_page(bytes: &[u8]) -> Result<FeedPage, PlatformError> {
     })
 }
 
-/// A client of one platform, sharing the process's HTTP agent.
+/// A client of one platform, sharing the process's HTTP agent (and its clones, the
+/// bandwidth cap's bucket).
 #[derive(Clone)]
 pub struct Platform {
     agent: ureq::Agent,
     base: String,
     token: Secret,
+    limiter: Option<Arc<Limiter>>,
 }
 
 impl Platform {
@@ -163,7 +172,15 @@ impl Platform {
             agent,
             base: base_url.trim_end_matches('/').to_string(),
             token,
+            limiter: None,
         }
+    }
+
+    /// The same client with its downloads capped by `timetable`, all of them together.
+    pub fn paced(self, timetable: &Timetable) -> Platform {
+        let limiter = (!timetable.is_off())
+            .then(|| Arc::new(Limiter::new(timetable.clone(), Arc::new(SystemClock))));
+        Platform { limiter, ..self }
     }
 
     pub fn base_url(&self) -> &str {
@@ -253,11 +270,16 @@ impl Platform {
                     why,
                 }
             })?;
+        let throttle = self.limiter.clone().map(|limiter| Throttle {
+            limiter,
+            sleep: Box::new(crate::shutdown::sleep),
+        });
         Ok(Download::new(
             Box::new(response.into_body().into_reader()),
             path,
             framing,
             Box::new(Instant::now),
+            throttle,
         ))
     }
 

@@ -1,11 +1,16 @@
 //! A download's body as the engine reads it: complete only when its framing says so,
-//! bounded in size, and judged by its pace (only the time spent inside the body's
-//! `read` counts towards it).
+//! bounded in size, judged by its pace, and kept to the bandwidth cap.
+//!
+//! Its reads are where the platform's pace is measured and where the cap's waits
+//! happen, so the two are kept apart here: only the time spent inside the body's `read`
+//! counts towards the pace, and a wait for the cap comes after it, between reads.
 
 use std::io::{self, Read};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{transient, PlatformError, Unstorable, MIN_RATE, RATE_WINDOW};
+use crate::bandwidth::Limiter;
 use crate::retry::Reason;
 
 /// How a download's body ends, so that a cut one is told from a whole one.
@@ -38,7 +43,8 @@ impl Framing {
 /// average pace under [`MIN_RATE`] over [`RATE_WINDOW`] of waiting), so a storage never
 /// commits a truncated or endless file; and it stops early when the process is asked to
 /// stop. After a failed store, [`Download::take_failure`] says how the engine must take
-/// a failure the body decided.
+/// a failure the body decided. Under a bandwidth cap it reads at most a
+/// [`Limiter::chunk`] at a time and waits after each read as the limiter says.
 pub struct Download {
     body: Box<dyn Read + Send>,
     framing: Framing,
@@ -46,7 +52,15 @@ pub struct Download {
     path: String,
     pace: Pace,
     clock: Box<dyn Fn() -> Instant + Send>,
+    throttle: Option<Throttle>,
     failure: Option<PlatformError>,
+}
+
+/// The bandwidth cap a download keeps to, and how it waits for it.
+pub(super) struct Throttle {
+    pub(super) limiter: Arc<Limiter>,
+    /// Sleeps; false when the process was asked to stop meanwhile.
+    pub(super) sleep: Box<dyn Fn(Duration) -> bool + Send>,
 }
 
 impl Download {
@@ -55,6 +69,7 @@ impl Download {
         path: &str,
         framing: Framing,
         clock: Box<dyn Fn() -> Instant + Send>,
+        throttle: Option<Throttle>,
     ) -> Download {
         Download {
             body,
@@ -63,6 +78,7 @@ impl Download {
             path: path.to_string(),
             pace: Pace::default(),
             clock,
+            throttle,
             failure: None,
         }
     }
@@ -86,17 +102,42 @@ impl Download {
         self.failure = Some(failure);
         error
     }
+
+    /// Takes `bytes` just read from the bandwidth cap's bucket and waits as long as it
+    /// says: after the read was timed, so the wait never counts against the platform's
+    /// pace, and between reads, so no read waits longer for the server.
+    fn keep_to_the_cap(&self, bytes: usize) -> io::Result<()> {
+        let Some(throttle) = &self.throttle else {
+            return Ok(());
+        };
+        let wait = throttle.limiter.take(bytes as u64);
+        if wait.is_zero() || (throttle.sleep)(wait) {
+            Ok(())
+        } else {
+            Err(stopping())
+        }
+    }
+}
+
+fn stopping() -> io::Error {
+    io::Error::other("stopping: the process was asked to stop")
 }
 
 impl Read for Download {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if crate::shutdown::requested() {
-            return Err(io::Error::other("stopping: the process was asked to stop"));
+            return Err(stopping());
         }
+        // Under a cap, a small step at a time: the workers take turns at the bucket and
+        // each wait is short.
+        let len = self
+            .throttle
+            .as_ref()
+            .map_or(buf.len(), |t| t.limiter.chunk().min(buf.len()));
         // Only the time spent waiting for the platform counts towards its pace: not the
-        // time the caller spends storing what came.
+        // time the caller spends storing what came, nor the waits for the cap.
         let started = (self.clock)();
-        let read = self.body.read(buf);
+        let read = self.body.read(&mut buf[..len]);
         let waited = (self.clock)().saturating_duration_since(started);
         let n = match read {
             Ok(n) => n,
@@ -144,6 +185,7 @@ impl Read for Download {
                 );
                 return Err(self.fail(io::ErrorKind::TimedOut, transient(Reason::Timeout, message)));
             }
+            self.keep_to_the_cap(n)?;
         }
         Ok(n)
     }
@@ -189,9 +231,10 @@ impl Pace {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use super::*;
+    use crate::bandwidth::Timetable;
 
     #[test]
     fn only_framed_bodies_within_the_limit_are_downloaded() {
@@ -299,8 +342,121 @@ mod tests {
             "/recording-direct/t/r1",
             framing,
             Box::new(move || *now.lock().unwrap()),
+            None,
         );
         (download, clock)
+    }
+
+    /// The test's clock, as the bandwidth limiter reads it.
+    struct SharedClock(Arc<Mutex<Instant>>);
+
+    impl crate::bandwidth::Clock for SharedClock {
+        fn now(&self) -> Instant {
+            *self.0.lock().unwrap()
+        }
+
+        fn unix_seconds(&self) -> i64 {
+            0
+        }
+    }
+
+    /// [`slow_download`] under the cap `rate`, whose waits move the clock (or, when not
+    /// `patient`, are cut short by a stop).
+    fn capped_download(
+        rate: &str,
+        per_read: Duration,
+        chunk: usize,
+        len: usize,
+        patient: bool,
+    ) -> (Download, Arc<Mutex<Instant>>, Arc<Limiter>) {
+        let (mut download, clock) =
+            slow_download(Framing::Length(len as u64), per_read, chunk, Some(len));
+        let limiter = Arc::new(Limiter::new(
+            Timetable::parse(rate).unwrap(),
+            Arc::new(SharedClock(clock.clone())),
+        ));
+        let slept = clock.clone();
+        download.throttle = Some(Throttle {
+            limiter: limiter.clone(),
+            sleep: Box::new(move |wait| {
+                *slept.lock().unwrap() += wait;
+                patient
+            }),
+        });
+        (download, clock, limiter)
+    }
+
+    #[test]
+    fn a_capped_download_keeps_to_the_cap_in_small_reads() {
+        // A platform that could send 4 MiB/s; a cap of 64 KiB/s.
+        let len = 1 << 20;
+        let (mut download, clock, _) =
+            capped_download("64KiB/s", Duration::from_millis(1), 4096 * 16, len, true);
+        let start = *clock.lock().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        loop {
+            let n = download.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(
+                n <= 4096,
+                "a read of {n} bytes: a sixteenth of a second is 4096"
+            );
+            total += n;
+        }
+        assert_eq!(total, len);
+        let elapsed = clock.lock().unwrap().duration_since(start);
+        // All of it but the first second's burst, at 64 KiB/s.
+        assert!(elapsed >= Duration::from_secs(15), "{elapsed:?}");
+    }
+
+    #[test]
+    fn waiting_for_the_cap_is_not_the_platform_stalling() {
+        // The platform sends 256 bytes every 0.1 s (2560 bytes/s); three other workers
+        // read as much at the same time under a shared cap of 1 KiB/s, so this download
+        // gets 256 bytes/s: a stall, were the waits counted as waiting for the platform.
+        let len = 40_000;
+        let (mut download, clock, limiter) =
+            capped_download("1KiB/s", Duration::from_millis(100), 256, len, true);
+        let start = *clock.lock().unwrap();
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        loop {
+            match download.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    total += n;
+                    limiter.take(3 * n as u64);
+                }
+                Err(e) => panic!("after {total} bytes: {e}"),
+            }
+        }
+        assert_eq!(total, len);
+        assert!(download.take_failure().is_none());
+        let elapsed = clock.lock().unwrap().duration_since(start);
+        assert!(elapsed >= Duration::from_secs(150), "{elapsed:?}");
+    }
+
+    #[test]
+    fn a_stop_ends_the_wait_for_the_cap() {
+        let (mut download, _, _) =
+            capped_download("1MiB/s", Duration::from_millis(1), 65536, 4 << 20, false);
+        let mut buf = vec![0u8; 65536];
+        let mut total = 0;
+        let error = loop {
+            match download.read(&mut buf) {
+                Ok(n) => total += n,
+                Err(e) => break e,
+            }
+        };
+        assert!(error.to_string().contains("stopping"), "{error}");
+        assert_eq!(
+            total,
+            1 << 20,
+            "the first second's burst came without a wait"
+        );
     }
 
     #[test]
