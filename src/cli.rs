@@ -126,6 +126,7 @@ fn sync(mode: Mode) -> u8 {
     }
     shutdown::install();
     retry::observe(|side, reason| metrics::global().retry(side, reason));
+    metrics::global().bandwidth(&cfg.bandwidth);
     let agent = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network).agent;
     // The storage client retries each of its requests itself: within the retry
     // timeout in --once, forever in service mode (README "Retries").
