@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bandwidth;
 mod boundary;
 mod cloud;
 mod ops;
