@@ -132,6 +132,7 @@ fn sync(mode: Mode) -> u8 {
     }
     shutdown::install();
     retry::observe(|side, reason| metrics::global().retry(side, reason));
+    metrics::global().bandwidth(&cfg.bandwidth);
     let agent = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network).agent;
     // The storage client retries each of its requests itself: within the retry
     // timeout in --once, forever in service mode (README "Retries").
@@ -188,7 +189,8 @@ fn sync(mode: Mode) -> u8 {
     // a dead one's (process ids say nothing across containers).
     let earlier_run = lease.predecessor().map(|p| p.run_id.as_str());
     store.sweep_leftovers(&cfg.tag, earlier_run.filter(|r| !r.is_empty()));
-    let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
+    let platform =
+        Platform::new(agent, &cfg.api.base_url(), cfg.token.clone()).paced(&cfg.bandwidth);
     // Started for systemd: the lease is held and the first round begins.
     notify::ready();
     let outcome = Engine::new(&cfg, platform, store.as_ref(), mode).run();
@@ -227,6 +229,8 @@ fn check(connect: bool) -> u8 {
     for (name, value) in cfg.describe() {
         println!("  {name:<32} {value}");
     }
+    let now = crate::bandwidth::unix_now();
+    println!("bandwidth: {}", cfg.bandwidth.outlook(now));
     if let Some(warning) = cfg.api.clear_text_warning() {
         println!("warning: {warning}");
     }

@@ -7,6 +7,7 @@
 //! of its own group or of the groups before it (README "Layout" gives the order).
 
 // Leaf types and helpers.
+mod bandwidth;
 mod checksum;
 mod date_pattern;
 mod encoding;
