@@ -71,8 +71,35 @@ fn sliced(t: &[[u64; 256]; 8], mut crc: u64, bytes: &[u8]) -> u64 {
 }
 
 /// Continues a CRC32C (Castagnoli) over `bytes`; start from `!0`, finish with `^ !0`.
+/// On x86-64 CPUs with SSE 4.2 the CPU's own CRC32 instruction does it, eight bytes a
+/// step (about ten times the tables' speed: every stored byte passes here once for the
+/// archive manifest); elsewhere the slicing-by-8 tables.
 pub fn crc32c_update(crc: u32, bytes: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("sse4.2") {
+            // SAFETY: the CPU was just checked to have the instructions.
+            return unsafe { crc32c_sse42(crc, bytes) };
+        }
+    }
     sliced(&CRC32C_TABLES, crc as u64, bytes) as u32
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn crc32c_sse42(crc: u32, bytes: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    let mut crc = crc as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        crc = _mm_crc32_u64(crc, v);
+    }
+    let mut crc = crc as u32;
+    for &b in chunks.remainder() {
+        crc = _mm_crc32_u8(crc, b);
+    }
+    crc
 }
 
 /// Continues a CRC-64/NVME over `bytes`; start from `!0`, finish with `^ !0`.
@@ -88,6 +115,38 @@ pub fn crc64(bytes: &[u8]) -> u64 {
     crc64_update(CRC64_INIT, bytes) ^ CRC64_INIT
 }
 
+/// Reads through to `inner`, keeping the CRC-32C of every byte read.
+pub struct Crc32cReader<R> {
+    inner: R,
+    crc: u32,
+}
+
+impl<R> Crc32cReader<R> {
+    pub fn new(inner: R) -> Crc32cReader<R> {
+        Crc32cReader {
+            inner,
+            crc: CRC32C_INIT,
+        }
+    }
+
+    /// The CRC-32C of the bytes read so far.
+    pub fn crc32c(&self) -> u32 {
+        self.crc ^ CRC32C_INIT
+    }
+
+    pub fn inner(&mut self) -> &mut R {
+        &mut self.inner
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Crc32cReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc = crc32c_update(self.crc, &buf[..n]);
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +159,11 @@ mod tests {
         // Slicing and the byte loop agree at every split.
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
         let whole = crc32c(&data);
+        assert_eq!(
+            sliced(&CRC32C_TABLES, u64::from(CRC32C_INIT), &data) as u32 ^ CRC32C_INIT,
+            whole,
+            "the tables and the CPU's instruction agree"
+        );
         for split in [0, 1, 7, 8, 9, 500, 999] {
             let c = crc32c_update(crc32c_update(!0, &data[..split]), &data[split..]) ^ !0;
             assert_eq!(c, whole, "{split}");
@@ -108,5 +172,16 @@ mod tests {
             sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn a_reader_keeps_the_checksum_of_what_passed() {
+        use std::io::Read;
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13) as u8).collect();
+        let mut r = Crc32cReader::new(&data[..]);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(r.crc32c(), crc32c(&data));
     }
 }

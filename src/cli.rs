@@ -14,7 +14,7 @@ use crate::report::Report;
 use crate::retry::{self, RetryBudget};
 use crate::store::{self, BlobStore, StoreErrorKind};
 use crate::sync::{Engine, Mode, SyncError};
-use crate::{demo, endpoint, http, metrics, notify, shutdown};
+use crate::{demo, endpoint, http, metrics, notify, shutdown, verify};
 
 /// Exit codes (README: "Exit codes").
 mod exit {
@@ -50,6 +50,11 @@ Usage:
                                  (and compare them with a platform fileName)
   spinoco-connector demo [--dir DIR]
                                  sync from a built-in platform emulator into DIR (./demo-data)
+  spinoco-connector verify [--since DATE] [--until DATE] [--deep]
+                                 check that every file the manifests record is in the
+                                 storage with its size (--deep: and its CRC-32C); dates
+                                 YYYY-MM-DD or ISO-8601, both included, select by the
+                                 date a file was stored; exit 0 only if all holds
   spinoco-connector health [--live]
                                  ask the running connector's SP_METRICS_ADDR endpoint for
                                  /readyz (or /healthz with --live); exit 0 if it answers 200
@@ -82,6 +87,7 @@ pub fn run(args: &[String]) -> u8 {
             _ => usage("check takes only --connect"),
         },
         Some("render") => render(&args[1..]),
+        Some("verify") => verify_cmd(&args[1..]),
         Some("health") => match &args[1..] {
             [] => health(false),
             [flag] if flag == "--live" => health(true),
@@ -126,6 +132,7 @@ fn sync(mode: Mode) -> u8 {
     }
     shutdown::install();
     retry::observe(|side, reason| metrics::global().retry(side, reason));
+    metrics::global().bandwidth(&cfg.bandwidth);
     let agent = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network).agent;
     // The storage client retries each of its requests itself: within the retry
     // timeout in --once, forever in service mode (README "Retries").
@@ -182,7 +189,8 @@ fn sync(mode: Mode) -> u8 {
     // a dead one's (process ids say nothing across containers).
     let earlier_run = lease.predecessor().map(|p| p.run_id.as_str());
     store.sweep_leftovers(&cfg.tag, earlier_run.filter(|r| !r.is_empty()));
-    let platform = Platform::new(agent, &cfg.api.base_url(), cfg.token.clone());
+    let platform =
+        Platform::new(agent, &cfg.api.base_url(), cfg.token.clone()).paced(&cfg.bandwidth);
     // Started for systemd: the lease is held and the first round begins.
     notify::ready();
     let outcome = Engine::new(&cfg, platform, store.as_ref(), mode).run();
@@ -221,6 +229,8 @@ fn check(connect: bool) -> u8 {
     for (name, value) in cfg.describe() {
         println!("  {name:<32} {value}");
     }
+    let now = crate::bandwidth::unix_now();
+    println!("bandwidth: {}", cfg.bandwidth.outlook(now));
     if let Some(warning) = cfg.api.clear_text_warning() {
         println!("warning: {warning}");
     }
@@ -336,6 +346,38 @@ fn probe_storage(store: &dyn BlobStore) -> Result<String, store::StoreError> {
         )));
     }
     Ok(store.describe())
+}
+
+/// `verify`: exit 0 when every selected file is there as recorded, 1 when not (or the
+/// archive could not be read), 5 when the storage refuses access.
+fn verify_cmd(args: &[String]) -> u8 {
+    let opts = match verify::Options::parse(args) {
+        Ok(o) => o,
+        Err(problem) => return usage(&problem),
+    };
+    let cfg = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(cfg.log_level, cfg.log_format);
+    match verify::run(&cfg, &opts) {
+        Ok(findings) => {
+            print!("{findings}");
+            if findings.holds() {
+                exit::OK
+            } else {
+                exit::FAILURE
+            }
+        }
+        Err(e) => {
+            error!("{}", Report(&e));
+            if e.is_denied() {
+                exit::STORAGE_DENIED
+            } else {
+                exit::FAILURE
+            }
+        }
+    }
 }
 
 fn render(args: &[String]) -> u8 {

@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::manifest::FileRecord;
 use crate::platform::FeedPage;
 use crate::store::{put_bytes, BlobStore, StoreError};
 use crate::template::{escape_tag, RESERVED_PREFIX};
@@ -55,6 +56,13 @@ pub struct JournaledPage {
     /// Tasks whose files are all durably stored: on replay they go straight to deletes.
     #[serde(default)]
     pub stored: BTreeSet<String>,
+    /// The archive records of the stored tasks' files (`crate::manifest`): the page's
+    /// manifest is written from them when it is finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<FileRecord>,
+    /// Unix milliseconds the page was received (the day of its manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<u64>,
 }
 
 /// What the journal holds: the pages not finished, oldest first, and where the feed
@@ -155,13 +163,14 @@ impl OnDisk {
                 let mut pages = vec![JournaledPage {
                     tasks,
                     stored: self.stored,
+                    ..JournaledPage::default()
                 }];
                 let mut next = self.next;
                 if let Some(ahead) = self.ahead {
                     // `next` was the token that fetched it; its own `next` goes on.
                     pages.push(JournaledPage {
                         tasks: ahead.tasks,
-                        stored: BTreeSet::new(),
+                        ..JournaledPage::default()
                     });
                     next = ahead.next;
                 }
@@ -184,6 +193,9 @@ impl OnDisk {
 pub struct EncodedPage<'p> {
     pub tasks_json: &'p str,
     pub stored: &'p BTreeSet<String>,
+    /// The stored tasks' archive records, each a JSON object already.
+    pub records: &'p [String],
+    pub received_ms: u64,
 }
 
 /// Serialises the tasks of a page once, as the JSON array the journal holds.
@@ -218,6 +230,17 @@ pub fn encode<'p>(pages: impl Iterator<Item = EncodedPage<'p>>, tail: Tail) -> V
         out.extend_from_slice(page.tasks_json.as_bytes());
         out.extend_from_slice(b",\"stored\":");
         serde_json::to_writer(&mut out, page.stored).expect("strings serialise");
+        if !page.records.is_empty() {
+            out.extend_from_slice(b",\"records\":[");
+            for (i, r) in page.records.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(r.as_bytes());
+            }
+            out.push(b']');
+        }
+        out.extend_from_slice(format!(",\"received\":{}", page.received_ms).as_bytes());
         out.push(b'}');
     }
     out.push(b']');
@@ -412,9 +435,21 @@ mod tests {
         let (root, store) = temp_store("rt");
         let journal = PageJournal::new(&store, "t/1");
         assert!(journal.load().unwrap().is_none());
+        let record = FileRecord {
+            name: "a/y.ogg".into(),
+            size: 7,
+            crc32c: 0xdead_beef,
+            task_id: "y\"z".into(),
+            data_type: "Recordings".into(),
+            recording_id: Some("r1".into()),
+            stored_at: 1_796_537_631_123,
+            deleted_at: None,
+        };
         let page = JournaledPage {
             tasks: vec![json!({"taskId": "x"}), json!({"taskId": "y\"z"})],
             stored: ["y\"z".to_string()].into(),
+            records: vec![record.clone()],
+            received: Some(1_796_537_630_000),
         };
         let backlog = BacklogRef {
             id: "b1".into(),
@@ -424,6 +459,8 @@ mod tests {
             [EncodedPage {
                 tasks_json: &tasks_json(&page.tasks.iter().collect::<Vec<_>>()),
                 stored: &page.stored,
+                records: &[record.to_json()],
+                received_ms: 1_796_537_630_000,
             }]
             .into_iter(),
             Tail {

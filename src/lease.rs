@@ -682,6 +682,15 @@ mod tests {
         fn atomic_creates(&self) -> bool {
             self.atomic
         }
+        fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.local.list(prefix)
+        }
+        fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+            self.local.size(key)
+        }
+        fn stream(&self, key: &str) -> Result<Option<Box<dyn std::io::Read + '_>>, StoreError> {
+            self.local.stream(key)
+        }
     }
 
     /// A store whose creates are atomic takes the lease with one read and one write:

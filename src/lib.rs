@@ -7,11 +7,13 @@
 //! of its own group or of the groups before it (README "Layout" gives the order).
 
 // Leaf types and helpers.
+mod bandwidth;
 mod checksum;
 mod date_pattern;
 mod encoding;
 mod env;
 mod logging;
+mod manifest;
 mod notify;
 mod process;
 mod redact;
@@ -36,6 +38,7 @@ mod demo;
 mod emulator;
 mod endpoint;
 mod sync;
+mod verify;
 
 // The binary: the whole command line, exit codes included.
 pub use cli::run;

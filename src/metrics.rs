@@ -8,8 +8,10 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::bandwidth::Timetable;
 use crate::retry::{Reason, Side};
 
 /// What was moved and what went wrong, counted one way everywhere: a page's counts
@@ -103,6 +105,8 @@ pub struct Metrics {
     /// The last storage probe of the endpoint worked.
     storage_ok: AtomicBool,
     started_ms: AtomicU64,
+    /// The cap on download bandwidth through the day (none until the engine sets it).
+    bandwidth: OnceLock<Timetable>,
 }
 
 static METRICS: Metrics = Metrics::new();
@@ -145,6 +149,7 @@ impl Metrics {
             ready_window_ms: AtomicU64::new(0),
             storage_ok: AtomicBool::new(true),
             started_ms: AtomicU64::new(0),
+            bandwidth: OnceLock::new(),
         }
     }
 
@@ -219,6 +224,12 @@ impl Metrics {
         self.started_ms.store(now_ms(), Ordering::Relaxed);
         self.ready_window_ms
             .store(ready_window.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The downloads keep to `timetable` (`SP_TASK_SYNC_BANDWIDTH`): the gauge shows the
+    /// cap it puts in force at each scrape. Set once; later calls change nothing.
+    pub fn bandwidth(&self, timetable: &Timetable) {
+        let _ = self.bandwidth.set(timetable.clone());
     }
 
     /// The endpoint's storage probe got an answer (`reachable`) or not.
@@ -338,6 +349,16 @@ impl Metrics {
             "gauge",
             "Downloads being stored right now.",
             &[("", self.in_flight.load(Ordering::Relaxed).to_string())],
+        );
+        let cap = self
+            .bandwidth
+            .get()
+            .map_or(0, |t| t.cap_at((now_ms() / 1000) as i64).bytes_per_second());
+        metric(
+            "spinoco_bandwidth_limit_bytes_per_second",
+            "gauge",
+            "The cap on download bandwidth in force (SP_TASK_SYNC_BANDWIDTH), in bytes a second; 0: none.",
+            &[("", cap.to_string())],
         );
         metric(
             "spinoco_last_success_timestamp_seconds",
@@ -472,6 +493,29 @@ mod tests {
         assert_eq!(page(&m), started, "only the engine's window moves it");
         m.oldest_page(None);
         assert_eq!(page(&m), 0.0);
+    }
+
+    #[test]
+    fn the_bandwidth_gauge_shows_the_cap_in_force() {
+        let gauge = |m: &Metrics| {
+            let text = m.render();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("spinoco_bandwidth_limit_bytes_per_second "))
+                .unwrap()
+                .to_string();
+            line.rsplit_once(' ').unwrap().1.to_string()
+        };
+        let m = Metrics::new();
+        assert_eq!(gauge(&m), "0", "no cap");
+        m.bandwidth(&Timetable::parse("2MiB/s").unwrap());
+        assert_eq!(gauge(&m), "2097152");
+        // A timetable of another cap every hour: the cap of the hour of the scrape.
+        let m = Metrics::new();
+        let hourly: Vec<String> = (0..24).map(|h| format!("{h:02}:00,{}M", h + 1)).collect();
+        m.bandwidth(&Timetable::parse(&hourly.join(" ")).unwrap());
+        let hour = now_ms() / 1000 % 86_400 / 3600;
+        assert_eq!(gauge(&m), ((hour + 1) << 20).to_string());
     }
 
     #[test]

@@ -170,6 +170,8 @@ pub struct FileJob {
     pub other_name: Option<String>,
     /// The task id and data type, stored with the file as user metadata.
     pub info: ObjectInfo,
+    /// The recording's id, for a recording whose id the platform gave.
+    pub recording_id: Option<String>,
 }
 
 /// Which name a file gets when the template's and the platform's `fileName` differ
@@ -306,6 +308,8 @@ pub const MAX_TASK_DEPTH: usize = 32;
 pub struct Deletes {
     /// Paths of recordings this task handed out: sent once all its files are stored.
     pub allowed: Vec<String>,
+    /// For each allowed path, the recording's place among the task's gets (and files).
+    pub recordings: Vec<usize>,
     /// Entries the platform had no business sending, each with the reason.
     pub refused: Vec<RefusedDelete>,
 }
@@ -336,26 +340,28 @@ impl Task {
     /// `recordingId`, or, when the get has none, the last segment of the get's path.
     /// (The engine sends them only once every file of the task is stored.)
     pub fn deletes(&self, recordings: bool) -> Deletes {
-        let handed_out: Vec<&str> = self
-            .get
-            .iter()
-            .filter(|g| is_recording(g))
-            .filter_map(|g| match &g.recording_id {
-                Some(id) => Some(id.as_str()),
-                None => last_segment(&g.path),
+        // Each recording this task hands out, by its key, with its place among the gets.
+        let handed_out: Vec<(&str, usize)> = (self.get.iter().enumerate())
+            .filter(|(_, g)| is_recording(g))
+            .filter_map(|(i, g)| match &g.recording_id {
+                Some(id) => Some((id.as_str(), i)),
+                None => last_segment(&g.path).map(|s| (s, i)),
             })
             .collect();
         let mut out = Deletes::default();
         for d in &self.delete {
-            let reason = if !recordings {
-                Some("deletes are not configured (SP_TASK_SYNC_DELETE_DATA)")
-            } else if !last_segment(&d.path).is_some_and(|s| handed_out.contains(&s)) {
-                Some("it names no recording this task hands out")
-            } else if out.allowed.contains(&d.path) {
-                None
-            } else {
-                out.allowed.push(d.path.clone());
-                None
+            let recording = last_segment(&d.path)
+                .and_then(|s| handed_out.iter().find(|(key, _)| *key == s))
+                .map(|(_, i)| *i);
+            let reason = match recording {
+                _ if !recordings => Some("deletes are not configured (SP_TASK_SYNC_DELETE_DATA)"),
+                None => Some("it names no recording this task hands out"),
+                Some(_) if out.allowed.contains(&d.path) => None,
+                Some(i) => {
+                    out.allowed.push(d.path.clone());
+                    out.recordings.push(i);
+                    None
+                }
             };
             if let Some(reason) = reason {
                 out.refused.push(RefusedDelete {
@@ -420,6 +426,9 @@ impl Task {
                     task_id: self.task_id.clone(),
                     data_type: item.data_type.clone().unwrap_or_default(),
                 },
+                recording_id: is_recording(item)
+                    .then(|| item.recording_id.clone())
+                    .flatten(),
             });
         }
         Ok(jobs)
@@ -735,6 +744,7 @@ mod tests {
                 "/recording-direct/x/r1"
             ]
         );
+        assert_eq!(d.recordings, [0, 2, 0], "the gets each deletes");
         let refused: Vec<&str> = d.refused.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(
             refused,

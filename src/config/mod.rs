@@ -14,6 +14,7 @@ use crate::task::{join_types, DataType, NameSource};
 use crate::template::FileNameTemplate;
 
 mod api;
+mod bandwidth;
 mod filters;
 
 use api::parse_api;
@@ -49,6 +50,9 @@ pub struct Config {
     pub names: NameSource,
     /// `SP_TASK_SYNC_LEASE_TTL`: how long the journal lease lasts without renewal.
     pub lease_ttl: Duration,
+    /// `SP_TASK_SYNC_BANDWIDTH` in `SP_TASK_SYNC_BANDWIDTH_TZ`: the cap on download
+    /// bytes at each time of day.
+    pub bandwidth: crate::bandwidth::Timetable,
     pub storage: StorageSettings,
     /// Extra trusted CAs and proxies (`crate::http::proxy`).
     pub network: crate::http::proxy::Network,
@@ -218,6 +222,7 @@ impl Config {
             100,
             &mut errors,
         ) as u32;
+        let bandwidth = bandwidth::from_env(env, &mut errors);
         let storage = parse_storage(env, &mut errors);
         let network = crate::http::proxy::Network::from_env(env, &mut errors);
         let metrics_addr = parse_metrics_addr(env, &mut errors);
@@ -243,6 +248,7 @@ impl Config {
                 max_file_size,
                 names,
                 lease_ttl,
+                bandwidth,
                 storage,
                 network,
                 metrics_addr,
@@ -332,6 +338,7 @@ impl Config {
                 "SP_TASK_SYNC_MAX_FILE_SIZE",
                 format!("{} bytes", self.max_file_size),
             ),
+            ("SP_TASK_SYNC_BANDWIDTH", self.bandwidth.to_string()),
             ("SP_LOG_LEVEL", self.log_level.to_string().to_lowercase()),
             ("SP_LOG_FORMAT", self.log_format.name().to_string()),
             (
@@ -629,6 +636,7 @@ mod tests {
             ("SP_TASK_SYNC_PAGE_SIZE", "500"),
             ("SP_TASK_SYNC_POLL_INTERVAL", "soon"),
             ("SP_LOG_LEVEL", "loud"),
+            ("SP_TASK_SYNC_BANDWIDTH", "Sat-08:00,2M"),
         ]);
         env.set("SP_TASK_SYNC_FILE_NAME_TEMPLATE", "{{due_date|yyyy}}");
         let errs = errors_of(&env);
@@ -646,6 +654,7 @@ mod tests {
             "SP_TASK_SYNC_PAGE_SIZE",
             "SP_TASK_SYNC_POLL_INTERVAL",
             "SP_LOG_LEVEL",
+            "SP_TASK_SYNC_BANDWIDTH",
         ] {
             assert!(vars.contains(&v), "{v} missing from {errs:#?}");
         }

@@ -35,6 +35,8 @@
 //! temp file to the target, which fails when the target exists; `IfMatch` compares the
 //! SHA-256 of the stored bytes (the version) under an exclusive lock on
 //! `.spinoco-connector/cas.lock`, so two connectors on one folder cannot both win.
+//!
+//! Reading an archive back (`verify`), which creates nothing, is in `read`.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -53,6 +55,8 @@ use crate::checksum::sha256_hex;
 use crate::process::run_id;
 use crate::report::Chained;
 use crate::retry::{with_retries, Reason, RetryBudget, Side, Step};
+
+mod read;
 
 /// Folder (below the root) that holds the connector's own state and temp files.
 pub const STATE_DIR: &str = ".spinoco-connector";
@@ -400,6 +404,18 @@ impl BlobStore for LocalStore {
                 Err(e) => Err(e),
             },
         )
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.list_names(prefix)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.file_size(key)
+    }
+
+    fn stream(&self, key: &str) -> Result<Option<Box<dyn Read + '_>>, StoreError> {
+        self.file_stream(key)
     }
 
     fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StoreError> {

@@ -6,6 +6,8 @@
 //! [`BlobStore::staging`]), keeps its page journal with small puts, gets and deletes,
 //! and never knows which provider is behind it. Each provider lives in its own module and
 //! promises the same thing: an object becomes visible only when it is complete.
+//! `verify` reads an archive back through the same trait (a listing, a size, a
+//! stream), and only reads.
 //!
 //! What reaches the engine from a store (stated here once): the store retries each of
 //! its own requests (or file operations) under the [`RetryBudget`] it was opened with,
@@ -73,6 +75,21 @@ pub fn open(
             budget,
         ))),
         StorageSettings::S3(s) => Ok(Box::new(s3::S3Store::open(s, agent, budget)?)),
+    }
+}
+
+/// Opens the configured provider to read only (`verify`): as [`open`], except that a
+/// local folder must exist and nothing is created in it.
+pub fn open_existing(
+    settings: &StorageSettings,
+    agent: &ureq::Agent,
+    budget: RetryBudget,
+) -> Result<Box<dyn BlobStore>, StoreError> {
+    match settings {
+        StorageSettings::Local { root } => Ok(Box::new(
+            local::LocalStore::open_existing(root)?.with_budget(budget),
+        )),
+        _ => open(settings, agent, budget),
     }
 }
 
@@ -202,6 +219,23 @@ pub trait BlobStore: Send + Sync {
         false
     }
 
+    /// Every name under `prefix` (`a/b/` for a folder), relative to the store's root or
+    /// prefix like the keys, in no particular order: S3 ListObjectsV2, GCS objects list
+    /// and Azure List Blobs page by page, local disk a walk (symbolic links to folders
+    /// left out). Only reads (`verify`).
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The size of the object under `key` (a HEAD, the metadata, a stat), `Ok(None)`
+    /// when there is none.
+    fn size(&self, key: &str) -> Result<Option<u64>, StoreError>;
+
+    /// The object under `key` as a stream of its bytes, `Ok(None)` when there is none.
+    /// Memory stays bounded whatever the object's size: the cloud providers read it one
+    /// range at a time through the shared REST layer ([`client::read`]), each range
+    /// retried on its own. An error while reading is an `io::Error` whose inner error is
+    /// the [`StoreError`] ([`StoreError::of_io`] gets it back).
+    fn stream(&self, key: &str) -> Result<Option<Box<dyn Read + '_>>, StoreError>;
+
     /// Called by the service once it holds the journal lease of `tag`, and only then:
     /// cleans up what earlier runs left behind. `earlier_run` is the run id of the
     /// lease's previous holder ([`crate::lease::Lease::predecessor`]), whose run is over.
@@ -282,6 +316,17 @@ impl StoreError {
         Self::new(StoreErrorKind::Restart, message)
     }
 
+    /// The storage error inside an `io::Error` a [`BlobStore::stream`] returned, or a
+    /// `Transient` one saying what `what` met.
+    pub fn of_io(what: &str, err: io::Error) -> Self {
+        err.downcast::<StoreError>()
+            .unwrap_or_else(|err| StoreError {
+                kind: StoreErrorKind::Transient,
+                message: what.to_string(),
+                source: Some(Box::new(err)),
+            })
+    }
+
     /// Classifies a local I/O error met while doing `what`. A missing file or folder
     /// while storing is a temp file (or its folder) that vanished under the write: it
     /// never comes back by retrying, the file must be written again from its source.
@@ -359,6 +404,21 @@ mod tests {
             StoreErrorKind::Denied
         );
         assert_eq!(kind(io::ErrorKind::IsADirectory), StoreErrorKind::Rejected);
+    }
+
+    #[test]
+    fn a_store_error_comes_back_out_of_an_io_error() {
+        let inner = StoreError::new(StoreErrorKind::Denied, "refused");
+        let back = StoreError::of_io("reading", io::Error::other(inner));
+        assert_eq!(
+            (back.kind, back.message.as_str()),
+            (StoreErrorKind::Denied, "refused")
+        );
+        let plain = StoreError::of_io("reading x", io::Error::from(io::ErrorKind::BrokenPipe));
+        assert_eq!(
+            (plain.kind, plain.message.as_str()),
+            (StoreErrorKind::Transient, "reading x")
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use log::{error, info};
@@ -17,7 +17,8 @@ use super::round::{
     WINDOW_PAGES,
 };
 use super::{now_ms, SyncError};
-use crate::journal::{self, BacklogRef, Journal};
+use crate::journal::{self, BacklogRef, Journal, JournaledPage};
+use crate::manifest::FileRecord;
 use crate::metrics::Counts;
 use crate::platform::{FeedPage, PlatformError};
 use crate::report::Report;
@@ -90,7 +91,7 @@ impl<'e> Round<'e> {
                 p.stored.len()
             );
             // Planned outside the lock (names are rendered here); durable already.
-            let (page, jobs) = self.plan(&p.tasks, &p.stored);
+            let (page, jobs) = self.plan(&p.tasks, &p);
             let mut st = self.lock();
             st.jobs.extend(jobs);
             self.admit(&mut st, page, p.stored, 0, Vec::new());
@@ -116,7 +117,7 @@ impl<'e> Round<'e> {
             if let Some(tasks) = st.backlog.as_mut().and_then(|b| b.pages.pop_front()) {
                 // Durable in the backlog already: the write that takes it only moves it.
                 drop(st);
-                let (page, jobs) = self.plan(&tasks, &BTreeSet::new());
+                let (page, jobs) = self.plan(&tasks, &JournaledPage::default());
                 let mut st = self.lock();
                 if let Some(b) = st.backlog.as_mut() {
                     b.at.taken += 1;
@@ -191,7 +192,7 @@ impl<'e> Round<'e> {
                     None => return,
                 }
             };
-            let planned = first.map(|tasks| self.plan(&tasks, &BTreeSet::new()));
+            let planned = first.map(|tasks| self.plan(&tasks, &JournaledPage::default()));
             let mut st = self.lock();
             st.next = next;
             st.query_mark = None;
@@ -246,7 +247,10 @@ impl<'e> Round<'e> {
     /// Plans the work of a page: every task checked and named, its jobs listed (only
     /// deletes for a task recorded as stored). Tasks that cannot be stored as sent are
     /// reported and counted here.
-    pub(super) fn plan(&self, raw: &[Value], stored: &BTreeSet<String>) -> (Arc<Page>, Vec<Job>) {
+    /// `held` is what the journal already holds of the page (nothing for a page the feed
+    /// just sent): the tasks recorded as stored, their archive records, when it came.
+    pub(super) fn plan(&self, raw: &[Value], held: &JournaledPage) -> (Arc<Page>, Vec<Job>) {
+        let stored = &held.stored;
         let engine = self.engine;
         let counts = Counts::new();
         let mut tasks = Vec::with_capacity(raw.len());
@@ -300,12 +304,25 @@ impl<'e> Round<'e> {
                 );
                 Counts::bump(&counts.rejected, 1);
             }
+            // A task recorded as stored keeps the records the journal holds of it.
+            let records = files
+                .iter()
+                .map(|f| {
+                    let of_this = |r: &&FileRecord| r.task_id == task.task_id && r.name == f.name;
+                    stored
+                        .contains(&task.task_id)
+                        .then(|| held.records.iter().find(of_this).cloned())
+                        .flatten()
+                })
+                .collect();
             tasks.push(TaskWork {
+                deleted_files: deletes.recordings,
                 deletes: deletes.allowed,
                 remaining: AtomicUsize::new(files.len()),
                 files,
                 id: task.task_id,
                 incomplete: AtomicBool::new(false),
+                records: Mutex::new(records),
             });
         }
         let mut page = Page {
@@ -317,6 +334,7 @@ impl<'e> Round<'e> {
             left: AtomicUsize::new(0),
             counts,
             started: Instant::now(),
+            received_ms: held.received.unwrap_or_else(super::now_ms),
         };
         let mut work = Vec::new();
         for (i, t) in page.tasks.iter().enumerate() {
@@ -386,9 +404,14 @@ impl<'e> Round<'e> {
                 });
         }
         let nothing_to_do = page.left.load(Ordering::Relaxed) == 0;
+        let records = (page.tasks.iter())
+            .filter(|t| stored.contains(&t.id))
+            .flat_map(TaskWork::records_json)
+            .collect();
         st.entries.push(Entry {
             page: page.clone(),
             stored,
+            records,
             added,
             held,
             finished: false,

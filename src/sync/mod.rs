@@ -50,7 +50,8 @@ use serde_json::{json, Value};
 
 use self::outcome::{done, platform_step, store_reason, store_step, Outcome, Try};
 use self::round::Round;
-use self::upload::{Fetched, Stage};
+use self::upload::{Fetched, Stage, Staged};
+use crate::checksum::Crc32cReader;
 use crate::config::Config;
 use crate::journal::{Journal, JournalError, PageJournal};
 use crate::metrics::Counts;
@@ -223,6 +224,12 @@ impl Summary {
             self.counts.files
         )
     }
+}
+
+/// A file the store took: its size and the CRC-32C of its bytes.
+pub(super) struct Stored {
+    pub(super) bytes: u64,
+    pub(super) crc32c: u32,
 }
 
 /// Unix milliseconds now.
@@ -553,11 +560,13 @@ impl<'a> Engine<'a> {
         let mut in_flight = Some(crate::metrics::global().transfer());
         self.retried(Side::Platform, &job.name, || {
             let started = Instant::now();
-            let mut download = match self.platform.download(&job.path, self.cfg.max_file_size) {
+            let download = match self.platform.download(&job.path, self.cfg.max_file_size) {
                 Ok(d) => d,
                 Err(e) => return platform_step(e),
             };
             let size = download.expected_len();
+            // The archive manifest's checksum, of the very bytes the store takes.
+            let mut download = Crc32cReader::new(download);
             if let Some(stage) = stage.filter(|s| s.takes(size)) {
                 let len = size.unwrap_or_default();
                 return stage.fetch(&mut download, len, started, &mut in_flight);
@@ -567,13 +576,17 @@ impl<'a> Engine<'a> {
                 .put_with(&job.name, &mut download, size, &job.info);
             // The body itself gave up (too large, stalled): it says how to take that.
             if let Some(failure) = download
+                .inner()
                 .take_failure()
                 .filter(|_| stored.is_err() && !shutdown::requested())
             {
                 return platform_step(failure);
             }
             match stored {
-                Ok(n) => done(Fetched::Stored(n)),
+                Ok(bytes) => done(Fetched::Stored(Stored {
+                    bytes,
+                    crc32c: download.crc32c(),
+                })),
                 Err(_) if shutdown::requested() => Step::Done(Outcome::Stopped),
                 Err(e) => store_step(e),
             }
@@ -581,11 +594,14 @@ impl<'a> Engine<'a> {
     }
 
     /// Stores a file downloaded whole (the upload stage's part of a transfer): an
-    /// upload the store lost is sent again from `bytes`, not downloaded again.
-    fn upload(&self, job: &FileJob, bytes: &[u8]) -> Outcome<u64> {
+    /// upload the store lost is sent again from its buffer, not downloaded again.
+    fn upload(&self, job: &FileJob, staged: &Staged) -> Outcome<Stored> {
         self.retried(Side::Storage, &job.name, || {
-            match self.store.put_whole(&job.name, bytes, &job.info) {
-                Ok(n) => done(n),
+            match self.store.put_whole(&job.name, staged.bytes(), &job.info) {
+                Ok(bytes) => done(Stored {
+                    bytes,
+                    crc32c: staged.crc32c,
+                }),
                 Err(_) if shutdown::requested() => Step::Done(Outcome::Stopped),
                 Err(e) => store_step(e),
             }

@@ -24,14 +24,16 @@ pub(super) enum Outcome<T> {
 }
 
 impl<T> Outcome<T> {
-    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+    /// The value when done, else the same outcome for another value type (a failure
+    /// or a stop carries none).
+    pub(super) fn done_or<U>(self) -> Result<T, Outcome<U>> {
         match self {
-            Outcome::Done(v) => Outcome::Done(f(v)),
-            Outcome::Missing => Outcome::Missing,
-            Outcome::GaveUp(m) => Outcome::GaveUp(m),
-            Outcome::Rejected(m) => Outcome::Rejected(m),
-            Outcome::Fatal(e) => Outcome::Fatal(e),
-            Outcome::Stopped => Outcome::Stopped,
+            Outcome::Done(v) => Ok(v),
+            Outcome::Missing => Err(Outcome::Missing),
+            Outcome::GaveUp(m) => Err(Outcome::GaveUp(m)),
+            Outcome::Rejected(m) => Err(Outcome::Rejected(m)),
+            Outcome::Fatal(e) => Err(Outcome::Fatal(e)),
+            Outcome::Stopped => Err(Outcome::Stopped),
         }
     }
 }

@@ -13,8 +13,9 @@ use serde_json::Value;
 
 use super::outcome::Outcome;
 use super::upload::{Fetched, Stage};
-use super::{megabytes, Engine, Summary, SyncError};
+use super::{megabytes, Engine, Stored, Summary, SyncError};
 use crate::journal::BacklogRef;
+use crate::manifest::{self, FileRecord};
 use crate::metrics::Counts;
 use crate::report::Report;
 use crate::shutdown;
@@ -30,9 +31,21 @@ pub(super) struct TaskWork {
     pub(super) id: String,
     pub(super) files: Vec<FileJob>,
     pub(super) deletes: Vec<String>,
+    /// For each delete, the file of the recording it deletes.
+    pub(super) deleted_files: Vec<usize>,
     pub(super) remaining: AtomicUsize,
     /// Some file is not stored (missing, rejected or failed): no deletes.
     pub(super) incomplete: AtomicBool,
+    /// The archive record of each file once stored (see `crate::manifest`).
+    pub(super) records: Mutex<Vec<Option<FileRecord>>>,
+}
+
+impl TaskWork {
+    /// The records of its stored files, as the journal holds them.
+    pub(super) fn records_json(&self) -> Vec<String> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.iter().flatten().map(FileRecord::to_json).collect()
+    }
 }
 
 /// A page in work: its tasks planned, and their JSON as the journal holds it.
@@ -48,6 +61,8 @@ pub(super) struct Page {
     pub(super) left: AtomicUsize,
     pub(super) counts: Counts<AtomicU64>,
     pub(super) started: Instant,
+    /// Unix milliseconds the page was received (journaled with it: its manifest's day).
+    pub(super) received_ms: u64,
 }
 
 pub(super) enum Job {
@@ -60,6 +75,8 @@ pub(super) enum Job {
 pub(super) struct Entry {
     pub(super) page: Arc<Page>,
     pub(super) stored: BTreeSet<String>,
+    /// The archive records of the stored tasks' files, as JSON objects.
+    pub(super) records: Vec<String>,
     /// The generation whose write first holds this page (0: it was journaled before).
     pub(super) added: u64,
     /// Its jobs, queued when that write is durable.
@@ -217,11 +234,14 @@ impl<'e> Round<'e> {
             match job {
                 Job::Transfer(page, task, file) => {
                     let job = &page.tasks[task].files[file];
-                    match self.engine.transfer(job, self.stage.as_ref()) {
-                        Outcome::Done(Fetched::Whole(staged)) => {
+                    match self.engine.transfer(job, self.stage.as_ref()).done_or() {
+                        Ok(Fetched::Whole(staged)) => {
                             self.hand_off(scope, &page, task, file, staged)
                         }
-                        outcome => self.settle(&page, task, file, outcome.map(Fetched::stored)),
+                        Ok(Fetched::Stored(stored)) => {
+                            self.settle(&page, task, file, Outcome::Done(stored))
+                        }
+                        Err(failed) => self.settle(&page, task, file, failed),
                     }
                 }
                 Job::Deletes(page, task) => self.run_deletes(&page, task),
@@ -236,17 +256,29 @@ impl<'e> Round<'e> {
         page: &Arc<Page>,
         task_index: usize,
         file: usize,
-        outcome: Outcome<u64>,
+        outcome: Outcome<Stored>,
     ) {
         let c = &page.counts;
         let task = &page.tasks[task_index];
         let job = &task.files[file];
         let stored = match outcome {
-            Outcome::Done(n) => {
+            Outcome::Done(stored) => {
+                let n = stored.bytes;
                 debug!("stored {} ({n} bytes)", job.name);
                 Counts::bump(&c.files, 1);
                 Counts::bump(&c.bytes, n);
                 crate::metrics::global().file_stored(n);
+                let record = FileRecord {
+                    name: job.name.clone(),
+                    size: n,
+                    crc32c: stored.crc32c,
+                    task_id: task.id.clone(),
+                    data_type: job.info.data_type.clone(),
+                    recording_id: job.recording_id.clone(),
+                    stored_at: super::now_ms(),
+                    deleted_at: None,
+                };
+                task.records.lock().unwrap_or_else(|e| e.into_inner())[file] = Some(record);
                 true
             }
             Outcome::Missing => {
@@ -283,12 +315,15 @@ impl<'e> Round<'e> {
         if task.incomplete.load(Ordering::Acquire) || task.deletes.is_empty() {
             return self.task_done(page);
         }
-        // Recorded as stored by the next journal write, which then queues the deletes.
+        // Recorded as stored, with its files' archive records, by the next journal
+        // write, which then queues the deletes.
+        let records = task.records_json();
         let mut st = self.lock();
         let Some(entry) = st.entries.iter_mut().find(|e| Arc::ptr_eq(&e.page, page)) else {
             return;
         };
         entry.stored.insert(task.id.clone());
+        entry.records.extend(records);
         st.changed += 1;
         let gen = st.changed;
         st.waiting.push((gen, page.clone(), task_index));
@@ -297,7 +332,14 @@ impl<'e> Round<'e> {
 
     pub(super) fn run_deletes(&self, page: &Arc<Page>, task_index: usize) {
         let c = &page.counts;
-        for path in &page.tasks[task_index].deletes {
+        let task = &page.tasks[task_index];
+        let deleted = |i: usize| {
+            let mut records = task.records.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = records[task.deleted_files[i]].as_mut() {
+                r.deleted_at = Some(super::now_ms());
+            }
+        };
+        for (i, path) in task.deletes.iter().enumerate() {
             if self.halted() {
                 return;
             }
@@ -305,8 +347,12 @@ impl<'e> Round<'e> {
                 Outcome::Done(()) => {
                     debug!("deleted {path} on the platform");
                     Counts::bump(&c.deletes, 1);
+                    deleted(i);
                 }
-                Outcome::Missing => Counts::bump(&c.deletes, 1),
+                Outcome::Missing => {
+                    Counts::bump(&c.deletes, 1);
+                    deleted(i);
+                }
                 Outcome::Rejected(m) => {
                     error!("delete of {path} refused: {m}; the recording stays on the platform");
                     Counts::bump(&c.rejected, 1);
@@ -324,8 +370,48 @@ impl<'e> Round<'e> {
 
     pub(super) fn task_done(&self, page: &Arc<Page>) {
         if page.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.write_manifest(page);
             let mut st = self.lock();
             self.finished(&mut st, page);
+        }
+    }
+
+    /// Writes the archive manifest of a page whose tasks are all done, before the page
+    /// leaves the journal: one object, every file stored with its record. When it cannot
+    /// be written the page counts a failure and stays journaled (a replay writes it).
+    pub(super) fn write_manifest(&self, page: &Page) {
+        if self.halted() || page.counts.failed.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        let records: Vec<FileRecord> = page
+            .tasks
+            .iter()
+            .flat_map(|t| {
+                let records = t.records.lock().unwrap_or_else(|e| e.into_inner());
+                records.iter().flatten().cloned().collect::<Vec<_>>()
+            })
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        let engine = self.engine;
+        let key = manifest::object_key(&engine.cfg.tag, page.received_ms, &page.tasks_json);
+        let bytes = manifest::json_lines(&records);
+        let written = engine.retried_store("writing the archive manifest", || {
+            crate::store::put_bytes(engine.store, &key, &bytes).map(|_| ())
+        });
+        match written {
+            Ok(()) => debug!("archive manifest {key}: {} file(s)", records.len()),
+            Err(SyncError::Stopped) => {}
+            Err(e @ SyncError::StorageDenied(_)) => self.fail(e),
+            Err(e) => {
+                error!(
+                    "page {}: {}; it stays journaled and its manifest is written on the next run",
+                    page.number,
+                    Report(&e)
+                );
+                Counts::bump(&page.counts.failed, 1);
+            }
         }
     }
 

@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 
 use super::outcome::{done, platform_step, Outcome, Try};
 use super::round::{Page, Round, STOP_POLL};
+use super::Stored;
+use crate::checksum::Crc32cReader;
 use crate::metrics::InFlight;
 use crate::platform::Download;
 use crate::retry::{Reason, Step};
@@ -62,6 +64,8 @@ pub(super) fn upload_slots(workers: usize, download: Duration, upload: Duration)
 pub(super) struct Staged<'s> {
     pub(super) buffer: Buffer<'s>,
     pub(super) len: usize,
+    /// The archive manifest's checksum of the bytes.
+    pub(super) crc32c: u32,
     /// Counted as a transfer in flight until it is stored.
     _in_flight: Option<InFlight>,
 }
@@ -74,20 +78,10 @@ impl Staged<'_> {
 
 /// What a worker's transfer came to.
 pub(super) enum Fetched<'s> {
-    /// Streamed into the store: the bytes stored.
-    Stored(u64),
+    /// Streamed into the store.
+    Stored(Stored),
     /// Whole in a buffer, for the stage.
     Whole(Staged<'s>),
-}
-
-impl Fetched<'_> {
-    /// The bytes a streamed transfer stored (a staged file is not stored yet).
-    pub(super) fn stored(self) -> u64 {
-        match self {
-            Fetched::Stored(n) => n,
-            Fetched::Whole(_) => 0,
-        }
-    }
 }
 
 /// A staged file and whose it is.
@@ -197,7 +191,7 @@ impl<'s> Stage<'s> {
     /// streamed path takes it (see `Engine::transfer`).
     pub(super) fn fetch(
         &self,
-        download: &mut Download,
+        download: &mut Crc32cReader<Download>,
         len: u64,
         started: Instant,
         in_flight: &mut Option<InFlight>,
@@ -226,7 +220,7 @@ impl<'s> Stage<'s> {
             if shutdown::requested() {
                 return Step::Done(Outcome::Stopped);
             }
-            if let Some(failure) = download.take_failure() {
+            if let Some(failure) = download.inner().take_failure() {
                 return platform_step(failure);
             }
             return Step::Retry {
@@ -239,6 +233,7 @@ impl<'s> Stage<'s> {
         done(Fetched::Whole(Staged {
             buffer,
             len,
+            crc32c: download.crc32c(),
             _in_flight: in_flight.take(),
         }))
     }
@@ -307,7 +302,7 @@ impl<'e> Round<'e> {
                 drop(st);
                 let job = &h.page.tasks[h.task].files[h.file];
                 let started = Instant::now();
-                let outcome = self.engine.upload(job, h.staged.bytes());
+                let outcome = self.engine.upload(job, &h.staged);
                 let took = started.elapsed();
                 drop(h.staged);
                 st = stage.lock();

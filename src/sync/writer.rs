@@ -71,6 +71,8 @@ impl<'e> Round<'e> {
                     st.entries.iter().map(|e| EncodedPage {
                         tasks_json: &e.page.tasks_json,
                         stored: &e.stored,
+                        records: &e.records,
+                        received_ms: e.page.received_ms,
                     }),
                     tail,
                 )

@@ -248,7 +248,31 @@ pub fn verify_complete_except(emu: &Emulator, dir: &Path, lost: &BTreeSet<String
         .unwrap_or_default();
     assert!(journals.is_empty(), "journal left behind: {journals:?}");
     assert_eq!(emu.violations(), Vec::<String>::new(), "premature deletes");
+    let manifests: Vec<(String, Vec<u8>)> = std::fs::read_dir(state.join("manifest"))
+        .map(|_| walk_files(&state.join("manifest")))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let key = p.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+            (key, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    super::archive::check(&manifests, |n| std::fs::read(dir.join(n)).ok(), emu);
     expected.len()
+}
+
+/// Every file below `dir`, as paths.
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Installs a delete guard: at each DELETE every file of the task must already be in

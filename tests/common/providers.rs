@@ -12,6 +12,7 @@ use spinoco_connector::Emulator;
 use spinoco_connector::Env;
 use spinoco_connector::{open_store as open, BlobStore};
 
+use super::archive;
 use super::harness::{expected, guard_deletes_with, recording_deletes, scratch, unique};
 use super::skip::server;
 
@@ -198,7 +199,14 @@ pub fn guard_via_store(emu: &Emulator, e: &BTreeMap<String, String>) {
 /// local store's empty lock file). Listed from the server itself.
 pub fn list_objects(e: &BTreeMap<String, String>) -> BTreeSet<String> {
     let mut all = list_all_objects(e);
-    all.retain(|n| !is_lease(n));
+    all.retain(|n| !is_lease(n) && !n.starts_with(archive::MANIFESTS));
+    all
+}
+
+/// The archive manifests under the prefix (see [`verify`]).
+pub fn list_manifests(e: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let mut all = list_all_objects(e);
+    all.retain(|n| n.starts_with(archive::MANIFESTS));
     all
 }
 
@@ -315,6 +323,8 @@ pub struct Verified {
     pub deletes: usize,
     /// Files of tasks lost in the contract's first-page window (see [`verify`]).
     pub window_lost: usize,
+    /// The archive manifests found, and what they hold.
+    pub manifests: archive::Manifests,
 }
 
 /// The end state every test wants: every handed-out file stored with the platform's
@@ -383,6 +393,14 @@ pub fn verify(
     let not_done: Vec<_> = should.difference(&done).collect();
     assert!(not_done.is_empty(), "deletes not done: {not_done:?}");
     v.deletes = done.len();
+    let manifests: Vec<(String, Vec<u8>)> = list_manifests(e)
+        .into_iter()
+        .map(|k| {
+            let bytes = store.get(&k).unwrap().unwrap();
+            (k, bytes)
+        })
+        .collect();
+    v.manifests = archive::check(&manifests, |n| store.get(n).unwrap(), emu);
     v
 }
 

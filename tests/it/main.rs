@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod archive;
 mod boundary;
 mod cloud;
 mod ops;

@@ -21,8 +21,8 @@
 //!
 //! The files: [`builder`] reads the settings, [`credential`] parses the connection
 //! string and signs with its key or SAS (workload and managed identities in
-//! [`identity`]), `client` says what Azure adds to the shared REST layer, and this
-//! file is the store.
+//! [`identity`]), `client` says what Azure adds to the shared REST layer, `read`
+//! reads an archive back (`verify`), and this file is the store.
 
 use std::io::Read;
 
@@ -30,6 +30,7 @@ pub mod builder;
 mod client;
 pub mod credential;
 pub mod identity;
+mod read;
 
 pub use builder::AzureSettings;
 
@@ -424,6 +425,18 @@ impl BlobStore for AzureStore {
             404 if answer.code == "BlobNotFound" || answer.code.is_empty() => Ok(None),
             _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.list_names(prefix)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.blob_size(key)
+    }
+
+    fn stream(&self, key: &str) -> Result<Option<Box<dyn Read + '_>>, StoreError> {
+        self.blob_stream(key)
     }
 
     fn put_if(&self, key: &str, bytes: &[u8], cond: PutCondition) -> Result<PutIf, StoreError> {

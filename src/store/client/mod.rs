@@ -28,6 +28,7 @@
 pub mod claim;
 pub mod identity;
 pub mod parts;
+pub mod read;
 pub mod token;
 
 use ureq::http::HeaderMap;

@@ -50,7 +50,8 @@
 //!
 //! The files: [`builder`] reads the settings, [`credential`] finds the credentials and
 //! keeps the token (workload identity federation in [`identity`]), `client` says what
-//! GCS adds to the shared REST layer, and this file is the store.
+//! GCS adds to the shared REST layer, `read` reads an archive back (`verify`), and
+//! this file is the store.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +61,7 @@ pub mod builder;
 mod client;
 pub mod credential;
 pub mod identity;
+mod read;
 
 pub use builder::GcsSettings;
 
@@ -675,6 +677,18 @@ impl BlobStore for GcsStore {
         Err(StoreError::transient(format!(
             "{what}: the object keeps changing between reading its generation and its bytes"
         )))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.list_names(prefix)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.object_size(key)
+    }
+
+    fn stream(&self, key: &str) -> Result<Option<Box<dyn Read + '_>>, StoreError> {
+        self.object_stream(key)
     }
 
     /// A multipart upload (metadata and bytes in one request) with `ifGenerationMatch`:

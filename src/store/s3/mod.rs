@@ -48,7 +48,8 @@
 //!
 //! The files: [`builder`] reads the settings (the upload options in [`options`]),
 //! [`credential`] finds the credentials and signs (the web identity in [`identity`]),
-//! `client` says what S3 adds to the shared REST layer, and this file is the store.
+//! `client` says what S3 adds to the shared REST layer, `read` reads an archive back
+//! (`verify`), and this file is the store.
 
 use std::io::Read;
 use std::sync::Mutex;
@@ -65,6 +66,7 @@ mod client;
 pub mod credential;
 pub mod identity;
 pub mod options;
+mod read;
 
 pub use builder::S3Settings;
 
@@ -648,6 +650,18 @@ impl BlobStore for S3Store {
             404 => Err(missing(&self.proto)),
             _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.list_names(prefix)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.object_size(key)
+    }
+
+    fn stream(&self, key: &str) -> Result<Option<Box<dyn Read + '_>>, StoreError> {
+        self.object_stream(key)
     }
 
     fn put_if(&self, key: &str, bytes: &[u8], cond: PutCondition) -> Result<PutIf, StoreError> {

@@ -1,5 +1,7 @@
 //! `kill -9` at seeded random instants on every back-end, restarted each time, then a
-//! last `--once`: the same names and bytes as an uninterrupted run.
+//! last `--once`: the same names and bytes as an uninterrupted run, and archive
+//! manifests that list only stored files and every recording deleted on the platform
+//! (`common::providers::verify` checks both).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -168,11 +170,14 @@ fn kill_9_at_random_instants(p: Provider) {
         );
     }
     tally(&format!(
-        "test=kill-9 provider={} seed={seed} crashes={kills} kills_with_several_pages_journaled={several} resumed_journaled_pages={resumed} files={} deletes={} files_lost=0 window_lost={} query_gaps_reported={gaps} abandoned_invisible_uploads={abandoned} premature_deletes=0",
+        "test=kill-9 provider={} seed={seed} crashes={kills} kills_with_several_pages_journaled={several} resumed_journaled_pages={resumed} files={} deletes={} files_lost=0 window_lost={} query_gaps_reported={gaps} abandoned_invisible_uploads={abandoned} premature_deletes=0 manifests={} manifest_records={} deletes_in_manifests={} unstored_in_manifests=0",
         p.name(),
         v.files,
         v.deletes,
-        v.window_lost
+        v.window_lost,
+        v.manifests.objects,
+        v.manifests.records,
+        v.manifests.deleted
     ));
 }
 

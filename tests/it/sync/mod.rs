@@ -3,6 +3,7 @@
 
 use spinoco_connector::EmulatorConfig;
 
+mod bandwidth;
 mod commands;
 mod journal;
 mod local;
