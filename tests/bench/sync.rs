@@ -252,8 +252,17 @@ extern "C" {
     fn wait4(pid: c_int, status: *mut c_int, options: c_int, rusage: *mut Rusage) -> c_int;
 }
 
-/// Waits for the child and returns (exit code or -signal, CPU seconds of the child).
-fn wait_with_usage(pid: u32) -> (i32, f64) {
+/// How a child ended: its exit code (or -signal) and its CPU seconds.
+struct ChildEnd {
+    code: i32,
+    cpu: f64,
+    /// The part of `cpu` in user space (the rest is the kernel's: on this machine mostly
+    /// writing to the page cache and fsync).
+    cpu_user: f64,
+}
+
+/// Waits for the child and says how it ended.
+fn wait_with_usage(pid: u32) -> ChildEnd {
     let mut status: c_int = 0;
     let mut usage = Rusage::default();
     loop {
@@ -271,7 +280,11 @@ fn wait_with_usage(pid: u32) -> (i32, f64) {
         -(status & 0x7f)
     };
     let secs = |t: &Timeval| t.sec as f64 + t.usec as f64 / 1e6;
-    (code, secs(&usage.utime) + secs(&usage.stime))
+    ChildEnd {
+        code,
+        cpu: secs(&usage.utime) + secs(&usage.stime),
+        cpu_user: secs(&usage.utime),
+    }
 }
 
 /// Peak RSS in KiB, by polling `VmHWM` of /proc/<pid>/status until `done`.
@@ -308,6 +321,7 @@ struct Figures {
     storage_requests: Option<usize>,
     journal_writes: Option<u64>,
     cpu: f64,
+    cpu_user: f64,
     rss_kib: u64,
     first_request_ms: Option<f64>,
 }
@@ -481,12 +495,17 @@ fn run_connector(
     let started = Instant::now();
     let child = cmd.spawn().map_err(|e| e.to_string())?;
     let done = AtomicBool::new(false);
-    let (code, cpu, rss_kib) = std::thread::scope(|scope| {
+    let (end, rss_kib) = std::thread::scope(|scope| {
         let poller = scope.spawn(|| poll_peak_rss(child.id(), &done));
-        let (code, cpu) = wait_with_usage(child.id());
+        let end = wait_with_usage(child.id());
         done.store(true, Ordering::Relaxed);
-        (code, cpu, poller.join().unwrap_or(0))
+        (end, poller.join().unwrap_or(0))
     });
+    let ChildEnd {
+        code,
+        cpu,
+        cpu_user,
+    } = end;
     let wall = started.elapsed().as_secs_f64();
     let text = fs::read_to_string(&log).unwrap_or_default();
     let _ = fs::remove_file(&log);
@@ -544,6 +563,7 @@ fn run_connector(
                 })
                 .or(journal_writes),
             cpu,
+            cpu_user,
             rss_kib,
             first_request_ms,
         },
@@ -664,6 +684,7 @@ fn run_limit(
         storage_requests: None,
         journal_writes: None,
         cpu: 0.0,
+        cpu_user: 0.0,
         rss_kib: 0,
         first_request_ms: None,
     })
@@ -783,6 +804,7 @@ fn median_of(runs: &[Figures]) -> Figures {
         storage_requests: m_opt(|f| f.storage_requests.map(|n| n as f64)).map(|n| n as usize),
         journal_writes: m_opt(|f| f.journal_writes.map(|n| n as f64)).map(|n| n as u64),
         cpu: m_f64(|f| f.cpu),
+        cpu_user: m_f64(|f| f.cpu_user),
         rss_kib: m_u64(|f| f.rss_kib),
         first_request_ms: m_opt(|f| f.first_request_ms),
     }
@@ -807,8 +829,10 @@ fn main() {
     );
     let servers = start_servers(&o.storages);
     println!();
-    println!("| scenario | storage | conc. | wall s | wall s (range) | limit s (downloads) | limit s (same requests) | wall / limit (same requests) | wall / local | ms / task | MB/s | MB/s / limit | peak RSS MB | CPU s | CPU s/GB | CPU s / 1000 requests | platform requests/task | storage requests/task | journal writes/task | first request ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| scenario | storage | conc. | wall s | wall s (range) | limit s (downloads) | limit s (same requests) | wall / limit (same requests) | wall / local | ms / task | MB/s | MB/s / limit | peak RSS MB | CPU s | CPU s user | CPU s/GB | CPU s / 1000 requests | platform requests/task | storage requests/task | journal writes/task | first request ms |");
+    println!(
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     let mut failed = false;
     for which in &o.scenarios {
         let s = scenario(*which, &o);
@@ -831,7 +855,7 @@ fn main() {
                             let per_task = |n: f64| format!("{:.2}", n / f.tasks.max(1) as f64);
                             let all_requests = f.requests + f.storage_requests.unwrap_or(0);
                             println!(
-                                "| {} | {label} | {c} | {:.2} | {:.2}–{:.2} | {:.2} | {:.2} | {:.2}x | {} | {:.2} | {:.1} | {:.0} % | {:.1} | {:.2} | {} | {:.2} | {} | {} | {} | {} |",
+                                "| {} | {label} | {c} | {:.2} | {:.2}–{:.2} | {:.2} | {:.2} | {:.2}x | {} | {:.2} | {:.1} | {:.0} % | {:.1} | {:.2} | {:.2} | {} | {:.2} | {} | {} | {} | {} |",
                                 s.name,
                                 f.wall,
                                 m.wall_range.0,
@@ -848,6 +872,7 @@ fn main() {
                                 100.0 * mb_per_s(f) / mb_per_s(l),
                                 f.rss_kib as f64 / 1024.0,
                                 f.cpu,
+                                f.cpu_user,
                                 if f.bytes >= 100_000_000 {
                                     format!("{:.2}", f.cpu / (f.bytes as f64 / 1e9))
                                 } else {
