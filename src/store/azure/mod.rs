@@ -195,13 +195,7 @@ impl AzureStore {
                 _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
             }
         };
-        match claim {
-            Some(claim) => self.claims.write(claim, upload, || self.existing(name)),
-            None => match upload(None)? {
-                Upload::Done => Ok(()),
-                other => Err(StoreError::transient(format!("{what}: {other:?}"))),
-            },
-        }
+        self.claims.write(claim, upload, || self.existing(name))
     }
 
     /// The task id (`x-ms-meta-task_id`) and ETag of the blob, `None` when there is none.

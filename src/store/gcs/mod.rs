@@ -214,13 +214,7 @@ impl GcsStore {
                 _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
             }
         };
-        match claim {
-            Some(claim) => self.claims.write(claim, upload, || self.existing(name)),
-            None => match upload(None)? {
-                Upload::Done => Ok(()),
-                other => Err(StoreError::transient(format!("{what}: {other:?}"))),
-            },
-        }
+        self.claims.write(claim, upload, || self.existing(name))
     }
 
     fn send<'a>(

@@ -251,13 +251,7 @@ impl S3Store {
                 _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
             }
         };
-        match claim {
-            Some(claim) => self.claims.write(claim, upload, || self.existing(key)),
-            None => match upload(None)? {
-                Upload::Done => Ok(()),
-                other => Err(StoreError::transient(format!("{what}: {other:?}"))),
-            },
-        }
+        self.claims.write(claim, upload, || self.existing(key))
     }
 
     /// The task id and ETag of the object under `key`, `None` when there is none.
