@@ -13,7 +13,11 @@
 //! Upload slots. The stage keeps at most [`upload_slots`] uploads in flight: by Little's
 //! law, the workers' download rate times an upload's time, from the latencies it
 //! measures (workers x upload time / download time, at least 1, at most
-//! [`SLOTS_PER_WORKER`] x workers; the workers' count until both were measured). A
+//! [`SLOTS_PER_WORKER`] x workers; the workers' count until both were measured). The
+//! slots in force follow that figure down at once and up by one per upload done
+//! ([`next_slots`]): the first uploads open their connections and can take several
+//! times as long as the rest, and a stage that believed them filled every slot it
+//! may have with a staged file (Azurite at +30 ms: 32 in flight, where 15 keep up). A
 //! worker with a full buffer waits for a slot when all are busy (backpressure), so the
 //! platform never sees more than `SP_TASK_SYNC_CONCURRENCY` requests at once and the
 //! buffers in memory are at most one per worker and one per slot. Every buffer, staged or
@@ -58,6 +62,16 @@ pub(super) fn upload_slots(workers: usize, download: Duration, upload: Duration)
     let (upload, download) = (upload.as_nanos(), download.as_nanos());
     let slots = (workers as u128 * upload).div_ceil(download);
     slots.clamp(1, cap as u128) as usize
+}
+
+/// The slots in force after an upload is done, from those before and the figure of
+/// [`upload_slots`]: down to it at once, up towards it by one.
+pub(super) fn next_slots(current: usize, target: usize) -> usize {
+    if target > current {
+        current + 1
+    } else {
+        target
+    }
 }
 
 /// A file downloaded whole, waiting for its upload.
@@ -114,6 +128,8 @@ struct StageState<'s> {
     /// Moving averages of a staged file's download and upload.
     download: Option<Duration>,
     upload: Option<Duration>,
+    /// The slots in force (0: none yet, the workers' count).
+    slots: usize,
     closed: bool,
     /// The most files in flight at once (for the round's debug line).
     peak: usize,
@@ -159,9 +175,17 @@ impl<'s> Stage<'s> {
     }
 
     fn slots(&self, st: &StageState) -> usize {
-        match (st.download, st.upload) {
-            (Some(d), Some(u)) => upload_slots(self.workers, d, u),
-            _ => self.workers,
+        if st.slots == 0 {
+            self.workers
+        } else {
+            st.slots
+        }
+    }
+
+    /// After an upload: the slots in force move towards Little's law's figure.
+    fn resize(&self, st: &mut StageState) {
+        if let (Some(d), Some(u)) = (st.download, st.upload) {
+            st.slots = next_slots(self.slots(st), upload_slots(self.workers, d, u));
         }
     }
 
@@ -308,6 +332,7 @@ impl<'e> Round<'e> {
                 st = stage.lock();
                 if matches!(outcome, Outcome::Done(_)) {
                     note(&mut st.upload, took);
+                    stage.resize(&mut st);
                 }
                 st.in_flight -= 1;
                 drop(st);
@@ -358,6 +383,25 @@ mod tests {
         assert_eq!(upload_slots(8, ms(10), ms(1000)), 32);
         assert_eq!(upload_slots(2, Duration::ZERO, ms(30)), 8);
         assert_eq!(upload_slots(0, ms(10), ms(10)), 1, "at least one worker");
+    }
+
+    /// A slow first upload (a new connection) does not open every slot at once: the
+    /// slots climb one per upload done and fall at once.
+    #[test]
+    fn slots_climb_by_one_and_fall_at_once() {
+        assert_eq!(next_slots(8, 32), 9);
+        assert_eq!(next_slots(9, 9), 9);
+        assert_eq!(next_slots(20, 12), 12);
+        // 8 workers at 20 ms a download; the first upload took 150 ms, the rest 32 ms.
+        let (mut avg, mut slots, mut most) = (None, 8, 0);
+        note(&mut avg, ms(150));
+        for _ in 0..40 {
+            slots = next_slots(slots, upload_slots(8, ms(20), avg.unwrap()));
+            most = most.max(slots);
+            note(&mut avg, ms(32));
+        }
+        assert_eq!(slots, 13, "where Little's law puts it");
+        assert!(most < 20, "never near the cap of 32: {most}");
     }
 
     #[test]
