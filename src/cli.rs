@@ -131,6 +131,7 @@ fn sync(mode: Mode) -> u8 {
         warn!("{warning}");
     }
     shutdown::install();
+    crate::heap::limit_arenas();
     retry::observe(|side, reason| metrics::global().retry(side, reason));
     metrics::global().bandwidth(&cfg.bandwidth);
     let agent = http::Http::new(cfg.http_timeout, cfg.concurrency, &cfg.network).agent;

@@ -17,6 +17,12 @@
 //! and one whose owner ran on this host under a process id that is gone or is now
 //! ours (a container restarted in place).
 //!
+//! A conditional create that the store makes atomically (local storage) decides who
+//! holds the lease at once; on the clouds the new holder reads its lease back after a
+//! moment, since a store that checks and then writes (the S3 test server) may let two
+//! writers both win. The holder then probes whether the store honours conditions at
+//! all, beside its first round.
+//!
 //! The record names the owner's run id, a random id per process that its local temp
 //! files carry too: process ids say nothing across PID namespaces (containers sharing a
 //! volume), so whose temp files are whose is told by the run id and the tag.
@@ -24,6 +30,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
@@ -150,6 +157,9 @@ pub struct Lease {
     lost: AtomicBool,
     /// The record this lease replaced (the previous holder's, released or expired).
     predecessor: Option<LeaseRecord>,
+    /// The probe for conditional writes, which runs beside the first round; joined
+    /// when the lease is released, so that it never outlives the run.
+    probe: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct Held {
@@ -240,24 +250,27 @@ impl Lease {
                 PutIf::Written(version) => {
                     // A store whose conditional create is not atomic (s3s-fs checks, then
                     // writes) may let two writers both "win": after a moment, the lease
-                    // must still be ours, or the other writer has it.
-                    if !crate::shutdown::sleep(SETTLE) {
-                        return Err(LeaseError::Stopped);
-                    }
-                    let still_ours = store.get_versioned(&key)?.is_some_and(|now| {
-                        now.version == version
-                            && serde_json::from_slice::<LeaseRecord>(&now.bytes)
-                                .is_ok_and(|r| r.owner == record.owner)
-                    });
-                    if !still_ours {
-                        warn!("another connector wrote the journal lease of tag {tag:?} at the same moment; looking again");
-                        continue;
+                    // must still be ours, or the other writer has it. An atomic one
+                    // (local storage) needs no second look.
+                    if !store.atomic_creates() {
+                        if !crate::shutdown::sleep(SETTLE) {
+                            return Err(LeaseError::Stopped);
+                        }
+                        let still_ours = store.get_versioned(&key)?.is_some_and(|now| {
+                            now.version == version
+                                && serde_json::from_slice::<LeaseRecord>(&now.bytes)
+                                    .is_ok_and(|r| r.owner == record.owner)
+                        });
+                        if !still_ours {
+                            warn!("another connector wrote the journal lease of tag {tag:?} at the same moment; looking again");
+                            continue;
+                        }
                     }
                     info!(
                         "holding the journal lease of tag {tag:?} ({key}, renewed every {}s)",
                         poll_interval(ttl).as_secs()
                     );
-                    warn_if_conditions_ignored(store.as_ref(), &key);
+                    let probe = probe_conditions(store.clone(), &key);
                     return Ok(Arc::new(Lease {
                         store,
                         key,
@@ -271,6 +284,7 @@ impl Lease {
                         done: Condvar::new(),
                         lost: AtomicBool::new(false),
                         predecessor,
+                        probe: Mutex::new(probe),
                     }));
                 }
                 // Someone else wrote in between: look again.
@@ -379,8 +393,13 @@ impl Lease {
         self.lost.load(Ordering::SeqCst)
     }
 
-    /// Marks the lease released, so a successor takes over at once, and ends renewal.
+    /// Marks the lease released, so a successor takes over at once, and ends renewal
+    /// (after the probe for conditional writes is done: it leaves nothing behind).
     pub fn release(&self) {
+        let probe = self.probe.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(probe) = probe {
+            let _ = probe.join();
+        }
         let mut state = self.state.lock().unwrap();
         if state.released {
             return;
@@ -433,6 +452,27 @@ fn unknown_holder(ttl: Duration) -> LeaseRecord {
         ttl_ms: ttl.as_millis() as u64,
         released: false,
         run_id: String::new(),
+    }
+}
+
+/// Runs [`warn_if_conditions_ignored`] on a thread of its own (the first round does
+/// not wait for it); `None` when no thread could start, after probing here instead, and
+/// for a store whose creates are atomic (it honours conditions by its nature).
+fn probe_conditions(store: Arc<dyn BlobStore>, lease_key: &str) -> Option<JoinHandle<()>> {
+    if store.atomic_creates() {
+        return None;
+    }
+    let key = lease_key.to_string();
+    let probing = store.clone();
+    let spawned = std::thread::Builder::new()
+        .name("lease-probe".into())
+        .spawn(move || warn_if_conditions_ignored(probing.as_ref(), &key));
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(_) => {
+            warn_if_conditions_ignored(store.as_ref(), lease_key);
+            None
+        }
     }
 }
 
@@ -601,6 +641,93 @@ mod tests {
         put_bytes(s.as_ref(), &lease_key("u"), &foreign("elsewhere", 1, true)).unwrap();
         let released = Lease::acquire(s, "u", Duration::from_secs(3600), WhenHeld::GiveUp);
         assert_eq!(run(&released.unwrap()).as_deref(), Some("0123456789abcdef"));
+    }
+
+    /// Local storage with the atomicity it is told to claim, counting the reads of
+    /// versions and the conditional writes.
+    struct Counted {
+        local: LocalStore,
+        atomic: bool,
+        reads: std::sync::atomic::AtomicUsize,
+        writes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl BlobStore for Counted {
+        fn describe(&self) -> String {
+            self.local.describe()
+        }
+        fn put_with(
+            &self,
+            key: &str,
+            src: &mut dyn std::io::Read,
+            size: Option<u64>,
+            info: &crate::store::ObjectInfo,
+        ) -> Result<u64, StoreError> {
+            self.local.put_with(key, src, size, info)
+        }
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.local.get(key)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.local.delete(key)
+        }
+        fn get_versioned(&self, key: &str) -> Result<Option<crate::store::Versioned>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.local.get_versioned(key)
+        }
+        fn put_if(&self, key: &str, bytes: &[u8], cond: PutCondition) -> Result<PutIf, StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.local.put_if(key, bytes, cond)
+        }
+        fn atomic_creates(&self) -> bool {
+            self.atomic
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.local.list(prefix)
+        }
+        fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+            self.local.size(key)
+        }
+        fn stream(&self, key: &str) -> Result<Option<Box<dyn std::io::Read + '_>>, StoreError> {
+            self.local.stream(key)
+        }
+    }
+
+    /// A store whose creates are atomic takes the lease with one read and one write:
+    /// no read-back, no probe. Any other reads its lease back, and probes conditional
+    /// writes beside the run; the probe is over, its object gone, once the lease is
+    /// released.
+    #[test]
+    fn only_a_store_without_atomic_creates_reads_its_lease_back_and_is_probed() {
+        let counted = |name: &str, atomic: bool| {
+            let root =
+                std::env::temp_dir().join(format!("spinoco-lease-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            Arc::new(Counted {
+                local: LocalStore::open(&root).unwrap(),
+                atomic,
+                reads: Default::default(),
+                writes: Default::default(),
+            })
+        };
+        let atomic = counted("atomic", true);
+        let lease = Lease::acquire(atomic.clone(), "t", TTL, WhenHeld::GiveUp).unwrap();
+        lease.release();
+        assert_eq!(atomic.reads.load(Ordering::SeqCst), 1, "read back");
+        assert_eq!(atomic.writes.load(Ordering::SeqCst), 2, "probed");
+
+        let checked = counted("checked", false);
+        let lease = Lease::acquire(checked.clone(), "t", TTL, WhenHeld::GiveUp).unwrap();
+        assert_eq!(checked.reads.load(Ordering::SeqCst), 2, "not read back");
+        lease.release();
+        // Take, the probe's two creates, release.
+        assert_eq!(checked.writes.load(Ordering::SeqCst), 4);
+        let probe = format!("{}.probe", lease_key("t"));
+        assert_eq!(
+            checked.get(&probe).unwrap(),
+            None,
+            "the probe object is left"
+        );
     }
 
     #[test]

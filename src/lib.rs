@@ -12,6 +12,7 @@ mod checksum;
 mod date_pattern;
 mod encoding;
 mod env;
+mod heap;
 mod logging;
 mod manifest;
 mod notify;

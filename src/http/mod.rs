@@ -46,6 +46,9 @@ impl Http {
             &network.ca_source(),
             trust.clone(),
         );
+        // Per host: the workers, the upload stage's slots (up to four per worker, in
+        // front of a cloud store) and the journal writer and lease beside them.
+        let connections = 5 * concurrency.max(1) + 2;
         let build = |proxy: Option<&ProxySetting>, routes: Option<Routes>| {
             let mut b = ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -54,8 +57,13 @@ impl Http {
                 .timeout_recv_response(Some(timeout))
                 .timeout_per_read(Some(timeout))
                 .timeout_per_write(Some(timeout))
-                .max_idle_connections_per_host(concurrency + 2)
-                .max_idle_connections(4 * (concurrency + 2))
+                // Every connection holds its two buffers while it is pooled, touched
+                // whole (ureq zeroes them): 32 KiB each instead of 128, as there are
+                // more connections in flight with the upload stage.
+                .input_buffer_size(32 * 1024)
+                .output_buffer_size(32 * 1024)
+                .max_idle_connections_per_host(connections)
+                .max_idle_connections(4 * connections)
                 .max_redirects(0)
                 .user_agent(concat!("spinoco-connector/", env!("CARGO_PKG_VERSION")))
                 // Never ureq's own reading of *_PROXY: the settings were read and

@@ -337,6 +337,12 @@ impl BlobStore for LocalStore {
         format!("local folder {}", self.root.display())
     }
 
+    /// A create is a hard link, which fails when the target exists, made under the
+    /// store's file lock: of two writers, one wins.
+    fn atomic_creates(&self) -> bool {
+        true
+    }
+
     fn put_with(
         &self,
         key: &str,

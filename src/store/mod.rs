@@ -1,8 +1,10 @@
 //! One storage trait for every provider.
 //!
 //! The sync engine only ever talks to a [`BlobStore`]: it streams a download into
-//! [`BlobStore::put`], keeps its page journal with small puts, gets and deletes, and
-//! never knows which provider is behind it. Each provider lives in its own module and
+//! [`BlobStore::put_with`] (or, for a cloud store's file that fits one request, reads it
+//! into a buffer of the store's pool and hands it to [`BlobStore::put_whole`]: see
+//! [`BlobStore::staging`]), keeps its page journal with small puts, gets and deletes,
+//! and never knows which provider is behind it. Each provider lives in its own module and
 //! promises the same thing: an object becomes visible only when it is complete.
 //! `verify` reads an archive back through the same trait (a listing, a size, a
 //! stream), and only reads.
@@ -32,6 +34,7 @@ use std::path::PathBuf;
 
 use crate::retry::RetryBudget;
 pub use crate::task::ObjectInfo;
+pub use client::parts::{Buffer, PartPool};
 
 /// Which storage provider, with its own settings.
 #[derive(Debug, Clone)]
@@ -192,6 +195,30 @@ pub trait BlobStore: Send + Sync {
         ))
     }
 
+    /// For the engine's upload stage: the store's buffers and the largest object it
+    /// sends in one request. `None` when a write has no round trip worth hiding behind
+    /// the next download (local storage).
+    fn staging(&self) -> Option<Staging<'_>> {
+        None
+    }
+
+    /// Stores an object whose bytes are all in memory, as [`BlobStore::put_with`] does
+    /// (the same promises), in one request when it is at most
+    /// [`Staging::single_request`] long; the bytes are sent from `bytes`, not copied.
+    fn put_whole(&self, key: &str, bytes: &[u8], info: &ObjectInfo) -> Result<u64, StoreError> {
+        let mut src = bytes;
+        self.put_with(key, &mut src, Some(bytes.len() as u64), info)
+    }
+
+    /// Whether a conditional create ([`PutCondition::IfAbsent`]) is atomic at the store
+    /// itself, so that of two writers at once exactly one wins (local storage: an
+    /// exclusive create). The cloud providers promise it, but the S3 test server
+    /// (s3s-fs) checks, then writes, so the lease reads itself back there
+    /// ([`crate::lease`]).
+    fn atomic_creates(&self) -> bool {
+        false
+    }
+
     /// Every name under `prefix` (`a/b/` for a folder), relative to the store's root or
     /// prefix like the keys, in no particular order: S3 ListObjectsV2, GCS objects list
     /// and Azure List Blobs page by page, local disk a walk (symbolic links to folders
@@ -220,6 +247,16 @@ pub trait BlobStore: Send + Sync {
     fn sweep_leftovers(&self, tag: &str, earlier_run: Option<&str>) {
         let _ = (tag, earlier_run);
     }
+}
+
+/// What a cloud store offers the engine's upload stage ([`BlobStore::staging`]).
+#[derive(Clone, Copy)]
+pub struct Staging<'a> {
+    /// Every buffer of the store's uploads, streamed or whole, comes from this pool; its
+    /// limit is the store's memory bound.
+    pub pool: &'a PartPool,
+    /// Objects up to this many bytes go up in one request ([`BlobStore::put_whole`]).
+    pub single_request: u64,
 }
 
 /// Stores a small in-memory value (journal entries, probes).

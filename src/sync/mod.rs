@@ -13,9 +13,10 @@
 //! leaves the window. The journal holds every page of the window; a page leaves it
 //! only when every task of it is done, and a restart finishes all of them first.
 //!
-//! Three kinds of thread share a [`round::Round`]: the feed thread ([`feed`]) asks the
-//! feed, the workers transfer and delete, and one journal writer ([`writer`]) owns every
-//! write of the journal entry. The feed thread asks for a page only after everything it
+//! Four kinds of thread share a [`round::Round`]: the feed thread ([`feed`]) asks the
+//! feed, the workers transfer and delete, the upload threads of a cloud store's upload
+//! stage ([`upload`]) store the files the workers downloaded whole, and one journal
+//! writer ([`writer`]) owns every write of the journal entry. The feed thread asks for a page only after everything it
 //! received before is durable (so the journal's `next` token is never behind the
 //! platform's cursor by more than the page in flight), and hands a new page to the
 //! workers only after the write that holds it. A page the feed handed out exists only in
@@ -38,6 +39,7 @@
 mod feed;
 mod outcome;
 mod round;
+mod upload;
 mod writer;
 
 use std::fmt;
@@ -48,6 +50,7 @@ use serde_json::{json, Value};
 
 use self::outcome::{done, platform_step, store_reason, store_step, Outcome, Try};
 use self::round::Round;
+use self::upload::{Fetched, Stage, Staged};
 use crate::checksum::Crc32cReader;
 use crate::config::Config;
 use crate::journal::{Journal, JournalError, PageJournal};
@@ -386,7 +389,7 @@ impl<'a> Engine<'a> {
         std::thread::scope(|s| {
             s.spawn(|| round.journal_writer());
             for _ in 0..self.cfg.concurrency.max(1) {
-                s.spawn(|| round.worker());
+                s.spawn(|| round.worker(s));
             }
             round.feed(journaled, backlog, request);
             round.finish();
@@ -550,10 +553,13 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Downloads one file into the storage, retrying a broken download from the start.
-    fn transfer(&self, job: &FileJob) -> Outcome<Stored> {
-        let _in_flight = crate::metrics::global().transfer();
+    /// Downloads one file into the storage, retrying a broken download from the start:
+    /// streamed into the store, or, when the `stage` takes it, whole into a buffer for
+    /// the stage to upload ([`upload`]).
+    fn transfer<'s>(&self, job: &FileJob, stage: Option<&Stage<'s>>) -> Outcome<Fetched<'s>> {
+        let mut in_flight = Some(crate::metrics::global().transfer());
         self.retried(Side::Platform, &job.name, || {
+            let started = Instant::now();
             let download = match self.platform.download(&job.path, self.cfg.max_file_size) {
                 Ok(d) => d,
                 Err(e) => return platform_step(e),
@@ -561,6 +567,10 @@ impl<'a> Engine<'a> {
             let size = download.expected_len();
             // The archive manifest's checksum, of the very bytes the store takes.
             let mut download = Crc32cReader::new(download);
+            if let Some(stage) = stage.filter(|s| s.takes(size)) {
+                let len = size.unwrap_or_default();
+                return stage.fetch(&mut download, len, started, &mut in_flight);
+            }
             let stored = self
                 .store
                 .put_with(&job.name, &mut download, size, &job.info);
@@ -573,9 +583,24 @@ impl<'a> Engine<'a> {
                 return platform_step(failure);
             }
             match stored {
-                Ok(bytes) => done(Stored {
+                Ok(bytes) => done(Fetched::Stored(Stored {
                     bytes,
                     crc32c: download.crc32c(),
+                })),
+                Err(_) if shutdown::requested() => Step::Done(Outcome::Stopped),
+                Err(e) => store_step(e),
+            }
+        })
+    }
+
+    /// Stores a file downloaded whole (the upload stage's part of a transfer): an
+    /// upload the store lost is sent again from its buffer, not downloaded again.
+    fn upload(&self, job: &FileJob, staged: &Staged) -> Outcome<Stored> {
+        self.retried(Side::Storage, &job.name, || {
+            match self.store.put_whole(&job.name, staged.bytes(), &job.info) {
+                Ok(bytes) => done(Stored {
+                    bytes,
+                    crc32c: staged.crc32c,
                 }),
                 Err(_) if shutdown::requested() => Step::Done(Outcome::Stopped),
                 Err(e) => store_step(e),

@@ -23,6 +23,21 @@ pub(super) enum Outcome<T> {
     Stopped,
 }
 
+impl<T> Outcome<T> {
+    /// The value when done, else the same outcome for another value type (a failure
+    /// or a stop carries none).
+    pub(super) fn done_or<U>(self) -> Result<T, Outcome<U>> {
+        match self {
+            Outcome::Done(v) => Ok(v),
+            Outcome::Missing => Err(Outcome::Missing),
+            Outcome::GaveUp(m) => Err(Outcome::GaveUp(m)),
+            Outcome::Rejected(m) => Err(Outcome::Rejected(m)),
+            Outcome::Fatal(e) => Err(Outcome::Fatal(e)),
+            Outcome::Stopped => Err(Outcome::Stopped),
+        }
+    }
+}
+
 /// One try of an engine operation, as the retry loop takes it.
 pub(super) type Try<T> = Step<Outcome<T>, String>;
 

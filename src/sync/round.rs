@@ -12,7 +12,8 @@ use log::{debug, error, info, log_enabled, warn};
 use serde_json::Value;
 
 use super::outcome::Outcome;
-use super::{megabytes, Engine, Summary, SyncError};
+use super::upload::{Fetched, Stage};
+use super::{megabytes, Engine, Stored, Summary, SyncError};
 use crate::journal::BacklogRef;
 use crate::manifest::{self, FileRecord};
 use crate::metrics::Counts;
@@ -130,10 +131,12 @@ pub(super) struct Backlog {
     pub(super) pages: VecDeque<Vec<Value>>,
 }
 
-/// One round's shared state: the feed thread, the workers and the journal writer (see
-/// the module comment).
+/// One round's shared state: the feed thread, the workers, the upload stage and the
+/// journal writer (see the module comment).
 pub(super) struct Round<'e> {
     pub(super) engine: &'e Engine<'e>,
+    /// The upload stage of a cloud store ([`super::upload`]); `None` for local storage.
+    pub(super) stage: Option<Stage<'e>>,
     pub(super) state: Mutex<State>,
     /// For the workers: a job was queued, or the round is over.
     pub(super) work: Condvar,
@@ -163,6 +166,10 @@ impl<'e> Round<'e> {
     pub(super) fn new(engine: &'e Engine<'e>) -> Round<'e> {
         Round {
             engine,
+            stage: engine
+                .store
+                .staging()
+                .map(|staging| Stage::new(staging, engine.cfg.concurrency)),
             state: Mutex::default(),
             work: Condvar::new(),
             changes: Condvar::new(),
@@ -203,10 +210,14 @@ impl<'e> Round<'e> {
         self.work.notify_all();
         self.changes.notify_all();
         self.progress.notify_all();
+        if let Some(stage) = &self.stage {
+            stage.close();
+        }
     }
 
-    /// A worker: takes jobs until the round is over (or stopped).
-    pub(super) fn worker(&self) {
+    /// A worker: takes jobs until the round is over (or stopped). Upload threads of the
+    /// stage are started in `scope` as they are needed.
+    pub(super) fn worker<'r>(&'r self, scope: &'r std::thread::Scope<'r, '_>) {
         loop {
             let job = {
                 let mut st = self.lock();
@@ -221,17 +232,36 @@ impl<'e> Round<'e> {
                 }
             };
             match job {
-                Job::Transfer(page, task, file) => self.transfer(&page, task, file),
+                Job::Transfer(page, task, file) => {
+                    let job = &page.tasks[task].files[file];
+                    match self.engine.transfer(job, self.stage.as_ref()).done_or() {
+                        Ok(Fetched::Whole(staged)) => {
+                            self.hand_off(scope, &page, task, file, staged)
+                        }
+                        Ok(Fetched::Stored(stored)) => {
+                            self.settle(&page, task, file, Outcome::Done(stored))
+                        }
+                        Err(failed) => self.settle(&page, task, file, failed),
+                    }
+                }
                 Job::Deletes(page, task) => self.run_deletes(&page, task),
             }
         }
     }
 
-    pub(super) fn transfer(&self, page: &Arc<Page>, task_index: usize, file: usize) {
+    /// Reports what storing one file came to, streamed by a worker or uploaded by the
+    /// stage; the last stored file of a task with deletes records the task as stored.
+    pub(super) fn settle(
+        &self,
+        page: &Arc<Page>,
+        task_index: usize,
+        file: usize,
+        outcome: Outcome<Stored>,
+    ) {
         let c = &page.counts;
         let task = &page.tasks[task_index];
         let job = &task.files[file];
-        let stored = match self.engine.transfer(job) {
+        let stored = match outcome {
             Outcome::Done(stored) => {
                 let n = stored.bytes;
                 debug!("stored {} ({n} bytes)", job.name);
@@ -457,6 +487,9 @@ impl<'e> Round<'e> {
         st.over = true;
         self.work.notify_all();
         self.changes.notify_all();
+        if let Some(stage) = &self.stage {
+            stage.close();
+        }
     }
 
     /// The round's counts (pages not finished, stopped or aborted, included) and how

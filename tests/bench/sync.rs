@@ -18,9 +18,13 @@
 //! in the same region answers in 10–30 ms; the test servers on 127.0.0.1 in well under
 //! one), which also counts the storage requests.
 //!
-//! `cargo bench --bench sync -- [--scenario a,b,c] [--concurrency 1,4,8] [--size-mb N]
+//! Each figure is the median of `--runs` runs (3), the limits measured in the same runs,
+//! so that one run disturbed by the machine's other work does not decide it. `--binary`
+//! measures another build of the connector (an older commit's, for before and after).
+//!
+//! `cargo bench --bench sync -- [--scenario a,b,c,d,e] [--concurrency 1,4,8] [--size-mb N]
 //! [--files N] [--page-size N] [--delete] [--storage local,s3,gcs,azure]
-//! [--storage-delay-ms 10,30] [--dir DIR]`
+//! [--storage-delay-ms 10,30] [--runs N] [--binary PATH] [--dir DIR]`
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -46,15 +50,20 @@ const TEMPLATE: &str =
     "{{due_date|yyyy}}/{{due_date|MM}}/{{due_date|dd}}/{{due_date|yyyyMMddHHmmss}}-{{task_id}}";
 const ALL_TYPES: &str = "CallMetadata,Recordings,Transcriptions,ChatMetadata,ChatHistory,SMSMetadata,EmailMetadata,WorkflowMetadata";
 const METADATA: &str = "CallMetadata,ChatMetadata,SMSMetadata,EmailMetadata,WorkflowMetadata";
-const USAGE: &str = "usage: cargo bench --bench sync -- [--scenario a,b,c] [--concurrency 1,4,8] \
-[--size-mb N] [--files N] [--page-size N] [--delete] [--dir DIR]
+const USAGE: &str =
+    "usage: cargo bench --bench sync -- [--scenario a,b,c,d,e] [--concurrency 1,4,8] \
+[--size-mb N] [--files N] [--page-size N] [--delete] [--runs N] [--binary PATH] [--dir DIR]
   a: backlog of 300 call tasks, recordings ~200 KB, 20 ms latency, every data type
   b: --files (20) recordings of --size-mb (50) MB, no latency, recordings only
   c: 2000 small tasks, metadata only, 20 ms latency
+  d: a with 3000 call tasks
+  e: 12 recordings of 6-18 MB, no latency, recordings only
   --delete      also delete recordings on the emulator once stored (the limit never deletes)
   --page-size   SP_TASK_SYNC_PAGE_SIZE for the connector (default: the connector's)
   --storage     local (default), s3, gcs, azure: the cloud ones through a delaying proxy
   --storage-delay-ms  delays per storage request for the cloud storages (default 10,30)
+  --runs        runs of each measurement; every figure is their median (default 3)
+  --binary      the connector binary to measure (default: this build's)
   --dir         where the folders are written (default: the temp folder)";
 
 struct Options {
@@ -66,6 +75,8 @@ struct Options {
     delete: bool,
     storages: Vec<Provider>,
     delays_ms: Vec<u64>,
+    runs: usize,
+    binary: PathBuf,
     dir: PathBuf,
 }
 
@@ -79,6 +90,8 @@ fn parse_options() -> Result<Options, String> {
         delete: false,
         storages: vec![Provider::Local],
         delays_ms: vec![10, 30],
+        runs: 3,
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_spinoco-connector")),
         dir: std::env::temp_dir(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -93,7 +106,7 @@ fn parse_options() -> Result<Options, String> {
                     .split(',')
                     .filter_map(|s| s.trim().chars().next())
                     .collect();
-                if let Some(bad) = o.scenarios.iter().find(|s| !"abc".contains(**s)) {
+                if let Some(bad) = o.scenarios.iter().find(|s| !"abcde".contains(**s)) {
                     return Err(format!("unknown scenario {bad:?}"));
                 }
             }
@@ -129,6 +142,8 @@ fn parse_options() -> Result<Options, String> {
                     .map(|s| number("--storage-delay-ms", s.trim()))
                     .collect::<Result<_, _>>()?
             }
+            "--runs" => o.runs = number::<usize>(flag, value()?)?.max(1),
+            "--binary" => o.binary = PathBuf::from(value()?),
             "--dir" => o.dir = PathBuf::from(value()?),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option {other:?}")),
@@ -165,6 +180,28 @@ fn scenario(which: char, o: &Options) -> Scenario {
                 ..base
             },
             get: ALL_TYPES,
+        },
+        'd' => Scenario {
+            name: "d: 3000 calls, ~200 KB, 20 ms".into(),
+            emulator: EmulatorConfig {
+                tasks: 3000,
+                calls_only: true,
+                recording_size: (180_000, 220_000),
+                latency: Duration::from_millis(20),
+                ..base
+            },
+            get: ALL_TYPES,
+        },
+        'e' => Scenario {
+            name: "e: 12 x 6-18 MB, 0 ms".into(),
+            emulator: EmulatorConfig {
+                tasks: 12,
+                calls_only: true,
+                recordings_per_call: Some(1),
+                recording_size: (6_000_000, 18_000_000),
+                ..base
+            },
+            get: "Recordings",
         },
         'b' => {
             let size = o.size_mb * 1_000_000;
@@ -215,8 +252,17 @@ extern "C" {
     fn wait4(pid: c_int, status: *mut c_int, options: c_int, rusage: *mut Rusage) -> c_int;
 }
 
-/// Waits for the child and returns (exit code or -signal, CPU seconds of the child).
-fn wait_with_usage(pid: u32) -> (i32, f64) {
+/// How a child ended: its exit code (or -signal) and its CPU seconds.
+struct ChildEnd {
+    code: i32,
+    cpu: f64,
+    /// The part of `cpu` in user space (the rest is the kernel's: on this machine mostly
+    /// writing to the page cache and fsync).
+    cpu_user: f64,
+}
+
+/// Waits for the child and says how it ended.
+fn wait_with_usage(pid: u32) -> ChildEnd {
     let mut status: c_int = 0;
     let mut usage = Rusage::default();
     loop {
@@ -234,7 +280,11 @@ fn wait_with_usage(pid: u32) -> (i32, f64) {
         -(status & 0x7f)
     };
     let secs = |t: &Timeval| t.sec as f64 + t.usec as f64 / 1e6;
-    (code, secs(&usage.utime) + secs(&usage.stime))
+    ChildEnd {
+        code,
+        cpu: secs(&usage.utime) + secs(&usage.stime),
+        cpu_user: secs(&usage.utime),
+    }
 }
 
 /// Peak RSS in KiB, by polling `VmHWM` of /proc/<pid>/status until `done`.
@@ -271,6 +321,7 @@ struct Figures {
     storage_requests: Option<usize>,
     journal_writes: Option<u64>,
     cpu: f64,
+    cpu_user: f64,
     rss_kib: u64,
     first_request_ms: Option<f64>,
 }
@@ -362,7 +413,6 @@ fn count_files(root: &Path, dir: &Path) -> usize {
 /// server behind a delaying proxy.
 struct Storage {
     provider: Provider,
-    delay_ms: u64,
     /// The variables the connector gets (through the proxy).
     env: BTreeMap<String, String>,
     /// The same, straight to the server (for verifying).
@@ -380,7 +430,6 @@ impl Storage {
             .into();
             return Storage {
                 provider,
-                delay_ms: 0,
                 direct: env.clone(),
                 env,
                 proxy: None,
@@ -394,17 +443,16 @@ impl Storage {
         );
         Storage {
             provider,
-            delay_ms,
             env: providers::with_endpoint(&direct, &proxy.url()),
             direct,
             proxy: Some(proxy),
         }
     }
 
-    fn label(&self) -> String {
-        match self.provider {
+    fn label_of(provider: Provider, delay_ms: u64) -> String {
+        match provider {
             Provider::Local => "local".into(),
-            p => format!("{} +{} ms", p.name(), self.delay_ms),
+            p => format!("{} +{delay_ms} ms", p.name()),
         }
     }
 }
@@ -423,7 +471,7 @@ fn run_connector(
     let log = o
         .dir
         .join(format!("spinoco-bench-{}.log", std::process::id()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spinoco-connector"));
+    let mut cmd = Command::new(&o.binary);
     cmd.env_clear()
         .env("SP_API_TOKEN", TOKEN)
         .env("SP_API_URL", emu.url())
@@ -447,12 +495,17 @@ fn run_connector(
     let started = Instant::now();
     let child = cmd.spawn().map_err(|e| e.to_string())?;
     let done = AtomicBool::new(false);
-    let (code, cpu, rss_kib) = std::thread::scope(|scope| {
+    let (end, rss_kib) = std::thread::scope(|scope| {
         let poller = scope.spawn(|| poll_peak_rss(child.id(), &done));
-        let (code, cpu) = wait_with_usage(child.id());
+        let end = wait_with_usage(child.id());
         done.store(true, Ordering::Relaxed);
-        (code, cpu, poller.join().unwrap_or(0))
+        (end, poller.join().unwrap_or(0))
     });
+    let ChildEnd {
+        code,
+        cpu,
+        cpu_user,
+    } = end;
     let wall = started.elapsed().as_secs_f64();
     let text = fs::read_to_string(&log).unwrap_or_default();
     let _ = fs::remove_file(&log);
@@ -510,6 +563,7 @@ fn run_connector(
                 })
                 .or(journal_writes),
             cpu,
+            cpu_user,
             rss_kib,
             first_request_ms,
         },
@@ -630,6 +684,7 @@ fn run_limit(
         storage_requests: None,
         journal_writes: None,
         cpu: 0.0,
+        cpu_user: 0.0,
         rss_kib: 0,
         first_request_ms: None,
     })
@@ -657,6 +712,104 @@ fn mb_per_s(f: &Figures) -> f64 {
     f.bytes as f64 / 1e6 / f.wall
 }
 
+/// The medians of `--runs` runs of the connector and of the two limits.
+struct Measured {
+    connector: Figures,
+    downloads: Figures,
+    same: Figures,
+    /// The connector's fastest and slowest wall time.
+    wall_range: (f64, f64),
+}
+
+/// Runs the connector and then the two limits, `--runs` times, each run in fresh
+/// folders (or a fresh prefix), and takes the median of every figure.
+fn measure(
+    s: &Scenario,
+    o: &Options,
+    which: char,
+    c: usize,
+    provider: Provider,
+    delay: u64,
+) -> Result<Measured, String> {
+    let mut runs = Vec::new();
+    for run in 0..o.runs {
+        let id = format!("spinoco-bench-{}-{which}-{c}-{run}", std::process::id());
+        let (conn_dir, limit_dir) = (
+            o.dir.join(format!("{id}-conn")),
+            o.dir.join(format!("{id}-limit")),
+        );
+        let storage = Storage::open(provider, delay, &conn_dir);
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { sync() };
+        let outcome = run_connector(s, o, c, &storage).and_then(|(f, files, deletes)| {
+            let _ = fs::remove_dir_all(&conn_dir);
+            unsafe { sync() };
+            let limit = run_limit(s, c, &limit_dir, &files, None);
+            let _ = fs::remove_dir_all(&limit_dir);
+            let same = SameRequests {
+                feed: f.feed_requests,
+                deletes: &deletes,
+                query: query_of(s, o),
+            };
+            unsafe { sync() };
+            let same = run_limit(s, c, &limit_dir, &files, Some(same));
+            let _ = fs::remove_dir_all(&limit_dir);
+            Ok((f, limit?, same?))
+        });
+        let _ = fs::remove_dir_all(&conn_dir);
+        let _ = fs::remove_dir_all(&limit_dir);
+        runs.push(outcome?);
+    }
+    let walls: Vec<f64> = runs.iter().map(|r| r.0.wall).collect();
+    let (connector, downloads, same): (Vec<_>, Vec<_>, Vec<_>) =
+        runs.into_iter()
+            .fold((vec![], vec![], vec![]), |mut acc, (f, l, s)| {
+                acc.0.push(f);
+                acc.1.push(l);
+                acc.2.push(s);
+                acc
+            });
+    Ok(Measured {
+        connector: median_of(&connector),
+        downloads: median_of(&downloads),
+        same: median_of(&same),
+        wall_range: (
+            walls.iter().copied().fold(f64::INFINITY, f64::min),
+            walls.iter().copied().fold(0.0, f64::max),
+        ),
+    })
+}
+
+/// The median of a figure over runs (the upper one of an even count).
+fn median<T: PartialOrd + Copy>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
+}
+
+/// Every figure the median of its runs'.
+fn median_of(runs: &[Figures]) -> Figures {
+    let m_f64 = |f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
+    let m_u64 = |f: fn(&Figures) -> u64| median(runs.iter().map(f).collect());
+    let m_usize = |f: fn(&Figures) -> usize| median(runs.iter().map(f).collect());
+    let m_opt = |f: fn(&Figures) -> Option<f64>| {
+        let some: Vec<f64> = runs.iter().filter_map(f).collect();
+        (!some.is_empty()).then(|| median(some))
+    };
+    Figures {
+        wall: m_f64(|f| f.wall),
+        bytes: m_u64(|f| f.bytes),
+        tasks: m_usize(|f| f.tasks),
+        requests: m_usize(|f| f.requests),
+        feed_requests: m_usize(|f| f.feed_requests),
+        storage_requests: m_opt(|f| f.storage_requests.map(|n| n as f64)).map(|n| n as usize),
+        journal_writes: m_opt(|f| f.journal_writes.map(|n| n as f64)).map(|n| n as u64),
+        cpu: m_f64(|f| f.cpu),
+        cpu_user: m_f64(|f| f.cpu_user),
+        rss_kib: m_u64(|f| f.rss_kib),
+        first_request_ms: m_opt(|f| f.first_request_ms),
+    }
+}
+
 fn main() {
     let o = match parse_options() {
         Ok(o) => o,
@@ -676,8 +829,10 @@ fn main() {
     );
     let servers = start_servers(&o.storages);
     println!();
-    println!("| scenario | storage | conc. | wall s | limit s (downloads) | limit s (same requests) | wall / limit (same requests) | wall / local | MB/s | MB/s / limit | peak RSS MB | CPU s | CPU s/GB | CPU s / 1000 requests | platform requests/task | storage requests/task | journal writes/task | first request ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| scenario | storage | conc. | wall s | wall s (range) | limit s (downloads) | limit s (same requests) | wall / limit (same requests) | wall / local | ms / task | MB/s | MB/s / limit | peak RSS MB | CPU s | CPU s user | CPU s/GB | CPU s / 1000 requests | platform requests/task | storage requests/task | journal writes/task | first request ms |");
+    println!(
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     let mut failed = false;
     for which in &o.scenarios {
         let s = scenario(*which, &o);
@@ -690,42 +845,21 @@ fn main() {
             };
             for &delay in &delays {
                 for &c in &o.concurrency {
-                    let id = format!("spinoco-bench-{}-{which}-{c}", std::process::id());
-                    let (conn_dir, limit_dir) = (
-                        o.dir.join(format!("{id}-conn")),
-                        o.dir.join(format!("{id}-limit")),
-                    );
-                    let storage = Storage::open(provider, delay, &conn_dir);
-                    // SAFETY: sync(2) takes no arguments and cannot fail.
-                    unsafe { sync() };
-                    let outcome =
-                        run_connector(&s, &o, c, &storage).and_then(|(f, files, deletes)| {
-                            let _ = fs::remove_dir_all(&conn_dir);
-                            unsafe { sync() };
-                            let limit = run_limit(&s, c, &limit_dir, &files, None);
-                            let _ = fs::remove_dir_all(&limit_dir);
-                            let same = SameRequests {
-                                feed: f.feed_requests,
-                                deletes: &deletes,
-                                query: query_of(&s, &o),
-                            };
-                            unsafe { sync() };
-                            let same = run_limit(&s, c, &limit_dir, &files, Some(same));
-                            let _ = fs::remove_dir_all(&limit_dir);
-                            Ok((f, limit?, same?))
-                        });
-                    match outcome {
-                        Ok((f, l, same)) => {
+                    let label = Storage::label_of(provider, delay);
+                    match measure(&s, &o, *which, c, provider, delay) {
+                        Ok(m) => {
+                            let (f, l, same) = (&m.connector, &m.downloads, &m.same);
                             if provider == Provider::Local {
                                 local_wall.insert(c, f.wall);
                             }
                             let per_task = |n: f64| format!("{:.2}", n / f.tasks.max(1) as f64);
                             let all_requests = f.requests + f.storage_requests.unwrap_or(0);
                             println!(
-                                "| {} | {} | {c} | {:.2} | {:.2} | {:.2} | {:.2}x | {} | {:.1} | {:.0} % | {:.1} | {:.2} | {} | {:.2} | {} | {} | {} | {} |",
+                                "| {} | {label} | {c} | {:.2} | {:.2}–{:.2} | {:.2} | {:.2} | {:.2}x | {} | {:.2} | {:.1} | {:.0} % | {:.1} | {:.2} | {:.2} | {} | {:.2} | {} | {} | {} | {} |",
                                 s.name,
-                                storage.label(),
                                 f.wall,
+                                m.wall_range.0,
+                                m.wall_range.1,
                                 l.wall,
                                 same.wall,
                                 f.wall / same.wall,
@@ -733,10 +867,12 @@ fn main() {
                                     (Provider::Local, _) | (_, None) => "-".to_string(),
                                     (_, Some(local)) => format!("{:.2}x", f.wall / local),
                                 },
-                                mb_per_s(&f),
-                                100.0 * mb_per_s(&f) / mb_per_s(&l),
+                                f.wall * 1000.0 / f.tasks.max(1) as f64,
+                                mb_per_s(f),
+                                100.0 * mb_per_s(f) / mb_per_s(l),
                                 f.rss_kib as f64 / 1024.0,
                                 f.cpu,
+                                f.cpu_user,
                                 if f.bytes >= 100_000_000 {
                                     format!("{:.2}", f.cpu / (f.bytes as f64 / 1e9))
                                 } else {
@@ -752,16 +888,13 @@ fn main() {
                         Err(e) => {
                             failed = true;
                             println!(
-                                "| {} | {} | {c} | FAILED: {} |",
+                                "| {} | {label} | {c} | FAILED: {} |",
                                 s.name,
-                                storage.label(),
                                 e.lines().next().unwrap_or("")
                             );
                             eprintln!("{e}");
                         }
                     }
-                    let _ = fs::remove_dir_all(&conn_dir);
-                    let _ = fs::remove_dir_all(&limit_dir);
                 }
             }
         }

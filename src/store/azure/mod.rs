@@ -41,7 +41,7 @@ use crate::store::client::token::TokenCache;
 use crate::store::client::{Answer, Client, Request};
 use crate::store::ObjectInfo;
 use crate::store::{
-    content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
+    content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, Staging, StoreError,
     StoreErrorKind, Versioned,
 };
 use client::{AzureProtocol, API_VERSION};
@@ -195,13 +195,7 @@ impl AzureStore {
                 _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
             }
         };
-        match claim {
-            Some(claim) => self.claims.write(claim, upload, || self.existing(name)),
-            None => match upload(None)? {
-                Upload::Done => Ok(()),
-                other => Err(StoreError::transient(format!("{what}: {other:?}"))),
-            },
-        }
+        self.claims.write(claim, upload, || self.existing(name))
     }
 
     /// The task id (`x-ms-meta-task_id`) and ETag of the blob, `None` when there is none.
@@ -371,6 +365,25 @@ impl BlobStore for AzureStore {
         }
         self.put_block_list(&name, &ids, info)?;
         Ok(total)
+    }
+
+    fn staging(&self) -> Option<Staging<'_>> {
+        Some(Staging {
+            pool: &self.pool,
+            single_request: self.settings.block_size as u64,
+        })
+    }
+
+    /// One Put Blob from `bytes` (blocks above one block's size).
+    fn put_whole(&self, key: &str, bytes: &[u8], info: &ObjectInfo) -> Result<u64, StoreError> {
+        if bytes.len() > self.settings.block_size {
+            return self.put_with(key, &mut &bytes[..], Some(bytes.len() as u64), info);
+        }
+        let name = self.blob_name(key)?;
+        let claim = Claim::of(key, info);
+        let crc = crate::checksum::crc64(bytes);
+        self.put_single(&name, bytes, crc, info, claim.as_ref())?;
+        Ok(bytes.len() as u64)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

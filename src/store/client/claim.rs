@@ -100,14 +100,18 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Writes one object under `claim`: `upload` sends the bytes (already in memory)
-    /// with the given condition, `look` reads what is stored under the name.
+    /// Writes one object, under `claim` when it is a task's file (else as it is sent):
+    /// `upload` sends the bytes (already in memory) with the given condition, `look`
+    /// reads what is stored under the name.
     pub fn write(
         &self,
-        claim: &Claim,
+        claim: Option<&Claim>,
         mut upload: impl FnMut(Option<&PutCondition>) -> Result<Upload, StoreError>,
         mut look: impl FnMut() -> Result<Option<Existing>, StoreError>,
     ) -> Result<(), StoreError> {
+        let Some(claim) = claim else {
+            return unconditional(&mut upload);
+        };
         if !self.look_first.load(Ordering::Relaxed) {
             let mut cond = PutCondition::IfAbsent;
             for _ in 0..ROUNDS {
@@ -188,7 +192,7 @@ mod tests {
         let mut looks = looks.into_iter();
         let mut looked = 0;
         let result = claims.write(
-            claim,
+            Some(claim),
             |cond| {
                 sent.push(match cond {
                     None => "-".to_string(),
@@ -318,5 +322,22 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    /// An object that is no task's file (the journal, a manifest) is sent once, without
+    /// a condition, and nothing is looked up.
+    #[test]
+    fn a_write_without_a_claim_is_sent_once_as_it_is() {
+        let mut sent = Vec::new();
+        let result = Claims::default().write(
+            None,
+            |cond| {
+                sent.push(cond.cloned());
+                Ok(Upload::Done)
+            },
+            || panic!("nothing is looked up"),
+        );
+        assert!(result.is_ok());
+        assert_eq!(sent, vec![None]);
     }
 }

@@ -54,7 +54,7 @@ pub struct Request<'a> {
     pub url: String,
     pub headers: Vec<(String, String)>,
     /// Sent as it is: the part buffer itself, never a copy.
-    pub body: &'a [u8],
+    pub body: Body<'a>,
 }
 
 impl<'a> Request<'a> {
@@ -63,7 +63,7 @@ impl<'a> Request<'a> {
             method,
             url,
             headers: Vec::new(),
-            body: &[],
+            body: Body::default(),
         }
     }
 
@@ -73,8 +73,46 @@ impl<'a> Request<'a> {
     }
 
     pub fn body(mut self, body: &'a [u8]) -> Self {
-        self.body = body;
+        self.body = Body::chain([body, &[], &[]]);
         self
+    }
+
+    /// A body of slices sent one after the other (see [`Body`]).
+    pub fn chain(mut self, parts: [&'a [u8]; 3]) -> Self {
+        self.body = Body::chain(parts);
+        self
+    }
+}
+
+/// A request body: up to three slices sent one after the other, never copied into one
+/// buffer. A GCS multipart upload is its metadata part, the object's own buffer and the
+/// closing boundary; every other body is one slice.
+#[derive(Clone, Copy, Default)]
+pub struct Body<'a> {
+    parts: [&'a [u8]; 3],
+}
+
+impl<'a> Body<'a> {
+    pub fn chain(parts: [&'a [u8]; 3]) -> Body<'a> {
+        Body { parts }
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+
+    /// The one slice, when the body is a single slice (or empty).
+    fn single(&self) -> Option<&'a [u8]> {
+        match self.parts {
+            [one, [], []] => Some(one),
+            _ => None,
+        }
+    }
+
+    fn reader(&self) -> impl std::io::Read + 'a {
+        use std::io::Read;
+        let [a, b, c] = self.parts;
+        a.chain(b).chain(c)
     }
 }
 
@@ -329,8 +367,16 @@ impl Client {
         };
         let sent = if req.method == "GET" || req.method == "HEAD" || req.method == "DELETE" {
             self.agent.run(http.body(()).map_err(bad)?)
+        } else if let Some(slice) = req.body.single() {
+            self.agent.run(http.body(slice).map_err(bad)?)
         } else {
-            self.agent.run(http.body(req.body).map_err(bad)?)
+            // A chain goes as a reader, framed by its length like a slice.
+            let mut reader = req.body.reader();
+            let http = http.header("content-length", req.body.len().to_string());
+            self.agent.run(
+                http.body(ureq::SendBody::from_reader(&mut reader))
+                    .map_err(bad)?,
+            )
         };
         let bare = || req.url.split('?').next().unwrap_or_default().to_string();
         let mut response = match sent {
@@ -500,6 +546,75 @@ mod tests {
             e.message.contains("\\nforged line \\u{1b}[31m\\u{202e}"),
             "{e}"
         );
+    }
+
+    /// What a one-request server read: the request head's lines and the body.
+    fn serve_one(listener: std::net::TcpListener) -> (Vec<String>, Vec<u8>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            head.push(line.trim().to_ascii_lowercase());
+        }
+        let mut out = stream;
+        if head.iter().any(|h| h == "expect: 100-continue") {
+            out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+        }
+        let len: usize = head
+            .iter()
+            .find_map(|h| h.strip_prefix("content-length: "))
+            .map_or(0, |n| n.parse().unwrap());
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).unwrap();
+        out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+        (head, body)
+    }
+
+    /// A chain of slices goes on the wire as one body framed by its whole length,
+    /// byte for byte what the slices hold in order.
+    #[test]
+    fn a_chained_body_is_sent_as_one_body_of_its_slices() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/upload", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || serve_one(listener));
+        let middle: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let client = Client::new(
+            &crate::http::agent(Duration::from_secs(5), 1),
+            RetryBudget::tries(1),
+        );
+        let answer = client
+            .send(&Plain, "chained upload", || {
+                Ok(Request::new("POST", url.clone()).chain([
+                    b"--head\r\n",
+                    &middle,
+                    b"\r\n--tail--",
+                ]))
+            })
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        let (head, body) = server.join().unwrap();
+        let mut want = b"--head\r\n".to_vec();
+        want.extend_from_slice(&middle);
+        want.extend_from_slice(b"\r\n--tail--");
+        assert!(body == want, "the body is not the slices in order");
+        assert!(
+            head.contains(&format!("content-length: {}", want.len())),
+            "{head:?}"
+        );
+        assert!(
+            !head.iter().any(|h| h.starts_with("transfer-encoding")),
+            "{head:?}"
+        );
+        let body = Body::chain([b"ab", b"", b"c"]);
+        assert_eq!((body.len(), body.single()), (3, None));
+        assert_eq!(Body::chain([b"ab", b"", b""]).single(), Some(&b"ab"[..]));
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! The one part reader of S3 multipart, GCS resumable and Azure block uploads, the
 //! buffers it fills, and the checksums computed while it fills them.
 //!
-//! Why: the part buffer is the only per-transfer memory of a cloud upload. Buffers of
-//! the part size come from a [`PartPool`] owned by the store and go back to it when
-//! the upload ends, so a run allocates at most one per worker (the pool grows to the
-//! number of uploads in flight at once, `SP_TASK_SYNC_CONCURRENCY`) and reuses them;
-//! the request body is a slice of that buffer, never a copy. Objects whose announced
-//! size is below one part (journal entries, metadata) get a buffer of their size.
+//! Why: the buffers are the only per-transfer memory of a cloud upload. Every one comes
+//! from the store's [`PartPool`] and goes back to it: the part buffer of a streamed
+//! upload, and the whole-object buffer the engine's upload stage downloads a small
+//! file into. The pool reuses them (the smallest idle buffer that holds what is asked
+//! for) and keeps the bytes of the buffers it has made, idle or in use, within a limit
+//! the engine sets ([`PartPool::limit`]: `SP_TASK_SYNC_CONCURRENCY` x one request's
+//! size), so a run's buffer memory never exceeds it, whatever the sizes of the files; a
+//! request for a buffer waits until one comes back when the limit is reached. A request
+//! body is a slice of a buffer, never a copy. Objects whose announced size is below one
+//! part get a buffer of their size (below [`SMALL`], one of their own: journal entries,
+//! metadata).
 //!
 //! The checksums a provider asks for are computed over the bytes as they are read
 //! from the source into the buffer, so a resend after a network failure carries the
@@ -16,47 +21,156 @@
 //! CRCs are table-driven, eight bytes at a time (slicing-by-8), a few lines each.
 
 use std::io::{self, Read};
-use std::sync::Mutex;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::checksum::{crc32c_update, crc64_update, hex, CRC32C_INIT, CRC64_INIT};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// Objects announced below this size get a buffer of their own size instead of a
-/// pooled part (journal entries, metadata).
+/// pooled one (journal entries, metadata).
 pub const SMALL: usize = 64 * 1024;
 
-/// Reusable buffers of one part size.
+/// Pooled buffers are made in multiples of this, so that files of about one size
+/// reuse each other's buffers.
+const GRANULE: usize = 16 * 1024;
+
+/// How often a request for a buffer that waits looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// The buffers of one store, reused; see the module comment.
 pub struct PartPool {
-    size: usize,
-    free: Mutex<Vec<Vec<u8>>>,
+    part: usize,
+    state: Mutex<Buffers>,
+    returned: Condvar,
+}
+
+struct Buffers {
+    idle: Vec<Vec<u8>>,
+    /// Bytes of every buffer made and not dropped, idle or in use.
+    made: usize,
+    limit: usize,
 }
 
 impl PartPool {
-    pub fn new(size: usize) -> PartPool {
+    /// A pool for parts of `part` bytes, without a limit until [`PartPool::limit`].
+    pub fn new(part: usize) -> PartPool {
         PartPool {
-            size: size.max(1),
-            free: Mutex::new(Vec::new()),
+            part: part.max(1),
+            state: Mutex::new(Buffers {
+                idle: Vec::new(),
+                made: 0,
+                limit: usize::MAX,
+            }),
+            returned: Condvar::new(),
         }
     }
 
-    fn take(&self) -> Vec<u8> {
-        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        reused.unwrap_or_else(|| vec![0u8; self.size])
+    /// The size of one part.
+    pub fn part_size(&self) -> usize {
+        self.part
     }
 
-    fn give_back(&self, buf: Vec<u8>) {
-        if buf.len() == self.size {
-            self.free
-                .lock()
+    /// Keeps the bytes of the buffers made (idle or in use) within `bytes`; a buffer
+    /// larger than that alone is still made when no other one exists.
+    pub fn limit(&self, bytes: usize) {
+        self.lock().limit = bytes.max(1);
+        self.returned.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Buffers> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A buffer of at least `len` bytes: the smallest idle one that holds them, or a new
+    /// one when the limit leaves room (idle buffers are dropped to make it), or else
+    /// the first one that comes back. Waiting ends when the process is asked to stop.
+    pub fn take(&self, len: usize) -> Result<Buffer<'_>, StoreError> {
+        let len = len.max(1);
+        let size = len.div_ceil(GRANULE) * GRANULE;
+        let mut st = self.lock();
+        loop {
+            let fits = st
+                .idle
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.len() >= len)
+                .min_by_key(|(_, b)| b.len())
+                .map(|(i, _)| i);
+            if let Some(i) = fits {
+                let bytes = st.idle.swap_remove(i);
+                return Ok(Buffer { pool: self, bytes });
+            }
+            while st.made + size > st.limit && !st.idle.is_empty() {
+                let dropped = st.idle.pop().map_or(0, |b| b.len());
+                st.made -= dropped;
+            }
+            if st.made + size <= st.limit || st.made == 0 {
+                st.made += size;
+                drop(st);
+                return Ok(Buffer {
+                    pool: self,
+                    bytes: vec![0u8; size],
+                });
+            }
+            if crate::shutdown::requested() {
+                return Err(StoreError::transient(
+                    "stopping: the process was asked to stop while waiting for an upload buffer",
+                ));
+            }
+            crate::notify::alive();
+            st = self
+                .returned
+                .wait_timeout(st, STOP_POLL)
                 .unwrap_or_else(|e| e.into_inner())
-                .push(buf);
+                .0;
         }
     }
 
-    /// How many buffers wait for reuse.
+    fn give_back(&self, bytes: Vec<u8>) {
+        let mut st = self.lock();
+        if st.made > st.limit {
+            // The limit was lowered meanwhile: this one goes.
+            st.made -= bytes.len();
+        } else {
+            st.idle.push(bytes);
+        }
+        drop(st);
+        self.returned.notify_one();
+    }
+
+    /// How many buffers wait for reuse, and the bytes of all buffers made.
     #[cfg(test)]
-    fn idle(&self) -> usize {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).len()
+    fn usage(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.idle.len(), st.made)
+    }
+}
+
+/// A buffer of a [`PartPool`], given back when dropped. Its bytes are its whole size
+/// (zeroed when it was made, as its last user left them after that).
+pub struct Buffer<'p> {
+    pool: &'p PartPool,
+    bytes: Vec<u8>,
+}
+
+impl Deref for Buffer<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl DerefMut for Buffer<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+}
+
+impl Drop for Buffer<'_> {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -83,12 +197,42 @@ pub struct Part<'a> {
     pub crc64: Option<u64>,
 }
 
+/// The buffer a part is read into.
+enum Space<'p> {
+    /// Not taken yet.
+    None,
+    /// A small object's own buffer.
+    Own(Vec<u8>),
+    Pooled(Buffer<'p>),
+}
+
+impl Space<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Space::None => &[],
+            Space::Own(v) => v,
+            Space::Pooled(b) => b,
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Space::None => &mut [],
+            Space::Own(v) => v,
+            Space::Pooled(b) => b,
+        }
+    }
+}
+
 /// Reads a source part by part into one buffer; see the module comment.
 pub struct PartReader<'p> {
     src_len_hint: Option<u64>,
+    /// An announced size up to this is read whole into a buffer of its size.
+    whole_up_to: u64,
     pool: &'p PartPool,
-    buf: Vec<u8>,
-    pooled: bool,
+    space: Space<'p>,
+    /// The bytes of the space a part is read into (a pooled buffer may be larger).
+    cap: usize,
     len: usize,
     /// One byte read ahead after a full part (it begins the next one).
     ahead: Option<u8>,
@@ -101,12 +245,26 @@ pub struct PartReader<'p> {
 }
 
 impl<'p> PartReader<'p> {
+    /// Parts of the pool's part size; an object announced at most one part long is
+    /// read whole into a buffer of its size.
     pub fn new(pool: &'p PartPool, size: Option<u64>, sums: Sums) -> PartReader<'p> {
+        Self::reading_whole(pool, size, 0, sums)
+    }
+
+    /// [`PartReader::new`], reading an object announced at most `whole_up_to` bytes
+    /// long whole into one buffer (S3's single PUT up to its multipart threshold).
+    pub fn reading_whole(
+        pool: &'p PartPool,
+        size: Option<u64>,
+        whole_up_to: u64,
+        sums: Sums,
+    ) -> PartReader<'p> {
         PartReader {
             src_len_hint: size,
+            whole_up_to,
             pool,
-            buf: Vec::new(),
-            pooled: false,
+            space: Space::None,
+            cap: 0,
             len: 0,
             ahead: None,
             number: 0,
@@ -131,46 +289,50 @@ impl<'p> PartReader<'p> {
             .sha256
             .then(|| ring::digest::Context::new(&ring::digest::SHA256));
         self.crc64 = CRC64_INIT;
-        let part = self.pool.size;
+        let part = self.pool.part;
         if self.number == 0 {
-            // Small announced sizes get their own small buffer; one byte more tells a
-            // source that is longer than announced, which then gets a whole part.
+            // An announced size gets a buffer of its size; one byte more tells a source
+            // that is longer than announced, which then gets a whole part.
             match self.src_len_hint {
-                Some(n) if n < part.min(SMALL) as u64 => self.buf = vec![0u8; n as usize + 1],
-                _ => self.take_pooled(),
+                Some(n) if n < part.min(SMALL) as u64 => self.own(n as usize + 1),
+                Some(n) if n < part as u64 || n <= self.whole_up_to => {
+                    self.pooled(n as usize + 1)?
+                }
+                _ => self.pooled(part)?,
             }
-        } else if !self.pooled {
-            self.take_pooled();
         }
         if let Some(b) = self.ahead.take() {
-            self.buf[0] = b;
+            self.space.bytes_mut()[0] = b;
             self.update(0, 1);
             self.len = 1;
         }
         loop {
-            let end = self.buf.len();
-            let n = fill(src, &mut self.buf[self.len..end])?;
+            let cap = self.cap;
+            let n = fill(src, &mut self.space.bytes_mut()[self.len..cap])?;
             self.update(self.len, n);
             self.len += n;
-            if self.len < self.buf.len() {
+            if self.len < cap {
                 break; // the source ended
             }
-            if self.pooled {
+            if cap >= part {
                 let mut one = [0u8; 1];
                 if fill(src, &mut one)? == 1 {
                     self.ahead = Some(one[0]);
                 }
                 break;
             }
-            // Longer than announced: move to a full part buffer and read on.
-            let small = std::mem::take(&mut self.buf);
-            self.take_pooled();
-            self.buf[..small.len()].copy_from_slice(&small);
+            // Longer than announced: move to a full part buffer and read on. (The bytes
+            // so far leave the pool first, so that a full pool cannot hold this up.)
+            let head = self.space.bytes()[..self.len].to_vec();
+            self.space = Space::None;
+            self.pooled(part)?;
+            self.space.bytes_mut()[..head.len()].copy_from_slice(&head);
         }
         self.number += 1;
         let last = self.ahead.is_none();
+        let len = self.len;
         Ok(Some(Part {
-            bytes: &self.buf[..self.len],
+            bytes: &self.space.bytes()[..len],
             number: self.number,
             offset: self.offset,
             last,
@@ -186,7 +348,7 @@ impl<'p> PartReader<'p> {
 
     /// The bytes of the part read last.
     pub fn current(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.space.bytes()[..self.len]
     }
 
     /// CRC32C of every byte read so far (the whole object after the last part).
@@ -194,13 +356,19 @@ impl<'p> PartReader<'p> {
         self.crc32c ^ CRC32C_INIT
     }
 
-    fn take_pooled(&mut self) {
-        self.buf = self.pool.take();
-        self.pooled = true;
+    fn own(&mut self, len: usize) {
+        self.space = Space::Own(vec![0u8; len]);
+        self.cap = len;
+    }
+
+    fn pooled(&mut self, len: usize) -> Result<(), StoreError> {
+        self.space = Space::Pooled(self.pool.take(len)?);
+        self.cap = len;
+        Ok(())
     }
 
     fn update(&mut self, from: usize, n: usize) {
-        let bytes = &self.buf[from..from + n];
+        let bytes = &self.space.bytes()[from..from + n];
         if let Some(sha) = self.sha.as_mut() {
             sha.update(bytes);
         }
@@ -213,16 +381,8 @@ impl<'p> PartReader<'p> {
     }
 }
 
-impl Drop for PartReader<'_> {
-    fn drop(&mut self) {
-        if self.pooled {
-            self.pool.give_back(std::mem::take(&mut self.buf));
-        }
-    }
-}
-
 /// Reads until `buf` is full or `src` ends; returns how many bytes were read.
-fn fill(src: &mut dyn Read, buf: &mut [u8]) -> Result<usize, StoreError> {
+pub fn fill(src: &mut dyn Read, buf: &mut [u8]) -> Result<usize, StoreError> {
     let mut filled = 0;
     while filled < buf.len() {
         match src.read(&mut buf[filled..]) {
@@ -268,14 +428,14 @@ mod tests {
                 (b"ij".to_vec(), 3, 8, true)
             ]
         );
-        assert_eq!(pool.idle(), 1, "the buffer went back to the pool");
+        assert_eq!(pool.usage().0, 1, "the buffer went back to the pool");
         // Exactly one part: the read-ahead finds nothing, so it is the last.
         let mut r = PartReader::new(&pool, None, Sums::default());
         let mut src = &b"abcd"[..];
         assert!(r.next_part(&mut src).unwrap().unwrap().last);
         assert!(r.next_part(&mut src).unwrap().is_none());
         drop(r);
-        assert_eq!(pool.idle(), 1, "reused, not a second buffer");
+        assert_eq!(pool.usage().0, 1, "reused, not a second buffer");
         // A small hint gets a small buffer; a source longer than announced grows.
         let mut r = PartReader::new(&pool, Some(2), Sums::default());
         let mut src = &b"abcdef"[..];
@@ -290,5 +450,51 @@ mod tests {
         let mut r = PartReader::new(&pool, Some(0), Sums::default());
         let p = r.next_part(&mut &b""[..]).unwrap().unwrap();
         assert!(p.bytes.is_empty() && p.last);
+    }
+
+    /// An object announced up to the S3 threshold is read whole, past the part size.
+    #[test]
+    fn an_object_up_to_the_whole_size_is_one_part() {
+        let pool = PartPool::new(4);
+        let mut r = PartReader::reading_whole(&pool, Some(10), 10, Sums::default());
+        let mut src = &b"abcdefghij"[..];
+        let p = r.next_part(&mut src).unwrap().unwrap();
+        assert_eq!((p.bytes, p.last), (&b"abcdefghij"[..], true));
+        assert!(r.next_part(&mut src).unwrap().is_none());
+    }
+
+    /// The bytes of the buffers made stay within the limit: an idle buffer that holds
+    /// the request is reused, idle ones are dropped to make room for a larger one, and
+    /// a request waits for a buffer in use to come back.
+    #[test]
+    fn the_pool_keeps_its_buffers_within_the_limit() {
+        let pool = PartPool::new(4 * GRANULE);
+        pool.limit(4 * GRANULE);
+        let small = pool.take(100).unwrap();
+        assert_eq!(small.len(), GRANULE, "made in granules");
+        drop(small);
+        let again = pool.take(GRANULE).unwrap();
+        assert_eq!(pool.usage(), (0, GRANULE), "the idle buffer was reused");
+        drop(again);
+        let part = pool.take(4 * GRANULE).unwrap();
+        assert_eq!(
+            pool.usage(),
+            (0, 4 * GRANULE),
+            "the idle buffer was dropped to make room"
+        );
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| pool.take(GRANULE).map(|b| b.len()));
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "made a buffer beyond the limit");
+            drop(part);
+            assert_eq!(waiter.join().unwrap().unwrap(), 4 * GRANULE);
+        });
+        assert_eq!(pool.usage(), (1, 4 * GRANULE));
+        // A buffer larger than the limit is made when it is the only one, and dropped
+        // when it comes back.
+        let large = pool.take(9 * GRANULE).unwrap();
+        assert_eq!(pool.usage(), (0, 9 * GRANULE));
+        drop(large);
+        assert_eq!(pool.usage(), (0, 0));
     }
 }

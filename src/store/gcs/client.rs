@@ -1,11 +1,12 @@
-//! What GCS adds to the shared REST layer ([`crate::store::client`]).
+//! What GCS adds to the shared REST layer ([`crate::store::client`]), and the frame of
+//! its multipart uploads.
 
 use ureq::http::HeaderMap;
 
 use super::credential::TokenSource;
 use crate::retry::Reason;
 use crate::store::client::{clip, Class, Container, Protocol, Request};
-use crate::store::StoreError;
+use crate::store::{content_type, StoreError};
 
 /// The code given to a refused `x-goog-hash` (GCS's own is the generic "invalid").
 pub(super) const CHECKSUM_MISMATCH: &str = "checksumMismatch";
@@ -68,6 +69,38 @@ impl Protocol for GcsProtocol {
     }
 }
 
+/// The frame of a `multipart/related` upload around the object's bytes: the resource
+/// part and the head of the bytes' part, then the closing boundary. The request sends
+/// the two halves and the bytes from their own buffer as one body.
+pub(super) struct Multipart {
+    boundary: String,
+    head: String,
+    tail: String,
+}
+
+impl Multipart {
+    pub(super) fn new(resource: &serde_json::Value, name: &str) -> Multipart {
+        let boundary = format!("spinoco-{:016x}", crate::retry::Rng::seeded().next_u64());
+        Multipart {
+            head: format!(
+                "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{resource}\r\n--{boundary}\r\ncontent-type: {}\r\n\r\n",
+                content_type(name)
+            ),
+            tail: format!("\r\n--{boundary}--\r\n"),
+            boundary,
+        }
+    }
+
+    pub(super) fn content_type(&self) -> String {
+        format!("multipart/related; boundary={}", self.boundary)
+    }
+
+    /// The body's slices, in order.
+    pub(super) fn around<'a>(&'a self, bytes: &'a [u8]) -> [&'a [u8]; 3] {
+        [self.head.as_bytes(), bytes, self.tail.as_bytes()]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +149,30 @@ mod tests {
                 .starts_with("SP_TASK_SYNC_GCS_BUCKET=\"bucket-typo\": the bucket does not exist"),
             "{e}"
         );
+    }
+
+    /// The frame around the bytes is the `multipart/related` body GCS reads: the
+    /// resource part, the bytes' part, the closing boundary.
+    #[test]
+    fn a_multipart_body_frames_the_bytes_it_does_not_copy() {
+        let resource = serde_json::json!({"name": "a/b.ogg"});
+        let frame = Multipart::new(&resource, "a/b.ogg");
+        let boundary = frame.boundary.clone();
+        assert_eq!(
+            frame.content_type(),
+            format!("multipart/related; boundary={boundary}")
+        );
+        let bytes = b"OggS recording";
+        let [head, middle, tail] = frame.around(bytes);
+        assert!(
+            std::ptr::eq(middle, &bytes[..]),
+            "the bytes are sent from their buffer"
+        );
+        let body = [head, middle, tail].concat();
+        let want = format!(
+            "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{{\"name\":\"a/b.ogg\"}}\r\n\
+             --{boundary}\r\ncontent-type: audio/ogg\r\n\r\nOggS recording\r\n--{boundary}--\r\n"
+        );
+        assert_eq!(String::from_utf8(body).unwrap(), want);
     }
 }

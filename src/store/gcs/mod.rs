@@ -31,7 +31,9 @@
 //! the bucket answered once). Integrity: the media upload and the last resumable chunk
 //! carry the object's CRC32C (`x-goog-hash`, computed while the chunks are read), which
 //! GCS checks before it makes the object; fake-gcs-server checks nothing, so the
-//! answer's `crc32c` is compared as well and a media upload that differs is sent again.
+//! answer's `crc32c` is compared as well and a media upload that differs is sent again
+//! (a multipart one, a conditional create, is reported lost, `Restart`: the engine sends
+//! it again from its source, and the claim replaces the object, this task's).
 //!
 //! A resumable session is the `Location` its start answers with; it must be on the
 //! endpoint's origin, since every request to it carries the bearer token. A task's
@@ -41,7 +43,10 @@
 //! Every upload names `SP_TASK_SYNC_GCS_KMS_KEY_NAME` (`kmsKeyName`) and carries the
 //! object resource with `SP_TASK_SYNC_GCS_STORAGE_CLASS` and the task's metadata
 //! (`task-id`, `data-type`): in a resumable session's start, or in a multipart upload
-//! instead of a media upload for a small object (a media upload cannot carry one).
+//! instead of a media upload for a small object (a media upload cannot carry one). A
+//! multipart body is sent as its frame's two halves around the object's own buffer,
+//! never assembled in a second one ([`crate::store::client::Body`]), so a small object
+//! costs one chunk of memory at most, as a large one does.
 //!
 //! The files: [`builder`] reads the settings, [`credential`] finds the credentials and
 //! keeps the token (workload identity federation in [`identity`]), `client` says what
@@ -67,11 +72,11 @@ use crate::store::client::parts::{PartPool, PartReader, Sums};
 use crate::store::client::{missing, Answer, Client, Request};
 use crate::store::ObjectInfo;
 use crate::store::{
-    content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
+    content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, Staging, StoreError,
     StoreErrorKind, Versioned,
 };
 use builder::{CHUNK_GRANULARITY, DEFAULT_ENDPOINT};
-use client::GcsProtocol;
+use client::{GcsProtocol, Multipart};
 use credential::TokenSource;
 
 pub struct GcsStore {
@@ -165,28 +170,13 @@ impl GcsStore {
         r
     }
 
-    /// A `multipart/related` body: the resource, then the bytes. Returns the boundary.
-    fn multipart_body(
-        &self,
-        resource: &serde_json::Value,
-        name: &str,
-        bytes: &[u8],
-    ) -> (String, Vec<u8>) {
-        let boundary = format!("spinoco-{:016x}", crate::retry::Rng::seeded().next_u64());
-        let mut body = format!(
-            "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{resource}\r\n--{boundary}\r\ncontent-type: {}\r\n\r\n",
-            content_type(name)
-        )
-        .into_bytes();
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        (boundary, body)
-    }
-
     /// One upload with the resource (class, metadata) beside the bytes. Used instead of
-    /// a media upload when there is a resource to send: it costs a copy of the bytes
-    /// (at most one chunk) into the multipart body. For a task's file (`claim`) it is a
-    /// conditional create, and another task's object is not replaced.
+    /// a media upload when there is a resource to send; the bytes are sent from their
+    /// buffer between the two halves of the [`Multipart`] frame, not copied. For a
+    /// task's file (`claim`) it is a conditional create, and another task's object is
+    /// not replaced. fake-gcs-server checks no hash: an answer whose CRC32C is not the
+    /// bytes' is a `Restart` (real GCS refuses such a body), and the object is sent
+    /// again from its source: the claim replaces what was stored, which is this task's.
     fn put_multipart(
         &self,
         name: &str,
@@ -198,7 +188,7 @@ impl GcsStore {
         let what = format!("GCS upload of {}", self.gs(name));
         let mut resource = self.resource(name, info);
         resource["crc32c"] = crc32c_b64(crc).into();
-        let (boundary, body) = self.multipart_body(&resource, name, data);
+        let frame = Multipart::new(&resource, name);
         let upload = |cond: Option<&PutCondition>| {
             let mut url = self.upload_url(name, "multipart");
             match cond {
@@ -211,26 +201,20 @@ impl GcsStore {
             }
             let answer = self.send(&what, || {
                 Ok(Request::new("POST", url.clone())
-                    .header(
-                        "content-type",
-                        format!("multipart/related; boundary={boundary}"),
-                    )
-                    .body(&body))
+                    .header("content-type", frame.content_type())
+                    .chain(frame.around(data)))
             })?;
             match answer.status {
-                200 | 201 => self.check_crc(&what, &answer, crc).map(|_| Upload::Done),
+                200 | 201 => match self.check_crc(&what, &answer, crc) {
+                    Ok(()) => Ok(Upload::Done),
+                    Err(e) => Err(StoreError::restart(e.message)),
+                },
                 412 if cond.is_some() => Ok(Upload::ConditionFailed),
                 404 => Err(missing(&self.proto)),
                 _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
             }
         };
-        match claim {
-            Some(claim) => self.claims.write(claim, upload, || self.existing(name)),
-            None => match upload(None)? {
-                Upload::Done => Ok(()),
-                other => Err(StoreError::transient(format!("{what}: {other:?}"))),
-            },
-        }
+        self.claims.write(claim, upload, || self.existing(name))
     }
 
     fn send<'a>(
@@ -278,6 +262,23 @@ impl GcsStore {
                 crc32c_b64(crc)
             ))),
             _ => Ok(()),
+        }
+    }
+
+    /// An object whose bytes are all in memory, in one request: a media upload, or a
+    /// multipart one when there is a resource to send (class, metadata).
+    fn put_single(
+        &self,
+        name: &str,
+        data: &[u8],
+        crc: u32,
+        info: &ObjectInfo,
+        claim: Option<&Claim>,
+    ) -> Result<(), StoreError> {
+        if self.settings.options.storage_class.is_none() && info.metadata('-').is_empty() {
+            self.put_media(name, data, crc)
+        } else {
+            self.put_multipart(name, data, crc, info, claim)
         }
     }
 
@@ -584,11 +585,7 @@ impl BlobStore for GcsStore {
         let (len, last) = (first.bytes.len(), first.last);
         if last {
             let crc = reader.crc32c();
-            if self.settings.options.storage_class.is_none() && info.metadata('-').is_empty() {
-                self.put_media(&name, reader.current(), crc)?;
-            } else {
-                self.put_multipart(&name, reader.current(), crc, info, claim.as_ref())?;
-            }
+            self.put_single(&name, reader.current(), crc, info, claim.as_ref())?;
             return Ok(len as u64);
         }
         // One metadata read before the chunks (negligible next to them) guards a large object.
@@ -596,6 +593,25 @@ impl BlobStore for GcsStore {
             claim.check(self.existing(&name)?)?;
         }
         self.put_resumable(&name, &mut reader, src, info)
+    }
+
+    fn staging(&self) -> Option<Staging<'_>> {
+        Some(Staging {
+            pool: &self.pool,
+            single_request: self.settings.chunk_size as u64,
+        })
+    }
+
+    /// One upload from `bytes` (a resumable one above one chunk).
+    fn put_whole(&self, key: &str, bytes: &[u8], info: &ObjectInfo) -> Result<u64, StoreError> {
+        if bytes.len() > self.settings.chunk_size {
+            return self.put_with(key, &mut &bytes[..], Some(bytes.len() as u64), info);
+        }
+        let name = self.object_name(key);
+        let claim = Claim::of(key, info);
+        let crc = crate::checksum::crc32c(bytes);
+        self.put_single(&name, bytes, crc, info, claim.as_ref())?;
+        Ok(bytes.len() as u64)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -686,14 +702,11 @@ impl BlobStore for GcsStore {
         let crc = crc32c_b64(crate::checksum::crc32c(bytes));
         let mut resource = self.resource(&name, &ObjectInfo::default());
         resource["crc32c"] = crc.into();
-        let (boundary, body) = self.multipart_body(&resource, &name, bytes);
+        let frame = Multipart::new(&resource, &name);
         let answer = self.send(&what, || {
             Ok(Request::new("POST", url.clone())
-                .header(
-                    "content-type",
-                    format!("multipart/related; boundary={boundary}"),
-                )
-                .body(&body))
+                .header("content-type", frame.content_type())
+                .chain(frame.around(bytes)))
         })?;
         match answer.status {
             200 | 201 => match serde_json::from_slice(&answer.body)

@@ -21,8 +21,10 @@
 //! create, so that another task's object is never replaced:
 //! [`crate::store::client::claim`]). Anything larger is a multipart upload fed from the
 //! stream one part at a time through the shared part reader
-//! ([`crate::store::client::parts`]), so memory stays at one part buffer per worker,
-//! reused. S3 makes an object visible only when the PUT or CompleteMultipartUpload finishes, so
+//! ([`crate::store::client::parts`]), so memory stays at one part buffer per upload,
+//! reused from the store's pool. An object already in memory (the engine's upload
+//! stage) is one PUT from its buffer ([`BlobStore::put_whole`]). S3 makes an object
+//! visible only when the PUT or CompleteMultipartUpload finishes, so
 //! no temporary key is needed. A multipart upload that fails (source or storage) is
 //! aborted; an abort that fails too is remembered and retried before the next upload.
 //! As a safety net for a killed process, give the bucket a lifecycle rule
@@ -75,7 +77,7 @@ use crate::store::client::parts::{PartPool, PartReader, Sums};
 use crate::store::client::{missing, xml_tag, Answer, Client, Request};
 use crate::store::ObjectInfo;
 use crate::store::{
-    content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, StoreError,
+    content_type, prefixed, BlobStore, ObjectVersion, PutCondition, PutIf, Staging, StoreError,
     StoreErrorKind, Versioned,
 };
 use builder::Addressing;
@@ -96,9 +98,8 @@ pub struct S3Store {
     proto: S3Protocol,
     /// rust-s3's bucket, for URLs only: its credentials are empty and it never sends.
     urls: Box<Bucket>,
+    /// Parts, and single PUTs up to the threshold (read whole into one buffer).
     pool: PartPool,
-    /// Buffers of the threshold size, for single PUTs larger than a part.
-    single: PartPool,
     pending_aborts: Mutex<Vec<PendingAbort>>,
     /// No task's object is replaced by another task's (see [`crate::store::client::claim`]).
     claims: Claims,
@@ -148,12 +149,25 @@ impl S3Store {
             },
             urls,
             pool: PartPool::new(settings.part_size as usize),
-            single: PartPool::new(
-                settings.multipart_threshold.max(settings.part_size) as usize + 1,
-            ),
             pending_aborts: Mutex::new(Vec::new()),
             claims: Claims::default(),
         })
+    }
+
+    /// The largest object sent in one PUT: it fits the first part, or is announced up
+    /// to the threshold.
+    fn single_request(&self) -> u64 {
+        self.settings
+            .multipart_threshold
+            .max(self.settings.part_size)
+    }
+
+    /// The task's metadata as `x-amz-meta-*` headers.
+    fn metadata(info: &ObjectInfo) -> Vec<(String, String)> {
+        info.metadata('-')
+            .into_iter()
+            .map(|(k, v)| (format!("x-amz-meta-{k}"), v))
+            .collect()
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -237,13 +251,7 @@ impl S3Store {
                 _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
             }
         };
-        match claim {
-            Some(claim) => self.claims.write(claim, upload, || self.existing(key)),
-            None => match upload(None)? {
-                Upload::Done => Ok(()),
-                other => Err(StoreError::transient(format!("{what}: {other:?}"))),
-            },
-        }
+        self.claims.write(claim, upload, || self.existing(key))
     }
 
     /// The task id and ETag of the object under `key`, `None` when there is none.
@@ -548,11 +556,7 @@ impl BlobStore for S3Store {
         size: Option<u64>,
         info: &ObjectInfo,
     ) -> Result<u64, StoreError> {
-        let meta: Vec<(String, String)> = info
-            .metadata('-')
-            .into_iter()
-            .map(|(k, v)| (format!("x-amz-meta-{k}"), v))
-            .collect();
+        let meta = Self::metadata(info);
         let claim = Claim::of(key, info);
         self.retry_pending_aborts();
         let key = self.full_key(key);
@@ -560,14 +564,9 @@ impl BlobStore for S3Store {
             sha256: true,
             ..Sums::default()
         };
-        // Objects up to the threshold go up in one PUT: a second pool holds buffers of
-        // that size, used only for objects announced between one part and the threshold.
-        let part = self.settings.part_size;
-        let pool = match size {
-            Some(n) if n > part && n <= self.settings.multipart_threshold => &self.single,
-            _ => &self.pool,
-        };
-        let mut parts = PartReader::new(pool, size, sums);
+        // Objects announced up to the threshold go up in one PUT, read whole.
+        let threshold = self.settings.multipart_threshold;
+        let mut parts = PartReader::reading_whole(&self.pool, size, threshold, sums);
         let first = parts.next_part(src)?.expect("the first part always exists");
         let (len, last, sha) = (
             first.bytes.len(),
@@ -583,6 +582,26 @@ impl BlobStore for S3Store {
             claim.check(self.existing(&key)?)?;
         }
         self.put_multipart(&key, src, &mut parts, sha, len, &meta)
+    }
+
+    fn staging(&self) -> Option<Staging<'_>> {
+        Some(Staging {
+            pool: &self.pool,
+            single_request: self.single_request(),
+        })
+    }
+
+    /// One PUT from `bytes` (a multipart upload above [`Staging::single_request`]).
+    fn put_whole(&self, key: &str, bytes: &[u8], info: &ObjectInfo) -> Result<u64, StoreError> {
+        if bytes.len() as u64 > self.single_request() {
+            return self.put_with(key, &mut &bytes[..], Some(bytes.len() as u64), info);
+        }
+        let claim = Claim::of(key, info);
+        self.retry_pending_aborts();
+        let key = self.full_key(key);
+        let sha = sha256_hex(bytes);
+        self.put_single(&key, bytes, &sha, &Self::metadata(info), claim.as_ref())?;
+        Ok(bytes.len() as u64)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

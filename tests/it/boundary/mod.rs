@@ -10,3 +10,4 @@ mod log_safety;
 mod metrics_port;
 mod neighbour;
 mod store_names;
+mod upload_stage;

@@ -69,10 +69,17 @@ fn sigterm_during_a_large_transfer_exits_promptly_leaving_nothing_partial() {
     let dir = scratch("sigterm");
     let e = env(&emu, &dir);
     let mut child = spawn(&e, &[], &dir.with_extension("log"));
-    // Wait until a recording is being written.
+    // Wait until a recording is being written (a temp file of more than a megabyte:
+    // the lease's and the journal's own are a few hundred bytes).
     let tmp = dir.join(".spinoco-connector/tmp");
     let start = Instant::now();
-    while std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
+    let writing = || {
+        std::fs::read_dir(&tmp).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.metadata().is_ok_and(|m| m.len() > 1_000_000))
+        })
+    };
+    while !writing() {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "no transfer started"
