@@ -141,16 +141,8 @@ impl Bucket {
 
 #[cfg(test)]
 mod tests {
+    use super::timetable::tests::{at, KIB, MIB};
     use super::*;
-
-    const KIB: u64 = 1024;
-    const MIB: u64 = 1024 * 1024;
-    /// 2024-01-01T00:00:00Z.
-    const MIDNIGHT: i64 = 1_704_067_200;
-
-    fn at(hh: i64, mm: i64) -> i64 {
-        MIDNIGHT + hh * 3600 + mm * 60
-    }
 
     fn table(raw: &str) -> Timetable {
         Timetable::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e:?}"))

@@ -424,16 +424,18 @@ impl fmt::Display for BandwidthError {
 
 impl std::error::Error for BandwidthError {}
 
+/// Also the clock of the token bucket's tests (`crate::bandwidth`).
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const KIB: u64 = 1024;
-    const MIB: u64 = 1024 * 1024;
+    pub(in crate::bandwidth) const KIB: u64 = 1024;
+    pub(in crate::bandwidth) const MIB: u64 = 1024 * 1024;
     /// 2024-01-01T00:00:00Z, a Monday.
     const MIDNIGHT: i64 = 1_704_067_200;
 
-    fn at(hh: i64, mm: i64) -> i64 {
+    /// Unix seconds at `hh:mm` UTC of that day.
+    pub(in crate::bandwidth) fn at(hh: i64, mm: i64) -> i64 {
         MIDNIGHT + hh * 3600 + mm * 60
     }
 

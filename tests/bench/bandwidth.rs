@@ -9,6 +9,8 @@
 //! `cargo bench --bench bandwidth -- [--rate 1MiB/s] [--files 12] [--size-kb 1000]
 //! [--concurrency 4]`
 
+mod cli;
+
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -139,16 +141,7 @@ fn verify(emu: &Emulator, dir: &Path) -> Result<u64, String> {
 }
 
 fn main() {
-    let o = match parse_options() {
-        Ok(o) => o,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{USAGE}");
-            std::process::exit(if e.is_empty() { 0 } else { 2 });
-        }
-    };
+    let o = cli::options_or_exit(parse_options(), USAGE);
     println!(
         "{} recordings of about {} KB, concurrency {}, release binary, local storage",
         o.files, o.size_kb, o.concurrency

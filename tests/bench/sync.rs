@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 
 use spinoco_connector::{Emulator, EmulatorConfig};
 
+mod cli;
+
 // The integration tests' helpers, of which the benchmark uses the providers and a proxy.
 #[path = "../common/mod.rs"]
 #[allow(dead_code)]
@@ -811,16 +813,7 @@ fn median_of(runs: &[Figures]) -> Figures {
 }
 
 fn main() {
-    let o = match parse_options() {
-        Ok(o) => o,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{USAGE}");
-            std::process::exit(if e.is_empty() { 0 } else { 2 });
-        }
-    };
+    let o = cli::options_or_exit(parse_options(), USAGE);
     println!(
         "machine: {} CPU(s), {:.1} GB memory; writing under {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
