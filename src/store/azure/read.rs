@@ -8,10 +8,11 @@ use std::io::Read;
 use super::credential::encode_query_value;
 use super::AzureStore;
 use crate::store::client::read::{
-    all_pages, xml_elements, ListPage, Pinned, RangedReader, LIST_PAGE,
+    all_pages, relative_names, unreadable_page, xml_elements, ListPage, Pinned, RangedReader,
+    LIST_PAGE,
 };
 use crate::store::client::{Answer, Request};
-use crate::store::{prefixed, StoreError, StoreErrorKind};
+use crate::store::{prefixed, StoreError};
 
 impl AzureStore {
     pub(super) fn list_names(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -35,16 +36,11 @@ impl AzureStore {
                 .send(&self.proto, &what, || Ok(Request::new("GET", url.clone())))?;
             match answer.status {
                 200 => list_page(&String::from_utf8_lossy(&answer.body))
-                    .map_err(|e| StoreError::new(StoreErrorKind::Rejected, format!("{what}: {e}"))),
+                    .map_err(|e| unreadable_page(&what, e)),
                 _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
             }
         })?;
-        let root = prefixed(&self.settings.prefix, "");
-        Ok(names
-            .into_iter()
-            .filter_map(|n| n.strip_prefix(&root).map(str::to_string))
-            .filter(|n| n.starts_with(prefix))
-            .collect())
+        Ok(relative_names(names, &self.settings.prefix, prefix))
     }
 
     /// Get Blob Properties; `None` when there is no blob.

@@ -52,6 +52,22 @@ pub fn all_pages(
     }
 }
 
+/// A listing page the store answered but that cannot be read.
+pub fn unreadable_page(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::new(StoreErrorKind::Rejected, format!("{what}: {e}"))
+}
+
+/// The names of a listing relative to the store's own prefix (as the keys are), only
+/// those under `prefix`: the store's answer is not taken for what was asked.
+pub fn relative_names(names: Vec<String>, store_prefix: &str, prefix: &str) -> Vec<String> {
+    let root = crate::store::prefixed(store_prefix, "");
+    names
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(&root).map(str::to_string))
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
 /// The texts of every `<tag>` element of an XML document, entities decoded (S3's
 /// `<Key>`, Azure's `<Name>`); an element with attributes counts too, and its
 /// attributes are handed over beside its text; `<tag />` is empty.
@@ -285,6 +301,25 @@ impl Read for RangedReader<'_> {
 mod tests {
     use super::*;
     use ureq::http::{HeaderMap, HeaderValue};
+
+    /// Names outside the store's prefix or the asked folder are dropped, whatever the
+    /// store answered.
+    #[test]
+    fn a_listing_keeps_only_names_under_what_was_asked() {
+        let answered = [
+            "archive/m/a.jsonl",
+            "archive/m/b/c.jsonl",
+            "archive/x",
+            "elsewhere/m/d",
+        ];
+        let names = answered.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            relative_names(names, "/archive/", "m/"),
+            ["m/a.jsonl", "m/b/c.jsonl"]
+        );
+        let names = answered.iter().map(|n| n.to_string()).collect();
+        assert_eq!(relative_names(names, "", "elsewhere/").len(), 1);
+    }
 
     #[test]
     fn a_listing_follows_its_tokens_to_the_last_page() {

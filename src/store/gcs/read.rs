@@ -7,9 +7,11 @@ use std::io::Read;
 
 use super::{generation_of, GcsStore};
 use crate::encoding::percent_encode;
-use crate::store::client::read::{all_pages, ListPage, Pinned, RangedReader, LIST_PAGE};
+use crate::store::client::read::{
+    all_pages, relative_names, unreadable_page, ListPage, Pinned, RangedReader, LIST_PAGE,
+};
 use crate::store::client::{missing, Request};
-use crate::store::{prefixed, StoreError, StoreErrorKind};
+use crate::store::StoreError;
 
 impl GcsStore {
     pub(super) fn list_names(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -29,18 +31,12 @@ impl GcsStore {
             };
             let answer = self.send(&what, || Ok(Request::new("GET", url.clone())))?;
             match answer.status {
-                200 => list_page(&answer.body)
-                    .map_err(|e| StoreError::new(StoreErrorKind::Rejected, format!("{what}: {e}"))),
+                200 => list_page(&answer.body).map_err(|e| unreadable_page(&what, e)),
                 404 => Err(missing(&self.proto)),
                 _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
             }
         })?;
-        let root = prefixed(&self.settings.prefix, "");
-        Ok(names
-            .into_iter()
-            .filter_map(|n| n.strip_prefix(&root).map(str::to_string))
-            .filter(|n| n.starts_with(prefix))
-            .collect())
+        Ok(relative_names(names, &self.settings.prefix, prefix))
     }
 
     pub(super) fn object_size(&self, key: &str) -> Result<Option<u64>, StoreError> {

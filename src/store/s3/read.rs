@@ -8,10 +8,11 @@ use s3::command::Command;
 
 use super::S3Store;
 use crate::store::client::read::{
-    all_pages, xml_elements, ListPage, Pinned, RangedReader, LIST_PAGE,
+    all_pages, relative_names, unreadable_page, xml_elements, ListPage, Pinned, RangedReader,
+    LIST_PAGE,
 };
 use crate::store::client::{missing, Request};
-use crate::store::{prefixed, StoreError, StoreErrorKind};
+use crate::store::StoreError;
 
 impl S3Store {
     pub(super) fn list_names(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -33,17 +34,12 @@ impl S3Store {
                 .send(&self.proto, &what, || Ok(Request::new("GET", url.clone())))?;
             match answer.status {
                 200 => list_page(&String::from_utf8_lossy(&answer.body))
-                    .map_err(|e| StoreError::new(StoreErrorKind::Rejected, format!("{what}: {e}"))),
+                    .map_err(|e| unreadable_page(&what, e)),
                 404 => Err(missing(&self.proto)),
                 _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
             }
         })?;
-        let root = prefixed(&self.settings.prefix, "");
-        Ok(keys
-            .into_iter()
-            .filter_map(|k| k.strip_prefix(&root).map(str::to_string))
-            .filter(|k| k.starts_with(prefix))
-            .collect())
+        Ok(relative_names(keys, &self.settings.prefix, prefix))
     }
 
     pub(super) fn object_size(&self, key: &str) -> Result<Option<u64>, StoreError> {
