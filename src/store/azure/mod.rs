@@ -200,22 +200,31 @@ impl AzureStore {
 
     /// The task id (`x-ms-meta-task_id`) and ETag of the blob, `None` when there is none.
     fn existing(&self, name: &str) -> Result<Option<Existing>, StoreError> {
+        Ok(self.head(name)?.map(|answer| Existing {
+            task_id: answer.header("x-ms-meta-task_id").map(str::to_string),
+            version: answer.header("etag").map(|e| ObjectVersion(e.to_string())),
+        }))
+    }
+
+    /// Get Blob Properties (a HEAD); `None` when there is no blob.
+    fn head(&self, name: &str) -> Result<Option<Answer>, StoreError> {
         let url = self.blob_url(name, &[]);
-        let what = format!(
-            "reading the properties of blob {name} in container {}",
-            self.where_()
-        );
+        let what = self.reading_properties(name);
         let answer = self
             .client
             .send(&self.proto, &what, || Ok(Request::new("HEAD", url.clone())))?;
         match answer.status {
-            200 => Ok(Some(Existing {
-                task_id: answer.header("x-ms-meta-task_id").map(str::to_string),
-                version: answer.header("etag").map(|e| ObjectVersion(e.to_string())),
-            })),
+            200 => Ok(Some(answer)),
             404 => Ok(None),
             _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
         }
+    }
+
+    fn reading_properties(&self, name: &str) -> String {
+        format!(
+            "reading the properties of blob {name} in container {}",
+            self.where_()
+        )
     }
 
     fn put_block(

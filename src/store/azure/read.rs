@@ -43,28 +43,15 @@ impl AzureStore {
         Ok(relative_names(names, &self.settings.prefix, prefix))
     }
 
-    /// Get Blob Properties; `None` when there is no blob.
+    /// Get Blob Properties, which must give the blob's length; `None` when there is no
+    /// blob.
     fn properties(&self, name: &str) -> Result<Option<Answer>, StoreError> {
-        let url = self.blob_url(name, &[]);
-        let what = format!(
-            "reading the properties of blob {name} in container {}",
-            self.where_()
-        );
-        let answer = self
-            .client
-            .send(&self.proto, &what, || Ok(Request::new("HEAD", url.clone())))?;
-        match answer.status {
-            200 => match answer
-                .header("content-length")
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                Some(_) => Ok(Some(answer)),
-                None => Err(StoreError::transient(format!(
-                    "{what}: the answer has no Content-Length"
-                ))),
-            },
-            404 => Ok(None),
-            _ => Err(self.client.unexpected(&self.proto, &what, &answer)),
+        match self.head(name)? {
+            Some(answer) if length(&answer).is_none() => Err(StoreError::transient(format!(
+                "{}: the answer has no Content-Length",
+                self.reading_properties(name)
+            ))),
+            found => Ok(found),
         }
     }
 
