@@ -197,6 +197,20 @@ impl Said {
         line[prefix.len()..].parse().unwrap()
     }
 
+    /// Asserts the exit code, that each of `says` is in the output, and the bad files
+    /// listed (`<problem> <name>`, in order; none when everything holds).
+    fn holds(&self, context: &str, code: i32, says: &[&str], listed: &[String]) {
+        assert_eq!(self.code, code, "{context}: {}", self.out);
+        for text in says {
+            assert!(
+                self.out.contains(text),
+                "{context}: no {text:?} in {}",
+                self.out
+            );
+        }
+        assert_eq!(self.listed(), listed, "{context}: {}", self.out);
+    }
+
     /// The bad files listed, each as `<problem> <name>`.
     fn listed(&self) -> Vec<String> {
         let start = self.out.lines().position(|l| l == "bad files:");
@@ -245,30 +259,18 @@ fn the_archive_is_proved(p: Provider) {
     archive(store.as_ref());
     let before = snapshot(&e, store.as_ref());
 
-    let said = verify(&e, &[]);
-    assert_eq!(said.code, 0, "{p:?}: {}", said.out);
-    assert!(
-        said.out.contains("6 name(s) recorded in 3 manifest(s)"),
-        "{p:?}: {}",
-        said.out
+    let context = format!("{p:?}");
+    verify(&e, &[]).holds(
+        &context,
+        0,
+        &[
+            "6 name(s) recorded in 3 manifest(s)",
+            "6 file(s) checked",
+            "OK: every file checked is there",
+        ],
+        &[],
     );
-    assert!(
-        said.out.contains("6 file(s) checked"),
-        "{p:?}: {}",
-        said.out
-    );
-    assert!(
-        said.out.contains("OK: every file checked is there"),
-        "{p:?}: {}",
-        said.out
-    );
-    let said = verify(&e, &["--deep"]);
-    assert_eq!(said.code, 0, "{p:?}: {}", said.out);
-    assert!(
-        said.out.contains("with the recorded size and CRC-32C"),
-        "{p:?}: {}",
-        said.out
-    );
+    verify(&e, &["--deep"]).holds(&context, 0, &["with the recorded size and CRC-32C"], &[]);
 
     // One recording removed, one rewritten with other bytes of its size, one file
     // rewritten with another size.
@@ -324,61 +326,39 @@ fn the_archive_is_proved(p: Provider) {
     );
 
     // The dates select by when each file was stored (its latest record), both ends included.
-    let said = verify(&e, &["--since", "2026-01-02", "--deep"]);
-    assert_eq!(said.code, 1, "{p:?}: {}", said.out);
-    assert!(
-        said.out.contains("3 file(s) checked"),
-        "{p:?}: {}",
-        said.out
+    verify(&e, &["--since", "2026-01-02", "--deep"]).holds(
+        &context,
+        1,
+        &["3 file(s) checked"],
+        &[format!("wrong checksum {T2_OGG}")],
     );
-    assert_eq!(
-        said.listed(),
-        [format!("wrong checksum {T2_OGG}")],
-        "{p:?}: {}",
-        said.out
-    );
-    let said = verify(&e, &["--until", "2026-01-01", "--deep"]);
-    assert_eq!(said.code, 1, "{p:?}: {}", said.out);
-    assert!(
-        said.out.contains("3 file(s) checked"),
-        "{p:?}: {}",
-        said.out
-    );
-    assert_eq!(
-        said.listed(),
-        [
-            format!("missing {T1_OGG}"),
-            format!("wrong size {T1_TRANS}")
-        ],
-        "{p:?}: {}",
-        said.out
-    );
-    let said = verify(
-        &e,
+    verify(&e, &["--until", "2026-01-01", "--deep"]).holds(
+        &context,
+        1,
+        &["3 file(s) checked"],
         &[
-            "--since",
-            "2026-01-01T10:00:00Z",
-            "--until",
-            "2026-01-01T10:00:00Z",
-            "--deep",
+            format!("missing {T1_OGG}"),
+            format!("wrong size {T1_TRANS}"),
         ],
     );
-    assert_eq!(
-        said.code, 0,
-        "{p:?}: only the latest record of {T1_META}: {}",
-        said.out
+    let one_instant = [
+        "--since",
+        "2026-01-01T10:00:00Z",
+        "--until",
+        "2026-01-01T10:00:00Z",
+        "--deep",
+    ];
+    verify(&e, &one_instant).holds(
+        &format!("{p:?}: only the latest record of {T1_META}"),
+        0,
+        &["1 file(s) checked"],
+        &[],
     );
-    assert!(
-        said.out.contains("1 file(s) checked"),
-        "{p:?}: {}",
-        said.out
-    );
-    let said = verify(&e, &["--since", "2026-01-03", "--deep"]);
-    assert_eq!(said.code, 0, "{p:?}: the journal's record: {}", said.out);
-    assert!(
-        said.out.contains("1 file(s) checked"),
-        "{p:?}: {}",
-        said.out
+    verify(&e, &["--since", "2026-01-03", "--deep"]).holds(
+        &format!("{p:?}: the journal's record"),
+        0,
+        &["1 file(s) checked"],
+        &[],
     );
 
     assert_eq!(
